@@ -1,0 +1,298 @@
+//! Types that cross the process boundary.
+//!
+//! Everything here is `#[repr(C)]` and holds no pointer that only makes sense in one address
+//! space, except where a field says "address in the target". The xcover process, the agent
+//! inside the target and the TUI all map the same session bytes. The crate is `no_std` so
+//! that the agent (itself `no_std`) can use it.
+//!
+//! # The session file
+//!
+//! One file per target pid, `/dev/shm/xcover-<pid>`, mode 0600. It starts with a
+//! [`SessionHeader`]; every other section is found through the header's offsets, so the
+//! layout can grow without breaking readers that check [`SESSION_VERSION`].
+//!
+//! ```text
+//! +-------------------+ 0
+//! | SessionHeader     |
+//! +-------------------+ funcs_off
+//! | FuncEntry * n     |  one per hooked-or-skipped function, in table order
+//! +-------------------+ strings_off
+//! | names (utf-8)     |  FuncEntry::name_off/len point here
+//! +-------------------+ arena_off
+//! | eBPF map arena    |  the probe's maps (counters, ring buffer), laid out by xcover-bpf
+//! +-------------------+ log_off
+//! | log ring          |  trace_printk and agent messages
+//! +-------------------+ total_size
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// First eight bytes of every session file.
+pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
+/// Layout version; bumped on any incompatible change.
+pub const SESSION_VERSION: u32 = 1;
+/// Prefix of session files under `/dev/shm`.
+pub const SESSION_PREFIX: &str = "xcover-";
+
+/// Lifecycle of a session, stored in [`SessionHeader::state`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// xcover created the file and is loading the agent.
+    Attaching = 1,
+    /// The agent is loaded and (once hooks exist) counting.
+    Live = 2,
+    /// xcover is taking the instrumentation out.
+    Detaching = 3,
+    /// Everything is out of the target; the file is about to be removed.
+    Detached = 4,
+    /// Attach or detach failed half-way; `xcover detach` can finish the job.
+    Failed = 5,
+}
+
+impl SessionState {
+    /// Decodes a raw state value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Attaching,
+            2 => Self::Live,
+            3 => Self::Detaching,
+            4 => Self::Detached,
+            5 => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// The fixed header at offset 0 of a session file.
+///
+/// Fields written once by xcover before the agent starts are plain; fields that change while
+/// readers watch are atomics.
+#[repr(C)]
+pub struct SessionHeader {
+    /// [`SESSION_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`SESSION_VERSION`].
+    pub version: u32,
+    /// `size_of::<SessionHeader>()` as written, for sanity checks.
+    pub header_size: u32,
+    /// Size of the whole file in bytes.
+    pub total_size: u64,
+    /// A [`SessionState`] value.
+    pub state: AtomicU32,
+    /// Pid of the target (its tgid).
+    pub target_pid: u32,
+    /// Start time of the target (field 22 of `/proc/<pid>/stat`), so a recycled pid is
+    /// never mistaken for the session's target.
+    pub target_start_time: u64,
+    /// Pid of the xcover process that owns the session now (0 when none, e.g. `--keep`).
+    pub owner_pid: AtomicU32,
+    /// Flags, see the `FLAG_*` constants.
+    pub flags: u32,
+    /// Wall-clock time the session was created, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Address in the target where the agent is loaded (0 when not loaded).
+    pub agent_base: AtomicU64,
+    /// Size in bytes of the agent's mapping in the target.
+    pub agent_size: AtomicU64,
+    /// Address in the target of this file's mapping (0 when not mapped there).
+    pub target_map_addr: AtomicU64,
+    /// Incremented by the agent each time it runs an entry point; proves it ran.
+    pub agent_calls: AtomicU64,
+    /// Offset of the function table ([`FuncEntry`] array).
+    pub funcs_off: u64,
+    /// Number of [`FuncEntry`] records.
+    pub funcs_count: u64,
+    /// Offset of the name bytes.
+    pub strings_off: u64,
+    /// Size of the name bytes.
+    pub strings_size: u64,
+    /// Offset of the eBPF map arena.
+    pub arena_off: u64,
+    /// Size of the eBPF map arena.
+    pub arena_size: u64,
+    /// Offset of the log ring.
+    pub log_off: u64,
+    /// Size of the log ring (a power of two).
+    pub log_size: u64,
+    /// Bytes ever written to the log ring (the write cursor, modulo `log_size`).
+    pub log_head: AtomicU64,
+    /// Functions hooked.
+    pub funcs_hooked: AtomicU64,
+    /// Functions skipped (see [`FuncEntry::status`]).
+    pub funcs_skipped: AtomicU64,
+    /// Events the probe could not record (ring buffer full).
+    pub events_dropped: AtomicU64,
+    /// Build-id of the main executable (first `build_id_len` bytes).
+    pub build_id: [u8; 32],
+    /// Valid bytes in `build_id`.
+    pub build_id_len: u32,
+    /// Valid bytes in `exe_path`.
+    pub exe_path_len: u32,
+    /// Path of the target's main executable (first `exe_path_len` bytes, utf-8).
+    pub exe_path: [u8; 512],
+}
+
+/// [`SessionHeader::flags`]: the session outlives the xcover process (`--keep`).
+pub const FLAG_KEEP: u32 = 1;
+
+/// Status of one function in the table.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FuncStatus {
+    /// Not processed yet.
+    Pending = 0,
+    /// Trampoline installed.
+    Hooked = 1,
+    /// Left alone; `skip_reason` says why.
+    Skipped = 2,
+}
+
+/// One function of the target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuncEntry {
+    /// Runtime address of the function's entry in the target.
+    pub addr: u64,
+    /// Size of the function in bytes (from its symbol).
+    pub size: u64,
+    /// Offset of the function from the start of its module's file mapping (the report's
+    /// `offset`).
+    pub offset: u64,
+    /// Offset of the name in the string section.
+    pub name_off: u32,
+    /// Length of the name.
+    pub name_len: u32,
+    /// Index of the module (0 is the main executable).
+    pub module: u32,
+    /// A [`FuncStatus`] value.
+    pub status: u32,
+    /// When skipped: a `SKIP_*` reason code.
+    pub skip_reason: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// The layout the probe sees as its context (`r1`): Linux's x86-64 `struct pt_regs`
+/// followed by the attach cookie and the function address, so `PT_REGS_PARM1(ctx)` and
+/// friends work unchanged and `bpf_get_attach_cookie`/`bpf_get_func_ip` are plain loads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeCtx {
+    /// `r15`.
+    pub r15: u64,
+    /// `r14`.
+    pub r14: u64,
+    /// `r13`.
+    pub r13: u64,
+    /// `r12`.
+    pub r12: u64,
+    /// `rbp`.
+    pub rbp: u64,
+    /// `rbx`.
+    pub rbx: u64,
+    /// `r11`.
+    pub r11: u64,
+    /// `r10`.
+    pub r10: u64,
+    /// `r9`.
+    pub r9: u64,
+    /// `r8`.
+    pub r8: u64,
+    /// `rax`.
+    pub rax: u64,
+    /// `rcx`.
+    pub rcx: u64,
+    /// `rdx`.
+    pub rdx: u64,
+    /// `rsi`.
+    pub rsi: u64,
+    /// `rdi`.
+    pub rdi: u64,
+    /// `orig_rax` (always `u64::MAX` here: not in a system call).
+    pub orig_rax: u64,
+    /// `rip`: the hooked function's entry.
+    pub rip: u64,
+    /// `cs` (0 here).
+    pub cs: u64,
+    /// `eflags`.
+    pub eflags: u64,
+    /// `rsp` at the function's entry (points at the return address).
+    pub rsp: u64,
+    /// `ss` (0 here).
+    pub ss: u64,
+    /// The attach cookie: the function's index in the session's function table.
+    pub cookie: u64,
+    /// The function's entry address (same as `rip`).
+    pub func_ip: u64,
+}
+
+/// Byte offset of [`ProbeCtx::cookie`]; the JIT inlines `bpf_get_attach_cookie` as a load.
+pub const PROBE_CTX_COOKIE_OFF: usize = core::mem::offset_of!(ProbeCtx, cookie);
+/// Byte offset of [`ProbeCtx::func_ip`]; the JIT inlines `bpf_get_func_ip` as a load.
+pub const PROBE_CTX_FUNC_IP_OFF: usize = core::mem::offset_of!(ProbeCtx, func_ip);
+/// Size of `struct pt_regs` on x86-64.
+pub const PT_REGS_SIZE: usize = 21 * 8;
+
+const _: () = assert!(core::mem::offset_of!(ProbeCtx, cookie) == PT_REGS_SIZE);
+
+/// Path of the session file for a pid.
+pub fn session_file_name(pid: u32, buf: &mut [u8; 64]) -> &str {
+    // "/dev/shm/xcover-" + up to 10 digits fits easily in 64 bytes.
+    let prefix = b"/dev/shm/xcover-";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut n = pid;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = prefix.len() + digits.len() - i;
+    buf[prefix.len()..len].copy_from_slice(&digits[i..]);
+    core::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_name() {
+        let mut b = [0u8; 64];
+        assert_eq!(session_file_name(4242, &mut b), "/dev/shm/xcover-4242");
+        assert_eq!(session_file_name(0, &mut b), "/dev/shm/xcover-0");
+        assert_eq!(
+            session_file_name(u32::MAX, &mut b),
+            "/dev/shm/xcover-4294967295"
+        );
+    }
+
+    #[test]
+    fn ctx_layout_matches_pt_regs() {
+        assert_eq!(core::mem::offset_of!(ProbeCtx, rdi), 14 * 8);
+        assert_eq!(core::mem::offset_of!(ProbeCtx, rip), 16 * 8);
+        assert_eq!(core::mem::offset_of!(ProbeCtx, rsp), 19 * 8);
+        assert_eq!(PROBE_CTX_FUNC_IP_OFF, PT_REGS_SIZE + 8);
+    }
+
+    #[test]
+    fn state_roundtrip() {
+        for s in [
+            SessionState::Attaching,
+            SessionState::Live,
+            SessionState::Detaching,
+            SessionState::Detached,
+            SessionState::Failed,
+        ] {
+            assert_eq!(SessionState::from_u32(s as u32), Some(s));
+        }
+        assert_eq!(SessionState::from_u32(0), None);
+    }
+}
