@@ -1,1 +1,2 @@
+//! Build script: embeds the agent (filled in by the injector work).
 fn main() {}

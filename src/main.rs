@@ -1,3 +1,46 @@
-//! xcover: live function coverage of a running process.
+//! xcover: live function coverage of a process that is already running.
+//!
+//! `xcover attach <pid>` stops the target with ptrace, loads the agent into it, hooks every
+//! function with an inline trampoline that runs a JIT-compiled eBPF probe, and shows the hit
+//! counts live; `xcover detach <pid>` takes it all out again.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod attach;
+mod cli;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for success.
+#[allow(dead_code)]
+const EXIT_OK: u8 = 0;
+/// Exit code for a failure at run time.
+const EXIT_RUNTIME: u8 = 1;
+/// Exit code for bad usage or bad input (no such pid, not traceable, bad regex, ...).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let result = match args.command {
+        cli::Command::Attach(a) => attach::attach(a),
+        cli::Command::Detach(d) => attach::detach(d),
+        cli::Command::Status(s) => attach::status(s),
+        cli::Command::Demo(d) => attach::demo(d),
+        cli::Command::Vm { cmd } => vm::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the outermost context first, then each cause.
+            eprintln!("xcover: error: {e:#}");
+            if e.downcast_ref::<cli::BadInput>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    }
+}
+
