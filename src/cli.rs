@@ -24,6 +24,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Start the bundled demo target and attach to it.
     Demo(DemoArgs),
+    /// List the functions `attach` would hook, with their runtime addresses.
+    Functions(FunctionsArgs),
+    /// Sum JSON reports of the same build into one.
+    Merge(MergeArgs),
     /// Run eBPF programs with xcover's VM (bpf_conformance runner and plugin).
     Vm {
         /// What to run.
@@ -50,6 +54,57 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
     /// Write an LCOV report here on detach.
+    #[arg(long, value_name = "PATH")]
+    pub lcov: Option<PathBuf>,
+    /// Which functions to hook.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// Which functions to hook (shared by `attach` and `functions`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SelectArgs {
+    /// Only functions whose raw or demangled name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Leave out functions whose raw or demangled name matches this regex (wins over
+    /// --include).
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Also hook a loaded shared library, by file name (`libc.so.6`) or path. Repeatable.
+    #[arg(long = "module", value_name = "NAME-OR-PATH")]
+    pub modules: Vec<String>,
+    /// Also hook every file-backed executable mapping.
+    #[arg(long)]
+    pub all_modules: bool,
+}
+
+/// `xcover functions`.
+#[derive(Args, Debug)]
+pub struct FunctionsArgs {
+    /// Process id of the running target.
+    pub pid: i32,
+    /// Which functions.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Also write them as a JSON report with no hits (an inventory to merge others into).
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Also write them as an LCOV report with no hits.
+    #[arg(long, value_name = "PATH")]
+    pub lcov: Option<PathBuf>,
+}
+
+/// `xcover merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// JSON reports (ours or the original xcover's schema v1), all of one build-id.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Write the merged JSON here instead of stdout.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Also write the merged coverage as LCOV.
     #[arg(long, value_name = "PATH")]
     pub lcov: Option<PathBuf>,
 }

@@ -7,6 +7,8 @@
 
 mod attach;
 mod cli;
+mod discover;
+mod report;
 mod vm;
 
 use std::process::ExitCode;
@@ -28,6 +30,8 @@ fn main() -> ExitCode {
         cli::Command::Detach(d) => attach::detach(d),
         cli::Command::Status(s) => attach::status(s),
         cli::Command::Demo(d) => attach::demo(d),
+        cli::Command::Functions(f) => discover::list(f),
+        cli::Command::Merge(m) => report::merge_command(m),
         cli::Command::Vm { cmd } => vm::run(cmd),
     };
     match result {
@@ -43,4 +47,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -1,0 +1,579 @@
+//! Function discovery: which functions of a running process to hook, at which addresses.
+//!
+//! Functions come from the ELF symbol tables of the files the target has mapped: `.symtab`,
+//! or `.dynsym` when the file is stripped, or the symbols of a separate debug file found
+//! through the build-id or `.gnu_debuglink`. A symbol's runtime address is found through the
+//! file offset it lives at and the executable mapping of that offset in `/proc/<pid>/maps`,
+//! which is right for PIE and non-PIE executables and shared libraries alike.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use goblin::elf::{Elf, program_header::PT_LOAD, sym};
+use regex::Regex;
+
+use crate::cli::BadInput;
+
+/// A file-backed module of the target whose functions are hooked.
+#[derive(Clone, Debug)]
+pub struct Module {
+    /// Path as the target sees it (from `/proc/<pid>/maps`, or the resolved `exe`).
+    pub path: PathBuf,
+    /// Build-id, when the file has one.
+    pub build_id: Option<Vec<u8>>,
+    /// Where the symbols came from, when not the module itself (a separate debug file).
+    pub debug_file: Option<PathBuf>,
+}
+
+impl Module {
+    /// The file name, as reports show it.
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// One function to hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    /// The raw (mangled) symbol name; for aliases, the preferred one.
+    pub name: String,
+    /// The demangled name, when the raw one is a Rust or C++ mangled name.
+    pub demangled: Option<String>,
+    /// Other names at the same address.
+    pub aliases: Vec<String>,
+    /// Runtime address of the entry in the target.
+    pub addr: u64,
+    /// Size from the symbol table.
+    pub size: u64,
+    /// Offset of the entry in the module's file.
+    pub offset: u64,
+    /// Link-time address of the entry (the symbol's value), for DWARF lookups.
+    pub vaddr: u64,
+    /// Runtime address where the next symbol (or the section) starts: the bytes between
+    /// `addr + size` and this are the function's padding.
+    pub next_start: u64,
+    /// Index into [`Discovery::modules`].
+    pub module: usize,
+}
+
+/// Everything discovery found.
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    /// Modules, the main executable first.
+    pub modules: Vec<Module>,
+    /// Functions, sorted by address.
+    pub functions: Vec<Function>,
+}
+
+/// What to look for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra modules by file name or path (`--module`).
+    pub modules: Vec<String>,
+    /// Every file-backed executable mapping (`--all-modules`).
+    pub all_modules: bool,
+    /// Keep only functions whose raw or demangled name matches.
+    pub include: Option<Regex>,
+    /// Drop functions whose raw or demangled name matches (wins over `include`).
+    pub exclude: Option<Regex>,
+}
+
+/// One executable mapping of a file in the target.
+#[derive(Clone, Debug)]
+struct ExecMap {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: PathBuf,
+}
+
+fn exec_maps(pid: i32) -> Result<Vec<ExecMap>> {
+    let process = procfs::process::Process::new(pid)
+        .with_context(|| format!("pid {pid}: cannot open /proc/{pid}"))?;
+    let maps = process
+        .maps()
+        .with_context(|| format!("pid {pid}: cannot read /proc/{pid}/maps"))?;
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
+        .filter_map(|m| match m.pathname {
+            procfs::process::MMapPath::Path(p) => Some(ExecMap {
+                start: m.address.0,
+                end: m.address.1,
+                offset: m.offset,
+                path: p,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Strips the " (deleted)" the kernel appends to the path of a replaced file.
+fn clean_path(p: &Path) -> PathBuf {
+    let s = p.to_string_lossy();
+    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+}
+
+/// Finds the functions of `pid` to hook.
+pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
+    let maps = exec_maps(pid)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("pid {pid}: cannot resolve /proc/{pid}/exe"))?;
+    let exe = clean_path(&exe);
+
+    // Modules in order: the main executable, then the requested ones by first mapping.
+    let mut wanted: Vec<PathBuf> = vec![exe.clone()];
+    let mut seen_paths: Vec<PathBuf> = maps.iter().map(|m| clean_path(&m.path)).collect();
+    seen_paths.dedup();
+    for spec in &opts.modules {
+        let found = seen_paths.iter().find(|p| {
+            *p == Path::new(spec)
+                || p.file_name().is_some_and(|n| n.to_string_lossy() == *spec)
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{spec}.")))
+        });
+        match found {
+            Some(p) if !wanted.contains(p) => wanted.push(p.clone()),
+            Some(_) => {}
+            None => {
+                return Err(BadInput(format!(
+                    "pid {pid}: no executable mapping of a module named {spec:?}"
+                ))
+                .into());
+            }
+        }
+    }
+    if opts.all_modules {
+        for p in &seen_paths {
+            if !wanted.contains(p) {
+                wanted.push(p.clone());
+            }
+        }
+    }
+
+    let mut out = Discovery::default();
+    for path in wanted {
+        let is_main = out.modules.is_empty();
+        // Read through /proc/<pid>/exe or /proc/<pid>/root so a replaced file or another
+        // mount namespace still gives the bytes the target runs.
+        let read_from = if is_main {
+            PathBuf::from(format!("/proc/{pid}/exe"))
+        } else {
+            let rel = path.strip_prefix("/").unwrap_or(&path);
+            PathBuf::from(format!("/proc/{pid}/root")).join(rel)
+        };
+        let bytes = std::fs::read(&read_from)
+            .with_context(|| format!("pid {pid}: cannot read {}", read_from.display()))?;
+        let module_maps: Vec<&ExecMap> = maps
+            .iter()
+            .filter(|m| clean_path(&m.path) == path)
+            .collect();
+        let index = out.modules.len();
+        let (module, funcs) = module_functions(&path, &bytes, &module_maps, index)
+            .with_context(|| format!("pid {pid}: {}", path.display()))?;
+        out.modules.push(module);
+        out.functions.extend(funcs);
+    }
+
+    out.functions.retain(|f| keep(f, opts));
+    out.functions.sort_by_key(|f| f.addr);
+    out.functions.dedup_by_key(|f| f.addr);
+    Ok(out)
+}
+
+impl Options {
+    /// Options from the command line; a bad regex is bad input.
+    pub fn from_args(a: &crate::cli::SelectArgs) -> Result<Self> {
+        let re = |flag: &str, s: &Option<String>| -> Result<Option<Regex>> {
+            s.as_deref()
+                .map(|s| {
+                    Regex::new(s)
+                        .map_err(|e| BadInput(format!("{flag} {s:?}: bad regex: {e}")).into())
+                })
+                .transpose()
+        };
+        Ok(Options {
+            modules: a.modules.clone(),
+            all_modules: a.all_modules,
+            include: re("--include", &a.include)?,
+            exclude: re("--exclude", &a.exclude)?,
+        })
+    }
+}
+
+/// `xcover functions <pid>`: prints what `attach` would hook.
+pub fn list(a: crate::cli::FunctionsArgs) -> Result<std::process::ExitCode> {
+    let opts = Options::from_args(&a.select)?;
+    if a.pid <= 0 || !Path::new(&format!("/proc/{}", a.pid)).exists() {
+        return Err(BadInput(format!("pid {}: no such process", a.pid)).into());
+    }
+    let d = discover(a.pid, &opts)?;
+    let mut out = String::new();
+    for f in &d.functions {
+        let module = if d.modules.len() > 1 {
+            format!("{}!", d.modules[f.module].name())
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{:#014x} {:6} {module}{}\n",
+            f.addr,
+            f.size,
+            f.demangled.as_deref().unwrap_or(&f.name)
+        ));
+    }
+    print!("{out}");
+    if a.report.is_some() || a.lcov.is_some() {
+        let r = crate::report::from_discovery(&d, &[], a.pid.into());
+        if let Some(p) = &a.report {
+            r.write_json(p)?;
+        }
+        if let Some(p) = &a.lcov {
+            r.write_lcov(p)?;
+        }
+    }
+    eprintln!(
+        "{} functions in {} module(s) of pid {}",
+        d.functions.len(),
+        d.modules.len(),
+        a.pid
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn keep(f: &Function, opts: &Options) -> bool {
+    let matches = |re: &Regex| {
+        re.is_match(&f.name)
+            || f.demangled.as_deref().is_some_and(|d| re.is_match(d))
+            || f.aliases.iter().any(|a| re.is_match(a))
+    };
+    if opts.exclude.as_ref().is_some_and(matches) {
+        return false;
+    }
+    opts.include.as_ref().is_none_or(matches)
+}
+
+/// Demangles a Rust (legacy or v0) or C++ symbol name; `None` when it is not mangled.
+pub fn demangle(name: &str) -> Option<String> {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        // `{:#}` drops the hash suffix of legacy Rust names.
+        return Some(format!("{d:#}"));
+    }
+    if name.starts_with("_Z")
+        && let Ok(sym) = cpp_demangle::Symbol::new(name)
+        && let Ok(s) = sym.demangle(&cpp_demangle::DemangleOptions::default())
+    {
+        return Some(s);
+    }
+    None
+}
+
+/// A function symbol before it is placed in the target.
+struct RawSym {
+    name: String,
+    value: u64,
+    size: u64,
+    bind: u8,
+    shndx: usize,
+}
+
+fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
+    let notes = elf.iter_note_sections(bytes, Some(".note.gnu.build-id"))?;
+    for note in notes.flatten() {
+        if note.n_type == goblin::elf::note::NT_GNU_BUILD_ID {
+            return Some(note.desc.to_vec());
+        }
+    }
+    None
+}
+
+/// Looks for a separate debug file: by build-id, then by `.gnu_debuglink`.
+fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8]) -> Option<PathBuf> {
+    if let Some(id) = read_build_id(elf, bytes)
+        && id.len() >= 2
+    {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let p = PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ));
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let sh = elf
+        .section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".gnu_debuglink"))?;
+    let start = sh.sh_offset as usize;
+    let data = bytes.get(start..start.checked_add(sh.sh_size as usize)?)?;
+    let nul = data.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&data[..nul]).ok()?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let candidates = [
+        dir.join(name),
+        dir.join(".debug").join(name),
+        Path::new("/usr/lib/debug")
+            .join(dir.strip_prefix("/").unwrap_or(dir))
+            .join(name),
+    ];
+    candidates
+        .into_iter()
+        .find(|c| c.is_file() && c.as_path() != path)
+}
+
+fn function_syms(elf: &Elf) -> (Vec<RawSym>, Vec<(u64, usize)>) {
+    let mut funcs = Vec::new();
+    let mut starts = Vec::new();
+    let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
+    // .symtab when present, otherwise .dynsym.
+    let use_tables = if elf.syms.is_empty() {
+        &tables[1..]
+    } else {
+        &tables[..1]
+    };
+    for (syms, strtab) in use_tables {
+        for s in syms.iter() {
+            if s.st_shndx == 0 || s.st_shndx >= 0xff00 {
+                continue;
+            }
+            if s.st_value != 0 {
+                starts.push((s.st_value, s.st_shndx));
+            }
+            let ty = sym::st_type(s.st_info);
+            if ty != sym::STT_FUNC && ty != sym::STT_GNU_IFUNC {
+                continue;
+            }
+            if s.st_size == 0 || s.st_value == 0 {
+                continue;
+            }
+            let Some(name) = strtab.get_at(s.st_name) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            funcs.push(RawSym {
+                name: name.to_string(),
+                value: s.st_value,
+                size: s.st_size,
+                bind: sym::st_bind(s.st_info),
+                shndx: s.st_shndx,
+            });
+        }
+    }
+    (funcs, starts)
+}
+
+fn module_functions(
+    path: &Path,
+    bytes: &[u8],
+    maps: &[&ExecMap],
+    index: usize,
+) -> Result<(Module, Vec<Function>)> {
+    let elf = match Elf::parse(bytes) {
+        Ok(e) => e,
+        Err(e) => return Err(BadInput(format!("not an ELF file: {e}")).into()),
+    };
+    if elf.header.e_machine != goblin::elf::header::EM_X86_64 || !elf.is_64 {
+        return Err(BadInput(format!(
+            "not an x86-64 ELF file (e_machine {})",
+            elf.header.e_machine
+        ))
+        .into());
+    }
+    let build_id = read_build_id(&elf, bytes);
+
+    let (mut raw, mut starts) = function_syms(&elf);
+    let mut debug_file = None;
+    if elf.syms.is_empty()
+        && let Some(dbg) = find_debug_file(path, &elf, bytes)
+        && let Ok(dbytes) = std::fs::read(&dbg)
+        && let Ok(delf) = Elf::parse(&dbytes)
+    {
+        let (draw, dstarts) = function_syms(&delf);
+        if !draw.is_empty() {
+            raw = draw;
+            starts = dstarts;
+            debug_file = Some(dbg);
+        }
+    }
+
+    // Section ends bound the padding of a section's last function.
+    let section_end = |shndx: usize| -> u64 {
+        elf.section_headers
+            .get(shndx)
+            .map(|s| s.sh_addr + s.sh_size)
+            .unwrap_or(0)
+    };
+    starts.sort_unstable();
+    starts.dedup();
+
+    // Group aliases: one hook per address; the preferred name is global before weak before
+    // local, then the shortest, then the first in alphabetical order.
+    let mut by_addr: BTreeMap<u64, Vec<RawSym>> = BTreeMap::new();
+    for s in raw {
+        by_addr.entry(s.value).or_default().push(s);
+    }
+    let loads: Vec<_> = elf
+        .program_headers
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD)
+        .collect();
+
+    let mut funcs = Vec::new();
+    for (vaddr, mut group) in by_addr {
+        group.sort_by(|a, b| {
+            let rank = |s: &RawSym| match s.bind {
+                sym::STB_GLOBAL => 0,
+                sym::STB_WEAK => 1,
+                _ => 2,
+            };
+            (rank(a), a.name.len(), &a.name).cmp(&(rank(b), b.name.len(), &b.name))
+        });
+        let Some(ph) = loads
+            .iter()
+            .find(|p| vaddr >= p.p_vaddr && vaddr < p.p_vaddr + p.p_filesz)
+        else {
+            continue;
+        };
+        let file_off = vaddr - ph.p_vaddr + ph.p_offset;
+        let Some(map) = maps
+            .iter()
+            .find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start))
+        else {
+            continue; // not mapped executable in the target
+        };
+        let runtime = map.start + (file_off - map.offset);
+        let primary = &group[0];
+        let size = group.iter().map(|s| s.size).max().unwrap_or(primary.size);
+        let next_vaddr = starts
+            .iter()
+            .filter(|(a, sh)| *sh == primary.shndx && *a > vaddr)
+            .map(|(a, _)| *a)
+            .next()
+            .unwrap_or_else(|| section_end(primary.shndx))
+            .max(vaddr + size);
+        // Never let padding run past the end of the mapping.
+        let next_start = (runtime + (next_vaddr - vaddr)).min(map.end);
+        let mut aliases: Vec<String> = group[1..].iter().map(|s| s.name.clone()).collect();
+        aliases.dedup();
+        funcs.push(Function {
+            demangled: demangle(&primary.name),
+            name: primary.name.clone(),
+            aliases,
+            addr: runtime,
+            size,
+            offset: file_off,
+            vaddr,
+            next_start,
+            module: index,
+        });
+    }
+    if funcs.is_empty() && index == 0 && maps.is_empty() {
+        bail!("no executable mapping of the main executable");
+    }
+    Ok((
+        Module {
+            path: path.to_path_buf(),
+            build_id,
+            debug_file,
+        },
+        funcs,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE").as_deref(),
+            Some("core::fmt::write")
+        );
+        assert_eq!(demangle("_Z3fooi").as_deref(), Some("foo(int)"));
+        assert_eq!(demangle("main"), None);
+    }
+
+    #[test]
+    fn filters_match_raw_and_demangled_and_exclude_wins() {
+        let f = Function {
+            name: "_Z3fooi".into(),
+            demangled: Some("foo(int)".into()),
+            aliases: vec![],
+            addr: 0x1000,
+            size: 10,
+            offset: 0x1000,
+            vaddr: 0x1000,
+            next_start: 0x1010,
+            module: 0,
+        };
+        let o = |inc: Option<&str>, exc: Option<&str>| Options {
+            include: inc.map(|s| Regex::new(s).unwrap()),
+            exclude: exc.map(|s| Regex::new(s).unwrap()),
+            ..Default::default()
+        };
+        assert!(keep(&f, &o(None, None)));
+        assert!(keep(&f, &o(Some(r"^foo\("), None)));
+        assert!(keep(&f, &o(Some("_Z3foo"), None)));
+        assert!(!keep(&f, &o(Some("bar"), None)));
+        assert!(!keep(&f, &o(Some("foo"), Some("int"))));
+    }
+
+    #[test]
+    fn discovers_own_functions() {
+        // This test binary is a real PIE process: find one of its own functions.
+        let pid = std::process::id() as i32;
+        let d = discover(pid, &Options::default()).unwrap();
+        assert!(!d.functions.is_empty());
+        let me = discovers_own_functions as *const () as u64;
+        let f = d
+            .functions
+            .iter()
+            .find(|f| f.addr == me)
+            .expect("this function is discovered at its runtime address");
+        assert!(
+            f.demangled
+                .as_deref()
+                .unwrap()
+                .ends_with("discovers_own_functions")
+        );
+        assert!(f.next_start >= f.addr + f.size);
+        // Sorted and unique.
+        assert!(d.functions.windows(2).all(|w| w[0].addr < w[1].addr));
+    }
+
+    #[test]
+    fn modules_by_name() {
+        let pid = std::process::id() as i32;
+        let d = discover(
+            pid,
+            &Options {
+                modules: vec!["libc.so.6".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.modules.len(), 2);
+        let malloc = d.functions.iter().find(|f| {
+            f.module == 1 && (f.name == "malloc" || f.aliases.iter().any(|a| a == "malloc"))
+        });
+        assert!(malloc.is_some(), "libc's malloc is found");
+        let err = discover(
+            pid,
+            &Options {
+                modules: vec!["libnosuch.so".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.downcast_ref::<BadInput>().is_some());
+    }
+}

@@ -1,0 +1,482 @@
+//! Coverage reports: JSON (a superset of the original xcover's schema v1), LCOV, and merging.
+//!
+//! The JSON keeps every field the original xcover wrote — `schema_version`, `funcs_traced`
+//! and `funcs_ack` (raw names), `cov_by_func` (percent), `exe_path`, `build_id`, `kernel`,
+//! `xcover_version`, `generated_at`, and per function `name`, `demangled` (only when it
+//! differs), `offset`, `hit` — and adds `pid` and per function `hits` and `module`. Functions
+//! are sorted by module, offset and name so that two reports diff cleanly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::BadInput;
+use crate::discover::Discovery;
+
+/// Report schema version (the original xcover's is 1; ours only adds fields).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One function in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FuncReport {
+    /// Raw symbol name.
+    pub name: String,
+    /// Demangled name, when it differs from `name`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub demangled: Option<String>,
+    /// Offset of the entry in the module's file.
+    pub offset: u64,
+    /// Whether it ran at least once.
+    pub hit: bool,
+    /// How many times it ran.
+    #[serde(default)]
+    pub hits: u64,
+    /// File name of the module it belongs to.
+    #[serde(default)]
+    pub module: String,
+    /// Source file, from DWARF.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub file: Option<String>,
+    /// Line of the function's entry, from DWARF.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub line: Option<u32>,
+}
+
+/// A coverage report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Raw names of every function traced.
+    pub funcs_traced: Vec<String>,
+    /// Raw names of the functions that ran.
+    pub funcs_ack: Vec<String>,
+    /// `funcs_ack / funcs_traced * 100`.
+    pub cov_by_func: f64,
+    /// Path of the main executable.
+    pub exe_path: String,
+    /// Pid of the target.
+    #[serde(default)]
+    pub pid: i64,
+    /// Build-id of the main executable, hex.
+    pub build_id: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Version of xcover that wrote the report.
+    pub xcover_version: String,
+    /// RFC 3339 UTC time the report was written.
+    pub generated_at: String,
+    /// Every function traced.
+    pub functions: Vec<FuncReport>,
+}
+
+impl Report {
+    /// Builds a report from its functions, filling the derived fields and sorting.
+    pub fn new(
+        exe_path: String,
+        pid: i64,
+        build_id: String,
+        mut functions: Vec<FuncReport>,
+    ) -> Self {
+        for f in &mut functions {
+            f.hit = f.hits > 0;
+            if f.demangled.as_deref() == Some(f.name.as_str()) {
+                f.demangled = None;
+            }
+        }
+        let mut r = Report {
+            schema_version: SCHEMA_VERSION,
+            funcs_traced: vec![],
+            funcs_ack: vec![],
+            cov_by_func: 0.0,
+            exe_path,
+            pid,
+            build_id,
+            kernel: kernel_release(),
+            xcover_version: env!("CARGO_PKG_VERSION").to_string(),
+            generated_at: now_rfc3339(),
+            functions,
+        };
+        r.finish();
+        r
+    }
+
+    /// Sorts and recomputes `funcs_traced`, `funcs_ack` and `cov_by_func` from `functions`.
+    fn finish(&mut self) {
+        self.functions
+            .sort_by(|a, b| (&a.module, a.offset, &a.name).cmp(&(&b.module, b.offset, &b.name)));
+        self.funcs_traced = self.functions.iter().map(|f| f.name.clone()).collect();
+        self.funcs_ack = self
+            .functions
+            .iter()
+            .filter(|f| f.hit)
+            .map(|f| f.name.clone())
+            .collect();
+        self.cov_by_func = if self.funcs_traced.is_empty() {
+            0.0
+        } else {
+            self.funcs_ack.len() as f64 * 100.0 / self.funcs_traced.len() as f64
+        };
+    }
+
+    /// Writes the JSON report.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let mut s = serde_json::to_string_pretty(self)?;
+        s.push('\n');
+        write_file(path, &s)
+    }
+
+    /// Reads a JSON report (ours or the original xcover's).
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| BadInput(format!("{}: cannot read report: {e}", path.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&s)
+            .map_err(|e| BadInput(format!("{}: not a JSON report: {e}", path.display())))?;
+        match v.get("schema_version").and_then(|v| v.as_u64()) {
+            Some(1) => {}
+            other => {
+                return Err(BadInput(format!(
+                    "{}: unsupported report schema_version {other:?} (expected 1)",
+                    path.display()
+                ))
+                .into());
+            }
+        }
+        serde_json::from_value(v)
+            .map_err(|e| BadInput(format!("{}: malformed report: {e}", path.display())).into())
+    }
+
+    /// LCOV text: one record per source file when DWARF gave files, otherwise per module.
+    pub fn to_lcov(&self) -> String {
+        let mut by_file: BTreeMap<&str, Vec<&FuncReport>> = BTreeMap::new();
+        for f in &self.functions {
+            let key = f.file.as_deref().unwrap_or(&f.module);
+            by_file.entry(key).or_default().push(f);
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "TN:xcover");
+        for (file, funcs) in by_file {
+            let _ = writeln!(out, "SF:{file}");
+            // LCOV names must be unique within a file; aliases were merged by discovery.
+            for f in &funcs {
+                let _ = writeln!(out, "FN:{},{}", f.line.unwrap_or(0), lcov_name(f));
+            }
+            for f in &funcs {
+                let _ = writeln!(out, "FNDA:{},{}", f.hits, lcov_name(f));
+            }
+            let _ = writeln!(out, "FNF:{}", funcs.len());
+            let _ = writeln!(out, "FNH:{}", funcs.iter().filter(|f| f.hit).count());
+            let _ = writeln!(out, "end_of_record");
+        }
+        out
+    }
+
+    /// Writes the LCOV report.
+    pub fn write_lcov(&self, path: &Path) -> Result<()> {
+        write_file(path, &self.to_lcov())
+    }
+
+    /// Sums reports of the same build: hits add up per (module, offset, name).
+    pub fn merge(reports: Vec<Report>) -> Result<Report> {
+        let mut it = reports.into_iter();
+        let Some(mut acc) = it.next() else {
+            bail!(BadInput("merge needs at least one report".into()));
+        };
+        let mut index: BTreeMap<(String, u64, String), usize> = acc
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ((f.module.clone(), f.offset, f.name.clone()), i))
+            .collect();
+        for r in it {
+            if r.build_id != acc.build_id {
+                return Err(BadInput(format!(
+                    "cannot merge reports of different builds ({} and {})",
+                    display_id(&acc.build_id),
+                    display_id(&r.build_id)
+                ))
+                .into());
+            }
+            for f in r.functions {
+                let key = (f.module.clone(), f.offset, f.name.clone());
+                match index.get(&key) {
+                    Some(&i) => {
+                        let g = &mut acc.functions[i];
+                        // A report of the original xcover has `hit` but no `hits`.
+                        g.hits += f.hits.max(u64::from(f.hit));
+                        g.hit |= f.hit;
+                    }
+                    None => {
+                        index.insert(key, acc.functions.len());
+                        acc.functions.push(f);
+                    }
+                }
+            }
+        }
+        for f in &mut acc.functions {
+            f.hits = f.hits.max(u64::from(f.hit));
+            f.hit = f.hits > 0;
+        }
+        acc.generated_at = now_rfc3339();
+        acc.xcover_version = env!("CARGO_PKG_VERSION").to_string();
+        acc.finish();
+        Ok(acc)
+    }
+}
+
+fn display_id(id: &str) -> &str {
+    if id.is_empty() { "no build-id" } else { id }
+}
+
+fn lcov_name(f: &FuncReport) -> String {
+    // LCOV separates fields with commas; demangled C++ names contain them.
+    f.demangled.as_deref().unwrap_or(&f.name).replace(',', ";")
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    // Write next to the destination, then rename: a reader never sees half a report.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The current time as RFC 3339 UTC, to the second.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from the day count: shift the epoch to 0000-03-01 so leap days end a year.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Builds the report of a session from what discovery found and each function's hit count
+/// (`hits[i]` belongs to `d.functions[i]`), with source lines from DWARF where present.
+pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
+    let tables: Vec<LineTable> = d
+        .modules
+        .iter()
+        .map(|m| LineTable::open(m.debug_file.as_deref().unwrap_or(&m.path)))
+        .collect();
+    let functions = d
+        .functions
+        .iter()
+        .zip(hits.iter().copied().chain(std::iter::repeat(0)))
+        .map(|(f, hits)| {
+            let loc = tables[f.module].locate(f.vaddr);
+            FuncReport {
+                name: f.name.clone(),
+                demangled: f.demangled.clone(),
+                offset: f.offset,
+                hit: hits > 0,
+                hits,
+                module: d.modules[f.module].name(),
+                file: loc.as_ref().map(|l| l.0.clone()),
+                line: loc.map(|l| l.1),
+            }
+        })
+        .collect();
+    let main = d.modules.first();
+    Report::new(
+        main.map(|m| m.path.display().to_string())
+            .unwrap_or_default(),
+        pid,
+        main.and_then(|m| m.build_id.as_ref())
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default(),
+        functions,
+    )
+}
+
+/// `xcover merge`: sums reports of the same build.
+pub fn merge_command(a: crate::cli::MergeArgs) -> Result<std::process::ExitCode> {
+    let reports = a
+        .reports
+        .iter()
+        .map(|p| Report::read_json(p))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = Report::merge(reports)?;
+    match &a.output {
+        Some(p) => merged.write_json(p)?,
+        None => println!("{}", serde_json::to_string_pretty(&merged)?),
+    }
+    if let Some(p) = &a.lcov {
+        merged.write_lcov(p)?;
+    }
+    eprintln!(
+        "merged {} reports: {} of {} functions hit ({:.1}%)",
+        a.reports.len(),
+        merged.funcs_ack.len(),
+        merged.funcs_traced.len(),
+        merged.cov_by_func
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Source locations of function entries, from a module's DWARF (or its debug file).
+pub struct LineTable {
+    loader: Option<addr2line::Loader>,
+}
+
+impl LineTable {
+    /// Opens the DWARF of `path`; without DWARF every lookup gives `None`.
+    pub fn open(path: &Path) -> Self {
+        LineTable {
+            loader: addr2line::Loader::new(path).ok(),
+        }
+    }
+
+    /// File and line of the code at link-time address `vaddr`.
+    pub fn locate(&self, vaddr: u64) -> Option<(String, u32)> {
+        let loc = self.loader.as_ref()?.find_location(vaddr).ok()??;
+        Some((loc.file?.to_string(), loc.line?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, offset: u64, hits: u64) -> FuncReport {
+        FuncReport {
+            name: name.into(),
+            demangled: None,
+            offset,
+            hit: hits > 0,
+            hits,
+            module: "app".into(),
+            file: None,
+            line: None,
+        }
+    }
+
+    #[test]
+    fn derived_fields_and_sorting() {
+        let r = Report::new(
+            "/bin/app".into(),
+            42,
+            "abcd".into(),
+            vec![f("b", 0x20, 0), f("a", 0x10, 3), f("c", 0x30, 1)],
+        );
+        assert_eq!(r.funcs_traced, ["a", "b", "c"]);
+        assert_eq!(r.funcs_ack, ["a", "c"]);
+        assert!((r.cov_by_func - 200.0 / 3.0).abs() < 1e-9);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["functions"][0]["hit"], true);
+        assert_eq!(v["functions"][0]["hits"], 3);
+        assert!(v["functions"][0].get("demangled").is_none());
+    }
+
+    #[test]
+    fn reads_original_xcover_reports_and_merges() {
+        let dir = std::env::temp_dir().join(format!("xcover-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let orig = dir.join("orig.json");
+        std::fs::write(
+            &orig,
+            r#"{"schema_version":1,"xcover_version":"v1","generated_at":"2026-01-02T03:04:05Z",
+            "kernel":"6.1","exe_path":"/bin/app","build_id":"abcd","funcs_traced":["a","b"],
+            "funcs_ack":["a"],"cov_by_func":50,
+            "functions":[{"name":"a","offset":16,"hit":true},{"name":"b","offset":32,"hit":false}]}"#,
+        )
+        .unwrap();
+        let a = Report::read_json(&orig).unwrap();
+        let mut ours = Report::new("/bin/app".into(), 1, "abcd".into(), vec![f("b", 32, 5)]);
+        ours.functions[0].module = String::new();
+        let m = Report::merge(vec![a, ours]).unwrap();
+        let hits: Vec<_> = m
+            .functions
+            .iter()
+            .map(|f| (f.name.as_str(), f.hits))
+            .collect();
+        assert_eq!(hits, [("a", 1), ("b", 5)]);
+        assert_eq!(m.cov_by_func, 100.0);
+
+        let other = Report::new("/bin/app".into(), 1, "ffff".into(), vec![]);
+        let err = Report::merge(vec![m, other]).unwrap_err();
+        assert!(err.to_string().contains("different builds"));
+        std::fs::write(&orig, r#"{"schema_version":2}"#).unwrap();
+        assert!(Report::read_json(&orig).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lcov_records() {
+        let mut a = f("_Z3fooii", 0x10, 7);
+        a.demangled = Some("foo(int, int)".into());
+        a.file = Some("/src/a.c".into());
+        a.line = Some(12);
+        let r = Report::new(
+            "/bin/app".into(),
+            1,
+            String::new(),
+            vec![a, f("bar", 0x20, 0)],
+        );
+        let l = r.to_lcov();
+        assert!(l.contains(
+            "SF:/src/a.c\nFN:12,foo(int; int)\nFNDA:7,foo(int; int)\nFNF:1\nFNH:1\nend_of_record\n"
+        ));
+        assert!(l.contains("SF:app\nFN:0,bar\nFNDA:0,bar\nFNF:1\nFNH:0\nend_of_record\n"));
+    }
+
+    #[test]
+    fn report_of_own_process_has_dwarf_lines() {
+        let pid = std::process::id() as i32;
+        let d = crate::discover::discover(pid, &Default::default()).unwrap();
+        let me = report_of_own_process_has_dwarf_lines as *const () as u64;
+        let i = d.functions.iter().position(|f| f.addr == me).unwrap();
+        let mut hits = vec![0; d.functions.len()];
+        hits[i] = 3;
+        let r = from_discovery(&d, &hits, pid.into());
+        assert_eq!(r.funcs_ack.len(), 1);
+        let f = r.functions.iter().find(|f| f.hits == 3).unwrap();
+        assert!(
+            f.file.as_deref().unwrap().ends_with("src/report.rs"),
+            "{f:?}"
+        );
+        assert!(f.line.unwrap() > 0);
+        assert!(
+            r.to_lcov()
+                .contains(&format!("FNDA:3,{}", f.demangled.as_ref().unwrap()))
+        );
+        assert_eq!(r.build_id.len() % 2, 0);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_219_200 + 3661), "2026-11-21T01:01:01Z");
+    }
+}
