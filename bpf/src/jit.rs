@@ -1,18 +1,886 @@
-//! (being written)
+//! The x86-64 JIT.
+//!
+//! [`compile`] turns a verified program into position-independent machine code callable as
+//! `extern "C" fn(r1: u64, r2: u64) -> u64`: jumps inside the code are pc-relative and helpers
+//! are called through absolute addresses (`mov rax, imm64; call rax`), so the bytes can be
+//! copied anywhere (another process included) and run there. It only emits bytes;
+//! [`crate::exec`] maps them locally.
+//!
+//! # Register and frame layout
+//!
+//! eBPF registers live in the registers Linux's x86 JIT uses: `r0 = rax`, `r1 = rdi`,
+//! `r2 = rsi`, `r3 = rdx`, `r4 = rcx`, `r5 = r8`, `r6 = rbx`, `r7 = r13`, `r8 = r14`,
+//! `r9 = r15`, `r10 = rbp`. So helper arguments are already where the System V ABI wants
+//! them, and `r6`–`r10` are callee-saved across helpers. `r9`, `r10`, `r11` are scratch;
+//! `r12` holds the main frame's `rsp` so the unwind helper can leave from any depth.
+//!
+//! The main program pushes `rbp, rbx, r13, r14, r15, r12`, reserves 520 bytes (512 of eBPF
+//! stack + 8 to keep `rsp` 16-byte aligned) and points `rbp` at the end of the 512. Each
+//! local function is a real x86 function: `call rel32`, push `rbx, r13, r14, r15, rbp`,
+//! reserve 512 bytes, `rbp` at their end. `rsp` is a multiple of 16 everywhere in the body,
+//! so helper calls need no fix-up.
+//!
+//! With [`JitOptions::preserve_vector_regs`], every helper call that is not inlined saves
+//! `xmm0`–`xmm15` in 256 bytes below `rsp` and restores them afterwards.
+//!
+//! Edge semantics (division by zero, `INT_MIN / -1`, shift masking, 32-bit
+//! zero-extension) match [`crate::interp`] exactly.
+
+use alloc::vec;
 use alloc::vec::Vec;
+
 use crate::env::Env;
-use crate::insn::Insn;
-/// Options.
-#[derive(Clone, Copy, Debug, Default)]
+use crate::insn::*;
+
+/// Helper id of `bpf_get_func_ip`.
+pub const HELPER_GET_FUNC_IP: u32 = 173;
+/// Helper id of `bpf_get_attach_cookie`.
+pub const HELPER_GET_ATTACH_COOKIE: u32 = 174;
+
+/// How to compile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JitOptions {
-    /// Save xmm.
+    /// Save and restore `xmm0`–`xmm15` around every helper call that is not inlined (the
+    /// trampoline calling the probe then needs no vector save on its hot path).
     pub preserve_vector_regs: bool,
-    /// Inline ctx helpers.
+    /// Inline `bpf_get_attach_cookie` and `bpf_get_func_ip` (when the [`Env`] registers
+    /// them) as loads from the [`xcover_abi::ProbeCtx`] in `r1`.
     pub inline_ctx_helpers: bool,
 }
-/// Error.
-#[derive(Debug, thiserror::Error)]
-#[error("jit not built")]
-pub struct JitError;
-/// Compile.
-pub fn compile(_i: &[Insn], _e: &Env, _o: &JitOptions) -> Result<Vec<u8>, JitError> { Err(JitError) }
+
+/// Why a program could not be compiled. The verifier rejects all of these first.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JitError {
+    /// An opcode or field combination the JIT does not know.
+    #[error("insn {pc}: unknown opcode {op:#04x}")]
+    UnknownOpcode {
+        /// Instruction index.
+        pc: usize,
+        /// Opcode.
+        op: u8,
+    },
+    /// A register above `r10`.
+    #[error("insn {pc}: invalid register")]
+    BadRegister {
+        /// Instruction index.
+        pc: usize,
+    },
+    /// A call to a helper not in the [`Env`].
+    #[error("insn {pc}: unknown helper {id}")]
+    UnknownHelper {
+        /// Instruction index.
+        pc: usize,
+        /// Helper id.
+        id: u32,
+    },
+    /// A map index not in the [`Env`].
+    #[error("insn {pc}: unknown map index {index}")]
+    UnknownMap {
+        /// Instruction index.
+        pc: usize,
+        /// Map index.
+        index: u32,
+    },
+    /// A jump outside the program or into a `lddw`.
+    #[error("insn {pc}: bad jump target {target}")]
+    BadJump {
+        /// Instruction index.
+        pc: usize,
+        /// Target index.
+        target: i64,
+    },
+    /// A `lddw` missing its second half.
+    #[error("insn {pc}: incomplete lddw")]
+    IncompleteLddw {
+        /// Instruction index.
+        pc: usize,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small x86-64 emitter.
+// ---------------------------------------------------------------------------------------------
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RDX: u8 = 2;
+const RBX: u8 = 3;
+const RSP: u8 = 4;
+const RBP: u8 = 5;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const R10: u8 = 10;
+const R11: u8 = 11;
+const R12: u8 = 12;
+const R13: u8 = 13;
+const R14: u8 = 14;
+const R15: u8 = 15;
+
+/// eBPF register -> x86 register.
+const MAP: [u8; 11] = [RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP];
+
+/// Condition codes (low nibble of `0F 8x` / `7x`).
+const CC_E: u8 = 0x4;
+const CC_NE: u8 = 0x5;
+
+/// The second operand of an instruction: a register or `[base + disp32]`.
+#[derive(Clone, Copy)]
+enum Rm {
+    Reg(u8),
+    Mem(u8, i32),
+}
+
+struct Emitter {
+    buf: Vec<u8>,
+}
+
+impl Emitter {
+    fn byte(&mut self, b: u8) {
+        self.buf.push(b);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    fn imm32(&mut self, v: i32) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    fn pos(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// One instruction: `[prefix] [REX] opcode ModRM [SIB] [disp32]`.
+    ///
+    /// `byte_regs` forces a REX prefix so register numbers 4–7 mean `spl/bpl/sil/dil`.
+    fn inst(&mut self, prefix: &[u8], w: bool, byte_regs: bool, opc: &[u8], reg: u8, rm: Rm) {
+        self.bytes(prefix);
+        let base = match rm {
+            Rm::Reg(r) | Rm::Mem(r, _) => r,
+        };
+        let rex = 0x40 | (w as u8) << 3 | (reg >> 3 & 1) << 2 | (base >> 3 & 1);
+        let needs_byte_rex = byte_regs && ((4..8).contains(&reg) || matches!(rm, Rm::Reg(4..=7)));
+        if rex != 0x40 || needs_byte_rex {
+            self.byte(rex);
+        }
+        self.bytes(opc);
+        match rm {
+            Rm::Reg(r) => self.byte(0xc0 | (reg & 7) << 3 | (r & 7)),
+            Rm::Mem(b, disp) => {
+                self.byte(0x80 | (reg & 7) << 3 | (b & 7));
+                if b & 7 == RSP {
+                    self.byte(0x24);
+                }
+                self.imm32(disp);
+            }
+        }
+    }
+
+    /// `op rm, reg` with a one-byte opcode (add, sub, mov, cmp, test, ...).
+    fn rr(&mut self, w: bool, opc: u8, dst: u8, src: u8) {
+        self.inst(&[], w, false, &[opc], src, Rm::Reg(dst));
+    }
+
+    /// `mov dst, src` (64 or 32 bits; the 32-bit form zero-extends).
+    fn mov(&mut self, w: bool, dst: u8, src: u8) {
+        self.rr(w, 0x89, dst, src);
+    }
+
+    /// Group-1 operation with an immediate: `81 /ext imm32` or `83 /ext imm8`.
+    fn alu_imm(&mut self, w: bool, ext: u8, dst: u8, imm: i32) {
+        if let Ok(b) = i8::try_from(imm) {
+            self.inst(&[], w, false, &[0x83], ext, Rm::Reg(dst));
+            self.byte(b as u8);
+        } else {
+            self.inst(&[], w, false, &[0x81], ext, Rm::Reg(dst));
+            self.imm32(imm);
+        }
+    }
+
+    /// `mov dst, imm` sign-extended (64) or `mov dst32, imm32` (32).
+    fn mov_imm(&mut self, w: bool, dst: u8, imm: i32) {
+        if imm == 0 {
+            self.rr(false, 0x31, dst, dst); // xor r32, r32
+        } else if w && imm < 0 {
+            self.inst(&[], true, false, &[0xc7], 0, Rm::Reg(dst));
+            self.imm32(imm);
+        } else {
+            // mov r32, imm32 (B8+r) zero-extends, which equals sign extension for imm >= 0.
+            if dst >= 8 {
+                self.byte(0x41);
+            }
+            self.byte(0xb8 + (dst & 7));
+            self.imm32(imm);
+        }
+    }
+
+    /// `mov dst, imm64`.
+    fn mov_imm64(&mut self, dst: u8, imm: u64) {
+        self.byte(0x48 | (dst >> 3 & 1));
+        self.byte(0xb8 + (dst & 7));
+        self.bytes(&imm.to_le_bytes());
+    }
+
+    fn push(&mut self, r: u8) {
+        if r >= 8 {
+            self.byte(0x41);
+        }
+        self.byte(0x50 + (r & 7));
+    }
+
+    fn pop(&mut self, r: u8) {
+        if r >= 8 {
+            self.byte(0x41);
+        }
+        self.byte(0x58 + (r & 7));
+    }
+
+    /// `lea dst, [base + disp]`.
+    fn lea(&mut self, dst: u8, base: u8, disp: i32) {
+        self.inst(&[], true, false, &[0x8d], dst, Rm::Mem(base, disp));
+    }
+
+    /// `jcc rel32` with the target patched later; returns the position of the rel32.
+    fn jcc(&mut self, cc: u8) -> usize {
+        self.bytes(&[0x0f, 0x80 | cc]);
+        self.imm32(0);
+        self.pos() - 4
+    }
+
+    /// `jmp rel32` with the target patched later; returns the position of the rel32.
+    fn jmp(&mut self) -> usize {
+        self.byte(0xe9);
+        self.imm32(0);
+        self.pos() - 4
+    }
+
+    /// Points the rel32 at `at` to `target`.
+    fn patch(&mut self, at: usize, target: usize) {
+        let rel = target as i64 - (at as i64 + 4);
+        self.buf[at..at + 4].copy_from_slice(&(rel as i32).to_le_bytes());
+    }
+
+    /// Points the rel32 at `at` to the current position.
+    fn patch_here(&mut self, at: usize) {
+        let here = self.pos();
+        self.patch(at, here);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The compiler.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes reserved by the main frame below its pushes (512 of stack + 8 of alignment).
+const MAIN_FRAME: i32 = STACK_SIZE as i32 + 8;
+/// Bytes reserved by a local function's frame.
+const SUB_FRAME: i32 = STACK_SIZE as i32;
+
+#[derive(Clone, Copy)]
+enum Target {
+    Insn(usize),
+    Func(usize),
+    Epilogue,
+}
+
+struct Compiler<'a> {
+    e: Emitter,
+    env: &'a Env<'a>,
+    opts: &'a JitOptions,
+    fixups: Vec<(usize, Target)>,
+}
+
+/// Compiles a verified program for any load address.
+pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, JitError> {
+    let len = insns.len();
+    let mut c = Compiler {
+        e: Emitter {
+            buf: Vec::with_capacity(len * 8 + 64),
+        },
+        env,
+        opts,
+        fixups: Vec::new(),
+    };
+    // Function entries: 0 and every local-call target; lddw second halves.
+    let mut entry = vec![false; len + 1];
+    let mut tail = vec![false; len + 1];
+    entry[0] = true;
+    let mut pc = 0;
+    while pc < len {
+        let i = insns[pc];
+        if i.is_lddw() {
+            if pc + 1 >= len {
+                return Err(JitError::IncompleteLddw { pc });
+            }
+            tail[pc + 1] = true;
+            pc += 2;
+            continue;
+        }
+        if i.is_local_call() {
+            let t = i.jump_target(pc).unwrap_or(-1);
+            if t < 0 || t >= len as i64 {
+                return Err(JitError::BadJump { pc, target: t });
+            }
+            entry[t as usize] = true;
+        }
+        pc += 1;
+    }
+    for (pc, i) in insns.iter().enumerate() {
+        if tail[pc] {
+            continue;
+        }
+        if let Some(t) = i.jump_target(pc)
+            && (t < 0 || t >= len as i64 || tail[t as usize])
+        {
+            return Err(JitError::BadJump { pc, target: t });
+        }
+    }
+
+    let mut insn_off = vec![0usize; len + 1];
+    let mut func_off = vec![0usize; len + 1];
+    c.main_prologue();
+    let mut in_main = true;
+    let mut pc = 0;
+    while pc < len {
+        if entry[pc] && pc != 0 {
+            in_main = false;
+            func_off[pc] = c.e.pos();
+            c.sub_prologue();
+        }
+        insn_off[pc] = c.e.pos();
+        let i = insns[pc];
+        if i.dst > 10 || i.src > 10 {
+            return Err(JitError::BadRegister { pc });
+        }
+        if i.is_lddw() {
+            c.lddw(pc, i, insns[pc + 1])?;
+            insn_off[pc + 1] = c.e.pos();
+            pc += 2;
+            continue;
+        }
+        c.insn(pc, i, in_main)?;
+        pc += 1;
+    }
+    let epilogue = c.e.pos();
+    c.main_epilogue();
+    for &(at, t) in &c.fixups {
+        let to = match t {
+            Target::Insn(pc) => insn_off[pc],
+            Target::Func(pc) => func_off[pc],
+            Target::Epilogue => epilogue,
+        };
+        c.e.patch(at, to);
+    }
+    Ok(c.e.buf)
+}
+
+impl Compiler<'_> {
+    fn main_prologue(&mut self) {
+        for r in [RBP, RBX, R13, R14, R15, R12] {
+            self.e.push(r);
+        }
+        self.e.alu_imm(true, 5, RSP, MAIN_FRAME); // sub rsp, 520
+        self.e.lea(RBP, RSP, STACK_SIZE as i32);
+        self.e.mov(true, R12, RSP);
+    }
+
+    fn main_epilogue(&mut self) {
+        self.e.alu_imm(true, 0, RSP, MAIN_FRAME); // add rsp, 520
+        for r in [R12, R15, R14, R13, RBX, RBP] {
+            self.e.pop(r);
+        }
+        self.e.byte(0xc3);
+    }
+
+    fn sub_prologue(&mut self) {
+        for r in [RBX, R13, R14, R15, RBP] {
+            self.e.push(r);
+        }
+        self.e.alu_imm(true, 5, RSP, SUB_FRAME);
+        self.e.lea(RBP, RSP, STACK_SIZE as i32);
+    }
+
+    fn sub_epilogue(&mut self) {
+        self.e.alu_imm(true, 0, RSP, SUB_FRAME);
+        for r in [RBP, R15, R14, R13, RBX] {
+            self.e.pop(r);
+        }
+        self.e.byte(0xc3);
+    }
+
+    fn jump_to(&mut self, at: usize, t: Target) {
+        self.fixups.push((at, t));
+    }
+
+    fn lddw(&mut self, pc: usize, i: Insn, next: Insn) -> Result<(), JitError> {
+        let d = MAP[i.dst as usize];
+        let idx = i.imm as u32;
+        let missing = JitError::UnknownMap { pc, index: idx };
+        let v = match i.src {
+            PSEUDO_NONE => (i.imm as u32 as u64) | (next.imm as u32 as u64) << 32,
+            PSEUDO_MAP_FD => *self.env.map_addrs.get(idx as usize).ok_or(missing)?,
+            PSEUDO_MAP_VALUE => self
+                .env
+                .map_value_addrs
+                .get(idx as usize)
+                .ok_or(missing)?
+                .wrapping_add(next.imm as u32 as u64),
+            _ => return Err(JitError::UnknownOpcode { pc, op: i.op }),
+        };
+        self.e.mov_imm64(d, v);
+        Ok(())
+    }
+
+    fn insn(&mut self, pc: usize, i: Insn, in_main: bool) -> Result<(), JitError> {
+        let d = MAP[i.dst as usize];
+        let s = MAP[i.src as usize];
+        let bad = JitError::UnknownOpcode { pc, op: i.op };
+        let x = i.op & SRC_MASK == BPF_X;
+        match i.class() {
+            BPF_ALU | BPF_ALU64 => self.alu(i, d, s, x).ok_or(bad)?,
+            BPF_LDX => {
+                let m = Rm::Mem(s, i.off as i32);
+                let (w, opc): (bool, &[u8]) = match (i.op & MODE_MASK, i.op & SIZE_MASK) {
+                    (BPF_MEM, BPF_B) => (false, &[0x0f, 0xb6]),
+                    (BPF_MEM, BPF_H) => (false, &[0x0f, 0xb7]),
+                    (BPF_MEM, BPF_W) => (false, &[0x8b]),
+                    (BPF_MEM, BPF_DW) => (true, &[0x8b]),
+                    (BPF_MEMSX, BPF_B) => (true, &[0x0f, 0xbe]),
+                    (BPF_MEMSX, BPF_H) => (true, &[0x0f, 0xbf]),
+                    (BPF_MEMSX, BPF_W) => (true, &[0x63]),
+                    _ => return Err(bad),
+                };
+                self.e.inst(&[], w, false, opc, d, m);
+            }
+            BPF_ST => {
+                if i.op & MODE_MASK != BPF_MEM {
+                    return Err(bad);
+                }
+                let m = Rm::Mem(d, i.off as i32);
+                match i.op & SIZE_MASK {
+                    BPF_B => {
+                        self.e.inst(&[], false, false, &[0xc6], 0, m);
+                        self.e.byte(i.imm as u8);
+                    }
+                    BPF_H => {
+                        self.e.inst(&[0x66], false, false, &[0xc7], 0, m);
+                        self.e.bytes(&(i.imm as u16).to_le_bytes());
+                    }
+                    BPF_W => {
+                        self.e.inst(&[], false, false, &[0xc7], 0, m);
+                        self.e.imm32(i.imm);
+                    }
+                    _ => {
+                        self.e.inst(&[], true, false, &[0xc7], 0, m);
+                        self.e.imm32(i.imm);
+                    }
+                }
+            }
+            BPF_STX => {
+                let m = Rm::Mem(d, i.off as i32);
+                match i.op & MODE_MASK {
+                    BPF_MEM => match i.op & SIZE_MASK {
+                        BPF_B => self.e.inst(&[], false, true, &[0x88], s, m),
+                        BPF_H => self.e.inst(&[0x66], false, false, &[0x89], s, m),
+                        BPF_W => self.e.inst(&[], false, false, &[0x89], s, m),
+                        _ => self.e.inst(&[], true, false, &[0x89], s, m),
+                    },
+                    BPF_ATOMIC => self.atomic(i, d, s).ok_or(bad)?,
+                    _ => return Err(bad),
+                }
+            }
+            BPF_JMP | BPF_JMP32 => self.jmp(pc, i, d, s, x, in_main)?,
+            _ => return Err(bad),
+        }
+        Ok(())
+    }
+
+    fn alu(&mut self, i: Insn, d: u8, s: u8, x: bool) -> Option<()> {
+        let w = i.class() == BPF_ALU64;
+        let code = i.op & OP_MASK;
+        let e = &mut self.e;
+        match code {
+            BPF_ADD | BPF_SUB | BPF_OR | BPF_AND | BPF_XOR => {
+                if i.off != 0 {
+                    return None;
+                }
+                let (opc, ext) = match code {
+                    BPF_ADD => (0x01, 0),
+                    BPF_OR => (0x09, 1),
+                    BPF_AND => (0x21, 4),
+                    BPF_SUB => (0x29, 5),
+                    _ => (0x31, 6),
+                };
+                if x {
+                    e.rr(w, opc, d, s);
+                } else {
+                    e.alu_imm(w, ext, d, i.imm);
+                }
+            }
+            BPF_MOV => match (x, i.off) {
+                (false, 0) => e.mov_imm(w, d, i.imm),
+                (true, 0) => e.mov(w, d, s),
+                (true, 8) => e.inst(&[], w, true, &[0x0f, 0xbe], d, Rm::Reg(s)),
+                (true, 16) => e.inst(&[], w, false, &[0x0f, 0xbf], d, Rm::Reg(s)),
+                (true, 32) if w => e.inst(&[], true, false, &[0x63], d, Rm::Reg(s)),
+                _ => return None,
+            },
+            BPF_MUL => {
+                if i.off != 0 {
+                    return None;
+                }
+                if x {
+                    e.inst(&[], w, false, &[0x0f, 0xaf], d, Rm::Reg(s));
+                } else {
+                    e.inst(&[], w, false, &[0x69], d, Rm::Reg(d));
+                    e.imm32(i.imm);
+                }
+            }
+            BPF_NEG => {
+                if x || i.off != 0 {
+                    return None;
+                }
+                e.inst(&[], w, false, &[0xf7], 3, Rm::Reg(d));
+            }
+            BPF_LSH | BPF_RSH | BPF_ARSH => {
+                if i.off != 0 {
+                    return None;
+                }
+                let ext = match code {
+                    BPF_LSH => 4,
+                    BPF_RSH => 5,
+                    _ => 7,
+                };
+                if !x {
+                    let n = i.imm as u32 & if w { 63 } else { 31 };
+                    if n == 0 {
+                        if !w {
+                            e.mov(false, d, d);
+                        }
+                    } else {
+                        e.inst(&[], w, false, &[0xc1], ext, Rm::Reg(d));
+                        e.byte(n as u8);
+                    }
+                } else {
+                    // The count must be in cl, and rcx is r4.
+                    let target = if d == RCX { R9 } else { d };
+                    if d == RCX {
+                        e.mov(true, R9, RCX);
+                    }
+                    if s != RCX {
+                        e.mov(true, R11, RCX);
+                        e.mov(true, RCX, s);
+                    }
+                    e.inst(&[], w, false, &[0xd3], ext, Rm::Reg(target));
+                    if s != RCX {
+                        e.mov(true, RCX, R11);
+                    }
+                    if d == RCX {
+                        e.mov(true, RCX, R9);
+                    }
+                    if !w {
+                        // A zero count leaves the register untouched; zero-extend anyway.
+                        e.mov(false, d, d);
+                    }
+                }
+            }
+            BPF_DIV | BPF_MOD => {
+                if i.off != 0 && i.off != 1 {
+                    return None;
+                }
+                self.divmod(w, i.off == 1, code == BPF_MOD, d, x.then_some(s), i.imm);
+            }
+            BPF_END => {
+                if w && x {
+                    return None;
+                }
+                let swap = w || x;
+                match (swap, i.imm) {
+                    (false, 16) => e.inst(&[], false, false, &[0x0f, 0xb7], d, Rm::Reg(d)),
+                    (false, 32) => e.mov(false, d, d),
+                    (false, 64) => {}
+                    (true, 16) => {
+                        e.inst(&[0x66], false, false, &[0xc1], 1, Rm::Reg(d)); // ror r16, 8
+                        e.byte(8);
+                        e.inst(&[], false, false, &[0x0f, 0xb7], d, Rm::Reg(d));
+                    }
+                    (true, 32 | 64) => {
+                        let rex = 0x40 | ((i.imm == 64) as u8) << 3 | (d >> 3);
+                        if rex != 0x40 {
+                            e.byte(rex);
+                        }
+                        e.bytes(&[0x0f, 0xc8 + (d & 7)]);
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// Division and modulo with the eBPF edge cases. Scratch: r9, r10, r11.
+    fn divmod(&mut self, w: bool, signed: bool, is_mod: bool, d: u8, src: Option<u8>, imm: i32) {
+        let e = &mut self.e;
+        match src {
+            Some(s) => e.mov(w, R11, s),
+            None => e.mov_imm(w, R11, imm),
+        }
+        e.rr(w, 0x85, R11, R11); // test r11, r11
+        let to_zero = e.jcc(CC_E);
+        let mut to_done = Vec::new();
+        if signed {
+            e.alu_imm(w, 7, R11, -1); // cmp r11, -1
+            let normal = e.jcc(CC_NE);
+            if is_mod {
+                e.rr(false, 0x31, d, d);
+            } else {
+                e.inst(&[], w, false, &[0xf7], 3, Rm::Reg(d)); // neg
+            }
+            to_done.push(e.jmp());
+            e.patch_here(normal);
+        }
+        e.mov(true, R9, RAX);
+        e.mov(true, R10, RDX);
+        e.mov(w, RAX, d);
+        if signed {
+            if w {
+                e.bytes(&[0x48, 0x99]); // cqo
+            } else {
+                e.byte(0x99); // cdq
+            }
+        } else {
+            e.rr(false, 0x31, RDX, RDX);
+        }
+        e.inst(&[], w, false, &[0xf7], if signed { 7 } else { 6 }, Rm::Reg(R11));
+        e.mov(true, R11, if is_mod { RDX } else { RAX });
+        e.mov(true, RAX, R9);
+        e.mov(true, RDX, R10);
+        e.mov(true, d, R11);
+        to_done.push(e.jmp());
+        e.patch_here(to_zero);
+        if !is_mod {
+            e.rr(false, 0x31, d, d);
+        } else if !w {
+            e.mov(false, d, d);
+        }
+        for j in to_done {
+            e.patch_here(j);
+        }
+    }
+
+    fn atomic(&mut self, i: Insn, d: u8, s: u8) -> Option<()> {
+        let w = match i.op & SIZE_MASK {
+            BPF_DW => true,
+            BPF_W => false,
+            _ => return None,
+        };
+        let m = Rm::Mem(d, i.off as i32);
+        let e = &mut self.e;
+        const LOCK: &[u8] = &[0xf0];
+        match i.imm {
+            ATOMIC_ADD => e.inst(LOCK, w, false, &[0x01], s, m),
+            ATOMIC_OR => e.inst(LOCK, w, false, &[0x09], s, m),
+            ATOMIC_AND => e.inst(LOCK, w, false, &[0x21], s, m),
+            ATOMIC_XOR => e.inst(LOCK, w, false, &[0x31], s, m),
+            x if x == ATOMIC_ADD | ATOMIC_FETCH => e.inst(LOCK, w, false, &[0x0f, 0xc1], s, m),
+            ATOMIC_XCHG => e.inst(&[], w, false, &[0x87], s, m),
+            ATOMIC_CMPXCHG => {
+                e.inst(LOCK, w, false, &[0x0f, 0xb1], s, m);
+                if !w {
+                    e.mov(false, RAX, RAX);
+                }
+            }
+            x if matches!(x & !ATOMIC_FETCH, ATOMIC_OR | ATOMIC_AND | ATOMIC_XOR) => {
+                let opc = match x & !ATOMIC_FETCH {
+                    ATOMIC_OR => 0x09,
+                    ATOMIC_AND => 0x21,
+                    _ => 0x31,
+                };
+                let val = if s == RAX { R9 } else { s };
+                e.mov(true, R9, RAX);
+                e.lea(R10, d, i.off as i32);
+                e.inst(&[], w, false, &[0x8b], RAX, Rm::Mem(R10, 0));
+                let top = e.pos();
+                e.mov(true, R11, RAX);
+                e.rr(w, opc, R11, val);
+                e.inst(LOCK, w, false, &[0x0f, 0xb1], R11, Rm::Mem(R10, 0));
+                let back = e.jcc(CC_NE);
+                e.patch(back, top);
+                if s == RAX {
+                    if !w {
+                        e.mov(false, RAX, RAX);
+                    }
+                } else {
+                    e.mov(w, s, RAX);
+                    e.mov(true, RAX, R9);
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// Calls a helper at an absolute address, saving vector registers when asked.
+    fn call_abs(&mut self, addr: u64) {
+        let e = &mut self.e;
+        let save = self.opts.preserve_vector_regs;
+        if save {
+            e.alu_imm(true, 5, RSP, 256);
+            for x in 0..16u8 {
+                e.inst(&[0xf3], false, false, &[0x0f, 0x7f], x, Rm::Mem(RSP, x as i32 * 16));
+            }
+        }
+        e.mov_imm64(RAX, addr);
+        e.bytes(&[0xff, 0xd0]); // call rax
+        if save {
+            for x in 0..16u8 {
+                e.inst(&[0xf3], false, false, &[0x0f, 0x6f], x, Rm::Mem(RSP, x as i32 * 16));
+            }
+            e.alu_imm(true, 0, RSP, 256);
+        }
+    }
+
+    /// After the unwind helper returned: leave the whole program when `r0 == 0`.
+    fn unwind_check(&mut self) {
+        let e = &mut self.e;
+        e.rr(true, 0x85, RAX, RAX);
+        let cont = e.jcc(CC_NE);
+        e.mov(true, RSP, R12);
+        let j = e.jmp();
+        self.fixups.push((j, Target::Epilogue));
+        self.e.patch_here(cont);
+    }
+
+    fn call_helper(&mut self, id: u32, f: u64) {
+        self.call_abs(f);
+        if self.env.unwind_helper == Some(id) {
+            self.unwind_check();
+        }
+    }
+
+    fn jmp(
+        &mut self,
+        pc: usize,
+        i: Insn,
+        d: u8,
+        s: u8,
+        x: bool,
+        in_main: bool,
+    ) -> Result<(), JitError> {
+        let bad = JitError::UnknownOpcode { pc, op: i.op };
+        let class = i.class();
+        let code = i.op & OP_MASK;
+        let target = i.jump_target(pc).map(|t| t as usize);
+        match (class, code) {
+            (BPF_JMP, BPF_EXIT) => {
+                if x {
+                    return Err(bad);
+                }
+                if in_main {
+                    let j = self.e.jmp();
+                    self.jump_to(j, Target::Epilogue);
+                } else {
+                    self.sub_epilogue();
+                }
+            }
+            (BPF_JMP, BPF_CALL) => {
+                if x {
+                    self.callx(d);
+                } else if i.src == PSEUDO_CALL {
+                    self.e.byte(0xe8);
+                    self.e.imm32(0);
+                    let at = self.e.pos() - 4;
+                    self.jump_to(at, Target::Func(target.unwrap_or(0)));
+                } else if i.src == 0 {
+                    let id = i.imm as u32;
+                    let f = self
+                        .env
+                        .helper(id)
+                        .ok_or(JitError::UnknownHelper { pc, id })?;
+                    let inline_off = match id {
+                        HELPER_GET_ATTACH_COOKIE => Some(xcover_abi::PROBE_CTX_COOKIE_OFF),
+                        HELPER_GET_FUNC_IP => Some(xcover_abi::PROBE_CTX_FUNC_IP_OFF),
+                        _ => None,
+                    };
+                    match inline_off {
+                        Some(off) if self.opts.inline_ctx_helpers => {
+                            self.e
+                                .inst(&[], true, false, &[0x8b], RAX, Rm::Mem(RDI, off as i32));
+                        }
+                        _ => self.call_helper(id, f as usize as u64),
+                    }
+                } else {
+                    return Err(bad);
+                }
+            }
+            (_, BPF_JA) => {
+                if x {
+                    return Err(bad);
+                }
+                let j = self.e.jmp();
+                self.jump_to(j, Target::Insn(target.unwrap_or(0)));
+            }
+            (_, BPF_CALL | BPF_EXIT) => return Err(bad),
+            _ => {
+                let w = class == BPF_JMP;
+                let cc = match code {
+                    BPF_JEQ => CC_E,
+                    BPF_JNE | BPF_JSET => CC_NE,
+                    BPF_JGT => 0x7,
+                    BPF_JGE => 0x3,
+                    BPF_JLT => 0x2,
+                    BPF_JLE => 0x6,
+                    BPF_JSGT => 0xf,
+                    BPF_JSGE => 0xd,
+                    BPF_JSLT => 0xc,
+                    BPF_JSLE => 0xe,
+                    _ => return Err(bad),
+                };
+                let e = &mut self.e;
+                if code == BPF_JSET {
+                    if x {
+                        e.rr(w, 0x85, d, s);
+                    } else {
+                        e.inst(&[], w, false, &[0xf7], 0, Rm::Reg(d));
+                        e.imm32(i.imm);
+                    }
+                } else if x {
+                    e.rr(w, 0x39, d, s);
+                } else {
+                    e.alu_imm(w, 7, d, i.imm);
+                }
+                let j = e.jcc(cc);
+                self.jump_to(j, Target::Insn(target.unwrap_or(0)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `callx`: the register holds a helper id; dispatch over the [`Env`]'s helpers. An id
+    /// the `Env` does not have ends the program with `r0 = 0`.
+    fn callx(&mut self, d: u8) {
+        let mut done = Vec::new();
+        for &(id, f) in self.env.helpers {
+            // cmp d, id  (ids are small; compare the full 64 bits)
+            if id > i32::MAX as u32 {
+                continue;
+            }
+            self.e.alu_imm(true, 7, d, id as i32);
+            let next = self.e.jcc(CC_NE);
+            self.call_helper(id, f as usize as u64);
+            done.push(self.e.jmp());
+            self.e.patch_here(next);
+        }
+        self.e.rr(false, 0x31, RAX, RAX);
+        self.e.mov(true, RSP, R12);
+        let j = self.e.jmp();
+        self.fixups.push((j, Target::Epilogue));
+        for j in done {
+            self.e.patch_here(j);
+        }
+    }
+}

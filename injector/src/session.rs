@@ -1,0 +1,236 @@
+//! The session file `/dev/shm/xcover-<pid>`: created here, mapped here and in the target.
+//!
+//! It is created with `O_CREAT | O_EXCL | O_NOFOLLOW` and mode 0600 (and given to the
+//! target's owner when xcover runs as root for another user's process), so no other user
+//! can read it, replace it or plant one in its place: `/dev/shm` is sticky, and an existing
+//! file is never reused, only refused ("already attached") or, when it names a process that
+//! no longer exists, removed as stale.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::Ordering;
+
+use memmap2::MmapRaw;
+use xcover_abi::{
+    FLAG_KEEP, SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState, session_file_name,
+};
+
+use crate::procfs::{self, TargetInfo};
+use crate::{Error, Result};
+
+/// Size of a session file made by this version: the header, page-rounded. (Later layouts
+/// grow it with the function table, the map arena and the log ring.)
+pub const DEFAULT_SESSION_SIZE: u64 = 4096;
+
+/// The path of the session file of `pid`.
+pub fn session_path(pid: i32) -> String {
+    let mut buf = [0u8; 64];
+    session_file_name(pid as u32, &mut buf).to_string()
+}
+
+/// A session file, mapped in xcover's process.
+pub struct SessionFile {
+    path: String,
+    _file: File,
+    map: MmapRaw,
+}
+
+const _: () = assert!(std::mem::size_of::<SessionHeader>() as u64 <= DEFAULT_SESSION_SIZE);
+
+impl SessionFile {
+    /// Creates the session file for `target` and writes its header (state Attaching).
+    pub fn create(target: &TargetInfo, size: u64, keep: bool) -> Result<SessionFile> {
+        let pid = target.pid;
+        let path = session_path(pid);
+        let serr = |source: io::Error| Error::Session {
+            path: path.clone(),
+            source,
+        };
+        let file = match Self::create_excl(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Self::check_existing(target, &path)?;
+                // Stale: it names a process that is gone.
+                std::fs::remove_file(&path).map_err(serr)?;
+                Self::create_excl(&path).map_err(serr)?
+            }
+            Err(e) => return Err(serr(e)),
+        };
+        let fail = |e: Error| {
+            let _ = std::fs::remove_file(&path);
+            e
+        };
+        file.set_len(size).map_err(serr).map_err(fail)?;
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 && target.uid != 0 {
+            // The target's owner must be able to open it from inside the target.
+            std::os::unix::fs::fchown(&file, Some(target.uid), Some(target.gid))
+                .map_err(serr)
+                .map_err(fail)?;
+        }
+        let map = MmapRaw::map_raw(&file).map_err(serr).map_err(fail)?;
+        // SAFETY: every field of SessionHeader is an integer, an integer array or an
+        // integer atomic: all-zero bytes are a valid value.
+        let mut h: SessionHeader = unsafe { std::mem::zeroed() };
+        h.magic = SESSION_MAGIC;
+        h.version = SESSION_VERSION;
+        h.header_size = std::mem::size_of::<SessionHeader>() as u32;
+        h.total_size = size;
+        *h.state.get_mut() = SessionState::Attaching as u32;
+        h.target_pid = pid as u32;
+        h.target_start_time = target.start_time;
+        *h.owner_pid.get_mut() = std::process::id();
+        h.flags = if keep { FLAG_KEEP } else { 0 };
+        h.created_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let n = target.build_id.len().min(h.build_id.len());
+        h.build_id[..n].copy_from_slice(&target.build_id[..n]);
+        h.build_id_len = n as u32;
+        let exe = target.exe_path.as_bytes();
+        let n = exe.len().min(h.exe_path.len());
+        h.exe_path[..n].copy_from_slice(&exe[..n]);
+        h.exe_path_len = n as u32;
+        // SAFETY: the mapping is at least DEFAULT_SESSION_SIZE >= size_of::<SessionHeader>()
+        // bytes (checked below), page-aligned, and nobody else maps the file yet.
+        if (map.len() as u64) < std::mem::size_of::<SessionHeader>() as u64 {
+            return Err(fail(Error::BadSession {
+                path: path.clone(),
+                reason: "too small".into(),
+            }));
+        }
+        unsafe { std::ptr::write(map.as_mut_ptr() as *mut SessionHeader, h) };
+        Ok(SessionFile {
+            path,
+            _file: file,
+            map,
+        })
+    }
+
+    fn create_excl(path: &str) -> io::Result<File> {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    }
+
+    /// Refuses when an existing session file belongs to the live target.
+    fn check_existing(target: &TargetInfo, path: &str) -> Result<()> {
+        let pid = target.pid;
+        let Ok(old) = Self::open_path(pid, path) else {
+            // Unreadable or malformed: treat as stale.
+            return Ok(());
+        };
+        let h = old.header();
+        if h.target_pid != pid as u32 || h.target_start_time != target.start_time {
+            return Ok(());
+        }
+        let owner = h.owner_pid.load(Ordering::Acquire);
+        let detail = if owner != 0 && procfs::stat(owner as i32).is_ok() {
+            format!("xcover pid {owner} owns the session {path}")
+        } else if h.flags & FLAG_KEEP != 0 {
+            format!("a kept session exists ({path}); run `xcover detach {pid}` first")
+        } else {
+            format!("a session left by an xcover that died exists ({path}); run `xcover detach {pid}`")
+        };
+        Err(Error::AlreadyAttached { pid, detail })
+    }
+
+    /// Opens the existing session of `pid`.
+    pub fn open(pid: i32) -> Result<SessionFile> {
+        let path = session_path(pid);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NoSession { pid, path });
+            }
+            _ => {}
+        }
+        Self::open_path(pid, &path)
+    }
+
+    fn open_path(pid: i32, path: &str) -> Result<SessionFile> {
+        let serr = |source: io::Error| Error::Session {
+            path: path.to_string(),
+            source,
+        };
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(serr)?;
+        let len = file.metadata().map_err(serr)?.len();
+        let bad = |reason: &str| Error::BadSession {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        };
+        if len < std::mem::size_of::<SessionHeader>() as u64 {
+            return Err(bad("too small for a session header"));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(serr)?;
+        let s = SessionFile {
+            path: path.to_string(),
+            _file: file,
+            map,
+        };
+        let h = s.header();
+        if h.magic != SESSION_MAGIC {
+            return Err(bad("not an xcover session (bad magic)"));
+        }
+        if h.version != SESSION_VERSION {
+            return Err(bad(&format!(
+                "layout version {} (this xcover reads {SESSION_VERSION})",
+                h.version
+            )));
+        }
+        if h.target_pid != pid as u32 {
+            return Err(bad("names another pid"));
+        }
+        Ok(s)
+    }
+
+    /// The header, shared with the agent in the target.
+    pub fn header(&self) -> &SessionHeader {
+        // SAFETY: the mapping is page-aligned, at least size_of::<SessionHeader>() bytes long
+        // (checked when created or opened) and lives as long as `self`; every field is valid
+        // for any bit pattern, and the fields others change concurrently are atomics.
+        unsafe { &*(self.map.as_ptr() as *const SessionHeader) }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Removes the file (the mapping stays valid until `self` is dropped).
+    pub fn remove(&self) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(|source| Error::Session {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The sessions that exist now: (pid, path).
+pub fn list_sessions() -> Vec<(i32, String)> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/dev/shm") {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(pid) = name
+                .strip_prefix(xcover_abi::SESSION_PREFIX)
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                v.push((pid, format!("/dev/shm/{name}")));
+            }
+        }
+    }
+    v.sort();
+    v
+}

@@ -1,0 +1,363 @@
+//! Stopping every thread of a process, and letting it go again exactly as it was.
+//!
+//! [`StoppedProcess::stop`] seizes every thread (`PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`,
+//! then `PTRACE_INTERRUPT`) and waits until each one is stopped. It re-reads
+//! `/proc/<pid>/task` until a pass finds no new thread, so a thread created during the attach
+//! is either seen there or auto-attached through its creator's `PTRACE_EVENT_CLONE` stop; a
+//! thread that exits meanwhile just drops out.
+//!
+//! # Signals
+//!
+//! Under `PTRACE_SEIZE` a thread can be held in one of two kinds of stop:
+//! - an event-stop (our interrupt, a clone event, or a group-stop caused by SIGSTOP & co.):
+//!   nothing is pending; detaching with signal 0 resumes it (and a group-stop stays in force,
+//!   as the kernel re-applies it on detach);
+//! - a signal-delivery-stop: the signal has been dequeued and will be lost unless the tracer
+//!   hands it back when resuming. We keep its `siginfo` and pass the signal to
+//!   `PTRACE_DETACH`, so it is delivered exactly once, with its original `siginfo`.
+//!
+//! A thread used for remote work also dequeues signals that arrive while it runs our code;
+//! those are suppressed at the time (a handler must not run on our private stack) and
+//! stashed, and handed back when the thread is released (see `remote.rs`).
+//!
+//! The guard's `Drop` restores registers and detaches every thread, so an early return or a
+//! panic can never leave the target frozen or traced.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::procfs;
+use crate::sys::{self, Mem, Regs, SigInfo, Wait};
+use crate::{Error, Result};
+
+/// How long we wait for a thread to report a stop before giving up on it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The kind of stop a thread is held in.
+#[derive(Clone, Copy)]
+pub(crate) enum StopKind {
+    /// An event-stop or group-stop: nothing to deliver on release.
+    Event,
+    /// A signal-delivery-stop of the target's own signal, to be delivered on release.
+    Signal(SigInfo),
+    /// A signal-delivery-stop of our own making (the trap ending a remote operation, or a
+    /// fault in it): to be suppressed on release.
+    Ours,
+}
+
+/// One stopped thread.
+pub(crate) struct Thread {
+    pub(crate) kind: StopKind,
+    /// The thread's registers before we changed them, restored on release.
+    pub(crate) saved: Option<Regs>,
+    /// Signals dequeued while the thread ran our code, to hand back on release.
+    pub(crate) stashed: Vec<SigInfo>,
+}
+
+/// Every thread of a process, stopped under ptrace. Dropping it lets them all go.
+pub struct StoppedProcess {
+    pub(crate) pid: i32,
+    pub(crate) threads: BTreeMap<i32, Thread>,
+    pub(crate) mem: Mem,
+    pub(crate) started: Instant,
+    /// Address of a `syscall` instruction in the target (found lazily).
+    pub(crate) syscall_gadget: Option<u64>,
+    released: bool,
+}
+
+fn sys_err(pid: i32, tid: i32, call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Sys {
+        pid,
+        tid,
+        call,
+        source,
+    }
+}
+
+impl StoppedProcess {
+    /// Stops every thread of `pid`.
+    ///
+    /// Errors: [`Error::NoSuchProcess`], [`Error::PermissionDenied`] (for `PTRACE_SEIZE`), or
+    /// a failed call. On error every thread already seized is released.
+    pub fn stop(pid: i32) -> Result<StoppedProcess> {
+        let started = Instant::now();
+        let mem = Mem::open(pid).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                pid,
+                call: "open /proc/<pid>/mem",
+            },
+            _ => Error::Sys {
+                pid,
+                tid: pid,
+                call: "open /proc/<pid>/mem",
+                source: e,
+            },
+        })?;
+        let mut sp = StoppedProcess {
+            pid,
+            threads: BTreeMap::new(),
+            mem,
+            started,
+            syscall_gadget: None,
+            released: false,
+        };
+        sp.seize_all()?;
+        Ok(sp)
+    }
+
+    fn seize_all(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let me = std::process::id() as i32;
+        // Threads seized (or auto-attached) whose stop we have not seen yet.
+        let mut pending: Vec<i32> = Vec::new();
+        let mut first = true;
+        loop {
+            let tids = procfs::tasks(pid).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NoSuchProcess { pid }
+                } else {
+                    sys_err(pid, pid, "read /proc/<pid>/task")(e)
+                }
+            })?;
+            let mut new = false;
+            for tid in tids {
+                if self.threads.contains_key(&tid) || pending.contains(&tid) {
+                    continue;
+                }
+                match sys::seize(tid) {
+                    Ok(()) => {
+                        sys::interrupt(tid).map_err(sys_err(pid, tid, "PTRACE_INTERRUPT"))?;
+                        pending.push(tid);
+                        new = true;
+                    }
+                    // Exited since we listed it.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        // Auto-attached by PTRACE_O_TRACECLONE before we saw its creator's
+                        // clone event: it is ours already.
+                        if !first && procfs::task_tracer_pid(pid, tid).unwrap_or(0) == me {
+                            pending.push(tid);
+                            new = true;
+                        } else if procfs::tracer_pid(pid).unwrap_or(0) != 0 && first {
+                            return Err(Error::Unsupported {
+                                pid,
+                                reason: "is already traced by another process".into(),
+                            });
+                        } else {
+                            return Err(Error::PermissionDenied {
+                                pid,
+                                call: "PTRACE_SEIZE",
+                            });
+                        }
+                    }
+                    Err(e) => return Err(sys_err(pid, tid, "PTRACE_SEIZE")(e)),
+                }
+                first = false;
+            }
+            if first {
+                // /proc/<pid>/task was empty or every thread vanished.
+                return Err(Error::NoSuchProcess { pid });
+            }
+            if !new && pending.is_empty() {
+                return Ok(());
+            }
+            self.wait_for_stops(&mut pending)?;
+        }
+    }
+
+    /// Waits until every thread in `pending` is stopped (or gone).
+    fn wait_for_stops(&mut self, pending: &mut Vec<i32>) -> Result<()> {
+        let pid = self.pid;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut idle_passes = 0u32;
+        while !pending.is_empty() {
+            let mut progressed = false;
+            let mut i = 0;
+            while i < pending.len() {
+                let tid = pending[i];
+                match sys::wait_tid(tid, true) {
+                    Ok(Wait::NotYet) => {
+                        if Instant::now() > deadline {
+                            // A zombie thread (e.g. an exited leader whose other threads
+                            // live on) never reports a stop: leave it out.
+                            let st = procfs::task_stat(pid, tid).map(|s| s.state);
+                            if matches!(st, Ok('Z') | Ok('X') | Err(_)) {
+                                pending.swap_remove(i);
+                                continue;
+                            }
+                            return Err(Error::Unexpected {
+                                pid,
+                                tid,
+                                what: format!("did not stop within {STOP_TIMEOUT:?}"),
+                            });
+                        }
+                        i += 1;
+                    }
+                    Ok(Wait::Gone) => {
+                        pending.swap_remove(i);
+                        progressed = true;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                        pending.swap_remove(i);
+                        progressed = true;
+                    }
+                    Err(e) => return Err(sys_err(pid, tid, "waitpid")(e)),
+                    Ok(Wait::Stopped { sig, event }) => {
+                        let kind = if event == sys::EVENT_CLONE {
+                            let child = sys::geteventmsg(tid)
+                                .map_err(sys_err(pid, tid, "PTRACE_GETEVENTMSG"))?
+                                as i32;
+                            if !self.threads.contains_key(&child) && !pending.contains(&child) {
+                                pending.push(child);
+                            }
+                            StopKind::Event
+                        } else if event != 0 {
+                            StopKind::Event
+                        } else {
+                            let _ = sig;
+                            let si = sys::getsiginfo(tid)
+                                .map_err(sys_err(pid, tid, "PTRACE_GETSIGINFO"))?;
+                            StopKind::Signal(si)
+                        };
+                        self.threads.insert(
+                            tid,
+                            Thread {
+                                kind,
+                                saved: None,
+                                stashed: Vec::new(),
+                            },
+                        );
+                        pending.swap_remove(i);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed && !pending.is_empty() {
+                idle_passes += 1;
+                if idle_passes < 200 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The stopped threads.
+    pub fn tids(&self) -> Vec<i32> {
+        self.threads.keys().copied().collect()
+    }
+
+    /// How long ago the stop began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Reads target memory.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem.read(addr, buf).map_err(|source| Error::Memory {
+            pid: self.pid,
+            op: "read",
+            addr,
+            len: buf.len(),
+            source,
+        })
+    }
+
+    /// Writes target memory, read-only pages included.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.mem.write(addr, data).map_err(|source| Error::Memory {
+            pid: self.pid,
+            op: "write",
+            addr,
+            len: data.len(),
+            source,
+        })
+    }
+
+    /// Registers of a stopped thread (as the thread will see them when resumed).
+    pub fn regs(&self, tid: i32) -> Result<Regs> {
+        match self.threads.get(&tid).and_then(|t| t.saved) {
+            Some(r) => Ok(r),
+            None => sys::getregs(tid).map_err(sys_err(self.pid, tid, "PTRACE_GETREGS")),
+        }
+    }
+
+    /// The thread to run remote work in: the leader when it is stopped, else the first.
+    pub fn worker_tid(&self) -> Option<i32> {
+        if self.threads.contains_key(&self.pid) {
+            Some(self.pid)
+        } else {
+            self.threads.keys().next().copied()
+        }
+    }
+
+    /// Lets every thread go: registers restored, held signals delivered, ptrace detached.
+    /// Returns the first error met (every thread is still released).
+    pub fn resume(mut self) -> Result<()> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        let pid = self.pid;
+        let mut first_err = None;
+        // Signals beyond the first one a thread stashed are queued back from inside it.
+        let extra: Vec<i32> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.stashed.len() > 1)
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in extra {
+            if let Err(e) = self.requeue_extra_signals(tid) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let threads = std::mem::take(&mut self.threads);
+        for (tid, t) in threads {
+            if let Some(regs) = t.saved
+                && let Err(e) = sys::setregs(tid, &regs)
+                && e.raw_os_error() != Some(libc::ESRCH)
+            {
+                first_err.get_or_insert(sys_err(pid, tid, "PTRACE_SETREGS")(e));
+            }
+            let sig = match t.kind {
+                StopKind::Event => 0,
+                StopKind::Signal(si) => si.si_signo,
+                StopKind::Ours => match t.stashed.first() {
+                    Some(si) => {
+                        let _ = sys::setsiginfo(tid, si);
+                        si.si_signo
+                    }
+                    None => 0,
+                },
+            };
+            if let Err(e) = sys::detach(tid, sig)
+                && e.raw_os_error() != Some(libc::ESRCH)
+            {
+                first_err.get_or_insert(sys_err(pid, tid, "PTRACE_DETACH")(e));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StoppedProcess {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
