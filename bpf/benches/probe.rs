@@ -1,1 +1,3 @@
+//! Benchmarks of map operations and the coverage probe (being written).
+
 fn main() {}
