@@ -1,4 +1,5 @@
 //! xcover's integration tests: one test binary, one module per area. They run real
 //! processes built from the sources in `tests/targets/` at test time.
 
+mod conformance;
 mod support;

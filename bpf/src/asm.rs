@@ -196,8 +196,7 @@ fn parse_operand(s: &str) -> Result<Operand, String> {
         return Ok(Operand::Imm(n));
     }
     let valid = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if valid {
         Ok(Operand::Name(s.to_string()))

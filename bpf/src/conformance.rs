@@ -125,7 +125,8 @@ pub fn parse(text: &str) -> Result<TestCase, String> {
                 case.result = Some(v);
             }
             "raw" => {
-                let v = parse_u64(t).ok_or_else(|| format!("line {}: bad raw word {t:?}", n + 1))?;
+                let v =
+                    parse_u64(t).ok_or_else(|| format!("line {}: bad raw word {t:?}", n + 1))?;
                 raw.push(v);
             }
             "error" => {

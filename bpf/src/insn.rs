@@ -45,7 +45,7 @@ impl Insn {
 
     /// Decodes a whole program; `None` if the length is not a multiple of 8.
     pub fn decode_all(bytes: &[u8]) -> Option<alloc::vec::Vec<Insn>> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
         Some(

@@ -407,7 +407,7 @@ unsafe fn atomic(i: Insn, addr: u64, reg: &mut [u64; 11]) -> Option<()> {
     let sc = Ordering::SeqCst;
     match i.op & SIZE_MASK {
         BPF_DW => {
-            if addr % 8 != 0 {
+            if !addr.is_multiple_of(8) {
                 // SAFETY: the caller guarantees addr is valid; unaligned, so not shared
                 // atomically (the verifier could reject this; we do the plain operation).
                 return unsafe { atomic_plain64(i, addr, reg) };
@@ -437,7 +437,7 @@ unsafe fn atomic(i: Insn, addr: u64, reg: &mut [u64; 11]) -> Option<()> {
             }
         }
         BPF_W => {
-            if addr % 4 != 0 {
+            if !addr.is_multiple_of(4) {
                 // SAFETY: as above.
                 return unsafe { atomic_plain32(i, addr, reg) };
             }

@@ -655,7 +655,14 @@ impl Compiler<'_> {
         } else {
             e.rr(false, 0x31, RDX, RDX);
         }
-        e.inst(&[], w, false, &[0xf7], if signed { 7 } else { 6 }, Rm::Reg(R11));
+        e.inst(
+            &[],
+            w,
+            false,
+            &[0xf7],
+            if signed { 7 } else { 6 },
+            Rm::Reg(R11),
+        );
         e.mov(true, R11, if is_mod { RDX } else { RAX });
         e.mov(true, RAX, R9);
         e.mov(true, RDX, R10);
@@ -731,14 +738,28 @@ impl Compiler<'_> {
         if save {
             e.alu_imm(true, 5, RSP, 256);
             for x in 0..16u8 {
-                e.inst(&[0xf3], false, false, &[0x0f, 0x7f], x, Rm::Mem(RSP, x as i32 * 16));
+                e.inst(
+                    &[0xf3],
+                    false,
+                    false,
+                    &[0x0f, 0x7f],
+                    x,
+                    Rm::Mem(RSP, x as i32 * 16),
+                );
             }
         }
         e.mov_imm64(RAX, addr);
         e.bytes(&[0xff, 0xd0]); // call rax
         if save {
             for x in 0..16u8 {
-                e.inst(&[0xf3], false, false, &[0x0f, 0x6f], x, Rm::Mem(RSP, x as i32 * 16));
+                e.inst(
+                    &[0xf3],
+                    false,
+                    false,
+                    &[0x0f, 0x6f],
+                    x,
+                    Rm::Mem(RSP, x as i32 * 16),
+                );
             }
             e.alu_imm(true, 0, RSP, 256);
         }

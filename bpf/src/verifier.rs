@@ -181,7 +181,7 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
     let func_end = |f: usize| entries.get(f + 1).copied().unwrap_or(len);
 
     // Pass 2: control flow inside each function.
-    let mut callees: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+    let mut callees: Vec<Vec<(usize, usize)>> = vec![Vec::new(); entries.len()];
     for (f, &start) in entries.iter().enumerate() {
         let end = func_end(f);
         let mut has_exit = false;
@@ -193,7 +193,7 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
                 has_exit = true;
             } else if i.is_local_call() {
                 let t = i.jump_target(pc).unwrap_or(0) as usize;
-                callees[f].push(func_of(t));
+                callees[f].push((func_of(t), pc));
             } else if let Some(t) = i.jump_target(pc) {
                 let t = t as usize;
                 if t < start || t >= end {
@@ -230,42 +230,41 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
     Ok(())
 }
 
-fn check_call_graph(
-    entries: &[usize],
-    callees: &[Vec<usize>],
-) -> Result<(), VerifyError> {
-    // Depth-first search from main; colour 1 = on the path, 2 = done (with its max depth).
+fn check_call_graph(entries: &[usize], callees: &[Vec<(usize, usize)>]) -> Result<(), VerifyError> {
+    // Depth-first search; colour 1 = on the current path, 2 = done (with its depth).
     let n = entries.len();
     let mut colour = vec![0u8; n];
     let mut depth = vec![0usize; n];
     fn visit(
         f: usize,
-        callees: &[Vec<usize>],
+        callees: &[Vec<(usize, usize)>],
         colour: &mut [u8],
         depth: &mut [usize],
-    ) -> Result<usize, Reason> {
-        if colour[f] == 1 {
-            return Err(Reason::Recursion);
-        }
-        if colour[f] == 2 {
-            return Ok(depth[f]);
-        }
+    ) -> Result<usize, VerifyError> {
         colour[f] = 1;
         let mut d = 1;
-        for &c in &callees[f] {
-            d = d.max(1 + visit(c, callees, colour, depth)?);
+        for &(c, call_pc) in &callees[f] {
+            if colour[c] == 1 {
+                return fail(call_pc, Reason::Recursion);
+            }
+            let cd = if colour[c] == 2 {
+                depth[c]
+            } else {
+                visit(c, callees, colour, depth)?
+            };
+            if 1 + cd > MAX_CALL_DEPTH {
+                return fail(call_pc, Reason::CallTooDeep);
+            }
+            d = d.max(1 + cd);
         }
         colour[f] = 2;
         depth[f] = d;
         Ok(d)
     }
     for f in 0..n {
-        let reason = match visit(f, callees, &mut colour, &mut depth) {
-            Err(r) => r,
-            Ok(d) if d > MAX_CALL_DEPTH => Reason::CallTooDeep,
-            Ok(_) => continue,
-        };
-        return fail(entries[f], reason);
+        if colour[f] == 0 {
+            visit(f, callees, &mut colour, &mut depth)?;
+        }
     }
     Ok(())
 }
