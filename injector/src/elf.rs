@@ -61,7 +61,10 @@ impl<'a> AgentImage<'a> {
     /// Parses and checks an agent shared object.
     pub fn parse(bytes: &'a [u8]) -> Result<AgentImage<'a>> {
         let elf = Elf::parse(bytes).map_err(|e| bad(format!("not a valid ELF file: {e}")))?;
-        if !elf.is_64 || !elf.little_endian || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        if !elf.is_64
+            || !elf.little_endian
+            || elf.header.e_machine != goblin::elf::header::EM_X86_64
+        {
             return Err(bad("not a 64-bit little-endian x86-64 object"));
         }
         if elf.header.e_type != goblin::elf::header::ET_DYN {
@@ -78,9 +81,14 @@ impl<'a> AgentImage<'a> {
             match p.p_type {
                 ph::PT_LOAD => {
                     if p.p_filesz > p.p_memsz
-                        || p.p_offset.checked_add(p.p_filesz).is_none_or(|e| e > bytes.len() as u64)
+                        || p.p_offset
+                            .checked_add(p.p_filesz)
+                            .is_none_or(|e| e > bytes.len() as u64)
                     {
-                        return Err(bad(format!("PT_LOAD at {:#x} lies outside the file", p.p_vaddr)));
+                        return Err(bad(format!(
+                            "PT_LOAD at {:#x} lies outside the file",
+                            p.p_vaddr
+                        )));
                     }
                     if p.p_vaddr % PAGE != p.p_offset % PAGE {
                         return Err(bad(format!("PT_LOAD at {:#x} is misaligned", p.p_vaddr)));
@@ -132,7 +140,9 @@ impl<'a> AgentImage<'a> {
             .unwrap_or(0);
         if let Some(d) = &elf.dynamic {
             if d.info.init != 0 || d.info.init_arraysz != 0 {
-                return Err(bad("has initialisers (DT_INIT/DT_INIT_ARRAY); nothing would run them"));
+                return Err(bad(
+                    "has initialisers (DT_INIT/DT_INIT_ARRAY); nothing would run them",
+                ));
             }
         }
         if elf.dynrels.len() != 0 {
@@ -144,7 +154,10 @@ impl<'a> AgentImage<'a> {
                 reloc::R_X86_64_RELATIVE => {
                     let addend = r.r_addend.unwrap_or(0);
                     if r.r_offset.checked_add(8).is_none_or(|e| e > span) {
-                        return Err(bad(format!("relocation at {:#x} outside the image", r.r_offset)));
+                        return Err(bad(format!(
+                            "relocation at {:#x} outside the image",
+                            r.r_offset
+                        )));
                     }
                     relative.push((r.r_offset, addend));
                 }
@@ -171,7 +184,9 @@ impl<'a> AgentImage<'a> {
             let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("");
             if s.st_shndx == goblin::elf::section_header::SHN_UNDEF as usize {
                 if !name.is_empty() && s.st_bind() != goblin::elf::sym::STB_WEAK {
-                    return Err(bad(format!("imports symbol {name}: the agent must import nothing")));
+                    return Err(bad(format!(
+                        "imports symbol {name}: the agent must import nothing"
+                    )));
                 }
                 continue;
             }

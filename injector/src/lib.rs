@@ -90,7 +90,14 @@ impl Scratch {
             sp.syscall(
                 tid,
                 nr::MPROTECT,
-                [addr, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0],
+                [
+                    addr,
+                    PAGE,
+                    (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
             )
         })();
         if let Err(e) = r {
@@ -208,7 +215,11 @@ fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionF
         )?;
         sp.write(agent_base, &image.build(agent_base))?;
         for (off, len, prot) in image.protections() {
-            sp.syscall(tid, nr::MPROTECT, [agent_base + off, len, prot as u64, 0, 0, 0])?;
+            sp.syscall(
+                tid,
+                nr::MPROTECT,
+                [agent_base + off, len, prot as u64, 0, 0, 0],
+            )?;
         }
         h.agent_base.store(agent_base, Ordering::Release);
         h.agent_size.store(image.span, Ordering::Release);
@@ -269,7 +280,8 @@ fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionF
             let _ = sp.syscall(tid, nr::MUNMAP, [agent_base, image.span, 0, 0, 0, 0]);
             h.agent_base.store(0, Ordering::Release);
         }
-        h.state.store(SessionState::Failed as u32, Ordering::Release);
+        h.state
+            .store(SessionState::Failed as u32, Ordering::Release);
     }
     let u = scratch.unmap(sp, tid);
     r.and(u)
@@ -279,7 +291,8 @@ fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionF
 fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
     let t0 = Instant::now();
     let h = session.header();
-    h.state.store(SessionState::Detaching as u32, Ordering::Release);
+    h.state
+        .store(SessionState::Detaching as u32, Ordering::Release);
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
@@ -330,7 +343,10 @@ fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> 
             h.target_map_addr.store(0, Ordering::Release);
         }
         if base != 0 {
-            unmap = unmap.and(sp.syscall(tid, nr::MUNMAP, [base, size, 0, 0, 0, 0]).map(drop));
+            unmap = unmap.and(
+                sp.syscall(tid, nr::MUNMAP, [base, size, 0, 0, 0, 0])
+                    .map(drop),
+            );
             h.agent_base.store(0, Ordering::Release);
         }
     }
@@ -342,7 +358,8 @@ fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> 
     unmap?;
     u?;
     resumed?;
-    h.state.store(SessionState::Detached as u32, Ordering::Release);
+    h.state
+        .store(SessionState::Detached as u32, Ordering::Release);
     Ok(Stats {
         stopped,
         total: t0.elapsed(),

@@ -188,7 +188,8 @@ pub fn check_target(pid: i32) -> Result<TargetInfo> {
         .map_err(|e| io_to_pid_error(pid, "readlink /proc/<pid>/exe", e))?
         .to_string_lossy()
         .into_owned();
-    let bytes = std::fs::read(&exe_link).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/exe", e))?;
+    let bytes =
+        std::fs::read(&exe_link).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/exe", e))?;
     check_elf_header(&bytes).map_err(|reason| Error::Unsupported { pid, reason })?;
     let build_id = build_id(&bytes).unwrap_or_default();
     let ids = |name: &str| -> u32 {
@@ -243,7 +244,11 @@ mod tests {
         assert!(check_elf_header(&h).is_ok());
         h[18] = 183;
         assert!(check_elf_header(&h).unwrap_err().contains("aarch64"));
-        assert!(check_elf_header(b"#!/bin/sh\n").unwrap_err().contains("not an ELF"));
+        assert!(
+            check_elf_header(b"#!/bin/sh\n")
+                .unwrap_err()
+                .contains("not an ELF")
+        );
     }
 
     #[test]

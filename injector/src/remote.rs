@@ -105,7 +105,13 @@ impl StoppedProcess {
 
     /// Runs the thread with `regs` until it stops with a trap at `expect_rip`, and returns the
     /// registers there. Always leaves the thread stopped with its original registers back.
-    fn run_to(&mut self, tid: i32, regs: &Regs, single_step: bool, expect_rip: u64) -> Result<Regs> {
+    fn run_to(
+        &mut self,
+        tid: i32,
+        regs: &Regs,
+        single_step: bool,
+        expect_rip: u64,
+    ) -> Result<Regs> {
         let pid = self.pid;
         let orig = self.original_regs(tid)?;
         let sys_err = |call: &'static str| {
@@ -118,7 +124,10 @@ impl StoppedProcess {
         };
         // A signal this thread was stopped for is delivered on release, after our work.
         {
-            let t = self.threads.get_mut(&tid).expect("checked by original_regs");
+            let t = self
+                .threads
+                .get_mut(&tid)
+                .expect("checked by original_regs");
             if let StopKind::Signal(si) = t.kind {
                 t.stashed.insert(0, si);
             }
@@ -195,7 +204,11 @@ impl StoppedProcess {
                     if kernel_sent
                         && matches!(
                             sig,
-                            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+                            libc::SIGSEGV
+                                | libc::SIGBUS
+                                | libc::SIGILL
+                                | libc::SIGFPE
+                                | libc::SIGTRAP
                         )
                     {
                         break Err(Error::RemoteCall {

@@ -136,7 +136,9 @@ impl SessionFile {
         } else if h.flags & FLAG_KEEP != 0 {
             format!("a kept session exists ({path}); run `xcover detach {pid}` first")
         } else {
-            format!("a session left by an xcover that died exists ({path}); run `xcover detach {pid}`")
+            format!(
+                "a session left by an xcover that died exists ({path}); run `xcover detach {pid}`"
+            )
         };
         Err(Error::AlreadyAttached { pid, detail })
     }

@@ -205,9 +205,11 @@ impl StoppedProcess {
                     Err(e) => return Err(sys_err(pid, tid, "waitpid")(e)),
                     Ok(Wait::Stopped { sig, event }) => {
                         let kind = if event == sys::EVENT_CLONE {
-                            let child = sys::geteventmsg(tid)
-                                .map_err(sys_err(pid, tid, "PTRACE_GETEVENTMSG"))?
-                                as i32;
+                            let child = sys::geteventmsg(tid).map_err(sys_err(
+                                pid,
+                                tid,
+                                "PTRACE_GETEVENTMSG",
+                            ))? as i32;
                             if !self.threads.contains_key(&child) && !pending.contains(&child) {
                                 pending.push(child);
                             }
@@ -216,8 +218,11 @@ impl StoppedProcess {
                             StopKind::Event
                         } else {
                             let _ = sig;
-                            let si = sys::getsiginfo(tid)
-                                .map_err(sys_err(pid, tid, "PTRACE_GETSIGINFO"))?;
+                            let si = sys::getsiginfo(tid).map_err(sys_err(
+                                pid,
+                                tid,
+                                "PTRACE_GETSIGINFO",
+                            ))?;
                             StopKind::Signal(si)
                         };
                         self.threads.insert(

@@ -33,12 +33,25 @@ fn check(r: libc::c_long) -> io::Result<libc::c_long> {
 fn request(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: the requests sent through here take plain integers (options, signal numbers)
     // in `addr`/`data`, never pointers; a bad tid only yields ESRCH.
-    check(unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) })
+    check(unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    })
 }
 
 /// `PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`, so threads created later are traced too.
 pub fn seize(tid: i32) -> io::Result<()> {
-    request(libc::PTRACE_SEIZE, tid, 0, libc::PTRACE_O_TRACECLONE as usize).map(drop)
+    request(
+        libc::PTRACE_SEIZE,
+        tid,
+        0,
+        libc::PTRACE_O_TRACECLONE as usize,
+    )
+    .map(drop)
 }
 
 /// `PTRACE_INTERRUPT`: ask a seized thread to stop (reported as [`EVENT_STOP`]).
@@ -68,7 +81,12 @@ pub fn getregs(tid: i32) -> io::Result<Regs> {
     // SAFETY: PTRACE_GETREGS writes exactly one `user_regs_struct` to the pointer in `data`,
     // which points at a buffer of that type.
     check(unsafe {
-        libc::ptrace(libc::PTRACE_GETREGS, tid, std::ptr::null_mut::<libc::c_void>(), regs.as_mut_ptr())
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            regs.as_mut_ptr(),
+        )
     })?;
     // SAFETY: zero-initialised plain integers, then filled by the kernel.
     Ok(unsafe { regs.assume_init() })
@@ -93,7 +111,12 @@ pub fn getsiginfo(tid: i32) -> io::Result<SigInfo> {
     let mut si = std::mem::MaybeUninit::<SigInfo>::zeroed();
     // SAFETY: PTRACE_GETSIGINFO writes one `siginfo_t` to `data`.
     check(unsafe {
-        libc::ptrace(libc::PTRACE_GETSIGINFO, tid, std::ptr::null_mut::<libc::c_void>(), si.as_mut_ptr())
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            si.as_mut_ptr(),
+        )
     })?;
     // SAFETY: zero-initialised, then filled by the kernel.
     Ok(unsafe { si.assume_init() })

@@ -80,9 +80,11 @@ pub unsafe extern "C" fn xcover_agent_fini() -> i64 {
     }
     // SAFETY: `p` was checked by init and xcover keeps the mapping until fini returns.
     let h = unsafe { &*p };
-    h.state.store(SessionState::Detaching as u32, Ordering::Release);
+    h.state
+        .store(SessionState::Detaching as u32, Ordering::Release);
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
-    h.state.store(SessionState::Detached as u32, Ordering::Release);
+    h.state
+        .store(SessionState::Detached as u32, Ordering::Release);
     0
 }
 
