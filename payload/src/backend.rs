@@ -1,1 +1,942 @@
-//! wip
+//! The x86-64 hook builder: plans entry patches, builds trampolines, patches in batches.
+//!
+//! # Entry patches
+//!
+//! For each function `{addr, size, next, cookie}` (`next` is where the next symbol starts, so
+//! `addr+size .. next` is alignment padding that belongs to nobody):
+//!
+//! 1. **`jmp rel32`** (5 bytes) at `addr`, when the first ≥ 5 bytes can be relocated. The
+//!    displaced bytes may run into free padding (`int3`/`nop` only) after an instruction that
+//!    never falls through, e.g. a 1- or 3-byte function ending in `ret`.
+//! 2. **`jmp rel8` hop** (2 bytes) at `addr` to a `jmp rel32` written into the function's
+//!    free padding, when only ≥ 2 bytes can be displaced (short functions, or a branch into
+//!    bytes 2..5).
+//! 3. Otherwise the function is skipped with a [`SkipReason`].
+//!
+//! Any branch or IP-relative reference from inside the function to bytes `1..len` of the
+//! displaced range refuses that patch form. Displaced bytes not covered by the jump are filled
+//! with `int3`.
+//!
+//! # Trampolines
+//!
+//! One per function, in an arena within ±2 GiB of the function (one arena per region, many
+//! trampolines per arena, arenas mapped RW, written, then flipped to RX). On entry the
+//! trampoline:
+//!
+//! ```text
+//! pushfq                        ; flags at [E-8]  (E = rsp at entry)
+//! push rax                      ; rax at [E-16]   (both within the red zone)
+//! lea rax, [rsp+16]             ; rax = E
+//! and rsp, -64                  ; aligned frame, whatever the caller's alignment
+//! sub rsp, FRAME                ; ProbeCtx at rsp, vector area at rsp+192
+//! mov [rsp+ctx.*], every GPR; ctx.rax/eflags from [E-16]/[E-8]; ctx.rsp = E
+//! ctx.rip = ctx.func_ip = addr; ctx.cookie; ctx.orig_rax = -1; cs = ss = 0
+//! [movaps|vmovaps] xmm/ymm0..15 -> vector area        (HookOptions::save_vector_regs)
+//! mov rdi, rsp ; call probe
+//! [movaps|vmovaps] vector area -> xmm/ymm0..15
+//! reload rcx rdx rsi rdi r8 r9 r10 r11 (rbx rbp r12-r15 are callee-saved under SysV)
+//! restore flags: eax = ctx.eflags; OF via `add ah,0x80` on (OF<<7); `mov ah,al; sahf`
+//!     (or `popfq` from [E-8] when HookOptions::flags_with_popfq)
+//! mov rax, ctx.rax ; mov rsp, ctx.rsp  (= E)
+//! <relocated instructions>
+//! jmp addr+displaced
+//! ```
+//!
+//! The `sahf` route restores CF PF AF ZF SF and OF, i.e. every flag ordinary code reads; DF is
+//! 0 by the ABI at a function entry and the probe keeps it so. The probe's return value is
+//! ignored. Vector registers are saved as YMM when the CPU and OS enable AVX (a `__m256`
+//! argument must arrive intact), as XMM otherwise; the upper halves of ZMM and ZMM16-31 are
+//! not saved (no argument lives there in SysV or Go's ABI, and the JIT-ed probe never uses
+//! AVX-512).
+//!
+//! # Batches and threads
+//!
+//! [`Interceptor::prepare_hooks`] plans every hook and writes the trampolines, which no code
+//! reaches yet, so it is safe while threads run. [`HookBatch::fixup`] tells, for a stopped
+//! thread's instruction pointer, whether it must move into a trampoline's relocated copy.
+//! [`Interceptor::commit_hooks`] then writes every entry patch in one pass, two `protect`
+//! calls per run of pages. Unhooking mirrors that with [`Interceptor::prepare_unhooks`],
+//! [`UnhookBatch::fixup`] and [`Interceptor::commit_unhooks`], which restores the original
+//! bytes exactly.
+//!
+//! Trampolines are **retired, never freed**, until the session ends: a thread stopped inside
+//! the probe returns into its trampoline, and one in the register-restore part runs to the
+//! jump back, which lands on original code again once unhooked. A later hook of the same
+//! function with the same cookie reuses its retired trampoline, so repeated attach/detach
+//! cycles do not grow memory.
+//!
+//! Caveat: a relocated `call` pushes the original return address and jumps; under a user-space
+//! shadow stack (CET SHSTK, not enabled by Linux for ordinary processes today) its `ret` would
+//! fault.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::mem::offset_of;
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+use xcover_abi::ProbeCtx;
+
+use crate::relocator::{self, Moved, RelocError, Scan, Unrelocatable};
+use crate::writer::{Reg, Writer, fits_rel32};
+
+/// Page size assumed for protection changes.
+pub const PAGE_SIZE: u64 = 4096;
+/// Size of one trampoline arena.
+pub const ARENA_SIZE: usize = 256 * 1024;
+/// How far (bytes) an arena may be from a function: ±2 GiB less a margin.
+const REACH: u64 = (1 << 31) - (16 << 20);
+/// Biggest function body read for the branch scan (longer ones are scanned up to here).
+const MAX_SCAN: u64 = 1 << 20;
+
+/// Page protections the backend asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Read + execute (code at rest).
+    ReadExec,
+    /// Read + write + execute (while patching code other threads may be executing).
+    ReadWriteExec,
+}
+
+/// A failed memory operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemError {
+    /// The operation (`"read"`, `"write"`, `"protect"`).
+    pub op: &'static str,
+    /// The address it was about.
+    pub addr: u64,
+}
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "memory {} at {:#x} failed", self.op, self.addr)
+    }
+}
+
+/// Operating-system access the backend needs, provided by the caller (raw syscalls in the
+/// agent, libc in tests).
+pub trait Memory {
+    /// Maps `size` bytes read+write, anywhere within ±2 GiB of `near` (closer is better),
+    /// returning the address, page-aligned.
+    fn alloc_near(&mut self, near: u64, size: usize) -> Option<u64>;
+    /// Changes the protection of the pages covering `addr..addr+len` (page-aligned).
+    fn protect(&mut self, addr: u64, len: usize, prot: Protection) -> Result<(), MemError>;
+    /// Reads `buf.len()` bytes at `addr`.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemError>;
+    /// Writes `bytes` at `addr`; the pages are writable (the backend protected them).
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), MemError>;
+}
+
+/// What the caller knows about one function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuncSpec {
+    /// Runtime address of the entry.
+    pub addr: u64,
+    /// Size from the symbol.
+    pub size: u64,
+    /// Start of the next symbol (or section end): `addr+size .. next` is free padding.
+    /// Values below `addr+size` mean "no padding".
+    pub next: u64,
+    /// The attach cookie put into [`ProbeCtx::cookie`].
+    pub cookie: u64,
+}
+
+/// Why a function was not hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Size 0.
+    TooSmall,
+    /// Not enough bytes for a 5-byte patch nor room in the padding for the 2-byte hop.
+    NoRoom,
+    /// An instruction of the function (at `from`) branches or refers into the patched bytes.
+    BranchIntoPatch {
+        /// Address of the offending instruction.
+        from: u64,
+    },
+    /// The entry does not decode.
+    Undecodable {
+        /// Offset of the bad bytes.
+        offset: u32,
+    },
+    /// An instruction in the displaced bytes cannot be moved.
+    Unrelocatable {
+        /// Offset of the instruction.
+        offset: u32,
+        /// Its kind.
+        kind: Unrelocatable,
+    },
+    /// Already hooked by this interceptor.
+    AlreadyHooked,
+    /// No memory could be mapped within ±2 GiB.
+    NoNearMemory,
+    /// The function's bytes could not be read.
+    Unreadable,
+    /// A stopped thread sits inside the displaced bytes at a point with no equivalent.
+    ThreadInPatch,
+}
+
+impl SkipReason {
+    /// Stable numeric code, for `FuncEntry::skip_reason`.
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::TooSmall => 1,
+            Self::NoRoom => 2,
+            Self::BranchIntoPatch { .. } => 3,
+            Self::Undecodable { .. } => 4,
+            Self::Unrelocatable { .. } => 5,
+            Self::AlreadyHooked => 6,
+            Self::NoNearMemory => 7,
+            Self::Unreadable => 8,
+            Self::ThreadInPatch => 9,
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooSmall => f.write_str("function too small"),
+            Self::NoRoom => f.write_str("no room for a patch (no free padding)"),
+            Self::BranchIntoPatch { from } => {
+                write!(f, "branch into the patched bytes from {from:#x}")
+            }
+            Self::Undecodable { offset } => write!(f, "undecodable instruction at +{offset}"),
+            Self::Unrelocatable { offset, kind } => {
+                write!(f, "unrelocatable instruction at +{offset}: {kind}")
+            }
+            Self::AlreadyHooked => f.write_str("already hooked"),
+            Self::NoNearMemory => f.write_str("no memory within 2 GiB for a trampoline"),
+            Self::Unreadable => f.write_str("code not readable"),
+            Self::ThreadInPatch => f.write_str("a thread is stopped inside the patched bytes"),
+        }
+    }
+}
+
+impl From<RelocError> for SkipReason {
+    fn from(e: RelocError) -> Self {
+        match e {
+            RelocError::Truncated => Self::NoRoom,
+            RelocError::Undecodable { offset } => Self::Undecodable {
+                offset: offset as u32,
+            },
+            RelocError::Unrelocatable { offset, kind } => Self::Unrelocatable {
+                offset: offset as u32,
+                kind,
+            },
+        }
+    }
+}
+
+/// Knobs of the trampolines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookOptions {
+    /// Save and restore xmm0-15 (ymm0-15 with AVX) around the probe. The agent turns this
+    /// off for JIT-ed probes that never touch vector registers.
+    pub save_vector_regs: bool,
+    /// Restore the flags with `popfq` instead of the cheaper `sahf` sequence (for
+    /// measurements).
+    pub flags_with_popfq: bool,
+}
+
+impl Default for HookOptions {
+    fn default() -> Self {
+        Self {
+            save_vector_regs: true,
+            flags_with_popfq: false,
+        }
+    }
+}
+
+/// What a stopped thread must do before patches are written or removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFixup {
+    /// Leave it.
+    Untouched,
+    /// Set its instruction pointer to this address.
+    MoveTo(u64),
+    /// It is inside the patched bytes of the function at this address, with no equivalent
+    /// place: cancel that function ([`HookBatch::cancel`]) or stop again later.
+    Blocked(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VecSave {
+    None,
+    Xmm,
+    Ymm,
+}
+
+#[derive(Clone, Debug)]
+struct Hook {
+    addr: u64,
+    cookie: u64,
+    /// Start of the relocated instructions in the trampoline.
+    reloc_start: u64,
+    /// End of the relocated instructions (and jump back).
+    reloc_end: u64,
+    moved: Vec<Moved>,
+    original: Vec<u8>,
+    patch: Vec<u8>,
+    /// Padding slot for the `jmp rel8` hop: (address, original bytes, new bytes).
+    slot: Option<(u64, [u8; 5], [u8; 5])>,
+    active: bool,
+}
+
+struct Arena {
+    base: u64,
+    used: usize,
+    dirty: bool,
+}
+
+/// Hooks planned and trampolines written, entry patches not yet.
+pub struct HookBatch {
+    planned: Vec<Hook>,
+    outcomes: Vec<(u64, Result<(), SkipReason>)>,
+}
+
+impl HookBatch {
+    /// Per function of the request, in order: hooked (once committed) or skipped.
+    pub fn outcomes(&self) -> &[(u64, Result<(), SkipReason>)] {
+        &self.outcomes
+    }
+
+    /// Number of functions that will be patched.
+    pub fn len(&self) -> usize {
+        self.planned.len()
+    }
+
+    /// Whether nothing will be patched.
+    pub fn is_empty(&self) -> bool {
+        self.planned.is_empty()
+    }
+
+    /// Where a stopped thread at `ip` must go before the patches are written.
+    pub fn fixup(&self, ip: u64) -> IpFixup {
+        let i = self.planned.partition_point(|h| h.addr <= ip);
+        if i > 0 {
+            let h = &self.planned[i - 1];
+            if let Some(f) = hook_fixup(h, ip) {
+                return f;
+            }
+        }
+        for h in &self.planned {
+            if let Some((s, _, _)) = h.slot
+                && (s..s + 5).contains(&ip)
+            {
+                return IpFixup::Blocked(h.addr);
+            }
+        }
+        IpFixup::Untouched
+    }
+
+    /// Drops the function at `addr` from the batch (reported as [`SkipReason::ThreadInPatch`]).
+    pub fn cancel(&mut self, addr: u64) {
+        self.planned.retain(|h| h.addr != addr);
+        for o in &mut self.outcomes {
+            if o.0 == addr {
+                o.1 = Err(SkipReason::ThreadInPatch);
+            }
+        }
+    }
+}
+
+fn hook_fixup(h: &Hook, ip: u64) -> Option<IpFixup> {
+    let off = ip.checked_sub(h.addr)?;
+    if off == 0 || off >= h.original.len() as u64 {
+        return None;
+    }
+    Some(match h.moved.iter().find(|m| m.orig_offset as u64 == off) {
+        Some(m) => IpFixup::MoveTo(h.reloc_start + m.new_offset as u64),
+        None => IpFixup::Blocked(h.addr),
+    })
+}
+
+/// Hooks selected for removal.
+pub struct UnhookBatch {
+    /// (reloc_start, reloc_end, addr, moved) of each hook.
+    ranges: Vec<(u64, u64, u64, Vec<Moved>)>,
+}
+
+impl UnhookBatch {
+    /// Where a stopped thread at `ip` should go before the original bytes come back.
+    ///
+    /// A thread at the start of a relocated instruction moves to the original one; anywhere
+    /// else in a trampoline it may stay: trampolines stay mapped and jump back to original
+    /// code.
+    pub fn fixup(&self, ip: u64) -> IpFixup {
+        for (start, end, addr, moved) in &self.ranges {
+            if (*start..*end).contains(&ip) {
+                let off = ip - start;
+                if let Some(m) = moved.iter().find(|m| m.new_offset as u64 == off) {
+                    return IpFixup::MoveTo(addr + m.orig_offset as u64);
+                }
+            }
+        }
+        IpFixup::Untouched
+    }
+
+    /// Number of functions to unhook.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether nothing is to be unhooked.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+/// The interceptor: owns the trampolines of one session.
+pub struct Interceptor {
+    probe: u64,
+    opts: HookOptions,
+    vec: VecSave,
+    arenas: Vec<Arena>,
+    hooks: BTreeMap<u64, Hook>,
+}
+
+// ProbeCtx field offsets.
+const fn off(o: usize) -> i32 {
+    o as i32
+}
+const CTX_RSP: i32 = off(offset_of!(ProbeCtx, rsp));
+const CTX_RAX: i32 = off(offset_of!(ProbeCtx, rax));
+const CTX_EFLAGS: i32 = off(offset_of!(ProbeCtx, eflags));
+const CTX_RIP: i32 = off(offset_of!(ProbeCtx, rip));
+const CTX_FUNC_IP: i32 = off(offset_of!(ProbeCtx, func_ip));
+const CTX_COOKIE: i32 = off(offset_of!(ProbeCtx, cookie));
+const CTX_ORIG_RAX: i32 = off(offset_of!(ProbeCtx, orig_rax));
+const CTX_CS: i32 = off(offset_of!(ProbeCtx, cs));
+const CTX_SS: i32 = off(offset_of!(ProbeCtx, ss));
+/// Vector save area, after the context, 64-byte aligned.
+const VEC_AREA: i32 = 192;
+const _: () = assert!(core::mem::size_of::<ProbeCtx>() <= VEC_AREA as usize);
+
+const fn gpr_slot(r: Reg) -> i32 {
+    off(match r {
+        Reg::Rax => offset_of!(ProbeCtx, rax),
+        Reg::Rcx => offset_of!(ProbeCtx, rcx),
+        Reg::Rdx => offset_of!(ProbeCtx, rdx),
+        Reg::Rbx => offset_of!(ProbeCtx, rbx),
+        Reg::Rsp => offset_of!(ProbeCtx, rsp),
+        Reg::Rbp => offset_of!(ProbeCtx, rbp),
+        Reg::Rsi => offset_of!(ProbeCtx, rsi),
+        Reg::Rdi => offset_of!(ProbeCtx, rdi),
+        Reg::R8 => offset_of!(ProbeCtx, r8),
+        Reg::R9 => offset_of!(ProbeCtx, r9),
+        Reg::R10 => offset_of!(ProbeCtx, r10),
+        Reg::R11 => offset_of!(ProbeCtx, r11),
+        Reg::R12 => offset_of!(ProbeCtx, r12),
+        Reg::R13 => offset_of!(ProbeCtx, r13),
+        Reg::R14 => offset_of!(ProbeCtx, r14),
+        Reg::R15 => offset_of!(ProbeCtx, r15),
+    })
+}
+
+/// Saved as-is at entry (rax and rcx are handled apart).
+const SAVED: [Reg; 13] = [
+    Reg::Rdx,
+    Reg::Rbx,
+    Reg::Rbp,
+    Reg::Rsi,
+    Reg::Rdi,
+    Reg::R8,
+    Reg::R9,
+    Reg::R10,
+    Reg::R11,
+    Reg::R12,
+    Reg::R13,
+    Reg::R14,
+    Reg::R15,
+];
+/// Caller-saved under SysV besides rax: reloaded after the probe.
+const RELOADED: [Reg; 8] = [
+    Reg::Rcx,
+    Reg::Rdx,
+    Reg::Rsi,
+    Reg::Rdi,
+    Reg::R8,
+    Reg::R9,
+    Reg::R10,
+    Reg::R11,
+];
+
+/// A planned entry patch.
+struct Plan {
+    scan: Scan,
+    /// Hop slot address for the 2-byte form.
+    slot: Option<u64>,
+}
+
+fn is_padding(ins: &Instruction) -> bool {
+    matches!(ins.mnemonic(), Mnemonic::Nop | Mnemonic::Int3)
+}
+
+/// Length of the free padding at the start of `pad` (whole `int3`/`nop` instructions).
+fn free_padding(pad: &[u8], at: u64) -> usize {
+    let mut dec = Decoder::with_ip(64, pad, at, DecoderOptions::NONE);
+    let mut ins = Instruction::default();
+    let mut n = 0;
+    while dec.can_decode() {
+        dec.decode_out(&mut ins);
+        if ins.is_invalid() || !is_padding(&ins) {
+            break;
+        }
+        n += ins.len();
+    }
+    n
+}
+
+fn plan(f: &FuncSpec, code: &[u8], size: usize) -> Result<Plan, SkipReason> {
+    let avail = code.len();
+    let refs = |len: usize| {
+        relocator::find_reference_into(&code[..size], f.addr, f.addr + 1..f.addr + len as u64)
+    };
+    let first = match relocator::can_relocate(code, f.addr, 5) {
+        Ok(scan) => match refs(scan.len) {
+            None => return Ok(Plan { scan, slot: None }),
+            Some(from) => SkipReason::BranchIntoPatch { from },
+        },
+        Err(e) => e.into(),
+    };
+    // The 2-byte hop into padding.
+    if let Ok(scan) = relocator::can_relocate(code, f.addr, 2) {
+        let slot_off = scan.len.max(size);
+        if slot_off + 5 <= avail && slot_off - 2 <= 127 && refs(scan.len).is_none() {
+            return Ok(Plan {
+                scan,
+                slot: Some(f.addr + slot_off as u64),
+            });
+        }
+    }
+    Err(first)
+}
+
+impl Interceptor {
+    /// An interceptor whose trampolines call `probe`, an
+    /// `extern "C" fn(*mut ProbeCtx) -> u64` at that address.
+    pub fn new(probe: u64, opts: HookOptions) -> Self {
+        let vec = if !opts.save_vector_regs {
+            VecSave::None
+        } else if cpu::avx_enabled() {
+            VecSave::Ymm
+        } else {
+            VecSave::Xmm
+        };
+        Self {
+            probe,
+            opts,
+            vec,
+            arenas: Vec::new(),
+            hooks: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the function at `addr` is hooked now.
+    pub fn is_hooked(&self, addr: u64) -> bool {
+        self.hooks.get(&addr).is_some_and(|h| h.active)
+    }
+
+    /// Addresses of every hooked function.
+    pub fn hooked(&self) -> Vec<u64> {
+        self.hooks
+            .values()
+            .filter(|h| h.active)
+            .map(|h| h.addr)
+            .collect()
+    }
+
+    /// Number of trampoline arenas mapped so far (they live until the session ends).
+    pub fn arenas(&self) -> usize {
+        self.arenas.len()
+    }
+
+    /// Plans hooks for `funcs` and writes their trampolines (not reachable yet, so threads
+    /// may run). The entry patches are written by [`Self::commit_hooks`].
+    pub fn prepare_hooks<M: Memory>(&mut self, mem: &mut M, funcs: &[FuncSpec]) -> HookBatch {
+        let mut planned = Vec::new();
+        let mut outcomes = Vec::with_capacity(funcs.len());
+        let mut seen = alloc::collections::BTreeSet::new();
+        for f in funcs {
+            let r = if seen.insert(f.addr) {
+                self.prepare_one(mem, f).map(|h| planned.push(h))
+            } else {
+                Err(SkipReason::AlreadyHooked)
+            };
+            outcomes.push((f.addr, r));
+        }
+        let mut res = Ok(());
+        for a in &mut self.arenas {
+            if a.dirty {
+                a.dirty = false;
+                res = res.and(mem.protect(a.base, ARENA_SIZE, Protection::ReadExec));
+            }
+        }
+        if res.is_err() {
+            // Trampolines may not be executable: patch nothing.
+            for o in &mut outcomes {
+                if o.1.is_ok() {
+                    o.1 = Err(SkipReason::NoNearMemory);
+                }
+            }
+            planned.clear();
+        }
+        planned.sort_by_key(|h| h.addr);
+        HookBatch { planned, outcomes }
+    }
+
+    fn prepare_one<M: Memory>(&mut self, mem: &mut M, f: &FuncSpec) -> Result<Hook, SkipReason> {
+        if f.size == 0 {
+            return Err(SkipReason::TooSmall);
+        }
+        if let Some(h) = self.hooks.get(&f.addr) {
+            if h.active {
+                return Err(SkipReason::AlreadyHooked);
+            }
+            // A retired trampoline for the same code and cookie is reused as is.
+            if h.cookie == f.cookie && self.still_original(mem, h) {
+                return Ok(h.clone());
+            }
+        }
+        let size = f.size.min(MAX_SCAN) as usize;
+        let pad_len = if f.next > f.addr + f.size {
+            (f.next - f.addr - f.size).min(256) as usize
+        } else {
+            0
+        };
+        let mut code = vec![0u8; size + pad_len];
+        mem.read(f.addr, &mut code)
+            .map_err(|_| SkipReason::Unreadable)?;
+        let free = free_padding(&code[size..], f.addr + size as u64);
+        code.truncate(size + free);
+        let p = plan(f, &code, size)?;
+
+        // Build at the arena cursor; retry once in a fresh arena if it does not fit.
+        let mut fresh = false;
+        loop {
+            let ai = self.arena_for(mem, f.addr, fresh)?;
+            let pc = align16(self.arenas[ai].base + self.arenas[ai].used as u64);
+            let mut w = Writer::new(pc);
+            let (reloc_start, moved) = self.emit_trampoline(&mut w, f, &code, &p.scan)?;
+            let end = w.pc();
+            let arena = &mut self.arenas[ai];
+            if end > arena.base + ARENA_SIZE as u64 {
+                if fresh {
+                    return Err(SkipReason::NoNearMemory);
+                }
+                fresh = true;
+                continue;
+            }
+            if !arena.dirty {
+                mem.protect(arena.base, ARENA_SIZE, Protection::ReadWriteExec)
+                    .map_err(|_| SkipReason::NoNearMemory)?;
+                arena.dirty = true;
+            }
+            mem.write(pc, w.code())
+                .map_err(|_| SkipReason::NoNearMemory)?;
+            arena.used = (end - arena.base) as usize;
+
+            let len = p.scan.len;
+            let original = code[..len].to_vec();
+            let mut patch = vec![0xccu8; len];
+            let mut pw = Writer::new(f.addr);
+            let slot = match p.slot {
+                None => {
+                    let ok = pw.put_jmp_rel32(pc);
+                    debug_assert!(ok, "arena chosen within reach");
+                    None
+                }
+                Some(s) => {
+                    pw.put_jmp_rel8(s);
+                    let mut sw = Writer::new(s);
+                    sw.put_jmp_rel32(pc);
+                    let so = (s - f.addr) as usize;
+                    let mut orig5 = [0u8; 5];
+                    orig5.copy_from_slice(&code[so..so + 5]);
+                    let mut new5 = [0u8; 5];
+                    new5.copy_from_slice(sw.code());
+                    Some((s, orig5, new5))
+                }
+            };
+            patch[..pw.len()].copy_from_slice(pw.code());
+            return Ok(Hook {
+                addr: f.addr,
+                cookie: f.cookie,
+                reloc_start,
+                reloc_end: end,
+                moved,
+                original,
+                patch,
+                slot,
+                active: false,
+            });
+        }
+    }
+
+    fn still_original<M: Memory>(&self, mem: &mut M, h: &Hook) -> bool {
+        let mut now = vec![0u8; h.original.len()];
+        if mem.read(h.addr, &mut now).is_err() || now != h.original {
+            return false;
+        }
+        match h.slot {
+            None => true,
+            Some((s, orig, _)) => {
+                let mut b = [0u8; 5];
+                mem.read(s, &mut b).is_ok() && b == orig
+            }
+        }
+    }
+
+    fn arena_for<M: Memory>(
+        &mut self,
+        mem: &mut M,
+        addr: u64,
+        fresh: bool,
+    ) -> Result<usize, SkipReason> {
+        let near = |base: u64| {
+            base.abs_diff(addr) < REACH && (base + ARENA_SIZE as u64).abs_diff(addr) < REACH
+        };
+        if !fresh
+            && let Some(i) = self
+                .arenas
+                .iter()
+                .rposition(|a| near(a.base) && a.used + 1024 < ARENA_SIZE)
+        {
+            return Ok(i);
+        }
+        let base = mem
+            .alloc_near(addr, ARENA_SIZE)
+            .ok_or(SkipReason::NoNearMemory)?;
+        if !near(base) {
+            return Err(SkipReason::NoNearMemory);
+        }
+        self.arenas.push(Arena {
+            base,
+            used: 0,
+            dirty: true,
+        });
+        Ok(self.arenas.len() - 1)
+    }
+
+    /// Emits the trampoline; returns the address of the relocated part and the moves.
+    fn emit_trampoline(
+        &self,
+        w: &mut Writer,
+        f: &FuncSpec,
+        code: &[u8],
+        scan: &Scan,
+    ) -> Result<(u64, Vec<Moved>), SkipReason> {
+        let vec_bytes = match self.vec {
+            VecSave::None => 0,
+            VecSave::Xmm => 16 * 16,
+            VecSave::Ymm => 16 * 32,
+        };
+        let frame = VEC_AREA + vec_bytes;
+        // Capture the flags and rax, find the entry rsp, align.
+        w.put_pushfq();
+        w.put_push(Reg::Rax);
+        w.put_lea(Reg::Rax, Reg::Rsp, 16);
+        w.put_align_rsp(64);
+        w.put_sub_rsp(frame);
+        w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
+        w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
+        w.put_load(Reg::Rcx, Reg::Rax, -16);
+        w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+        w.put_load(Reg::Rcx, Reg::Rax, -8);
+        w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+        for r in SAVED {
+            w.put_store(Reg::Rsp, gpr_slot(r), r);
+        }
+        if !w.put_lea_rip(Reg::Rax, f.addr) {
+            w.put_mov_imm64(Reg::Rax, f.addr);
+        }
+        w.put_store(Reg::Rsp, CTX_RIP, Reg::Rax);
+        w.put_store(Reg::Rsp, CTX_FUNC_IP, Reg::Rax);
+        match i32::try_from(f.cookie as i64) {
+            Ok(c) => w.put_store_imm(Reg::Rsp, CTX_COOKIE, c),
+            Err(_) => {
+                w.put_mov_imm64(Reg::Rax, f.cookie);
+                w.put_store(Reg::Rsp, CTX_COOKIE, Reg::Rax);
+            }
+        }
+        w.put_store_imm(Reg::Rsp, CTX_ORIG_RAX, -1);
+        w.put_store_imm(Reg::Rsp, CTX_CS, 0);
+        w.put_store_imm(Reg::Rsp, CTX_SS, 0);
+        for i in 0..16u8 {
+            match self.vec {
+                VecSave::None => {}
+                VecSave::Xmm => w.put_movaps_store(VEC_AREA + 16 * i as i32, i),
+                VecSave::Ymm => w.put_vmovaps_store(VEC_AREA + 32 * i as i32, i),
+            }
+        }
+        w.put_mov(Reg::Rdi, Reg::Rsp);
+        w.put_call(self.probe);
+        for i in 0..16u8 {
+            match self.vec {
+                VecSave::None => {}
+                VecSave::Xmm => w.put_movaps_load(i, VEC_AREA + 16 * i as i32),
+                VecSave::Ymm => w.put_vmovaps_load(i, VEC_AREA + 32 * i as i32),
+            }
+        }
+        for r in RELOADED {
+            w.put_load(r, Reg::Rsp, gpr_slot(r));
+        }
+        if self.opts.flags_with_popfq {
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+            w.put_lea(Reg::Rsp, Reg::Rsp, -8);
+            w.put_popfq(); // the pushfq'd value at [E-8], untouched since
+        } else {
+            w.put_load32(Reg::Rax, Reg::Rsp, CTX_EFLAGS);
+            w.put_bytes(&[
+                0x80, 0xe4, 0x08, // and ah, 8         ; OF (bit 11) alone
+                0xc0, 0xe4, 0x04, // shl ah, 4         ; -> 0x80 or 0
+                0x80, 0xc4, 0x80, // add ah, 0x80      ; OF = saved OF
+                0x88, 0xc4, //       mov ah, al        ; SF ZF AF PF CF
+                0x9e, //             sahf
+            ]);
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+        }
+        let reloc_start = w.pc();
+        let moved = relocator::relocate(code, f.addr, scan, w)?;
+        if !scan.ends_block {
+            w.put_jmp(f.addr + scan.live_len as u64);
+        }
+        debug_assert!(fits_rel32(f.addr + 5, w.base_pc()));
+        Ok((reloc_start, moved))
+    }
+
+    /// Writes the entry patches of `batch` in one pass.
+    ///
+    /// # Safety
+    ///
+    /// Every [`FuncSpec`] given to [`Self::prepare_hooks`] must describe real code of this
+    /// process (or of the process `mem` writes to) whose bytes have not changed since, and
+    /// no thread may execute the patched bytes while this runs: all threads are stopped,
+    /// and any thread whose instruction pointer [`HookBatch::fixup`] names was moved.
+    pub unsafe fn commit_hooks<M: Memory>(
+        &mut self,
+        mem: &mut M,
+        batch: HookBatch,
+    ) -> Result<usize, MemError> {
+        let mut writes: Vec<(u64, &[u8])> = Vec::new();
+        for h in &batch.planned {
+            if let Some((s, _, new)) = &h.slot {
+                writes.push((*s, new));
+            }
+            writes.push((h.addr, &h.patch));
+        }
+        write_batch(mem, &writes)?;
+        let n = batch.planned.len();
+        for mut h in batch.planned {
+            h.active = true;
+            self.hooks.insert(h.addr, h);
+        }
+        Ok(n)
+    }
+
+    /// Selects hooked functions among `addrs` for removal.
+    pub fn prepare_unhooks(&self, addrs: &[u64]) -> UnhookBatch {
+        let ranges = addrs
+            .iter()
+            .filter_map(|a| self.hooks.get(a))
+            .filter(|h| h.active)
+            .map(|h| (h.reloc_start, h.reloc_end, h.addr, h.moved.clone()))
+            .collect();
+        UnhookBatch { ranges }
+    }
+
+    /// Restores the original bytes of every function in `batch`. Trampolines are retired,
+    /// not freed.
+    ///
+    /// # Safety
+    ///
+    /// No thread may execute the patched bytes while this runs (all threads stopped), and
+    /// the hooked code must not have been changed by anyone else since it was hooked.
+    pub unsafe fn commit_unhooks<M: Memory>(
+        &mut self,
+        mem: &mut M,
+        batch: UnhookBatch,
+    ) -> Result<usize, MemError> {
+        let mut writes: Vec<(u64, &[u8])> = Vec::new();
+        for (_, _, addr, _) in &batch.ranges {
+            if let Some(h) = self.hooks.get(addr) {
+                writes.push((h.addr, &h.original));
+                if let Some((s, orig, _)) = &h.slot {
+                    writes.push((*s, orig));
+                }
+            }
+        }
+        write_batch(mem, &writes)?;
+        for (_, _, addr, _) in &batch.ranges {
+            if let Some(h) = self.hooks.get_mut(addr) {
+                h.active = false;
+            }
+        }
+        Ok(batch.ranges.len())
+    }
+}
+
+fn align16(v: u64) -> u64 {
+    (v + 15) & !15
+}
+
+/// Writes all `(addr, bytes)` with two protection changes per run of adjacent pages.
+fn write_batch<M: Memory>(mem: &mut M, writes: &[(u64, &[u8])]) -> Result<(), MemError> {
+    let mut pages: Vec<u64> = Vec::with_capacity(writes.len());
+    for (a, b) in writes {
+        let mut p = a & !(PAGE_SIZE - 1);
+        while p < a + b.len() as u64 {
+            pages.push(p);
+            p += PAGE_SIZE;
+        }
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((s, n)) if *s + (*n as u64) * PAGE_SIZE == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    for (s, n) in &runs {
+        mem.protect(*s, n * PAGE_SIZE as usize, Protection::ReadWriteExec)?;
+    }
+    let mut res = Ok(());
+    for (a, b) in writes {
+        res = res.and(mem.write(*a, b));
+    }
+    for (s, n) in &runs {
+        res = res.and(mem.protect(*s, n * PAGE_SIZE as usize, Protection::ReadExec));
+    }
+    res
+}
+
+/// CPU feature detection (the crate's only `unsafe`).
+mod cpu {
+    /// Whether AVX is usable: the CPU has it and the OS saves YMM state (XCR0 bits 1-2).
+    pub fn avx_enabled() -> bool {
+        let l1 = core::arch::x86_64::__cpuid(1);
+        let osxsave = l1.ecx & (1 << 27) != 0;
+        let avx = l1.ecx & (1 << 28) != 0;
+        if !(osxsave && avx) {
+            return false;
+        }
+        let xcr0: u32;
+        // SAFETY: CPUID.1:ECX.OSXSAVE is set, so the OS enabled XGETBV; reading XCR0 has no
+        // side effects.
+        unsafe {
+            core::arch::asm!(
+                "xgetbv",
+                in("ecx") 0u32,
+                out("eax") xcr0,
+                out("edx") _,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        xcr0 & 6 == 6
+    }
+}

@@ -116,7 +116,7 @@ pub struct Scan {
 pub struct Moved {
     /// Offset of the original instruction from the function's address.
     pub orig_offset: u32,
-    /// Offset of its relocated sequence from the writer's base `pc`.
+    /// Offset of its relocated sequence from the writer's `pc` when relocation started.
     pub new_offset: u32,
 }
 
@@ -198,6 +198,7 @@ pub fn relocate(
     let mut dec = decoder(&code[..scan.live_len], addr);
     let mut ins = Instruction::default();
     let mut moved = Vec::new();
+    let start = w.pc();
     while dec.can_decode() {
         let off = dec.position();
         dec.decode_out(&mut ins);
@@ -206,7 +207,7 @@ pub fn relocate(
         }
         moved.push(Moved {
             orig_offset: off as u32,
-            new_offset: (w.pc() - w.base_pc()) as u32,
+            new_offset: (w.pc() - start) as u32,
         });
         let bytes = &code[off..off + ins.len()];
         relocate_one(&ins, bytes, w)

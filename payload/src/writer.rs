@@ -290,6 +290,15 @@ impl Writer {
         self.put_modrm_mem(dst as u8, base, disp);
     }
 
+    /// `mov dst32, dword [base+disp]` (zero-extends into the full register).
+    pub fn put_load32(&mut self, dst: Reg, base: Reg, disp: i32) {
+        if dst.ext() || base.ext() {
+            self.put_u8(0x40 | ((dst.ext() as u8) << 2) | base.ext() as u8);
+        }
+        self.put_u8(0x8b);
+        self.put_modrm_mem(dst as u8, base, disp);
+    }
+
     /// `mov qword [base+disp], simm32` (sign-extended).
     pub fn put_store_imm(&mut self, base: Reg, disp: i32, imm: i32) {
         self.rex_w(false, base.ext());
