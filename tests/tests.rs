@@ -2,4 +2,5 @@
 //! processes built from the sources in `tests/targets/` at test time.
 
 mod conformance;
+mod inject;
 mod support;

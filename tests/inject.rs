@@ -1,0 +1,407 @@
+//! The injector against real processes: attach, check the agent ran inside, detach, and
+//! check the target did not notice (same result line as a run without xcover) and nothing
+//! of xcover is left in it.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use xcover_abi::{FLAG_KEEP, SessionState};
+use xcover_injector::elf::AgentImage;
+use xcover_injector::{AttachOptions, Error, SessionFile, StoppedProcess, nr};
+
+use crate::support::{self, AGENT, Target};
+
+/// The result line of a run without xcover.
+fn baseline(name: &str, args: &[&str]) -> (i32, String) {
+    let t = Target::start(name, args);
+    std::thread::sleep(Duration::from_millis(50));
+    t.stop()
+}
+
+/// Waits until the session of `pid` is Live and returns (agent_calls, agent_base).
+fn wait_live(pid: i32) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = SessionFile::open(pid) {
+            let h = s.header();
+            if h.state.load(Ordering::Acquire) == SessionState::Live as u32 {
+                return (
+                    h.agent_calls.load(Ordering::Acquire),
+                    h.agent_base.load(Ordering::Acquire),
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session of {pid} never became live"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `xcover attach <pid> --no-tui --duration <secs>` on a running target, checking the
+/// session while attached; returns the agent's base address.
+fn attach_for(pid: i32, secs: &str) -> u64 {
+    let child = support::xcover()
+        .args(["attach", &pid.to_string(), "--no-tui", "--duration", secs])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (calls, base) = wait_live(pid);
+    assert!(calls >= 1, "agent_calls = {calls}: the agent did not run");
+    assert!(
+        base != 0 && support::mapped(pid, base),
+        "agent not mapped while live"
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "xcover attach failed: {err}");
+    assert!(err.contains("detached from pid"), "{err}");
+    base
+}
+
+fn roundtrip_cli(name: &str) {
+    let want = baseline(name, &[]);
+    assert_eq!(want.0, 0, "{name} baseline: {}", want.1);
+    let mut t = Target::start(name, &[]);
+    let before = support::maps(t.pid());
+    let base = attach_for(t.pid(), "0.3");
+    assert!(t.alive(), "{name} died");
+    support::assert_clean(t.pid(), base);
+    if !name.starts_with("threads") {
+        assert_eq!(support::maps(t.pid()), before, "{name}: mappings changed");
+    }
+    assert_eq!(
+        t.stop(),
+        want,
+        "{name}: result differs from a run without xcover"
+    );
+}
+
+#[test]
+fn loop_o0_pie() {
+    roundtrip_cli("loop-O0-pie");
+}
+#[test]
+fn loop_o2_pie() {
+    roundtrip_cli("loop-O2-pie");
+}
+#[test]
+fn loop_o0_nopie() {
+    roundtrip_cli("loop-O0-nopie");
+}
+#[test]
+fn loop_o2_nopie() {
+    roundtrip_cli("loop-O2-nopie");
+}
+#[test]
+fn threads_8() {
+    roundtrip_cli("threads");
+}
+#[test]
+fn threads_8_o0_nopie() {
+    roundtrip_cli("threads-O0-nopie");
+}
+
+#[test]
+fn blocked_read_gets_its_bytes() {
+    let mut t = Target::start("pipe_read", &[]);
+    std::thread::sleep(Duration::from_millis(50));
+    let before = support::maps(t.pid());
+    let base = attach_for(t.pid(), "0.2");
+    support::assert_clean(t.pid(), base);
+    assert_eq!(support::maps(t.pid()), before);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    t.write_stdin(&data);
+    let (code, out) = t.finish();
+    let mut sum: u64 = 0;
+    for &b in &data {
+        sum = sum.wrapping_mul(31).wrapping_add(b as u64);
+    }
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, format!("bytes={} checksum={sum:016x}\n", data.len()));
+}
+
+fn sleeper(mode: &str) {
+    let t = Target::start("sleeper", &["1200", mode]);
+    let base = attach_for(t.pid(), "0.3");
+    support::assert_clean(t.pid(), base);
+    let (code, out) = t.finish();
+    assert_eq!(code, 0);
+    assert!(out.starts_with("rc=0 err=0 slept_ms="), "{out}");
+    let slept: f64 = out.trim().rsplit('=').next().unwrap().parse().unwrap();
+    assert!(
+        (1199.0..2200.0).contains(&slept),
+        "slept {slept} ms instead of 1200"
+    );
+}
+
+#[test]
+fn nanosleep_wakes_on_time() {
+    sleeper("nano");
+}
+#[test]
+fn clock_nanosleep_wakes_on_time() {
+    sleeper("clock");
+}
+
+#[test]
+fn malloc_dlopen_roundtrip_and_50_cycles() {
+    let lib = support::target_path("libdso.so");
+    let lib = lib.to_str().unwrap();
+    let mut t = Target::start("malloc_dlopen", &[lib]);
+    std::thread::sleep(Duration::from_millis(50));
+    let base = attach_for(t.pid(), "0.2");
+    support::assert_clean(t.pid(), base);
+    let mut worst = Duration::ZERO;
+    for i in 0..50 {
+        let a = xcover_injector::attach(t.pid(), AGENT, &AttachOptions::default())
+            .unwrap_or_else(|e| panic!("cycle {i}: attach: {e}"));
+        let h = a.session().header();
+        assert_eq!(h.state.load(Ordering::Acquire), SessionState::Live as u32);
+        assert!(h.agent_calls.load(Ordering::Acquire) >= 1);
+        let base = h.agent_base.load(Ordering::Acquire);
+        worst = worst.max(a.stats.stopped);
+        let st = a
+            .detach(AGENT)
+            .unwrap_or_else(|e| panic!("cycle {i}: detach: {e}"));
+        worst = worst.max(st.stopped);
+        support::assert_clean(t.pid(), base);
+        assert!(t.alive(), "target died in cycle {i}");
+    }
+    eprintln!(
+        "50 cycles: longest stop {:.2} ms",
+        worst.as_secs_f64() * 1e3
+    );
+    assert_eq!(t.stop(), (0, "malloc_dlopen ok\n".to_string()));
+}
+
+#[test]
+fn keep_then_detach() {
+    let want = baseline("loop-O2-pie", &[]);
+    let t = Target::start("loop-O2-pie", &[]);
+    let pid = t.pid().to_string();
+    let out = support::run_xcover(&["attach", &pid, "--no-tui", "--keep"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base;
+    {
+        let s = SessionFile::open(t.pid()).unwrap();
+        let h = s.header();
+        assert_eq!(h.state.load(Ordering::Acquire), SessionState::Live as u32);
+        assert_eq!(h.owner_pid.load(Ordering::Acquire), 0);
+        assert_ne!(h.flags & FLAG_KEEP, 0);
+        base = h.agent_base.load(Ordering::Acquire);
+        assert!(support::mapped(t.pid(), base));
+    }
+    assert!(support::tracer_pids(t.pid()).iter().all(|&x| x == 0));
+    let st = support::run_xcover(&["status", &pid]);
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("live kept"), "{st}");
+    // A second attach is refused while the kept session lives.
+    let again = support::run_xcover(&["attach", &pid, "--no-tui", "--duration", "0.1"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"));
+    let out = support::run_xcover(&["detach", &pid]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::assert_clean(t.pid(), base);
+    assert_eq!(t.stop(), want);
+}
+
+#[test]
+fn signals_sent_while_stopped_are_delivered_once() {
+    let want_line = |n: i32| {
+        let (_, w) = baseline("loop-O2-nopie", &[]);
+        w.replace("usr2=0", &format!("usr2={n}"))
+    };
+    let t = Target::start("loop-O2-nopie", &[]);
+    let pid = t.pid();
+    {
+        let mut sp = StoppedProcess::stop(pid).unwrap();
+        t.signal(libc::SIGUSR2);
+        std::thread::sleep(Duration::from_millis(20));
+        let tid = sp.worker_tid().unwrap();
+        // Remote work after the signal arrived: the thread dequeues it meanwhile.
+        assert_eq!(sp.syscall(tid, nr::GETPID, [0; 6]).unwrap(), pid as u64);
+        assert_eq!(sp.syscall(tid, nr::GETPID, [0; 6]).unwrap(), pid as u64);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    {
+        // And a thread left idle in its stop.
+        let _sp = StoppedProcess::stop(pid).unwrap();
+        t.signal(libc::SIGUSR2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(support::tracer_pids(pid).iter().all(|&x| x == 0));
+    assert_eq!(t.stop(), (0, want_line(2)));
+}
+
+#[test]
+fn faulting_remote_call_is_reported_and_target_survives() {
+    let want = baseline("loop-O2-pie", &[]);
+    let t = Target::start("loop-O2-pie", &[]);
+    {
+        let mut sp = StoppedProcess::stop(t.pid()).unwrap();
+        let tid = sp.worker_tid().unwrap();
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let mem = sp
+            .syscall(tid, nr::MMAP, [0, 0x10000, rw, flags, u64::MAX, 0])
+            .unwrap();
+        sp.write(mem, &[0xcc]).unwrap();
+        let e = sp
+            .call(tid, 0x10, [0; 6], mem + 0x10000, mem)
+            .expect_err("a call of address 0x10 must fault");
+        assert!(matches!(e, Error::RemoteCall { .. }), "{e}");
+        assert!(e.to_string().contains("faulted with signal 11"), "{e}");
+        sp.syscall(tid, nr::MUNMAP, [mem, 0x10000, 0, 0, 0, 0])
+            .unwrap();
+    }
+    assert_eq!(t.stop(), want);
+}
+
+#[test]
+fn elf_loader_on_the_real_agent() {
+    let img = AgentImage::parse(AGENT).unwrap();
+    assert!(img.export("xcover_agent_init").unwrap() > 0);
+    assert!(img.export("xcover_agent_fini").unwrap() > 0);
+    assert!(img.span >= 4096 && img.span % 4096 == 0);
+    for (off, len, prot) in img.protections() {
+        assert_eq!(off % 4096, 0);
+        assert_eq!(len % 4096, 0);
+        assert!(
+            prot & libc::PROT_WRITE == 0 || prot & libc::PROT_EXEC == 0,
+            "W+X range at {off:#x}"
+        );
+    }
+    let base = 0x7f00_0000_0000;
+    let bytes = img.build(base);
+    assert_eq!(bytes.len() as u64, img.span);
+    for &(off, addend) in &img.relative {
+        let v = u64::from_le_bytes(bytes[off as usize..off as usize + 8].try_into().unwrap());
+        assert_eq!(v, base.wrapping_add_signed(addend));
+    }
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(img.identity(), &AGENT[..img.identity().len()]);
+    // Nothing imported, no NEEDED, no TLS, per readelf too.
+    if let Ok(out) = Command::new("readelf")
+        .args(["-dW"])
+        .arg(agent_file())
+        .output()
+    {
+        let d = String::from_utf8_lossy(&out.stdout);
+        assert!(!d.contains("NEEDED"), "{d}");
+    }
+}
+
+fn agent_file() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("xcover-agent-{}.so", std::process::id()));
+    std::fs::write(&p, AGENT).unwrap();
+    p
+}
+
+#[test]
+fn elf_loader_rejects_what_it_cannot_load() {
+    let lib = std::fs::read(support::target_path("libdso.so")).unwrap();
+    let e = AgentImage::parse(&lib).unwrap_err().to_string();
+    assert!(
+        e.contains("DT_NEEDED") || e.contains("relocation") || e.contains("initialisers"),
+        "{e}"
+    );
+    let exe = std::fs::read(support::target_path("loop-O2-pie")).unwrap();
+    let e = AgentImage::parse(&exe).unwrap_err().to_string();
+    assert!(
+        e.contains("needs shared library") || e.contains("PT_INTERP"),
+        "{e}"
+    );
+    assert!(AgentImage::parse(b"not an elf").is_err());
+    // An agent whose text is truncated away.
+    assert!(AgentImage::parse(&AGENT[..200]).is_err());
+}
+
+fn bad_input(args: &[&str], reason: &str) {
+    let out = support::run_xcover(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(reason), "{args:?}: {err:?} lacks {reason:?}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+}
+
+#[test]
+fn bad_input_no_such_pid() {
+    // A reaped child's pid is free.
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    bad_input(&["attach", &pid.to_string(), "--no-tui"], "no process");
+    bad_input(&["detach", &pid.to_string()], "no xcover session");
+}
+
+#[test]
+fn bad_input_zombie() {
+    let c = Command::new("true").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    bad_input(&["attach", &c.id().to_string(), "--no-tui"], "zombie");
+    let mut c = c;
+    c.wait().unwrap();
+}
+
+#[test]
+fn bad_input_kernel_thread() {
+    let kthread = std::fs::read_to_string("/proc/2/stat")
+        .ok()
+        .filter(|s| s.contains("(kthreadd)"));
+    if kthread.is_none() {
+        eprintln!("no kthreadd visible in this pid namespace; skipped");
+        return;
+    }
+    bad_input(&["attach", "2", "--no-tui"], "kernel thread");
+}
+
+#[test]
+fn bad_input_already_traced() {
+    let t = Target::start("pipe_read", &[]);
+    let pid = t.pid();
+    // SAFETY: plain ptrace request on a child we own; released below by the same thread.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+    assert_eq!(r, 0);
+    bad_input(&["attach", &pid.to_string(), "--no-tui"], "already traced");
+    // SAFETY: as above.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    assert!(!support::session_path(pid).exists());
+}
+
+#[test]
+fn bad_input_not_permitted() {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("no setpriv; skipped");
+        return;
+    }
+    let t = Target::start("pipe_read", &[]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_xcover"))
+        .args(["attach", &t.pid().to_string(), "--no-tui"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not allowed to trace"), "{err}");
+    assert!(err.contains("ptrace_scope"), "{err}");
+    assert!(!support::session_path(t.pid()).exists());
+}
+
+#[test]
+fn bad_input_self_and_nonsense() {
+    bad_input(&["attach", "0", "--no-tui"], "no process");
+    bad_input(&["status", "999999999"], "no xcover session");
+}
