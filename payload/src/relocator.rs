@@ -500,6 +500,41 @@ mod tests {
     }
 
     #[test]
+    fn far_indirect_jmp_and_call_through_rip() {
+        // jmp [rip+0x10]    ; a PLT-style tail call, trampoline 3 GiB away
+        let code = [0xff, 0x25, 0x10, 0, 0, 0];
+        let slot = FUNC + 6 + 0x10;
+        let (scan, out) = reloc(&code, 5, FUNC + (3 << 30));
+        assert!(scan.ends_block);
+        let mut want = vec![
+            0x50, // push rax         ; becomes the return slot
+            0x50, // push rax         ; saves rax
+            0x48, 0xb8, // mov rax, imm64 (the slot address)
+        ];
+        want.extend_from_slice(&slot.to_le_bytes());
+        want.extend_from_slice(&[
+            0x48, 0x8b, 0x00, // mov rax, [rax]
+            0x48, 0x89, 0x44, 0x24, 0x08, // mov [rsp+8], rax
+            0x58, // pop rax
+            0xc3, // ret              ; to the loaded target, rsp as at entry
+        ]);
+        assert_eq!(out, want);
+
+        // call [rip+0x10]: push the original return address, then the same far jmp.
+        let code = [0xff, 0x15, 0x10, 0, 0, 0];
+        let (_, out) = reloc(&code, 5, FUNC + (3 << 30));
+        let ret = FUNC + 6;
+        let mut want = vec![0x68]; // push lo32(ret)
+        want.extend_from_slice(&(ret as u32).to_le_bytes());
+        want.extend_from_slice(&[0xc7, 0x44, 0x24, 0x04]); // mov dword [rsp+4], hi32(ret)
+        want.extend_from_slice(&((ret >> 32) as u32).to_le_bytes());
+        want.extend_from_slice(&[0x50, 0x50, 0x48, 0xb8]);
+        want.extend_from_slice(&slot.to_le_bytes());
+        want.extend_from_slice(&[0x48, 0x8b, 0x00, 0x48, 0x89, 0x44, 0x24, 0x08, 0x58, 0xc3]);
+        assert_eq!(out, want);
+    }
+
+    #[test]
     fn jmp_rel8_first_leaves_a_dead_tail() {
         // jmp short +4 ; int3 x4 ; mov eax,1 ; ret
         let code = [0xeb, 0x04, 0xcc, 0xcc, 0xcc, 0xcc, 0xb8, 1, 0, 0, 0, 0xc3];

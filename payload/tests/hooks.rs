@@ -14,6 +14,9 @@ use xcover_payload::backend::{FuncSpec, HookOptions, Interceptor, IpFixup, SkipR
 
 const N: u64 = 1000;
 
+/// The thread test saturates the CPUs; the benchmark must not run beside it.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
 type F0 = extern "C" fn() -> u64;
 type F1 = extern "C" fn(u64) -> u64;
 type F3 = extern "C" fn(u64, u64, u64) -> u64;
@@ -253,6 +256,7 @@ extern "C" fn count_probe(ctx: *mut ProbeCtx) -> u64 {
 #[test]
 fn eight_threads_survive_100_hook_unhook_cycles() {
     const THREADS: usize = 8;
+    let _excl = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
     let lib = std::sync::Arc::new(Lib::build("threads"));
     let table = lib.table();
     let wanted = [
@@ -410,6 +414,7 @@ fn ns_per_call(f: F1, n: u64) -> f64 {
 /// `cargo test -p xcover-payload --release --test hooks bench -- --nocapture`
 #[test]
 fn bench_added_cost_per_hit() {
+    let _excl = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
     let lib = Lib::build("bench");
     let table = lib.table();
     let three = table.iter().find(|(n, _)| n == "f_three").unwrap().1;

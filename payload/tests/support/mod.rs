@@ -187,7 +187,8 @@ extern "C" fn park(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc
     }
     PARKED.fetch_add(1, Ordering::SeqCst);
     while STOP.load(Ordering::SeqCst) {
-        std::hint::spin_loop();
+        // SAFETY: sched_yield is async-signal-safe and has no preconditions.
+        unsafe { libc::sched_yield() };
     }
     PARKED.fetch_sub(1, Ordering::SeqCst);
 }
@@ -217,7 +218,7 @@ pub fn stop_the_world(
     f: impl FnOnce(&mut dyn FnMut(usize, Option<u64>) -> u64),
 ) {
     while PARKED.load(Ordering::SeqCst) != 0 {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
     for s in SLOTS.iter().take(threads.len()) {
         s.store(std::ptr::null_mut(), Ordering::SeqCst);
@@ -228,7 +229,7 @@ pub fn stop_the_world(
         assert_eq!(unsafe { libc::pthread_kill(*t, libc::SIGUSR1) }, 0);
     }
     while PARKED.load(Ordering::SeqCst) != threads.len() {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
     let mut rip = |i: usize, new: Option<u64>| -> u64 {
         let uc = SLOTS[i].load(Ordering::SeqCst);
