@@ -274,7 +274,7 @@ fn elf_loader_on_the_real_agent() {
     let img = AgentImage::parse(AGENT).unwrap();
     assert!(img.export("xcover_agent_init").unwrap() > 0);
     assert!(img.export("xcover_agent_fini").unwrap() > 0);
-    assert!(img.span >= 4096 && img.span % 4096 == 0);
+    assert!(img.span >= 4096 && img.span.is_multiple_of(4096));
     for (off, len, prot) in img.protections() {
         assert_eq!(off % 4096, 0);
         assert_eq!(len % 4096, 0);

@@ -88,7 +88,9 @@ pub fn target_path(name: &str) -> PathBuf {
 
 /// A running target process.
 pub struct Target {
+    /// The process.
     pub child: Child,
+    /// Its stdin (a pipe), until [`Target::finish`] closes it.
     pub stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }

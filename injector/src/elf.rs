@@ -138,14 +138,14 @@ impl<'a> AgentImage<'a> {
             .map(|s| page_up(s.vaddr + s.memsz))
             .max()
             .unwrap_or(0);
-        if let Some(d) = &elf.dynamic {
-            if d.info.init != 0 || d.info.init_arraysz != 0 {
-                return Err(bad(
-                    "has initialisers (DT_INIT/DT_INIT_ARRAY); nothing would run them",
-                ));
-            }
+        if let Some(d) = &elf.dynamic
+            && (d.info.init != 0 || d.info.init_arraysz != 0)
+        {
+            return Err(bad(
+                "has initialisers (DT_INIT/DT_INIT_ARRAY); nothing would run them",
+            ));
         }
-        if elf.dynrels.len() != 0 {
+        if !elf.dynrels.is_empty() {
             return Err(bad("has REL relocations; x86-64 uses RELA"));
         }
         let mut relative = Vec::new();

@@ -93,14 +93,14 @@ impl SessionFile {
         let n = exe.len().min(h.exe_path.len());
         h.exe_path[..n].copy_from_slice(&exe[..n]);
         h.exe_path_len = n as u32;
-        // SAFETY: the mapping is at least DEFAULT_SESSION_SIZE >= size_of::<SessionHeader>()
-        // bytes (checked below), page-aligned, and nobody else maps the file yet.
         if (map.len() as u64) < std::mem::size_of::<SessionHeader>() as u64 {
             return Err(fail(Error::BadSession {
                 path: path.clone(),
                 reason: "too small".into(),
             }));
         }
+        // SAFETY: the mapping is at least size_of::<SessionHeader>() bytes (checked above),
+        // page-aligned, and nobody else maps the file yet.
         unsafe { std::ptr::write(map.as_mut_ptr() as *mut SessionHeader, h) };
         Ok(SessionFile {
             path,
