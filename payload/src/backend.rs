@@ -145,8 +145,9 @@ pub struct FuncSpec {
     pub addr: u64,
     /// Size from the symbol.
     pub size: u64,
-    /// Start of the next symbol (or section end): `addr+size .. next` is free padding.
-    /// Values below `addr+size` mean "no padding".
+    /// Start of the next symbol (or section end): `addr+size .. next` may be padding (only
+    /// its leading `int3`/`nop` bytes are used). Values below `addr+size` mean "no padding".
+    /// Up to 256 bytes of it are read, so `addr .. min(next, addr+size+256)` must be mapped.
     pub next: u64,
     /// The attach cookie put into [`ProbeCtx::cookie`].
     pub cookie: u64,
@@ -366,6 +367,8 @@ fn hook_fixup(h: &Hook, ip: u64) -> Option<IpFixup> {
 pub struct UnhookBatch {
     /// (reloc_start, reloc_end, addr, moved) of each hook.
     ranges: Vec<(u64, u64, u64, Vec<Moved>)>,
+    /// (slot, addr) of each hop slot: a thread on the slot's jump has only taken the hop.
+    slots: Vec<(u64, u64)>,
 }
 
 impl UnhookBatch {
@@ -373,8 +376,14 @@ impl UnhookBatch {
     ///
     /// A thread at the start of a relocated instruction moves to the original one; anywhere
     /// else in a trampoline it may stay: trampolines stay mapped and jump back to original
-    /// code.
+    /// code. A thread on a hop slot's jump (padding that becomes `int3` again) moves back to
+    /// the function's entry: it has only taken the 2-byte hop.
     pub fn fixup(&self, ip: u64) -> IpFixup {
+        for (slot, addr) in &self.slots {
+            if (*slot..*slot + 5).contains(&ip) {
+                return IpFixup::MoveTo(*addr);
+            }
+        }
         for (start, end, addr, moved) in &self.ranges {
             if (*start..*end).contains(&ip) {
                 let off = ip - start;
@@ -851,13 +860,19 @@ impl Interceptor {
 
     /// Selects hooked functions among `addrs` for removal.
     pub fn prepare_unhooks(&self, addrs: &[u64]) -> UnhookBatch {
-        let ranges = addrs
-            .iter()
-            .filter_map(|a| self.hooks.get(a))
-            .filter(|h| h.active)
+        let hooks = || {
+            addrs
+                .iter()
+                .filter_map(|a| self.hooks.get(a))
+                .filter(|h| h.active)
+        };
+        let ranges = hooks()
             .map(|h| (h.reloc_start, h.reloc_end, h.addr, h.moved.clone()))
             .collect();
-        UnhookBatch { ranges }
+        let slots = hooks()
+            .filter_map(|h| h.slot.map(|(s, _, _)| (s, h.addr)))
+            .collect();
+        UnhookBatch { ranges, slots }
     }
 
     /// Restores the original bytes of every function in `batch`. Trampolines are retired,

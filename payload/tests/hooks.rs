@@ -447,3 +447,66 @@ fn bench_added_cost_per_hit() {
     }
     eprintln!("{line}");
 }
+
+#[test]
+fn thread_fixups_name_the_equivalent_instruction() {
+    let lib = Lib::build("fixups");
+    let table = lib.table();
+    let spec = |n: &str| table.iter().find(|(name, _)| name == n).unwrap().1;
+    let (jcc, jmp8, hop) = (spec("f_jcc8"), spec("f_jmp8"), spec("f_hop"));
+    let mut mem = LibcMemory;
+    let mut ic = Interceptor::new(count_probe as *const () as u64, HookOptions::default());
+    let batch = ic.prepare_hooks(&mut mem, &[jcc, jmp8, hop]);
+    assert_eq!(
+        batch.fixup(jcc.addr),
+        IpFixup::Untouched,
+        "entry: takes the jump"
+    );
+    assert_eq!(
+        batch.fixup(jcc.addr + 9),
+        IpFixup::Untouched,
+        "after the patch"
+    );
+    // test edi,edi (2) ; je (2) ; mov eax,107 (5): je and mov move into the trampoline.
+    let IpFixup::MoveTo(je) = batch.fixup(jcc.addr + 2) else {
+        panic!("je not moved")
+    };
+    let IpFixup::MoveTo(mov) = batch.fixup(jcc.addr + 4) else {
+        panic!("mov not moved")
+    };
+    assert_eq!(mov - je, 6, "je rel8 became je rel32");
+    assert_eq!(peek(mov, 5), [0xb8, 107, 0, 0, 0]);
+    assert_eq!(
+        batch.fixup(jcc.addr + 3),
+        IpFixup::Blocked(jcc.addr),
+        "mid-instruction"
+    );
+    assert_eq!(
+        batch.fixup(jmp8.addr + 3),
+        IpFixup::Blocked(jmp8.addr),
+        "dead tail"
+    );
+    // SAFETY: single-threaded use of this library copy.
+    unsafe { ic.commit_hooks(&mut mem, batch) }.unwrap();
+    // f_hop: `jmp rel8` at the entry to a `jmp rel32` at +9 in its padding.
+    assert_eq!(peek(hop.addr, 2), [0xeb, 7]);
+    assert_eq!(peek(hop.addr + 9, 1), [0xe9]);
+    assert_eq!(f1(&lib, "f_hop")(5), 5);
+
+    let ub = ic.prepare_unhooks(&[jcc.addr, jmp8.addr, hop.addr]);
+    assert_eq!(
+        ub.fixup(hop.addr + 9),
+        IpFixup::MoveTo(hop.addr),
+        "on the hop slot"
+    );
+    assert_eq!(ub.fixup(je), IpFixup::MoveTo(jcc.addr + 2));
+    assert_eq!(ub.fixup(mov), IpFixup::MoveTo(jcc.addr + 4));
+    assert_eq!(
+        ub.fixup(je + 1),
+        IpFixup::Untouched,
+        "mid-sequence: runs to the jump back"
+    );
+    // SAFETY: as above.
+    unsafe { ic.commit_unhooks(&mut mem, ub) }.unwrap();
+    assert_eq!(peek(hop.addr + 9, 5), [0xcc; 5]);
+}
