@@ -239,12 +239,14 @@ impl StoppedProcess {
                 }
             }
             if !progressed && !pending.is_empty() {
+                // Sleep rather than spin: the threads we wait for need the CPU to reach
+                // their stop, and on a small machine a spinning tracer delays them.
                 idle_passes += 1;
-                if idle_passes < 200 {
-                    std::thread::yield_now();
+                std::thread::sleep(Duration::from_micros(if idle_passes < 50 {
+                    10
                 } else {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
+                    100
+                }));
             }
         }
         Ok(())
