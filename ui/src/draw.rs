@@ -244,8 +244,11 @@ impl App {
             .borders(Borders::TOP)
             .title(Line::from(title))
             .title_top(Line::from(position).right_aligned());
-        let inner = block.inner(area);
+        let mut inner = block.inner(area);
         frame.render_widget(block, area);
+        // One column of margin on the left, like the header and the log.
+        inner.x = inner.x.saturating_add(1).min(inner.right());
+        inner.width = inner.width.saturating_sub(1);
 
         let several_modules = self.modules.len() > 1;
         let module_w = if several_modules {
@@ -417,12 +420,12 @@ impl App {
             &[
                 (0, "q", "quit+detach"),
                 (1, "K", "quit, keep live"),
-                (2, "/", "filter"),
-                (3, "h s n f", "sort"),
+                (3, "/", "filter"),
+                (4, "h s n f", "sort"),
                 (6, "c u", "only hit/never hit"),
                 (7, "j k PgUp PgDn", "move"),
-                (4, "r", "report"),
-                (5, "?", "help"),
+                (5, "r", "report"),
+                (2, "?", "help"),
             ]
         };
         let cost = |(_, k, w): &(u8, &str, &str)| k.chars().count() + w.len() + 3;
@@ -452,7 +455,7 @@ fn right<'a>(s: String) -> Cell<'a> {
 }
 
 const HELP: &[(&str, &str)] = &[
-    ("q  Ctrl-C", "quit and detach: every hook removed"),
+    ("q  Ctrl-C", "quit and detach (every hook removed)"),
     ("K", "quit and keep the session live"),
     ("", "  (xcover attach <pid> reopens it)"),
     ("↑ ↓  j k", "move"),
@@ -472,7 +475,7 @@ const HELP: &[(&str, &str)] = &[
 
 fn draw_help(frame: &mut Frame, theme: Theme) {
     let area = frame.area();
-    let w = 52.min(area.width);
+    let w = 56.min(area.width);
     let h = (HELP.len() as u16 + 2).min(area.height);
     let rect = Rect::new(
         area.x + (area.width - w) / 2,
@@ -484,7 +487,7 @@ fn draw_help(frame: &mut Frame, theme: Theme) {
         .iter()
         .map(|(k, what)| {
             Line::from(vec![
-                Span::styled(format!(" {k:<14} "), theme.key()),
+                Span::styled(format!(" {k:<15}"), theme.key()),
                 Span::raw(*what),
             ])
         })

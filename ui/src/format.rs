@@ -11,7 +11,7 @@ pub(crate) fn count(n: u64) -> String {
     }
 }
 
-/// A rate per second in at most 6 columns: `0`, `7`, `950`, `1.2k`, `12.3k`, `123k`, `4.5M`.
+/// A rate per second in at most 6 columns: `0`, `7`, `950`, `1.23k`, `12.3k`, `123k`, `4.56M`.
 pub(crate) fn rate(r: f64) -> String {
     if r < 0.05 {
         "0".to_string()
@@ -33,7 +33,9 @@ fn scaled(v: f64) -> String {
         v /= 1000.0;
         unit += 1;
     }
-    if v < 9.95 {
+    if v < 9.995 {
+        format!("{v:.2}{}", UNITS[unit])
+    } else if v < 99.95 {
         format!("{v:.1}{}", UNITS[unit])
     } else {
         format!("{v:.0}{}", UNITS[unit])
@@ -98,8 +100,9 @@ mod tests {
     fn counts_stay_narrow() {
         assert_eq!(count(0), "0");
         assert_eq!(count(9_999_999), "9999999");
-        assert_eq!(count(12_345_678), "12M");
+        assert_eq!(count(12_345_678), "12.3M");
         assert_eq!(count(u64::MAX), "18446744T");
+        assert_eq!(count(123_456_789), "123M");
     }
 
     #[test]
@@ -109,9 +112,9 @@ mod tests {
         assert_eq!(rate(3.0), "3");
         assert_eq!(rate(2.5), "2.5");
         assert_eq!(rate(950.2), "950");
-        assert_eq!(rate(1234.0), "1.2k");
-        assert_eq!(rate(12_345.0), "12k");
-        assert_eq!(rate(999_999.0), "1.0M");
+        assert_eq!(rate(1234.0), "1.23k");
+        assert_eq!(rate(12_345.0), "12.3k");
+        assert_eq!(rate(999_999.0), "1.00M");
     }
 
     #[test]

@@ -262,7 +262,11 @@ impl App {
     pub fn source_ended(&mut self, reason: String) {
         self.push_log(LogLine::Error(reason.clone()));
         self.ended = Some(reason);
+        // Nothing is counted any more: rates would only be stale.
         self.total_rate = 0.0;
+        for f in &mut self.funcs {
+            f.rate = 0.0;
+        }
     }
 
     /// Shows the result of writing the report.
