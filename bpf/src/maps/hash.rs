@@ -28,11 +28,12 @@ use crate::sys;
 /// Bytes before the key in an entry.
 pub(super) const ENTRY_HDR: u64 = 16;
 const KEY_WORDS: usize = (MAX_KEY_SIZE / 8) as usize;
-/// Spins (with `pause`) before yielding the CPU while the lock is held.
+/// `pause` instructions between two attempts to take the lock.
 const SPIN_PAUSES: u32 = 256;
-/// `sched_yield`-free further attempts (each a short burst of pauses) before checking the
-/// owner and giving up: bounds a writer's wait to well under a millisecond-scale stall.
-const SPIN_ROUNDS: u32 = 4096;
+/// Attempts before checking the owner and giving up: bounds a writer's wait to about 10 ms
+/// (critical sections last well under a microsecond; a longer hold means a preempted or dead
+/// owner).
+const SPIN_ROUNDS: u32 = 1024;
 /// Restarts of a lock-free lookup that met a recycled entry.
 const LOOKUP_RESTARTS: u32 = 8;
 
