@@ -133,6 +133,87 @@ pub struct SessionHeader {
     pub exe_path_len: u32,
     /// Path of the target's main executable (first `exe_path_len` bytes, utf-8).
     pub exe_path: [u8; 512],
+    /// Offset of the probe's eBPF instructions (8 bytes each, map references already
+    /// rewritten to `lddw src=1/2, imm = map index`), written by xcover.
+    pub prog_off: u64,
+    /// Number of probe instructions.
+    pub prog_insns: u64,
+    /// Offset of the map table: `maps_count` little-endian `u64`s, the offset of each map's
+    /// header from `arena_off`, indexed by the program's map index.
+    pub maps_off: u64,
+    /// Number of maps.
+    pub maps_count: u64,
+    /// Map index of the per-function hit counters (a PERCPU_ARRAY or ARRAY of `u64` keyed by
+    /// cookie), or `u64::MAX`.
+    pub hits_map: u64,
+    /// Map index of the first-hit ring buffer, or `u64::MAX`.
+    pub events_map: u64,
+    /// Possible CPUs the per-CPU maps were laid out for.
+    pub ncpus: u32,
+    /// `PROBE_*` flags.
+    pub probe_flags: u32,
+    /// Offset of the region table: [`Region`]s the agent mapped in the target, so xcover can
+    /// tell whether a stopped thread is inside memory that is about to be unmapped.
+    pub regions_off: u64,
+    /// Capacity of the region table.
+    pub regions_cap: u64,
+    /// Regions in use (the agent appends; entries below this count are complete).
+    pub regions_count: AtomicU64,
+    /// Nanoseconds (CLOCK_MONOTONIC, the target's clock) when hooking finished.
+    pub hooked_at_ns: AtomicU64,
+    /// Valid bytes in `agent_error`.
+    pub agent_error_len: AtomicU32,
+    /// Reserved, zero.
+    pub _pad2: u32,
+    /// The agent's last error, utf-8, for xcover to show when an entry point fails.
+    pub agent_error: [u8; 256],
+}
+
+/// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
+/// are not JIT-ed by xcover, which preserves them itself).
+pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
+
+/// One mapping the agent made in the target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Region {
+    /// Start address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// A `REGION_*` kind.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// [`Region::kind`]: the agent's heap.
+pub const REGION_HEAP: u32 = 1;
+/// [`Region::kind`]: JIT-compiled probe code.
+pub const REGION_JIT: u32 = 2;
+/// [`Region::kind`]: a trampoline arena.
+pub const REGION_TRAMPOLINES: u32 = 3;
+
+/// Exported entry points of the agent, called by xcover in a stopped thread on a private
+/// stack. Every one returns a negative value on failure and then leaves a message in
+/// [`SessionHeader::agent_error`].
+pub mod entry {
+    /// `xcover_agent_init(session: *mut u8, size: u64) -> i64`: checks and records the
+    /// session, sets it Live.
+    pub const INIT: &str = "xcover_agent_init";
+    /// `xcover_agent_hook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: JIT-compiles
+    /// the session's probe (once), hooks every `Pending` function of the table, marks each
+    /// `Hooked` or `Skipped` with its reason. `ips` are the instruction pointers of the
+    /// stopped threads; for each, `moves[i]` receives the address the thread must move to,
+    /// or 0 to leave it. Returns the number of functions hooked by this call.
+    pub const HOOK: &str = "xcover_agent_hook";
+    /// `xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: restores the
+    /// original bytes of every hooked function (marking them `Pending` again) and fills
+    /// `moves` like `HOOK`. Returns the number of functions unhooked.
+    pub const UNHOOK: &str = "xcover_agent_unhook";
+    /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
+    /// only once no thread is inside one), marks the session Detached.
+    pub const FINI: &str = "xcover_agent_fini";
 }
 
 /// [`SessionHeader::flags`]: the session outlives the xcover process (`--keep`).
@@ -169,10 +250,29 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: a `SKIP_*` reason code.
+    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]).
     pub skip_reason: u32,
     /// Reserved, zero.
     pub _pad: u32,
+    /// Where the next symbol (or the section) starts: `addr + size .. pad_end` is padding
+    /// the interceptor may use for a short function's jump.
+    pub pad_end: u64,
+}
+
+/// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
+pub fn skip_reason_text(code: u32) -> &'static str {
+    match code {
+        1 => "function too small",
+        2 => "no room for a patch (no free padding)",
+        3 => "branch into the patched bytes",
+        4 => "undecodable instruction",
+        5 => "unrelocatable instruction",
+        6 => "already hooked",
+        7 => "no memory within 2 GiB for a trampoline",
+        8 => "code not readable",
+        9 => "a thread is stopped inside the patched bytes",
+        _ => "unknown reason",
+    }
 }
 
 /// The layout the probe sees as its context (`r1`): Linux's x86-64 `struct pt_regs`
