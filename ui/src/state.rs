@@ -2,7 +2,6 @@
 //! event log, the hits/s history and what the user has asked for. Changed only by
 //! [`App::update`] (new data) and the input handlers in `input.rs`; read by `draw.rs`.
 
-use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -118,6 +117,16 @@ pub struct App {
     /// Every function, in sort order. Kept between updates so re-sorting is a pass of an
     /// adaptive sort over an almost sorted vector.
     order: Vec<u32>,
+    /// Scratch for sorting: the primary key of each function, by index.
+    primary: Vec<u64>,
+    /// Scratch for sorting: `(primary << 32) | index` for each entry of `order`.
+    keyed: Vec<u128>,
+    /// Scratch for filtering: whether each function (by index) is shown.
+    shown: Vec<bool>,
+    /// Position of each function in name order; computed when first needed.
+    name_rank: Vec<u32>,
+    /// Key, direction and table size `order` was last sorted for.
+    sorted_for: Option<(SortKey, bool, usize)>,
     /// `order` less what the filters hide: the rows of the table.
     pub(crate) view: Vec<u32>,
     /// Whether each function's name or module contains the filter text.
@@ -162,6 +171,11 @@ impl App {
             samples: VecDeque::new(),
             spare: Vec::new(),
             order: Vec::new(),
+            primary: Vec::new(),
+            keyed: Vec::new(),
+            shown: Vec::new(),
+            name_rank: Vec::new(),
+            sorted_for: None,
             view: Vec::new(),
             matches: Vec::new(),
             matched_for: String::new(),
@@ -362,45 +376,114 @@ impl App {
         self.matched_for = query;
     }
 
+    /// The primary sort key of function `i` as an integer, smaller first. Combined with the
+    /// index into `(primary << 32) | index` it orders ties by table position; comparing plain
+    /// integers in a contiguous vector is what keeps a 100 000-row re-sort cheap.
+    fn primary_key(&self, i: usize, f: &Func) -> u64 {
+        let desc = self.descending;
+        let flip = |k: u64| if desc { !k } else { k };
+        match self.sort {
+            SortKey::Hits => flip(f.hits),
+            // Rates are never negative, and the bits of non-negative floats sort like them.
+            SortKey::Rate => flip(f.rate.max(0.0).to_bits()),
+            SortKey::Name => flip(u64::from(self.name_rank[i])),
+            // Never-hit functions last in both directions.
+            SortKey::FirstHit => match f.first_hit {
+                None => u64::MAX,
+                Some(t) => {
+                    let ns = u64::try_from(t.as_nanos())
+                        .unwrap_or(u64::MAX)
+                        .min(u64::MAX - 1);
+                    if desc { u64::MAX - 1 - ns } else { ns }
+                }
+            },
+        }
+    }
+
+    /// Ranks the names once (they never change), so sorting by name compares integers.
+    fn rank_names(&mut self) {
+        if self.name_rank.len() == self.funcs.len() {
+            return;
+        }
+        let mut by_name: Vec<u32> = (0..self.funcs.len() as u32).collect();
+        let funcs = &self.funcs;
+        by_name.sort_unstable_by(|&a, &b| {
+            funcs[a as usize]
+                .name
+                .cmp(&funcs[b as usize].name)
+                .then(a.cmp(&b))
+        });
+        self.name_rank.resize(funcs.len(), 0);
+        for (rank, &i) in by_name.iter().enumerate() {
+            self.name_rank[i as usize] = rank as u32;
+        }
+    }
+
     /// Re-sorts `order` and rebuilds `view`. The previous order is the starting point, so the
-    /// (stable, run-detecting) sort does little work when few values changed.
+    /// stable, run-detecting sort does little work when few values changed.
     pub(crate) fn refresh_view(&mut self) {
         self.refilter_text();
-        let funcs = &self.funcs;
-        let desc = self.descending;
-        let primary: fn(&Func, &Func) -> Ordering = match self.sort {
-            SortKey::Hits => |a, b| a.hits.cmp(&b.hits),
-            SortKey::Rate => |a, b| a.rate.total_cmp(&b.rate),
-            SortKey::Name => |a, b| a.name.cmp(&b.name),
-            SortKey::FirstHit => |a, b| a.first_hit.cmp(&b.first_hit),
-        };
-        let never_hit_last = self.sort == SortKey::FirstHit;
-        self.order.sort_by(|&a, &b| {
-            let (fa, fb) = (&funcs[a as usize], &funcs[b as usize]);
-            if never_hit_last {
-                match (fa.first_hit.is_none(), fb.first_hit.is_none()) {
-                    (true, false) => return Ordering::Greater,
-                    (false, true) => return Ordering::Less,
-                    _ => {}
-                }
-            }
-            let o = primary(fa, fb);
-            let o = if desc { o.reverse() } else { o };
-            o.then(a.cmp(&b))
-        });
+        if self.sort == SortKey::Name {
+            self.rank_names();
+        }
+        // Names never change: a name order stays right until functions are added.
+        let sorted_for = (self.sort, self.descending, self.funcs.len());
+        if self.sort != SortKey::Name || self.sorted_for != Some(sorted_for) {
+            self.sort_order_now();
+            self.sorted_for = Some(sorted_for);
+        }
+        self.rebuild_view();
+    }
 
+    /// Sorts `order` by the current key.
+    fn sort_order_now(&mut self) {
+        // Keys are computed in table order (a sequential pass over the functions), then
+        // gathered in the previous sort order, which is nearly sorted for the stable sort.
+        let mut primary = std::mem::take(&mut self.primary);
+        primary.clear();
+        primary.extend(
+            self.funcs
+                .iter()
+                .enumerate()
+                .map(|(i, f)| self.primary_key(i, f)),
+        );
+        let mut keyed = std::mem::take(&mut self.keyed);
+        keyed.clear();
+        keyed.extend(
+            self.order
+                .iter()
+                .map(|&i| (u128::from(primary[i as usize]) << 32) | u128::from(i)),
+        );
+        keyed.sort();
+        self.primary = primary;
+        self.order.clear();
+        self.order.extend(keyed.iter().map(|&k| k as u32));
+        self.keyed = keyed;
+    }
+
+    /// Rebuilds `view` from `order` and the filters.
+    fn rebuild_view(&mut self) {
         let show = self.show;
-        let matches = &self.matches;
-        self.view.clear();
-        self.view.extend(self.order.iter().copied().filter(|&i| {
-            let f = &funcs[i as usize];
-            matches[i as usize]
+        let visible = |f: &Func, matched: bool| {
+            matched
                 && match show {
                     Show::All => true,
                     Show::Hit => f.hits > 0,
                     Show::NeverHit => f.hits == 0,
                 }
-        }));
+        };
+        let mut shown = std::mem::take(&mut self.shown);
+        shown.clear();
+        shown.extend(
+            self.funcs
+                .iter()
+                .zip(&self.matches)
+                .map(|(f, &m)| visible(f, m)),
+        );
+        self.view.clear();
+        self.view
+            .extend(self.order.iter().copied().filter(|&i| shown[i as usize]));
+        self.shown = shown;
         self.selected = self.selected.min(self.view.len().saturating_sub(1));
         self.scroll_to_selection();
     }

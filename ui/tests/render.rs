@@ -169,7 +169,10 @@ fn hundred_thousand_functions() {
             key.as_secs_f64() * 1e3,
         );
     };
-    println!("100k functions: first snapshot {:.2} ms", first.as_secs_f64() * 1e3);
+    println!(
+        "100k functions: first snapshot {:.2} ms",
+        first.as_secs_f64() * 1e3
+    );
     let mut at = 0;
     measure(&mut app, "sorted by hits", &mut at, "s");
     measure(&mut app, "sorted by hits/s", &mut at, "n");

@@ -64,12 +64,19 @@ impl FakeSession {
     /// `n` functions; about one in three is hit, at rates that differ.
     pub fn big(n: usize) -> Self {
         let names = (0..n)
-            .map(|i| Function::new(format!("big::module_{:03}::function_{i:06}", i % 997), "big"))
+            .map(|i| {
+                Function::new(
+                    format!("big::module_{:03}::function_{i:06}", i % 997),
+                    "big",
+                )
+            })
             .collect();
         let rates = (0..n as u64)
             .map(|i| if i % 3 == 0 { (i * 7919) % 10_000 } else { 0 })
             .collect();
-        let starts = (0..n as u64).map(|i| Duration::from_micros(i * 13)).collect();
+        let starts = (0..n as u64)
+            .map(|i| Duration::from_micros(i * 13))
+            .collect();
         Self {
             names,
             rates,
@@ -86,7 +93,9 @@ impl FakeSession {
                 name: "demo::tiny".into(),
                 reason: "shorter than 5 bytes".into(),
             });
-            events.push(Event::Warning("2 threads were inside hooked code; moved".into()));
+            events.push(Event::Warning(
+                "2 threads were inside hooked code; moved".into(),
+            ));
         }
         let hits = (0..self.names.len())
             .map(|i| {
@@ -102,7 +111,8 @@ impl FakeSession {
         // for the small session, to keep the big one's log from flooding).
         if self.names.len() < 100 {
             for (i, &h) in hits.iter().enumerate() {
-                if h > 0 && self.starts[i] <= at && self.starts[i] + Duration::from_millis(500) > at {
+                if h > 0 && self.starts[i] <= at && self.starts[i] + Duration::from_millis(500) > at
+                {
                     events.push(Event::FirstHit {
                         function: i,
                         at: self.starts[i],
@@ -170,7 +180,10 @@ pub fn assert_snapshot(name: &str, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("no snapshot {}; run with UPDATE_SNAPSHOTS=1 to create it", path.display())
+        panic!(
+            "no snapshot {}; run with UPDATE_SNAPSHOTS=1 to create it",
+            path.display()
+        )
     });
     if expected != actual {
         let new = path.with_extension("txt.new");
