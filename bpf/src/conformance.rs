@@ -43,6 +43,7 @@ pub fn env() -> Env<'static> {
         map_addrs: &[],
         map_value_addrs: &[],
         unwind_helper: Some(UNWIND_HELPER_ID),
+        map_inline: &[],
     }
 }
 

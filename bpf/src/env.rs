@@ -19,11 +19,88 @@ pub struct Env<'a> {
     /// A helper id that ends the program (with `r0 = 0`) when it returns 0: the
     /// bpf_conformance "unwind" helper. `None` for real probes.
     pub unwind_helper: Option<u32>,
+    /// Per map index: how to inline `bpf_map_lookup_elem` on it (ARRAY and PERCPU_ARRAY),
+    /// or `None` to call the helper. Empty (the default) disables inlining; build it with
+    /// [`InlineMap::table`].
+    pub map_inline: &'a [Option<InlineMap>],
 }
 
 impl Env<'_> {
     /// The helper registered for `id`.
     pub fn helper(&self, id: u32) -> Option<HelperFn> {
         self.helpers.iter().find(|(i, _)| *i == id).map(|(_, f)| *f)
+    }
+}
+
+/// Which kind of array an [`InlineMap`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InlineKind {
+    /// `BPF_MAP_TYPE_ARRAY`: one value per key.
+    Array,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`: one value per key and CPU slot.
+    PerCpuArray,
+}
+
+/// What the JIT needs to inline `bpf_map_lookup_elem` on an array map: the lookup becomes
+/// `key < max_entries ? values_addr + cpu_slot * cpu_stride + key * value_stride : 0`,
+/// the same address [`crate::maps::lookup`] computes (layout `[cpu][entry]`, CPU slot
+/// `cpu < ncpus ? cpu : cpu % ncpus` with `cpu` from [`crate::sys::cpu_id`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InlineMap {
+    /// Array or per-CPU array.
+    pub kind: InlineKind,
+    /// Address of the first value (entry 0, CPU slot 0) in the running process.
+    pub values_addr: u64,
+    /// Distance between two consecutive values (the map's `value_stride`).
+    pub value_stride: u32,
+    /// Number of entries; keys at or above it look up to 0.
+    pub max_entries: u32,
+    /// Distance between two CPU slots (`max_entries * value_stride`); 0 for ARRAY.
+    pub cpu_stride: u64,
+    /// Number of CPU slots (1 for ARRAY).
+    pub ncpus: u32,
+}
+
+impl InlineMap {
+    /// The inline description of an ARRAY or PERCPU_ARRAY map, `None` for other types.
+    pub fn of(map: crate::maps::MapPtr) -> Option<Self> {
+        use crate::program::MapType;
+        let h = map.hdr();
+        let kind = match MapType::from_u32(h.map_type)? {
+            MapType::Array => InlineKind::Array,
+            MapType::PercpuArray => InlineKind::PerCpuArray,
+            _ => return None,
+        };
+        let ncpus = if kind == InlineKind::Array {
+            1
+        } else {
+            h.ncpus.max(1)
+        };
+        Some(InlineMap {
+            kind,
+            values_addr: map.addr().checked_add(h.data_off)?,
+            value_stride: h.value_stride,
+            max_entries: h.max_entries,
+            cpu_stride: if kind == InlineKind::Array {
+                0
+            } else {
+                h.max_entries as u64 * h.value_stride as u64
+            },
+            ncpus,
+        })
+    }
+
+    /// [`Env::map_inline`] for maps whose headers are at `map_addrs` (the same table as
+    /// [`Env::map_addrs`]): `Some` for every ARRAY / PERCPU_ARRAY, `None` otherwise.
+    ///
+    /// # Safety
+    /// Every address must be 0 or a map header written by
+    /// [`crate::maps::ArenaLayout::init`] that stays mapped while the result is used.
+    pub unsafe fn table(map_addrs: &[u64]) -> alloc::vec::Vec<Option<Self>> {
+        map_addrs
+            .iter()
+            // SAFETY: caller contract.
+            .map(|&a| unsafe { crate::maps::MapPtr::from_addr(a) }.and_then(Self::of))
+            .collect()
     }
 }

@@ -29,7 +29,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::env::Env;
+use crate::env::{Env, InlineKind};
 use crate::insn::*;
 
 /// Helper id of `bpf_get_func_ip`.
@@ -170,11 +170,23 @@ impl Emitter {
         match rm {
             Rm::Reg(r) => self.byte(0xc0 | (reg & 7) << 3 | (r & 7)),
             Rm::Mem(b, disp) => {
-                self.byte(0x80 | (reg & 7) << 3 | (b & 7));
+                // mod 00 (no displacement) is RIP-relative for base 5 (rbp, r13), so those
+                // keep a disp8 of 0.
+                let short = i8::try_from(disp).ok();
+                let md = match short {
+                    Some(0) if b & 7 != RBP => 0x00,
+                    Some(_) => 0x40,
+                    None => 0x80,
+                };
+                self.byte(md | (reg & 7) << 3 | (b & 7));
                 if b & 7 == RSP {
                     self.byte(0x24);
                 }
-                self.imm32(disp);
+                match md {
+                    0x00 => {}
+                    0x40 => self.byte(disp as u8),
+                    _ => self.imm32(disp),
+                }
             }
         }
     }
@@ -243,6 +255,35 @@ impl Emitter {
         self.inst(&[], true, false, &[0x8d], dst, Rm::Mem(base, disp));
     }
 
+    /// `lea dst, [base + index * scale]` (64-bit; `scale` is 1, 2, 4 or 8; `index` is not
+    /// `rsp`).
+    fn lea_sib(&mut self, dst: u8, base: u8, index: u8, scale: u8) {
+        let ss = match scale {
+            1 => 0,
+            2 => 1,
+            4 => 2,
+            _ => 3,
+        };
+        self.byte(0x48 | (dst >> 3 & 1) << 2 | (index >> 3 & 1) << 1 | (base >> 3 & 1));
+        self.byte(0x8d);
+        // Base 5 (rbp, r13) needs mod 01 with a zero disp8.
+        let md = if base & 7 == RBP { 0x40 } else { 0x00 };
+        self.byte(md | (dst & 7) << 3 | 0b100);
+        self.byte(ss << 6 | (index & 7) << 3 | (base & 7));
+        if md == 0x40 {
+            self.byte(0);
+        }
+    }
+
+    /// `rdpid r64`: `IA32_TSC_AUX` (Linux: `node << 12 | cpu`).
+    fn rdpid(&mut self, dst: u8) {
+        self.byte(0xf3);
+        if dst >= 8 {
+            self.byte(0x41);
+        }
+        self.bytes(&[0x0f, 0xc7, 0xf8 | (dst & 7)]);
+    }
+
     /// `jcc rel32` with the target patched later; returns the position of the rel32.
     fn jcc(&mut self, cc: u8) -> usize {
         self.bytes(&[0x0f, 0x80 | cc]);
@@ -286,24 +327,78 @@ enum Target {
     Epilogue,
 }
 
+/// What the compiler knows about a register's value in straight-line code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// Nothing.
+    No,
+    /// The header address of map `idx` (`lddw rX, map`).
+    Map(u32),
+    /// `r10 + off`.
+    Stack(i32),
+}
+
+/// How the main program's frame looks.
+struct Frame {
+    /// Callee-saved registers pushed by the main prologue, in push order.
+    saved: Vec<u8>,
+    /// Bytes subtracted from `rsp` after the pushes.
+    size: i32,
+    /// `r10` is not kept in `rbp`: every `[r10 + off]` becomes `[rsp + top + off]`.
+    fp_less: bool,
+    /// `rsp + top` is the eBPF `r10` in `fp_less` mode.
+    top: i32,
+    /// `r12` holds the main frame's `rsp` (unwind helper or `callx` present).
+    r12: bool,
+}
+
+/// Code placed after the epilogue, off the hot path.
+enum Cold {
+    /// An out-of-range array key: `r0 = 0`, then jump to `to`.
+    Null { jcc: usize, to: ColdTo },
+    /// A CPU number at or above the map's slot count: `r10d %= ncpus`, then jump back.
+    CpuMod { jcc: usize, back: usize, ncpus: u32 },
+}
+
+/// Where a cold stub continues.
+enum ColdTo {
+    Pos(usize),
+    Insn(usize),
+}
+
 struct Compiler<'a> {
     e: Emitter,
     env: &'a Env<'a>,
     opts: &'a JitOptions,
     fixups: Vec<(usize, Target)>,
+    frame: Frame,
+    /// Whether the program has local functions (then the classic layout is used).
+    multi: bool,
+    known: [Known; 11],
+    /// Registers whose [`Known`] value has not been written to the x86 register yet.
+    pending: [bool; 11],
+    cold: Vec<Cold>,
+    /// `rdpid` is available, so PERCPU_ARRAY lookups can be inlined.
+    rdpid: bool,
 }
 
 /// Compiles a verified program for any load address.
 pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, JitError> {
+    let rdpid =
+        !env.map_inline.is_empty() && crate::sys::cpu_id_method() == crate::sys::CpuIdMethod::Rdpid;
+    compile_with(insns, env, opts, rdpid)
+}
+
+/// [`compile`], with `rdpid` availability given instead of detected (`false` never inlines
+/// PERCPU_ARRAY lookups: the helper picks the CPU its own way).
+#[doc(hidden)]
+pub fn compile_with(
+    insns: &[Insn],
+    env: &Env,
+    opts: &JitOptions,
+    rdpid: bool,
+) -> Result<Vec<u8>, JitError> {
     let len = insns.len();
-    let mut c = Compiler {
-        e: Emitter {
-            buf: Vec::with_capacity(len * 8 + 64),
-        },
-        env,
-        opts,
-        fixups: Vec::new(),
-    };
     // Function entries: 0 and every local-call target; lddw second halves.
     let mut entry = vec![false; len + 1];
     let mut tail = vec![false; len + 1];
@@ -328,23 +423,45 @@ pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, 
         }
         pc += 1;
     }
+    let mut is_target = vec![false; len + 1];
     for (pc, i) in insns.iter().enumerate() {
         if tail[pc] {
             continue;
         }
-        if let Some(t) = i.jump_target(pc)
-            && (t < 0 || t >= len as i64 || tail[t as usize])
-        {
-            return Err(JitError::BadJump { pc, target: t });
+        if let Some(t) = i.jump_target(pc) {
+            if t < 0 || t >= len as i64 || tail[t as usize] {
+                return Err(JitError::BadJump { pc, target: t });
+            }
+            is_target[t as usize] = true;
         }
     }
+    let multi = entry[1..].iter().any(|&e| e);
+    let frame = plan_frame(insns, &tail, env, multi);
 
+    let mut c = Compiler {
+        e: Emitter {
+            buf: Vec::with_capacity(len * 8 + 64),
+        },
+        env,
+        opts,
+        fixups: Vec::new(),
+        frame,
+        multi,
+        known: [Known::No; 11],
+        pending: [false; 11],
+        cold: Vec::new(),
+        rdpid,
+    };
     let mut insn_off = vec![0usize; len + 1];
     let mut func_off = vec![0usize; len + 1];
     c.main_prologue();
     let mut in_main = true;
     let mut pc = 0;
     while pc < len {
+        if is_target[pc] || entry[pc] {
+            c.flush_all();
+            c.forget_all();
+        }
         if entry[pc] && pc != 0 {
             in_main = false;
             func_off[pc] = c.e.pos();
@@ -361,11 +478,28 @@ pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, 
             pc += 2;
             continue;
         }
+        // A `jeq r0, 0, L` right after an inlined lookup folds into the lookup's range check.
+        let next = insns
+            .get(pc + 1)
+            .filter(|n| !is_target[pc + 1] && n.op == BPF_JMP | BPF_JEQ | BPF_K)
+            .filter(|n| n.dst == 0 && n.imm == 0)
+            .and_then(|n| n.jump_target(pc + 1))
+            .map(|t| t as usize);
+        if i.op == BPF_JMP | BPF_CALL && i.src == 0 && c.try_inline_lookup(pc, i, next)? {
+            if next.is_some() {
+                insn_off[pc + 1] = c.e.pos();
+                pc += 1;
+            }
+            pc += 1;
+            continue;
+        }
         c.insn(pc, i, in_main)?;
         pc += 1;
     }
+    c.flush_all();
     let epilogue = c.e.pos();
     c.main_epilogue();
+    c.emit_cold();
     for &(at, t) in &c.fixups {
         let to = match t {
             Target::Insn(pc) => insn_off[pc],
@@ -377,20 +511,103 @@ pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, 
     Ok(c.e.buf)
 }
 
+/// Decides the main frame: the registers to save and whether `r10` needs `rbp`.
+fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool) -> Frame {
+    let mut used = [false; 11];
+    let mut calls = false;
+    let mut r12 = false;
+    // r10 may live as `rsp + top` when it is only a memory base or copied by `mov64`.
+    let mut r10_simple = true;
+    for (pc, i) in insns.iter().enumerate() {
+        if tail[pc] {
+            continue;
+        }
+        used[i.dst.min(10) as usize] = true;
+        if !i.is_lddw() && i.op != BPF_JMP | BPF_CALL {
+            used[i.src.min(10) as usize] = true;
+        }
+        let class = i.class();
+        if i.op == BPF_JMP | BPF_CALL {
+            calls = true;
+            let x = i.op & SRC_MASK == BPF_X;
+            if x || (i.src == 0 && env.unwind_helper == Some(i.imm as u32)) {
+                r12 = true;
+            }
+        }
+        if i.op == BPF_JMP | BPF_CALL | BPF_X {
+            calls = true;
+            r12 = true;
+        }
+        let src_ok = match class {
+            BPF_LDX => true,
+            BPF_ALU64 => i.op == BPF_ALU64 | BPF_MOV | BPF_X && i.off == 0,
+            _ => false,
+        };
+        let dst_ok = matches!(class, BPF_ST | BPF_STX);
+        let src_is_reg = !i.is_lddw() && i.op != BPF_JMP | BPF_CALL;
+        if (i.dst == 10 && !dst_ok) || (src_is_reg && i.src == 10 && !src_ok) {
+            r10_simple = false;
+        }
+    }
+    if multi {
+        return Frame {
+            saved: vec![RBP, RBX, R13, R14, R15, R12],
+            size: MAIN_FRAME,
+            fp_less: false,
+            top: 0,
+            r12: true,
+        };
+    }
+    let mut saved = Vec::new();
+    for (b, x) in [(6, RBX), (7, R13), (8, R14), (9, R15)] {
+        if used[b] {
+            saved.push(x);
+        }
+    }
+    let stack = used[10];
+    let fp_less = !stack || r10_simple;
+    if stack && !fp_less {
+        saved.push(RBP);
+    }
+    if r12 {
+        saved.push(R12);
+    }
+    let mut size = if stack { STACK_SIZE as i32 } else { 0 };
+    // On entry rsp = 8 (mod 16); calls need it to be 0 in the body.
+    if calls && (8 + 8 * saved.len() as i32 + size) % 16 != 0 {
+        size += 8;
+    }
+    Frame {
+        saved,
+        size,
+        fp_less,
+        top: STACK_SIZE as i32,
+        r12,
+    }
+}
+
 impl Compiler<'_> {
     fn main_prologue(&mut self) {
-        for r in [RBP, RBX, R13, R14, R15, R12] {
-            self.e.push(r);
+        for i in 0..self.frame.saved.len() {
+            self.e.push(self.frame.saved[i]);
         }
-        self.e.alu_imm(true, 5, RSP, MAIN_FRAME); // sub rsp, 520
-        self.e.lea(RBP, RSP, STACK_SIZE as i32);
-        self.e.mov(true, R12, RSP);
+        if self.frame.size != 0 {
+            self.e.alu_imm(true, 5, RSP, self.frame.size); // sub rsp, size
+        }
+        if !self.frame.fp_less {
+            self.e.lea(RBP, RSP, STACK_SIZE as i32);
+        }
+        if self.frame.r12 {
+            self.e.mov(true, R12, RSP);
+        }
     }
 
     fn main_epilogue(&mut self) {
-        self.e.alu_imm(true, 0, RSP, MAIN_FRAME); // add rsp, 520
-        for r in [R12, R15, R14, R13, RBX, RBP] {
-            self.e.pop(r);
+        if self.frame.size != 0 {
+            self.e.alu_imm(true, 0, RSP, self.frame.size); // add rsp, size
+        }
+        for i in (0..self.frame.saved.len()).rev() {
+            self.e.pop(self.frame.saved[i]);
         }
         self.e.byte(0xc3);
     }
@@ -415,13 +632,179 @@ impl Compiler<'_> {
         self.fixups.push((at, t));
     }
 
+    /// The memory operand `[reg + off]` for an eBPF base register.
+    fn mem(&self, reg: u8, off: i32) -> Rm {
+        if reg == 10 && self.frame.fp_less {
+            Rm::Mem(RSP, self.frame.top + off)
+        } else {
+            Rm::Mem(MAP[reg as usize], off)
+        }
+    }
+
+    /// Writes a deferred known value into its register.
+    fn flush(&mut self, r: u8) {
+        let r = r as usize;
+        if !self.pending[r] {
+            return;
+        }
+        self.pending[r] = false;
+        match self.known[r] {
+            Known::Map(idx) => {
+                let v = self.env.map_addrs.get(idx as usize).copied().unwrap_or(0);
+                self.e.mov_imm64(MAP[r], v);
+            }
+            Known::Stack(off) => {
+                if let Rm::Mem(b, d) = self.mem(10, off) {
+                    self.e.lea(MAP[r], b, d);
+                }
+            }
+            Known::No => {}
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for r in 0..11 {
+            self.flush(r);
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.known = [Known::No; 11];
+        self.pending = [false; 11];
+    }
+
+    /// Forgets what `r` held (it was just written); any deferred value is dropped.
+    fn forget(&mut self, r: u8) {
+        self.known[r as usize] = Known::No;
+        self.pending[r as usize] = false;
+    }
+
+    /// Inlines `call 1` (`bpf_map_lookup_elem`) when `r1` is a known inlinable array map and
+    /// `r2` a known stack address. `null_to`: the target of a `jeq r0, 0` that follows and is
+    /// folded in. Returns false (emitting nothing) when it does not apply.
+    fn try_inline_lookup(
+        &mut self,
+        pc: usize,
+        i: Insn,
+        null_to: Option<usize>,
+    ) -> Result<bool, JitError> {
+        if i.imm != crate::helpers::MAP_LOOKUP_ELEM as i32 {
+            return Ok(false);
+        }
+        let (Known::Map(idx), Known::Stack(koff)) = (self.known[1], self.known[2]) else {
+            return Ok(false);
+        };
+        let Some(Some(m)) = self.env.map_inline.get(idx as usize).copied() else {
+            return Ok(false);
+        };
+        if m.kind == InlineKind::PerCpuArray && !self.rdpid {
+            return Ok(false);
+        }
+        let id = i.imm as u32;
+        if self.env.helper(id).is_none() {
+            return Err(JitError::UnknownHelper { pc, id });
+        }
+        // r1..r5 die at a call and r0 is overwritten; anything else deferred must be in place
+        // before the folded branch.
+        for r in 0..=5 {
+            self.forget(r);
+        }
+        self.flush_all();
+        let key = self.mem(10, koff);
+        let e = &mut self.e;
+        e.inst(&[], false, false, &[0x8b], R11, key); // mov r11d, [key]
+        e.alu_imm(false, 7, R11, m.max_entries as i32); // cmp r11d, max_entries
+        let jcc = e.jcc(0x3); // jae -> r0 = 0
+        let percpu = m.kind == InlineKind::PerCpuArray;
+        if percpu {
+            e.rdpid(R10);
+            e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
+            if m.ncpus < 0x1000 {
+                e.alu_imm(false, 7, R10, m.ncpus as i32); // cmp r10d, ncpus
+                let j = e.jcc(0x3);
+                let back = e.pos();
+                self.cold.push(Cold::CpuMod {
+                    jcc: j,
+                    back,
+                    ncpus: m.ncpus.max(1),
+                });
+            }
+            let e = &mut self.e;
+            match i32::try_from(m.cpu_stride) {
+                Ok(st) => {
+                    e.inst(&[], true, false, &[0x69], R10, Rm::Reg(R10)); // imul r10, r10, st
+                    e.imm32(st);
+                }
+                Err(_) => {
+                    e.mov_imm64(R9, m.cpu_stride);
+                    e.inst(&[], true, false, &[0x0f, 0xaf], R10, Rm::Reg(R9));
+                }
+            }
+        }
+        let e = &mut self.e;
+        e.mov_imm64(RAX, m.values_addr);
+        if percpu {
+            e.rr(true, 0x01, RAX, R10); // add rax, r10
+        }
+        match m.value_stride {
+            s @ (1 | 2 | 4 | 8) => e.lea_sib(RAX, RAX, R11, s as u8),
+            s => {
+                e.inst(&[], true, false, &[0x69], R11, Rm::Reg(R11)); // imul r11, r11, s
+                e.imm32(s as i32);
+                e.rr(true, 0x01, RAX, R11);
+            }
+        }
+        let to = match null_to {
+            Some(t) => ColdTo::Insn(t),
+            None => ColdTo::Pos(self.e.pos()),
+        };
+        self.cold.push(Cold::Null { jcc, to });
+        self.forget(0);
+        Ok(true)
+    }
+
+    /// Emits the cold stubs collected while compiling.
+    fn emit_cold(&mut self) {
+        for c in core::mem::take(&mut self.cold) {
+            match c {
+                Cold::Null { jcc, to } => {
+                    self.e.patch_here(jcc);
+                    self.e.rr(false, 0x31, RAX, RAX);
+                    let j = self.e.jmp();
+                    match to {
+                        ColdTo::Pos(p) => self.e.patch(j, p),
+                        ColdTo::Insn(pc) => self.jump_to(j, Target::Insn(pc)),
+                    }
+                }
+                Cold::CpuMod { jcc, back, ncpus } => {
+                    // rax (r0) is being computed and rdx (r3) dies at the call.
+                    let e = &mut self.e;
+                    e.patch_here(jcc);
+                    e.mov(false, RAX, R10);
+                    e.rr(false, 0x31, RDX, RDX);
+                    e.mov_imm(false, R10, ncpus as i32);
+                    e.inst(&[], false, false, &[0xf7], 6, Rm::Reg(R10)); // div r10d
+                    e.mov(false, R10, RDX);
+                    let j = e.jmp();
+                    e.patch(j, back);
+                }
+            }
+        }
+    }
+
     fn lddw(&mut self, pc: usize, i: Insn, next: Insn) -> Result<(), JitError> {
         let d = MAP[i.dst as usize];
         let idx = i.imm as u32;
         let missing = JitError::UnknownMap { pc, index: idx };
         let v = match i.src {
             PSEUDO_NONE => (i.imm as u32 as u64) | (next.imm as u32 as u64) << 32,
-            PSEUDO_MAP_FD => *self.env.map_addrs.get(idx as usize).ok_or(missing)?,
+            PSEUDO_MAP_FD => {
+                self.env.map_addrs.get(idx as usize).ok_or(missing)?;
+                // Deferred: an inlined lookup never needs the address in a register.
+                self.known[i.dst as usize] = Known::Map(idx);
+                self.pending[i.dst as usize] = true;
+                return Ok(());
+            }
             PSEUDO_MAP_VALUE => self
                 .env
                 .map_value_addrs
@@ -430,11 +813,68 @@ impl Compiler<'_> {
                 .wrapping_add(next.imm as u32 as u64),
             _ => return Err(JitError::UnknownOpcode { pc, op: i.op }),
         };
+        self.forget(i.dst);
         self.e.mov_imm64(d, v);
         Ok(())
     }
 
     fn insn(&mut self, pc: usize, i: Insn, in_main: bool) -> Result<(), JitError> {
+        // Straight-line tracking of stack addresses: `mov rX, r10` and `add/sub rX, imm` on
+        // a deferred one only update what the compiler knows.
+        let dr = i.dst as usize;
+        if i.op == BPF_ALU64 | BPF_MOV | BPF_X && i.off == 0 && i.src == 10 && i.dst != 10 {
+            self.known[dr] = Known::Stack(0);
+            self.pending[dr] = true;
+            return Ok(());
+        }
+        if (i.op == BPF_ALU64 | BPF_ADD | BPF_K || i.op == BPF_ALU64 | BPF_SUB | BPF_K)
+            && i.off == 0
+            && self.pending[dr]
+            && let Known::Stack(o) = self.known[dr]
+        {
+            let delta = if i.op & OP_MASK == BPF_ADD {
+                Some(i.imm)
+            } else {
+                i.imm.checked_neg()
+            };
+            if let Some(n) = delta.and_then(|d| o.checked_add(d)) {
+                self.known[dr] = Known::Stack(n);
+                return Ok(());
+            }
+        }
+        let class = i.class();
+        if matches!(class, BPF_JMP | BPF_JMP32) {
+            self.flush_all();
+        } else {
+            self.flush(i.dst);
+            self.flush(i.src);
+            if class == BPF_STX && i.op & MODE_MASK == BPF_ATOMIC {
+                self.flush(0);
+            }
+        }
+        self.emit(pc, i, in_main)?;
+        match class {
+            BPF_JMP | BPF_JMP32 => match i.op & OP_MASK {
+                BPF_CALL => {
+                    for r in 0..=5 {
+                        self.forget(r);
+                    }
+                }
+                BPF_JA | BPF_EXIT => self.forget_all(),
+                _ => {}
+            },
+            _ => {
+                self.forget(i.dst);
+                self.forget(i.src);
+                if class == BPF_STX && i.op & MODE_MASK == BPF_ATOMIC {
+                    self.forget(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, pc: usize, i: Insn, in_main: bool) -> Result<(), JitError> {
         let d = MAP[i.dst as usize];
         let s = MAP[i.src as usize];
         let bad = JitError::UnknownOpcode { pc, op: i.op };
@@ -442,7 +882,7 @@ impl Compiler<'_> {
         match i.class() {
             BPF_ALU | BPF_ALU64 => self.alu(i, d, s, x).ok_or(bad)?,
             BPF_LDX => {
-                let m = Rm::Mem(s, i.off as i32);
+                let m = self.mem(i.src, i.off as i32);
                 let (w, opc): (bool, &[u8]) = match (i.op & MODE_MASK, i.op & SIZE_MASK) {
                     (BPF_MEM, BPF_B) => (false, &[0x0f, 0xb6]),
                     (BPF_MEM, BPF_H) => (false, &[0x0f, 0xb7]),
@@ -459,7 +899,7 @@ impl Compiler<'_> {
                 if i.op & MODE_MASK != BPF_MEM {
                     return Err(bad);
                 }
-                let m = Rm::Mem(d, i.off as i32);
+                let m = self.mem(i.dst, i.off as i32);
                 match i.op & SIZE_MASK {
                     BPF_B => {
                         self.e.inst(&[], false, false, &[0xc6], 0, m);
@@ -480,7 +920,7 @@ impl Compiler<'_> {
                 }
             }
             BPF_STX => {
-                let m = Rm::Mem(d, i.off as i32);
+                let m = self.mem(i.dst, i.off as i32);
                 match i.op & MODE_MASK {
                     BPF_MEM => match i.op & SIZE_MASK {
                         BPF_B => self.e.inst(&[], false, true, &[0x88], s, m),
@@ -488,7 +928,7 @@ impl Compiler<'_> {
                         BPF_W => self.e.inst(&[], false, false, &[0x89], s, m),
                         _ => self.e.inst(&[], true, false, &[0x89], s, m),
                     },
-                    BPF_ATOMIC => self.atomic(i, d, s).ok_or(bad)?,
+                    BPF_ATOMIC => self.atomic(i, m, s).ok_or(bad)?,
                     _ => return Err(bad),
                 }
             }
@@ -679,13 +1119,15 @@ impl Compiler<'_> {
         }
     }
 
-    fn atomic(&mut self, i: Insn, d: u8, s: u8) -> Option<()> {
+    fn atomic(&mut self, i: Insn, m: Rm, s: u8) -> Option<()> {
         let w = match i.op & SIZE_MASK {
             BPF_DW => true,
             BPF_W => false,
             _ => return None,
         };
-        let m = Rm::Mem(d, i.off as i32);
+        let Rm::Mem(base, disp) = m else {
+            return None;
+        };
         let e = &mut self.e;
         const LOCK: &[u8] = &[0xf0];
         match i.imm {
@@ -709,7 +1151,7 @@ impl Compiler<'_> {
                 };
                 let val = if s == RAX { R9 } else { s };
                 e.mov(true, R9, RAX);
-                e.lea(R10, d, i.off as i32);
+                e.lea(R10, base, disp);
                 e.inst(&[], w, false, &[0x8b], RAX, Rm::Mem(R10, 0));
                 let top = e.pos();
                 e.mov(true, R11, RAX);
@@ -801,7 +1243,10 @@ impl Compiler<'_> {
                 if x {
                     return Err(bad);
                 }
-                if in_main {
+                if in_main && !self.multi {
+                    // The lean epilogue is short: repeat it at every exit.
+                    self.main_epilogue();
+                } else if in_main {
                     let j = self.e.jmp();
                     self.jump_to(j, Target::Epilogue);
                 } else {

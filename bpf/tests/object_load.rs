@@ -64,6 +64,7 @@ impl Loaded {
             map_addrs: &self.map_addrs,
             map_value_addrs: &self.value_addrs,
             unwind_helper: None,
+            map_inline: &[],
         }
     }
 }

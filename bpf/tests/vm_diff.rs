@@ -21,6 +21,7 @@ fn env() -> Env<'static> {
         map_addrs: &[],
         map_value_addrs: &[],
         unwind_helper: None,
+        map_inline: &[],
     }
 }
 

@@ -18,6 +18,7 @@ fn env() -> Env<'static> {
         map_addrs: &MAPS,
         map_value_addrs: &MAPS,
         unwind_helper: None,
+        map_inline: &[],
     }
 }
 
