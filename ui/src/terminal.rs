@@ -79,29 +79,53 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Reads terminal events on its own thread, polling so that it notices `stop` quickly.
-fn spawn_input(stop: Arc<AtomicBool>) -> (Receiver<io::Result<TermEvent>>, thread::JoinHandle<()>) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let handle = thread::Builder::new()
-        .name("xcover-ui-input".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match event::poll(Duration::from_millis(50)) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        if tx.send(event::read()).is_err() {
+/// The thread that reads terminal events, polling so that it notices `stop` quickly. Dropping
+/// it stops and joins the thread, so no reader is left consuming the caller's stdin, even when
+/// `run` unwinds from a panic that the caller catches.
+struct InputThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl InputThread {
+    fn spawn() -> Result<(Self, Receiver<io::Result<TermEvent>>), Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = thread::Builder::new()
+            .name("xcover-ui-input".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    match event::poll(Duration::from_millis(50)) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            if tx.send(event::read()).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
                             return;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
                 }
-            }
-        })
-        .expect("spawning the input thread");
-    (rx, handle)
+            })
+            .map_err(Error::Setup)?;
+        let thread = Self {
+            stop,
+            handle: Some(handle),
+        };
+        Ok((thread, rx))
+    }
+}
+
+impl Drop for InputThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// Takes the next snapshot unless the source has already ended.
@@ -123,12 +147,10 @@ pub(crate) fn run(mut source: impl Source, opts: Options) -> Result<Outcome, Err
     let size = terminal.size().map_err(Error::Setup)?;
     app.resize(size.width, size.height);
 
-    let input_stop = Arc::new(AtomicBool::new(false));
-    let (input, input_thread) = spawn_input(Arc::clone(&input_stop));
+    let (input_thread, input) = InputThread::spawn()?;
     let result = event_loop(&mut app, &mut source, &mut terminal, &opts, &input);
 
-    input_stop.store(true, Ordering::Relaxed);
-    let _ = input_thread.join();
+    drop(input_thread);
     let left = guard.leave();
     let outcome = result?;
     left?;
