@@ -63,7 +63,11 @@ impl Source for Fake {
             });
             (0..n)
                 .map(|i| {
-                    let module = if i.is_multiple_of(5) { "libc.so.6" } else { "fake" };
+                    let module = if i.is_multiple_of(5) {
+                        "libc.so.6"
+                    } else {
+                        "fake"
+                    };
                     Function::new(format!("fake::module_{}::function_{i}", i % 37), module)
                 })
                 .collect()

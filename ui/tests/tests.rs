@@ -3,3 +3,4 @@
 
 mod render;
 mod support;
+mod terminal;
