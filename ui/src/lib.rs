@@ -46,6 +46,9 @@
 //! - `terminal`: the event loop, one `select!` over a crossbeam channel fed by an input thread
 //!   and a ticker; the terminal guard and panic hook.
 //!
+//! `examples/fake_session.rs` runs the TUI on a synthetic session; `README.md` beside this
+//! crate has a screenshot and the keys.
+//!
 //! Colours are off when `NO_COLOR` is set to anything non-empty ([`Options::default`]);
 //! without colour the screen uses only bold and reverse video.
 #![forbid(unsafe_code)]
