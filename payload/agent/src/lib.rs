@@ -12,16 +12,40 @@
 //!   while other threads hold the target's malloc or loader lock.
 //!
 //! # Entry points
-//! Called by xcover in a stopped thread of the target, on a private stack:
-//! - [`xcover_agent_init`]`(session, size)`: checks the session header, records it, counts
-//!   the call, sets the state to Live; returns 0 or a negative error.
-//! - [`xcover_agent_fini`]`()`: marks the session Detaching then Detached, counts the call.
+//! Called by xcover in a stopped thread of the target, on a private stack, one at a time
+//! with every thread of the target stopped (see `xcover_abi::entry`):
+//! - [`xcover_agent_init`]`(session, size)`: checks the session header and its layout,
+//!   records it, counts the call, sets the state to Live; returns 0 or a negative error.
+//! - [`xcover_agent_hook`]`(ips, moves, n)`: on the first call verifies and JIT-compiles the
+//!   session's probe and creates the interceptor; then hooks every `Pending` function in one
+//!   batch and tells xcover where each stopped thread must move.
+//! - [`xcover_agent_unhook`]`(ips, moves, n)`: restores every hooked function.
+//! - [`xcover_agent_fini`]`()`: unmaps every region the agent mapped (heap, JIT code,
+//!   trampolines), marks the session Detached. xcover unmaps the agent itself afterwards.
+//!
+//! A failing entry point returns a negative code and leaves a message in the header's
+//! `agent_error`.
+//!
+//! # Modules
+//! - `sys`: the raw system calls (mmap, mprotect, munmap);
+//! - `heap`: the global allocator (talc over recorded mmap regions);
+//! - `session`: access to the shared session mapping;
+//! - `memory`: the interceptor's `Memory` (mappings near functions, code writes);
+//! - `hook`: the work of the entry points and the agent's state.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+extern crate alloc;
+
+mod heap;
+mod hook;
+mod memory;
+mod session;
+mod sys;
+
+use core::sync::atomic::Ordering;
 
 use xcover_abi::{SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState};
 
@@ -33,11 +57,10 @@ pub const E_SIZE: i64 = -2;
 pub const E_MAGIC: i64 = -3;
 /// `xcover_agent_init`: layout version this agent does not know.
 pub const E_VERSION: i64 = -4;
-/// `xcover_agent_fini`: no session.
-pub const E_NO_SESSION: i64 = -5;
-
-/// The session this agent serves (its mapping in the target).
-static SESSION: AtomicPtr<SessionHeader> = AtomicPtr::new(core::ptr::null_mut());
+/// An entry point other than init ran without a session.
+pub const E_NO_SESSION: i64 = hook::E_NO_SESSION;
+/// `xcover_agent_init`: a section lies outside the session.
+pub const E_LAYOUT: i64 = -6;
 
 /// Starts the agent on the session mapped at `session` (`size` bytes).
 ///
@@ -61,31 +84,57 @@ pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
     if h.version != SESSION_VERSION {
         return E_VERSION;
     }
-    SESSION.store(session as *mut SessionHeader, Ordering::Release);
+    let size = size.min(h.total_size);
+    let layout = session::check_layout(h, size);
+    // SAFETY: caller contract: the mapping lives until fini.
+    unsafe { session::set(session as *mut SessionHeader, size) };
+    if let Err(what) = layout {
+        session::set_error(format_args!(
+            "the session's {what} lies outside its {size} bytes"
+        ));
+        session::clear();
+        return E_LAYOUT;
+    }
+    session::clear_error();
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     h.state.store(SessionState::Live as u32, Ordering::Release);
     0
 }
 
-/// Stops the agent: the session is marked Detached; xcover unmaps everything next.
+/// Hooks every `Pending` function of the session's table (see `xcover_abi::entry::HOOK`).
+/// Returns the number of functions hooked by this call, or a negative error.
 ///
 /// # Safety
-/// Called by xcover only, after a successful [`xcover_agent_init`], with the session still
-/// mapped.
+/// Called by xcover only, after init, with every thread of the process stopped; `ips` and
+/// `moves` valid for `n` u64s each.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xcover_agent_hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
+    // SAFETY: caller contract.
+    unsafe { hook::hook(ips, moves, n) }
+}
+
+/// Unhooks every hooked function (see `xcover_abi::entry::UNHOOK`). Returns the number of
+/// functions unhooked, or a negative error.
+///
+/// # Safety
+/// As [`xcover_agent_hook`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
+    // SAFETY: caller contract.
+    unsafe { hook::unhook(ips, moves, n) }
+}
+
+/// Stops the agent: unmaps what it mapped, marks the session Detached; xcover unmaps the
+/// agent and the session next.
+///
+/// # Safety
+/// Called by xcover only, after a successful [`xcover_agent_init`] and after
+/// [`xcover_agent_unhook`], with the session still mapped and no thread inside any region of
+/// the session's region table.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xcover_agent_fini() -> i64 {
-    let p = SESSION.swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if p.is_null() {
-        return E_NO_SESSION;
-    }
-    // SAFETY: `p` was checked by init and xcover keeps the mapping until fini returns.
-    let h = unsafe { &*p };
-    h.state
-        .store(SessionState::Detaching as u32, Ordering::Release);
-    h.agent_calls.fetch_add(1, Ordering::AcqRel);
-    h.state
-        .store(SessionState::Detached as u32, Ordering::Release);
-    0
+    // SAFETY: caller contract.
+    unsafe { hook::fini() }
 }
 
 /// `memcpy`, for code the compiler generates.
@@ -180,6 +229,23 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same contract as memcmp.
     unsafe { memcmp(a, b, n) }
+}
+
+/// The precompiled `alloc` library is built for unwinding, so its cleanup paths name the
+/// unwinder's resume function; the agent is built with `panic = "abort"` and nothing ever
+/// unwinds, so this is never called. It stops the thread like a panic would.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    // SAFETY: `ud2` only raises #UD; it touches no memory.
+    unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
+}
+
+/// The personality routine the precompiled `alloc` library's unwind tables name; never
+/// called, as nothing unwinds in the agent (`panic = "abort"`).
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {
+    // SAFETY: `ud2` only raises #UD; it touches no memory.
+    unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
 }
 
 /// A panic stops the call with `ud2`; xcover sees the SIGILL, restores the thread and

@@ -1,0 +1,101 @@
+//! Raw Linux x86-64 system calls: the agent imports nothing, so it talks to the kernel with
+//! the `syscall` instruction. Only what the agent itself needs (memory mappings); the probe
+//! helpers have their own in `xcover_bpf::sys`.
+
+/// `PROT_READ`.
+pub const PROT_READ: u64 = 1;
+/// `PROT_WRITE`.
+pub const PROT_WRITE: u64 = 2;
+/// `PROT_EXEC`.
+pub const PROT_EXEC: u64 = 4;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_NORESERVE: u64 = 0x4000;
+/// Linux 4.17+: map exactly at the hint or fail with `EEXIST`; older kernels treat the hint
+/// as a hint, which [`mmap_anon`] detects.
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_MUNMAP: u64 = 11;
+
+/// Page size.
+pub const PAGE: u64 = 4096;
+
+/// Rounds up to a page multiple.
+pub fn page_up(v: u64) -> u64 {
+    (v + PAGE - 1) & !(PAGE - 1)
+}
+
+/// One system call; returns `rax` (a negative errno on failure).
+///
+/// # Safety
+/// The arguments must be valid for system call `nr`; any memory the call changes (a mapping
+/// removed or re-protected) must not be in use in a way the change would break.
+unsafe fn syscall6(nr: u64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: `syscall` clobbers rcx and r11 (declared) and returns in rax; the effects on
+    // memory are the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// Maps `len` bytes of fresh anonymous read+write memory. With `at != 0` the mapping must
+/// start exactly there (without replacing anything: `None` when the range is taken); with
+/// `at == 0` the kernel picks. Returns the address.
+pub fn mmap_anon(at: u64, len: u64) -> Option<u64> {
+    let flags =
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | if at != 0 { MAP_FIXED_NOREPLACE } else { 0 };
+    // SAFETY: a new anonymous mapping never replaces an existing one (no MAP_FIXED), so no
+    // memory in use changes.
+    let r = unsafe {
+        syscall6(
+            SYS_MMAP,
+            [at, len, PROT_READ | PROT_WRITE, flags, u64::MAX, 0],
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    let addr = r as u64;
+    if at != 0 && addr != at {
+        // A kernel that ignores MAP_FIXED_NOREPLACE placed it elsewhere.
+        // SAFETY: we just created this mapping and nothing refers to it.
+        unsafe { munmap(addr, len) };
+        return None;
+    }
+    Some(addr)
+}
+
+/// Changes the protection of `addr..addr+len`; returns 0 or a negative errno.
+///
+/// # Safety
+/// No code may rely on the old protection of those pages while the new one is in force
+/// (e.g. no thread writes pages made read-only).
+pub unsafe fn mprotect(addr: u64, len: u64, prot: u64) -> i64 {
+    // SAFETY: caller contract.
+    unsafe { syscall6(SYS_MPROTECT, [addr, len, prot, 0, 0, 0]) }
+}
+
+/// Unmaps `addr..addr+len`; returns 0 or a negative errno.
+///
+/// # Safety
+/// Nothing may use the range afterwards: no reference into it, no thread executing in it.
+pub unsafe fn munmap(addr: u64, len: u64) -> i64 {
+    // SAFETY: caller contract.
+    unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
+}
