@@ -8,7 +8,9 @@
 mod attach;
 mod cli;
 mod discover;
+mod live;
 mod report;
+mod session;
 mod vm;
 
 use std::process::ExitCode;

@@ -27,6 +27,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+use bytemuck::{Pod, Zeroable};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// First eight bytes of every session file.
@@ -167,6 +168,20 @@ pub struct SessionHeader {
     pub _pad2: u32,
     /// The agent's last error, utf-8, for xcover to show when an entry point fails.
     pub agent_error: [u8; 256],
+    /// Offset of the module table ([`ModuleEntry`] array).
+    pub modules_off: u64,
+    /// Number of modules (0 is the main executable).
+    pub modules_count: u64,
+}
+
+/// One module (a mapped ELF file) whose functions are in the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ModuleEntry {
+    /// Offset of the module's path in the string section.
+    pub path_off: u32,
+    /// Length of the path.
+    pub path_len: u32,
 }
 
 /// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
@@ -175,7 +190,7 @@ pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
 
 /// One mapping the agent made in the target.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Region {
     /// Start address.
     pub start: u64,
@@ -233,7 +248,7 @@ pub enum FuncStatus {
 
 /// One function of the target.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct FuncEntry {
     /// Runtime address of the function's entry in the target.
     pub addr: u64,
@@ -257,6 +272,8 @@ pub struct FuncEntry {
     /// Where the next symbol (or the section) starts: `addr + size .. pad_end` is padding
     /// the interceptor may use for a short function's jump.
     pub pad_end: u64,
+    /// Link-time address of the entry (the symbol's value), for DWARF line lookups.
+    pub vaddr: u64,
 }
 
 /// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
@@ -279,7 +296,7 @@ pub fn skip_reason_text(code: u32) -> &'static str {
 /// followed by the attach cookie and the function address, so `PT_REGS_PARM1(ctx)` and
 /// friends work unchanged and `bpf_get_attach_cookie`/`bpf_get_func_ip` are plain loads.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ProbeCtx {
     /// `r15`.
     pub r15: u64,

@@ -38,6 +38,7 @@ pub mod elf;
 mod error;
 pub mod procfs;
 mod remote;
+mod sections;
 pub mod session;
 pub mod stop;
 pub mod sys;

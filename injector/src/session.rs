@@ -33,7 +33,7 @@ pub fn session_path(pid: i32) -> String {
 pub struct SessionFile {
     path: String,
     _file: File,
-    map: MmapRaw,
+    pub(crate) map: MmapRaw,
 }
 
 const _: () = assert!(std::mem::size_of::<SessionHeader>() as u64 <= DEFAULT_SESSION_SIZE);

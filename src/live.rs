@@ -1,0 +1,188 @@
+//! Watching a live session: the TUI's [`Source`] and the one-line status of `--no-tui`, both
+//! read from the session's shared memory while the target runs.
+
+#![allow(dead_code, reason = "wired into attach next")]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use xcover_abi::{FuncStatus, skip_reason_text};
+use xcover_injector::SessionFile;
+use xcover_ui::{Event, Function, Snapshot, Source};
+
+use crate::session;
+
+/// Size of one first-hit record written by the coverage probe: cookie, timestamp, tid.
+const FIRST_HIT_SIZE: usize = 24;
+
+/// Reads a live session for the TUI or the status line.
+pub struct Live<'a> {
+    session: &'a SessionFile,
+    pid: i32,
+    since: Instant,
+    /// Cookie (function table index) → row in the UI table (hooked functions only).
+    rows: HashMap<u64, usize>,
+    /// Functions already sent to the UI, in row order (cookies).
+    sent: Vec<u64>,
+    skipped_told: bool,
+    report_path: PathBuf,
+    last_total: u64,
+    last_at: Instant,
+    /// Set once the target is gone: every later snapshot fails with this.
+    ended: Option<String>,
+}
+
+impl<'a> Live<'a> {
+    /// Watches `session` of `pid`; `report_path` is where the TUI's "write report" key goes.
+    pub fn new(session: &'a SessionFile, pid: i32, report_path: PathBuf) -> Self {
+        let now = Instant::now();
+        Live {
+            session,
+            pid,
+            since: now,
+            rows: HashMap::new(),
+            sent: Vec::new(),
+            skipped_told: false,
+            report_path,
+            last_total: 0,
+            last_at: now,
+            ended: None,
+        }
+    }
+
+    /// Whether the target still runs (same process, not a recycled pid).
+    pub fn target_alive(&self) -> bool {
+        let start = self.session.header().target_start_time;
+        xcover_injector::procfs::stat(self.pid).is_ok_and(|st| st.start_time == start)
+    }
+
+    /// One line for `--no-tui`: hooked/skipped, coverage, hits/s.
+    pub fn status_line(&mut self) -> Result<String> {
+        let v = session::view(self.session)?;
+        let total = v.total_hits();
+        let now = Instant::now();
+        let dt = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
+        let rate = total.saturating_sub(self.last_total) as f64 / dt;
+        self.last_total = total;
+        self.last_at = now;
+        let hooked = v.hooked.max(1) as f64;
+        Ok(format!(
+            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped",
+            self.pid,
+            self.since.elapsed().as_secs_f64(),
+            v.hooked,
+            v.skipped,
+            v.hit_funcs(),
+            v.hit_funcs() as f64 * 100.0 / hooked,
+            rate,
+            v.dropped
+        ))
+    }
+
+    fn first_hits(&self) -> Vec<(u64, u64)> {
+        let h = self.session.header();
+        if h.events_map == u64::MAX || h.events_map >= h.maps_count {
+            return vec![];
+        }
+        let Ok(off) = self.session.read_u64(h.maps_off + 8 * h.events_map) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        let _ = self.session.with_arena(|a| {
+            if let Ok(m) = a.map(off) {
+                m.ringbuf_consume(|rec| {
+                    if rec.len() >= FIRST_HIT_SIZE {
+                        let cookie = u64::from_le_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+                        let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
+                        out.push((cookie, ts));
+                    }
+                });
+            }
+        });
+        out
+    }
+}
+
+impl Source for Live<'_> {
+    fn snapshot(&mut self) -> Result<Snapshot, String> {
+        if let Some(why) = &self.ended {
+            return Err(why.clone());
+        }
+        if !self.target_alive() {
+            let why = format!("pid {} exited", self.pid);
+            self.ended = Some(why.clone());
+            return Err(why);
+        }
+        let v = session::view(self.session).map_err(|e| format!("{e:#}"))?;
+        let mut snap = Snapshot {
+            pid: self.pid as u32,
+            exe: v.modules.first().cloned().unwrap_or_default(),
+            functions_hooked: v.hooked,
+            functions_skipped: v.skipped,
+            dropped_events: v.dropped,
+            attached_for: self.since.elapsed(),
+            ..Default::default()
+        };
+        let several = v.modules.len() > 1;
+        for (cookie, f) in v.funcs.iter().enumerate() {
+            let cookie = cookie as u64;
+            if f.entry.status == FuncStatus::Hooked as u32 && !self.rows.contains_key(&cookie) {
+                self.rows.insert(cookie, self.sent.len());
+                self.sent.push(cookie);
+                let module = if several {
+                    v.modules
+                        .get(f.entry.module as usize)
+                        .and_then(|p| p.rsplit('/').next())
+                        .unwrap_or_default()
+                        .to_string()
+                } else {
+                    String::new()
+                };
+                let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
+                snap.new_functions.push(Function::new(name, module));
+            }
+        }
+        if !self.skipped_told {
+            for f in v
+                .funcs
+                .iter()
+                .filter(|f| f.entry.status == FuncStatus::Skipped as u32)
+            {
+                snap.events.push(Event::Skipped {
+                    name: crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone()),
+                    reason: skip_reason_text(f.entry.skip_reason).to_string(),
+                });
+            }
+            self.skipped_told = true;
+        }
+        snap.hits = self
+            .sent
+            .iter()
+            .map(|&c| v.funcs.get(c as usize).map_or(0, |f| f.hits))
+            .collect();
+        let base = self
+            .session
+            .header()
+            .hooked_at_ns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for (cookie, ts) in self.first_hits() {
+            if let Some(&row) = self.rows.get(&cookie) {
+                snap.events.push(Event::FirstHit {
+                    function: row,
+                    at: Duration::from_nanos(ts.saturating_sub(base)),
+                });
+            }
+        }
+        Ok(snap)
+    }
+
+    fn write_report(&mut self) -> Result<String, String> {
+        let v = session::view(self.session).map_err(|e| format!("{e:#}"))?;
+        let r = session::report(self.session, &v);
+        r.write_json(&self.report_path)
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(self.report_path.display().to_string())
+    }
+}

@@ -1,0 +1,422 @@
+//! The session's contents: what xcover lays into the shared file before the agent runs, and
+//! what it reads back while the target runs.
+//!
+//! Layout (offsets in the header, see `xcover-abi`): the header page, the function table,
+//! the module table, the names, the probe's instructions, the map table, the region table
+//! the agent fills, the eBPF map arena, the log ring. Sections start on 64-byte boundaries;
+//! the arena on a page boundary.
+
+#![allow(dead_code, reason = "wired into attach next")]
+
+use std::mem::{offset_of, size_of};
+
+use anyhow::{Context, Result, bail};
+use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
+use xcover_bpf::env::Env;
+use xcover_bpf::maps::ArenaLayout;
+use xcover_bpf::program::{MapType, Program};
+use xcover_bpf::verifier::{self, VerifierOptions};
+use xcover_injector::SessionFile;
+
+use crate::cli::BadInput;
+use crate::discover::Discovery;
+
+/// The coverage probe, compiled from `bpf/cover.bpf.c` by `scripts/build-bpf.sh`.
+pub const COVER_PROBE: &[u8] = include_bytes!("../bpf/cover.bpf.o");
+
+/// Capacity of the region table the agent fills (heap, JIT code, trampoline arenas).
+const REGIONS_CAP: u64 = 4096;
+/// Size of the log ring (trace_printk and agent messages).
+const LOG_SIZE: u64 = 64 * 1024;
+const PAGE: u64 = 4096;
+
+fn align(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Loads the probe object and sizes its per-function maps for `funcs` functions.
+pub fn load_probe(object: &[u8], funcs: usize) -> Result<Program> {
+    let mut prog = xcover_bpf::object::load_program(object, None)
+        .map_err(|e| BadInput(format!("probe object: {e}")))?;
+    let n = u32::try_from(funcs.max(1)).context("too many functions")?;
+    // Maps keyed by cookie get one entry per function, as libbpf's set_max_entries would.
+    for m in &mut prog.maps {
+        if matches!(m.map_type, MapType::Array | MapType::PercpuArray) && !m.name.starts_with('.') {
+            m.max_entries = n;
+        }
+    }
+    Ok(prog)
+}
+
+/// Checks the probe with the verifier against the helpers and maps the agent will give it.
+pub fn verify_probe(prog: &Program) -> Result<()> {
+    let helpers = xcover_bpf::helpers::standard_helpers();
+    let fake: Vec<u64> = (0..prog.maps.len() as u64)
+        .map(|i| 0x1000 * (i + 1))
+        .collect();
+    let env = Env {
+        helpers,
+        map_addrs: &fake,
+        map_value_addrs: &fake,
+        ..Default::default()
+    };
+    verifier::verify(&prog.insns, &env, &VerifierOptions::default()).map_err(|e| {
+        anyhow::Error::new(BadInput(format!(
+            "probe {:?} rejected by the verifier: {e}",
+            prog.name
+        )))
+    })?;
+    // The probe reads its cookie from the context; make sure the layout agrees.
+    const _: () = assert!(PROBE_CTX_COOKIE_OFF == 168);
+    Ok(())
+}
+
+/// Possible CPUs of this machine (per-CPU maps get a slot for each).
+pub fn possible_cpus() -> u32 {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    // "0-63" or "0,2-5": the highest index + 1.
+    let max = s
+        .trim()
+        .split([',', '-'])
+        .filter_map(|x| x.parse::<u32>().ok())
+        .max();
+    match max {
+        Some(m) => m + 1,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+    }
+}
+
+/// Where each section goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    funcs_off: u64,
+    modules_off: u64,
+    strings_off: u64,
+    strings_size: u64,
+    prog_off: u64,
+    maps_off: u64,
+    regions_off: u64,
+    arena_off: u64,
+    arena_size: u64,
+    log_off: u64,
+    /// Size of the whole file.
+    pub total: u64,
+}
+
+/// Everything to write, prepared before the session file exists.
+pub struct Contents {
+    /// The layout.
+    pub layout: Layout,
+    funcs: Vec<FuncEntry>,
+    modules: Vec<ModuleEntry>,
+    strings: Vec<u8>,
+    prog: Vec<u8>,
+    map_offsets: Vec<u64>,
+    arena: Vec<u8>,
+    hits_map: u64,
+    events_map: u64,
+    ncpus: u32,
+    insns: u64,
+}
+
+/// Prepares the session contents for `d`'s functions and the probe `prog`.
+pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
+    let mut strings = Vec::new();
+    let mut modules = Vec::new();
+    for m in &d.modules {
+        let p = m.path.to_string_lossy();
+        modules.push(ModuleEntry {
+            path_off: strings.len() as u32,
+            path_len: p.len() as u32,
+        });
+        strings.extend_from_slice(p.as_bytes());
+    }
+    let mut funcs = Vec::with_capacity(d.functions.len());
+    for f in &d.functions {
+        let name_off = u32::try_from(strings.len()).context("names exceed 4 GiB")?;
+        strings.extend_from_slice(f.name.as_bytes());
+        funcs.push(FuncEntry {
+            addr: f.addr,
+            size: f.size,
+            offset: f.offset,
+            name_off,
+            name_len: f.name.len() as u32,
+            module: f.module as u32,
+            status: FuncStatus::Pending as u32,
+            skip_reason: 0,
+            _pad: 0,
+            pad_end: f.next_start,
+            vaddr: f.vaddr,
+        });
+    }
+    let arena_layout =
+        ArenaLayout::new(&prog.maps, ncpus).map_err(|e| BadInput(format!("probe maps: {e}")))?;
+    let mut arena = vec![0u8; arena_layout.size() as usize];
+    arena_layout
+        .init_slice(&mut arena)
+        .map_err(|e| anyhow::anyhow!("laying out the probe's maps: {e}"))?;
+    let map_offsets = arena_layout.offsets();
+    let prog_bytes: Vec<u8> = prog.insns.iter().flat_map(|i| i.encode()).collect();
+
+    let find = |names: &[&str]| {
+        prog.maps
+            .iter()
+            .position(|m| names.contains(&m.name.as_str()))
+            .map_or(u64::MAX, |i| i as u64)
+    };
+    let hits_map = find(&["hits", "counts"]);
+    let events_map = find(&["events"]);
+
+    let funcs_off = align(size_of::<SessionHeader>() as u64, PAGE);
+    let modules_off = align(
+        funcs_off + (funcs.len() * size_of::<FuncEntry>()) as u64,
+        64,
+    );
+    let strings_off = align(
+        modules_off + (modules.len() * size_of::<ModuleEntry>()) as u64,
+        64,
+    );
+    let prog_off = align(strings_off + strings.len() as u64, 64);
+    let maps_off = align(prog_off + prog_bytes.len() as u64, 64);
+    let regions_off = align(maps_off + 8 * map_offsets.len() as u64, 64);
+    let arena_off = align(regions_off + REGIONS_CAP * size_of::<Region>() as u64, PAGE);
+    let arena_size = arena.len() as u64;
+    let log_off = align(arena_off + arena_size, PAGE);
+    let total = align(log_off + LOG_SIZE, PAGE);
+    Ok(Contents {
+        layout: Layout {
+            funcs_off,
+            modules_off,
+            strings_off,
+            strings_size: strings.len() as u64,
+            prog_off,
+            maps_off,
+            regions_off,
+            arena_off,
+            arena_size,
+            log_off,
+            total,
+        },
+        funcs,
+        modules,
+        strings,
+        prog: prog_bytes,
+        map_offsets,
+        arena,
+        hits_map,
+        events_map,
+        ncpus,
+        insns: prog.insns.len() as u64,
+    })
+}
+
+/// Writes `c` into the freshly created session file (before the agent is loaded).
+pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
+    let l = &c.layout;
+    if s.len() < l.total {
+        bail!(
+            "session file {} is {} bytes, the layout needs {}",
+            s.path(),
+            s.len(),
+            l.total
+        );
+    }
+    s.write_at(l.funcs_off, bytemuck::cast_slice(&c.funcs))?;
+    s.write_at(l.modules_off, bytemuck::cast_slice(&c.modules))?;
+    s.write_at(l.strings_off, &c.strings)?;
+    s.write_at(l.prog_off, &c.prog)?;
+    let maps: Vec<u8> = c.map_offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    s.write_at(l.maps_off, &maps)?;
+    s.write_at(l.arena_off, &c.arena)?;
+
+    let put = |off: usize, v: u64| s.write_at(off as u64, &v.to_le_bytes());
+    let put32 = |off: usize, v: u32| s.write_at(off as u64, &v.to_le_bytes());
+    put(offset_of!(SessionHeader, funcs_off), l.funcs_off)?;
+    put(offset_of!(SessionHeader, funcs_count), c.funcs.len() as u64)?;
+    put(offset_of!(SessionHeader, modules_off), l.modules_off)?;
+    put(
+        offset_of!(SessionHeader, modules_count),
+        c.modules.len() as u64,
+    )?;
+    put(offset_of!(SessionHeader, strings_off), l.strings_off)?;
+    put(offset_of!(SessionHeader, strings_size), l.strings_size)?;
+    put(offset_of!(SessionHeader, prog_off), l.prog_off)?;
+    put(offset_of!(SessionHeader, prog_insns), c.insns)?;
+    put(offset_of!(SessionHeader, maps_off), l.maps_off)?;
+    put(
+        offset_of!(SessionHeader, maps_count),
+        c.map_offsets.len() as u64,
+    )?;
+    put(offset_of!(SessionHeader, hits_map), c.hits_map)?;
+    put(offset_of!(SessionHeader, events_map), c.events_map)?;
+    put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
+    put32(offset_of!(SessionHeader, probe_flags), 0)?;
+    put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
+    put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
+    put(offset_of!(SessionHeader, arena_off), l.arena_off)?;
+    put(offset_of!(SessionHeader, arena_size), l.arena_size)?;
+    put(offset_of!(SessionHeader, log_off), l.log_off)?;
+    put(offset_of!(SessionHeader, log_size), LOG_SIZE)?;
+    Ok(())
+}
+
+/// One function as a reader sees it.
+#[derive(Clone, Debug)]
+pub struct FuncView {
+    /// Raw name.
+    pub name: String,
+    /// The table entry.
+    pub entry: FuncEntry,
+    /// Hits so far.
+    pub hits: u64,
+}
+
+/// A reading of a live session.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// Module paths, main executable first.
+    pub modules: Vec<String>,
+    /// Every function, in table (cookie) order.
+    pub funcs: Vec<FuncView>,
+    /// Functions hooked.
+    pub hooked: u64,
+    /// Functions skipped.
+    pub skipped: u64,
+    /// First-hit events dropped (ring buffer full) plus map writes given up.
+    pub dropped: u64,
+}
+
+impl View {
+    /// Functions hit at least once.
+    pub fn hit_funcs(&self) -> usize {
+        self.funcs.iter().filter(|f| f.hits > 0).count()
+    }
+
+    /// Sum of all hits.
+    pub fn total_hits(&self) -> u64 {
+        self.funcs.iter().map(|f| f.hits).sum()
+    }
+
+    /// Hit functions over hooked ones, in percent.
+    pub fn coverage(&self) -> f64 {
+        let hooked = self.funcs.len().max(1) as f64;
+        self.hit_funcs() as f64 * 100.0 / hooked
+    }
+}
+
+fn string_at(s: &SessionFile, off: u32, len: u32) -> Result<String> {
+    let h = s.header();
+    if u64::from(off) + u64::from(len) > h.strings_size {
+        bail!("session {}: name outside the string section", s.path());
+    }
+    let mut b = vec![0u8; len as usize];
+    s.read_at(h.strings_off + u64::from(off), &mut b)?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Per-function hit counts (index = cookie), from the probe's hit map.
+pub fn hits(s: &SessionFile) -> Result<Vec<u64>> {
+    let h = s.header();
+    let n = h.funcs_count as usize;
+    if h.hits_map == u64::MAX || h.hits_map >= h.maps_count {
+        return Ok(vec![0; n]);
+    }
+    let off = s.read_u64(h.maps_off + 8 * h.hits_map)?;
+    let v = s.with_arena(|a| a.map(off).map(|m| m.array_u64_all()))?;
+    let mut counts = match v {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => bail!("session {}: hit map: {e}", s.path()),
+        None => vec![],
+    };
+    counts.resize(n, 0);
+    Ok(counts)
+}
+
+/// Events dropped by the probe's maps.
+pub fn dropped(s: &SessionFile) -> Result<u64> {
+    let h = s.header();
+    let mut total = 0;
+    for i in 0..h.maps_count {
+        let off = s.read_u64(h.maps_off + 8 * i)?;
+        if let Some(Ok(d)) = s.with_arena(|a| a.map(off).map(|m| m.dropped()))? {
+            total += d;
+        }
+    }
+    Ok(total)
+}
+
+/// Reads the whole session: names, statuses and counts.
+pub fn view(s: &SessionFile) -> Result<View> {
+    use std::sync::atomic::Ordering;
+    let h = s.header();
+    let mut modules = Vec::new();
+    let mut raw = vec![0u8; h.modules_count as usize * size_of::<ModuleEntry>()];
+    s.read_at(h.modules_off, &mut raw)?;
+    for m in raw.chunks_exact(size_of::<ModuleEntry>()) {
+        let m: ModuleEntry = bytemuck::pod_read_unaligned(m);
+        modules.push(string_at(s, m.path_off, m.path_len)?);
+    }
+    let entries = s.funcs()?;
+    let counts = hits(s)?;
+    let mut funcs = Vec::with_capacity(entries.len());
+    for (e, hits) in entries.into_iter().zip(counts) {
+        funcs.push(FuncView {
+            name: string_at(s, e.name_off, e.name_len)?,
+            entry: e,
+            hits,
+        });
+    }
+    Ok(View {
+        modules,
+        funcs,
+        hooked: h.funcs_hooked.load(Ordering::Relaxed),
+        skipped: h.funcs_skipped.load(Ordering::Relaxed),
+        dropped: dropped(s)?,
+    })
+}
+
+/// The report of a session.
+pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
+    let h = s.header();
+    let modules: Vec<(String, crate::report::LineTable)> = v
+        .modules
+        .iter()
+        .map(|p| {
+            let name = std::path::Path::new(p)
+                .file_name()
+                .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned());
+            (
+                name,
+                crate::report::LineTable::open(std::path::Path::new(p)),
+            )
+        })
+        .collect();
+    let functions = v
+        .funcs
+        .iter()
+        .map(|f| {
+            let m = modules.get(f.entry.module as usize);
+            let module = m.map(|m| m.0.clone()).unwrap_or_default();
+            let loc = m.and_then(|m| m.1.locate(f.entry.vaddr));
+            crate::report::FuncReport {
+                demangled: crate::discover::demangle(&f.name),
+                name: f.name.clone(),
+                offset: f.entry.offset,
+                hit: f.hits > 0,
+                hits: f.hits,
+                module,
+                file: loc.as_ref().map(|l| l.0.clone()),
+                line: loc.map(|l| l.1),
+            }
+        })
+        .collect();
+    let exe =
+        String::from_utf8_lossy(&h.exe_path[..(h.exe_path_len as usize).min(512)]).into_owned();
+    let id: String = h.build_id[..(h.build_id_len as usize).min(32)]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crate::report::Report::new(exe, i64::from(h.target_pid), id, functions)
+}
