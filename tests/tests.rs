@@ -3,4 +3,5 @@
 
 mod conformance;
 mod inject;
+mod maps;
 mod support;
