@@ -1,0 +1,121 @@
+//! The JIT-ed coverage probe's hit path (a function already seen): one run per iteration,
+//! with `bpf_map_lookup_elem` inlined and through the helper.
+//!
+//! `cargo bench -p xcover-bpf --bench jit`
+
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use xcover_bpf::env::{Env, InlineMap};
+use xcover_bpf::exec::JitCode;
+use xcover_bpf::helpers::standard_helpers;
+use xcover_bpf::insn::{Insn, PSEUDO_MAP_FD};
+use xcover_bpf::jit::{self, JitOptions};
+use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::program::{MapDef, MapType};
+use xcover_bpf::verifier::{VerifierOptions, verify};
+
+/// The coverage probe (maps: 0 hits PERCPU_ARRAY, 1 seen ARRAY, 2 events RINGBUF); `lddw`
+/// markers `0x7700 + n` become map `n`.
+const PROBE: &str = "
+    call 174
+    stxw [%r10-4], %r0
+    lddw %r1, 0x7700
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, +3
+    ldxdw %r1, [%r0]
+    add %r1, 1
+    stxdw [%r0], %r1
+    lddw %r1, 0x7701
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    ldxw %r1, [%r0]
+    jne %r1, 0, out
+    mov %r3, %r0
+    mov %r0, 0
+    mov %r1, 1
+    lock cmpxchg32 [%r3], %r1
+    jne %r0, 0, out
+    ldxw %r1, [%r10-4]
+    stxdw [%r10-16], %r1
+    lddw %r1, 0x7702
+    mov %r2, %r10
+    add %r2, -16
+    mov %r3, 8
+    mov %r4, 0
+    call 130
+out:
+    mov %r0, 0
+    exit
+";
+
+fn program() -> Vec<Insn> {
+    let mut p = xcover_bpf::asm::assemble(PROBE).expect("probe assembles");
+    for i in p.iter_mut() {
+        if i.is_lddw() && (0x7700..0x7703).contains(&i.imm) {
+            i.src = PSEUDO_MAP_FD;
+            i.imm -= 0x7700;
+        }
+    }
+    p
+}
+
+fn bench(c: &mut Criterion) {
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let defs = [
+        MapDef::new("hits", MapType::PercpuArray, 4, 8, 1024),
+        MapDef::new("seen", MapType::Array, 4, 4, 1024),
+        MapDef::new("events", MapType::Ringbuf, 0, 0, 1 << 16),
+    ];
+    let layout = ArenaLayout::new(&defs, ncpus).expect("layout");
+    let mut mem = vec![0u64; (layout.size() as usize).div_ceil(8)];
+    // SAFETY: mem is ours, 8-aligned and large enough.
+    unsafe { layout.init(mem.as_mut_ptr() as *mut u8, (mem.len() * 8) as u64) }.expect("init");
+    // SAFETY: mem outlives the arena and every run below.
+    let arena = unsafe { Arena::from_raw(mem.as_mut_ptr() as *mut u8, (mem.len() * 8) as u64) };
+    let (addrs, values) = arena.env_addrs(&layout.offsets()).expect("addrs");
+    // SAFETY: the headers were just written and stay mapped in `mem`.
+    let inline = unsafe { InlineMap::table(&addrs) };
+    let p = program();
+    let opts = JitOptions {
+        preserve_vector_regs: true,
+        inline_ctx_helpers: true,
+    };
+    let ctx = xcover_abi::ProbeCtx {
+        cookie: 17,
+        ..Default::default()
+    };
+    let ctx_addr = &ctx as *const _ as u64;
+    let mut g = c.benchmark_group("coverage_probe_hit");
+    for (name, table) in [("inline", &inline[..]), ("helper", &[][..])] {
+        let env = Env {
+            helpers: standard_helpers(),
+            map_addrs: &addrs,
+            map_value_addrs: &values,
+            unwind_helper: None,
+            map_inline: table,
+        };
+        verify(&p, &env, &VerifierOptions::default()).expect("verifies");
+        let code = JitCode::new(&jit::compile(&p, &env, &opts).expect("jit")).expect("map");
+        // The first run takes the miss path (claims `seen`, sends the event); every
+        // measured run is a hit.
+        // SAFETY: verified program; ctx and the arena outlive the runs.
+        unsafe { code.call(ctx_addr, 0) };
+        g.bench_function(name, |b| {
+            // SAFETY: as above.
+            b.iter(|| unsafe { code.call(black_box(ctx_addr), 0) })
+        });
+    }
+    g.finish();
+    let hits = arena.map(layout.offsets()[0]).expect("hits").array_u64(17);
+    assert!(hits.is_some_and(|h| h > 1));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
