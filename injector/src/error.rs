@@ -112,8 +112,9 @@ pub enum Error {
     /// The agent's ELF image is not one the loader accepts.
     #[error("agent image: {0}")]
     BadImage(String),
-    /// The agent refused the session.
-    #[error("pid {pid}: agent {entry} returned error {code}")]
+    /// An entry point of the agent failed (refused the session, rejected the probe, could
+    /// not patch...).
+    #[error("pid {pid}: agent {entry} failed (error {code}): {message}")]
     Agent {
         /// The pid.
         pid: i32,
@@ -121,6 +122,8 @@ pub enum Error {
         entry: &'static str,
         /// The negative code it returned.
         code: i64,
+        /// The agent's own message (the session's `agent_error`).
+        message: String,
     },
     /// Creating, reading or removing the session file failed.
     #[error("session file {path}: {source}")]

@@ -55,24 +55,38 @@ use xcover_abi::SessionState;
 use elf::{AgentImage, PAGE};
 
 /// Name of the agent's initialisation entry point.
-pub const AGENT_INIT: &str = "xcover_agent_init";
+pub const AGENT_INIT: &str = xcover_abi::entry::INIT;
+/// Name of the agent's hook entry point.
+pub const AGENT_HOOK: &str = xcover_abi::entry::HOOK;
+/// Name of the agent's unhook entry point.
+pub const AGENT_UNHOOK: &str = xcover_abi::entry::UNHOOK;
 /// Name of the agent's shutdown entry point.
-pub const AGENT_FINI: &str = "xcover_agent_fini";
+pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
 
-/// Size of the private stack remote calls run on.
-const STACK_SIZE: u64 = 64 * 1024;
+/// Size of the private stack remote calls run on (the agent's JIT, verifier and
+/// interceptor run there; untouched pages cost nothing).
+const STACK_SIZE: u64 = 1024 * 1024;
+
+/// How many times `unload` lets the target run and stops it again while a thread is still
+/// inside memory about to be unmapped (a trampoline, the probe, the agent), and how long it
+/// lets it run each time.
+const LEAVE_TRIES: u32 = 200;
+const LEAVE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Scratch memory in the target for one stop: a code page holding the `int3` remote calls
-/// return to, then a private stack (whose lowest bytes also hold small data, such as the
-/// session path).
+/// return to, a data area (the session path, the thread table of `HOOK`/`UNHOOK`), then a
+/// private stack.
 struct Scratch {
     addr: u64,
     size: u64,
+    data_size: u64,
 }
 
 impl Scratch {
+    /// Maps scratch memory with room for the thread table of every thread of `sp`.
     fn map(sp: &mut StoppedProcess, tid: i32) -> Result<Scratch> {
-        let size = PAGE + STACK_SIZE;
+        let data_size = (16 * sp.tids().len() as u64 + 2 * PAGE).div_ceil(PAGE) * PAGE;
+        let size = PAGE + data_size + STACK_SIZE;
         let addr = sp.syscall(
             tid,
             nr::MMAP,
@@ -85,7 +99,11 @@ impl Scratch {
                 0,
             ],
         )?;
-        let s = Scratch { addr, size };
+        let s = Scratch {
+            addr,
+            size,
+            data_size,
+        };
         let r = (|| {
             sp.write(addr, &[0xcc])?;
             sp.syscall(
@@ -122,20 +140,37 @@ impl Scratch {
     }
 }
 
+/// Fills a freshly created session file before the target is stopped (function table,
+/// probe, maps). An error aborts the attach with nothing left behind.
+pub type Prepare<'a> = &'a dyn Fn(&SessionFile) -> std::result::Result<(), String>;
+
 /// Options of [`attach`].
-#[derive(Debug, Clone)]
-pub struct AttachOptions {
+#[derive(Clone)]
+pub struct AttachOptions<'a> {
     /// The session outlives this process (`--keep`): `FLAG_KEEP` is set.
     pub keep: bool,
     /// Size of the session file.
     pub session_size: u64,
+    /// Called once the session file exists, before the target is stopped.
+    pub prepare: Option<Prepare<'a>>,
 }
 
-impl Default for AttachOptions {
+impl std::fmt::Debug for AttachOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachOptions")
+            .field("keep", &self.keep)
+            .field("session_size", &self.session_size)
+            .field("prepare", &self.prepare.is_some())
+            .finish()
+    }
+}
+
+impl Default for AttachOptions<'_> {
     fn default() -> Self {
         AttachOptions {
             keep: false,
             session_size: session::DEFAULT_SESSION_SIZE,
+            prepare: None,
         }
     }
 }
@@ -149,6 +184,12 @@ pub struct Stats {
     pub total: Duration,
     /// Threads stopped.
     pub threads: usize,
+    /// Time spent in the agent's hook (attach) or unhook (detach) call, inside the target.
+    pub agent_call: Duration,
+    /// Functions hooked (attach) or unhooked (detach).
+    pub funcs: u64,
+    /// Times detach let the target run again because a thread was inside xcover's code.
+    pub retries: u32,
 }
 
 /// A target with the agent loaded and running.
@@ -159,29 +200,45 @@ pub struct Attached {
     pub stats: Stats,
 }
 
-/// Checks `pid`, creates its session, stops it, loads the agent and runs its init, and
-/// lets the target go. On error nothing is left behind.
+/// Checks `pid`, creates its session, lets `opts.prepare` fill it, stops the target, loads
+/// the agent, runs its init and hook (every function of the session's table), moves the
+/// threads the agent names, and lets the target go. On error nothing is left behind.
 pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> {
     let t0 = Instant::now();
     let image = AgentImage::parse(agent)?;
     let info = procfs::check_target(pid)?;
     let session = SessionFile::create(&info, opts.session_size, opts.keep)?;
+    if let Some(prepare) = opts.prepare
+        && let Err(reason) = prepare(&session)
+    {
+        let _ = session.remove();
+        return Err(Error::BadSession {
+            path: session.path().to_string(),
+            reason,
+        });
+    }
     let r = (|| {
         let mut sp = StoppedProcess::stop(pid)?;
         let threads = sp.tids().len();
-        load_and_init(&mut sp, &image, &session)?;
+        let (funcs, agent_call) = load_and_init(&mut sp, &image, &session)?;
         let stopped_since = sp.started;
         sp.resume()?;
-        Ok((stopped_since.elapsed(), threads))
+        Ok(Stats {
+            stopped: stopped_since.elapsed(),
+            total: Duration::ZERO,
+            threads,
+            agent_call,
+            funcs: funcs as u64,
+            retries: 0,
+        })
     })();
     match r {
-        Ok((stopped, threads)) => Ok(Attached {
+        Ok(stats) => Ok(Attached {
             pid,
             session,
             stats: Stats {
-                stopped,
                 total: t0.elapsed(),
-                threads,
+                ..stats
             },
         }),
         Err(e) => {
@@ -191,15 +248,25 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
     }
 }
 
-fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionFile) -> Result<()> {
+/// Loads the agent, maps the session, runs init, then hooks every function of the table
+/// (moving threads as the agent says). On error, undoes all of it. Returns (functions
+/// hooked, time spent in the agent's hook call).
+fn load_and_init(
+    sp: &mut StoppedProcess,
+    image: &AgentImage,
+    session: &SessionFile,
+) -> Result<(i64, Duration)> {
     let pid = sp.pid();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
     let init = image.export(AGENT_INIT)?;
-    image.export(AGENT_FINI)?;
+    let hook = image.export(AGENT_HOOK)?;
+    let unhook = image.export(AGENT_UNHOOK)?;
+    let fini = image.export(AGENT_FINI)?;
     let scratch = Scratch::map(sp, tid)?;
     let h = session.header();
     let mut agent_base = 0;
     let mut map_addr = 0;
+    let mut inited = false;
     let r = (|| {
         // The agent: reserve, write relocated, protect.
         agent_base = sp.syscall(
@@ -264,15 +331,32 @@ fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionF
             scratch.trap(),
         )? as i64;
         if rc < 0 {
-            return Err(Error::Agent {
-                pid,
-                entry: AGENT_INIT,
-                code: rc,
-            });
+            return Err(agent_failed(pid, AGENT_INIT, rc, session));
         }
-        Ok(())
+        inited = true;
+        call_with_threads(sp, tid, &scratch, agent_base + hook, AGENT_HOOK, session)
     })();
     if r.is_err() {
+        if inited {
+            // Nothing is patched when HOOK fails before committing, and what it committed
+            // UNHOOK restores; FINI then unmaps the agent's regions. The threads were only
+            // moved (in their saved registers) if HOOK succeeded, which it did not.
+            let _ = call_with_threads(
+                sp,
+                tid,
+                &scratch,
+                agent_base + unhook,
+                AGENT_UNHOOK,
+                session,
+            );
+            let _ = sp.call(
+                tid,
+                agent_base + fini,
+                [0; 6],
+                scratch.stack_top(),
+                scratch.trap(),
+            );
+        }
         if map_addr != 0 {
             let _ = sp.syscall(tid, nr::MUNMAP, [map_addr, h.total_size, 0, 0, 0, 0]);
             h.target_map_addr.store(0, Ordering::Release);
@@ -285,36 +369,240 @@ fn load_and_init(sp: &mut StoppedProcess, image: &AgentImage, session: &SessionF
             .store(SessionState::Failed as u32, Ordering::Release);
     }
     let u = scratch.unmap(sp, tid);
-    r.and(u)
+    let hooked = r?;
+    u?;
+    Ok(hooked)
 }
 
-/// Stops the target, runs the agent's fini, unmaps the agent and the session, lets it go.
+/// Runs the agent's `HOOK` or `UNHOOK` entry point at `func` in thread `tid`: writes every
+/// stopped thread's instruction pointer into the scratch data area, calls it, reads back
+/// where each thread must move and sets those threads' instruction pointers (applied when
+/// the world resumes). Returns the entry point's result and how long the call took.
+fn call_with_threads(
+    sp: &mut StoppedProcess,
+    tid: i32,
+    scratch: &Scratch,
+    func: u64,
+    entry: &'static str,
+    session: &SessionFile,
+) -> Result<(i64, Duration)> {
+    let pid = sp.pid();
+    let tids = sp.tids();
+    let mut ips = Vec::with_capacity(tids.len());
+    for &t in &tids {
+        ips.push(sp.regs(t)?.rip);
+    }
+    let n = ips.len() as u64;
+    if 16 * n > scratch.data_size {
+        return Err(Error::Unexpected {
+            pid,
+            tid,
+            what: format!("{n} threads do not fit the scratch area"),
+        });
+    }
+    let ips_addr = scratch.data();
+    let moves_addr = ips_addr + 8 * n;
+    let bytes: Vec<u8> = ips.iter().flat_map(|ip| ip.to_le_bytes()).collect();
+    sp.write(ips_addr, &bytes)?;
+    let t = Instant::now();
+    let rc = sp.call(
+        tid,
+        func,
+        [ips_addr, moves_addr, n, 0, 0, 0],
+        scratch.stack_top(),
+        scratch.trap(),
+    )? as i64;
+    let took = t.elapsed();
+    if rc < 0 {
+        return Err(agent_failed(pid, entry, rc, session));
+    }
+    let mut moves = vec![0u8; 8 * n as usize];
+    sp.read(moves_addr, &mut moves)?;
+    for (&t, mv) in tids.iter().zip(moves.chunks_exact(8)) {
+        let to = u64::from_le_bytes(mv.try_into().expect("8 bytes"));
+        if to != 0 {
+            sp.set_ip(t, to)?;
+        }
+    }
+    Ok((rc, took))
+}
+
+/// The error for an entry point that returned `code < 0`, with the agent's own message.
+fn agent_failed(pid: i32, entry: &'static str, code: i64, session: &SessionFile) -> Error {
+    let h = session.header();
+    let len = (h.agent_error_len.load(Ordering::Acquire) as usize).min(h.agent_error.len());
+    let mut buf = vec![0u8; len];
+    let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_error) as u64;
+    let mut message = match session.read_at(off, &mut buf) {
+        Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+        Err(_) => String::new(),
+    };
+    if message.is_empty() {
+        message = match code {
+            -1 => "null session".into(),
+            -2 => "session smaller than its header".into(),
+            -3 => "bad session magic".into(),
+            -4 => "session layout version unknown to the agent".into(),
+            -5 => "no session (init did not run)".into(),
+            _ => "no message".into(),
+        };
+    }
+    Error::Agent {
+        pid,
+        entry,
+        code,
+        message,
+    }
+}
+
+/// Address ranges in the target that go away at detach and that no thread may be in: the
+/// agent image and every region the agent recorded in the session (heap, JIT code,
+/// trampolines).
+fn doomed_ranges(
+    session: &SessionFile,
+    base: u64,
+    size: u64,
+) -> Result<Vec<(u64, u64, &'static str)>> {
+    let mut v = Vec::new();
+    if base != 0 {
+        v.push((base, base + size, "the agent"));
+    }
+    let h = session.header();
+    let n = h.regions_count.load(Ordering::Acquire).min(h.regions_cap);
+    let rsize = std::mem::size_of::<xcover_abi::Region>();
+    let mut raw = vec![0u8; n as usize * rsize];
+    session.read_at(h.regions_off, &mut raw)?;
+    for c in raw.chunks_exact(rsize) {
+        let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
+        let what = match r.kind {
+            xcover_abi::REGION_HEAP => "the agent's heap",
+            xcover_abi::REGION_JIT => "the JIT-ed probe",
+            xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
+            _ => "an agent region",
+        };
+        v.push((r.start, r.start.saturating_add(r.len), what));
+    }
+    Ok(v)
+}
+
+/// The first stopped thread whose instruction pointer lies in one of `ranges`.
+fn thread_inside(
+    sp: &StoppedProcess,
+    ranges: &[(u64, u64, &'static str)],
+) -> Result<Option<(i32, u64, &'static str)>> {
+    for tid in sp.tids() {
+        let rip = sp.regs(tid)?.rip;
+        if let Some(r) = ranges.iter().find(|r| (r.0..r.1).contains(&rip)) {
+            return Ok(Some((tid, rip, r.2)));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks that the agent loaded at `base` is this xcover's.
+fn check_identity(
+    sp: &StoppedProcess,
+    image: &AgentImage,
+    session: &SessionFile,
+    base: u64,
+) -> Result<()> {
+    let pid = sp.pid();
+    let id = image.identity();
+    let mut loaded = vec![0u8; id.len()];
+    sp.read(base, &mut loaded)?;
+    if loaded != id {
+        return Err(Error::BadSession {
+            path: session.path().to_string(),
+            reason: format!(
+                "the agent at {base:#x} in pid {pid} is not this xcover's agent; \
+                 detach with the xcover that attached"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Stops the target and takes everything out of it: `UNHOOK` (threads on restored bytes
+/// moved), then, once no thread is inside the agent or any region it mapped (the target is
+/// let run for a moment and stopped again while one is, up to [`LEAVE_TRIES`] times),
+/// `FINI`, and finally unmaps the session and the agent.
+///
+/// If the hooks cannot be taken out, or a thread stays inside xcover's code, the agent is
+/// left in place (never unmapped under a thread), the session is marked Failed and the
+/// error says so; `xcover detach` can try again later.
 fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
     let t0 = Instant::now();
     let h = session.header();
     h.state
         .store(SessionState::Detaching as u32, Ordering::Release);
-    let mut sp = StoppedProcess::stop(pid)?;
+    let fail = |e: Error| {
+        h.state
+            .store(SessionState::Failed as u32, Ordering::Release);
+        e
+    };
+    let mut sp = StoppedProcess::stop(pid).map_err(fail)?;
     let threads = sp.tids().len();
-    let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    let scratch = Scratch::map(&mut sp, tid)?;
+    let mut tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
+    let mut scratch = Scratch::map(&mut sp, tid).map_err(fail)?;
     let base = h.agent_base.load(Ordering::Acquire);
     let size = h.agent_size.load(Ordering::Acquire);
     let map_addr = h.target_map_addr.load(Ordering::Acquire);
+    let mut stopped = Duration::ZERO;
+    let mut retries = 0;
+    let mut unhooked = (0, Duration::ZERO);
+    // Take the hooks out.
+    if base != 0 {
+        let r = check_identity(&sp, image, session, base).and_then(|()| {
+            let unhook = image.export(AGENT_UNHOOK)?;
+            call_with_threads(&mut sp, tid, &scratch, base + unhook, AGENT_UNHOOK, session)
+        });
+        match r {
+            Ok(u) => unhooked = u,
+            Err(e) => {
+                let _ = scratch.unmap(&mut sp, tid);
+                let _ = sp.resume();
+                return Err(fail(e));
+            }
+        }
+        // Wait until no thread is inside what is about to be unmapped.
+        loop {
+            let ranges = doomed_ranges(session, base, size);
+            let inside = ranges.and_then(|r| thread_inside(&sp, &r));
+            let (t, rip, what) = match inside {
+                Ok(None) => break,
+                Ok(Some(x)) => x,
+                Err(e) => {
+                    let _ = scratch.unmap(&mut sp, tid);
+                    let _ = sp.resume();
+                    return Err(fail(e));
+                }
+            };
+            let u = scratch.unmap(&mut sp, tid);
+            stopped += sp.started.elapsed();
+            let resumed = sp.resume();
+            if let Err(e) = u.and(resumed) {
+                return Err(fail(e));
+            }
+            retries += 1;
+            if retries >= LEAVE_TRIES {
+                return Err(fail(Error::Unexpected {
+                    pid,
+                    tid: t,
+                    what: format!(
+                        "stays inside {what} (rip {rip:#x}) after {LEAVE_TRIES} tries; the \
+                         functions are unhooked but the agent is left loaded: run \
+                         `xcover detach {pid}` again later"
+                    ),
+                }));
+            }
+            std::thread::sleep(LEAVE_PAUSE);
+            sp = StoppedProcess::stop(pid).map_err(fail)?;
+            tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
+            scratch = Scratch::map(&mut sp, tid).map_err(fail)?;
+        }
+    }
     let r = (|| {
         if base != 0 {
-            let id = image.identity();
-            let mut loaded = vec![0u8; id.len()];
-            sp.read(base, &mut loaded)?;
-            if loaded != id {
-                return Err(Error::BadSession {
-                    path: session.path().to_string(),
-                    reason: format!(
-                        "the agent at {base:#x} in pid {pid} is not this xcover's agent; \
-                         detach with the xcover that attached"
-                    ),
-                });
-            }
             let fini = image.export(AGENT_FINI)?;
             let rc = sp.call(
                 tid,
@@ -324,47 +612,83 @@ fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> 
                 scratch.trap(),
             )? as i64;
             if rc < 0 {
-                return Err(Error::Agent {
-                    pid,
-                    entry: AGENT_FINI,
-                    code: rc,
-                });
+                return Err(agent_failed(pid, AGENT_FINI, rc, session));
             }
         }
         Ok(())
     })();
-    // Unmap even if fini failed: the agent must not stay behind half-dead.
+    // Unmap even if fini failed: the hooks are out and no thread is inside, so the agent
+    // must not stay behind half-dead.
     let mut unmap = Ok(());
-    if r.as_ref().is_ok() || !matches!(r, Err(Error::BadSession { .. })) {
-        if map_addr != 0 {
-            unmap = unmap.and(
-                sp.syscall(tid, nr::MUNMAP, [map_addr, h.total_size, 0, 0, 0, 0])
-                    .map(drop),
-            );
-            h.target_map_addr.store(0, Ordering::Release);
-        }
-        if base != 0 {
-            unmap = unmap.and(
-                sp.syscall(tid, nr::MUNMAP, [base, size, 0, 0, 0, 0])
-                    .map(drop),
-            );
-            h.agent_base.store(0, Ordering::Release);
-        }
+    if map_addr != 0 {
+        unmap = unmap.and(
+            sp.syscall(tid, nr::MUNMAP, [map_addr, h.total_size, 0, 0, 0, 0])
+                .map(drop),
+        );
+        h.target_map_addr.store(0, Ordering::Release);
+    }
+    if base != 0 {
+        unmap = unmap.and(
+            sp.syscall(tid, nr::MUNMAP, [base, size, 0, 0, 0, 0])
+                .map(drop),
+        );
+        h.agent_base.store(0, Ordering::Release);
     }
     let u = scratch.unmap(&mut sp, tid);
     let started = sp.started;
     let resumed = sp.resume();
-    let stopped = started.elapsed();
-    r?;
-    unmap?;
-    u?;
-    resumed?;
+    stopped += started.elapsed();
+    r.map_err(fail)?;
+    unmap.map_err(fail)?;
+    u.map_err(fail)?;
+    resumed.map_err(fail)?;
     h.state
         .store(SessionState::Detached as u32, Ordering::Release);
     Ok(Stats {
         stopped,
         total: t0.elapsed(),
         threads,
+        agent_call: unhooked.1,
+        funcs: unhooked.0 as u64,
+        retries,
+    })
+}
+
+/// Hooks the `Pending` functions of a live session again (e.g. on a re-attach to a kept
+/// session after new functions were added to its table): stops the target, runs `HOOK`,
+/// moves threads, resumes. Functions already hooked are left alone by the agent.
+pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Stats> {
+    let t0 = Instant::now();
+    let image = AgentImage::parse(agent)?;
+    let h = session.header();
+    let base = h.agent_base.load(Ordering::Acquire);
+    if base == 0 {
+        return Err(Error::BadSession {
+            path: session.path().to_string(),
+            reason: format!("no agent is loaded in pid {pid}"),
+        });
+    }
+    let hook = image.export(AGENT_HOOK)?;
+    let mut sp = StoppedProcess::stop(pid)?;
+    let threads = sp.tids().len();
+    let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
+    let scratch = Scratch::map(&mut sp, tid)?;
+    let r = check_identity(&sp, &image, session, base)
+        .and_then(|()| call_with_threads(&mut sp, tid, &scratch, base + hook, AGENT_HOOK, session));
+    let u = scratch.unmap(&mut sp, tid);
+    let started = sp.started;
+    let resumed = sp.resume();
+    let stopped = started.elapsed();
+    let (funcs, agent_call) = r?;
+    u?;
+    resumed?;
+    Ok(Stats {
+        stopped,
+        total: t0.elapsed(),
+        threads,
+        agent_call,
+        funcs: funcs as u64,
+        retries: 0,
     })
 }
 
@@ -381,8 +705,15 @@ impl Attached {
 
     /// Unloads the agent and removes the session.
     pub fn detach(self, agent: &[u8]) -> Result<Stats> {
+        self.detach_with(agent, |_| {})
+    }
+
+    /// Unloads the agent, lets `last_read` read the session one last time (every hook is out,
+    /// so its counts are final), then removes the session.
+    pub fn detach_with(self, agent: &[u8], last_read: impl FnOnce(&SessionFile)) -> Result<Stats> {
         let image = AgentImage::parse(agent)?;
         let stats = unload(self.pid, &image, &self.session)?;
+        last_read(&self.session);
         self.session.remove()?;
         Ok(stats)
     }
@@ -390,6 +721,11 @@ impl Attached {
     /// Leaves the agent in the target for a later [`detach`]: the session has no owner
     /// from now on.
     pub fn leave(self) {
+        let flags = self.session.header().flags | xcover_abi::FLAG_KEEP;
+        let _ = self.session.write_at(
+            std::mem::offset_of!(xcover_abi::SessionHeader, flags) as u64,
+            &flags.to_le_bytes(),
+        );
         self.session.header().owner_pid.store(0, Ordering::Release);
     }
 }
@@ -397,6 +733,12 @@ impl Attached {
 /// Detaches a session left by `attach --keep` (or by an xcover that died): unloads the
 /// agent and removes the session file.
 pub fn detach(pid: i32, agent: &[u8]) -> Result<Stats> {
+    detach_with(pid, agent, |_| {})
+}
+
+/// [`detach`], letting `last_read` read the session after the agent is out and before the
+/// file is removed.
+pub fn detach_with(pid: i32, agent: &[u8], last_read: impl FnOnce(&SessionFile)) -> Result<Stats> {
     let image = AgentImage::parse(agent)?;
     let session = SessionFile::open(pid)?;
     let h = session.header();
@@ -418,6 +760,7 @@ pub fn detach(pid: i32, agent: &[u8]) -> Result<Stats> {
     procfs::check_target(pid)?;
     h.owner_pid.store(std::process::id(), Ordering::Release);
     let stats = unload(pid, &image, &session)?;
+    last_read(&session);
     session.remove()?;
     Ok(stats)
 }

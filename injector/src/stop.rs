@@ -297,6 +297,24 @@ impl StoppedProcess {
         }
     }
 
+    /// Sets the instruction pointer thread `tid` resumes at when the world is let go (the
+    /// registers saved for release are changed; nothing is written to the thread now).
+    ///
+    /// Used to move a thread out of bytes that are about to be patched or restored, to the
+    /// equivalent instruction the agent names.
+    pub fn set_ip(&mut self, tid: i32, ip: u64) -> Result<()> {
+        let mut regs = self.regs(tid)?;
+        regs.rip = ip;
+        let pid = self.pid;
+        let t = self.threads.get_mut(&tid).ok_or(Error::Unexpected {
+            pid,
+            tid,
+            what: "is not one of the stopped threads".into(),
+        })?;
+        t.saved = Some(regs);
+        Ok(())
+    }
+
     /// The thread to run remote work in: the leader when it is stopped, else the first.
     pub fn worker_tid(&self) -> Option<i32> {
         if self.threads.contains_key(&self.pid) {
