@@ -350,6 +350,8 @@ struct Frame {
     top: i32,
     /// `r12` holds the main frame's `rsp` (unwind helper or `callx` present).
     r12: bool,
+    /// Red-zone layout: bytes to move `rsp` down by around each helper call (0: none).
+    call_sub: i32,
 }
 
 /// Code placed after the epilogue, off the hot path.
@@ -380,6 +382,15 @@ struct Compiler<'a> {
     cold: Vec<Cold>,
     /// `rdpid` is available, so PERCPU_ARRAY lookups can be inlined.
     rdpid: bool,
+    /// Lowest `r10` offset the program reaches directly (memory operands, helper and key
+    /// pointers).
+    low_stack: i32,
+    /// A stack address went somewhere the compiler cannot bound (a register kept past a
+    /// helper call, a store, arithmetic, a jump).
+    stack_escapes: bool,
+    /// Registers are being written for a helper call: `r1`..`r5` stack addresses are
+    /// helper arguments (bounded by the verifier to `[addr, r10)`).
+    for_call: bool,
 }
 
 /// Compiles a verified program for any load address.
@@ -398,6 +409,27 @@ pub fn compile_with(
     opts: &JitOptions,
     rdpid: bool,
 ) -> Result<Vec<u8>, JitError> {
+    let (code, red_zone_ok) = compile_pass(insns, env, opts, rdpid, false)?;
+    if !red_zone_ok {
+        return Ok(code);
+    }
+    Ok(compile_pass(insns, env, opts, rdpid, true)?.0)
+}
+
+/// Bytes below `rsp` a leaf may use without moving `rsp` (System V red zone: signal
+/// frames are built below it).
+const RED_ZONE: i32 = 128;
+
+/// One compilation. With `red_zone`, a single-function program whose stack accesses stay
+/// within [`RED_ZONE`] bytes below `r10` keeps its stack below `rsp` and only moves `rsp`
+/// around helper calls. Also returns whether that layout applies to this program.
+fn compile_pass(
+    insns: &[Insn],
+    env: &Env,
+    opts: &JitOptions,
+    rdpid: bool,
+    red_zone: bool,
+) -> Result<(Vec<u8>, bool), JitError> {
     let len = insns.len();
     // Function entries: 0 and every local-call target; lddw second halves.
     let mut entry = vec![false; len + 1];
@@ -436,7 +468,7 @@ pub fn compile_with(
         }
     }
     let multi = entry[1..].iter().any(|&e| e);
-    let frame = plan_frame(insns, &tail, env, multi);
+    let frame = plan_frame(insns, &tail, env, multi, red_zone);
 
     let mut c = Compiler {
         e: Emitter {
@@ -451,6 +483,9 @@ pub fn compile_with(
         pending: [false; 11],
         cold: Vec::new(),
         rdpid,
+        low_stack: 0,
+        stack_escapes: false,
+        for_call: false,
     };
     let mut insn_off = vec![0usize; len + 1];
     let mut func_off = vec![0usize; len + 1];
@@ -508,11 +543,12 @@ pub fn compile_with(
         };
         c.e.patch(at, to);
     }
-    Ok(c.e.buf)
+    let fits = c.frame.fp_less && !multi && !c.stack_escapes && -c.low_stack <= RED_ZONE;
+    Ok((c.e.buf, fits))
 }
 
 /// Decides the main frame: the registers to save and whether `r10` needs `rbp`.
-fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool) -> Frame {
+fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool, red_zone: bool) -> Frame {
     let mut used = [false; 11];
     let mut calls = false;
     let mut r12 = false;
@@ -556,6 +592,7 @@ fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool) -> Frame {
             fp_less: false,
             top: 0,
             r12: true,
+            call_sub: 0,
         };
     }
     let mut saved = Vec::new();
@@ -572,10 +609,21 @@ fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool) -> Frame {
     if r12 {
         saved.push(R12);
     }
+    // On entry rsp = 8 (mod 16); calls need it to be 0 (mod 16).
+    let align = |n: i32| n + (8 + 8 * saved.len() as i32 + n) % 16;
+    if red_zone && fp_less && stack {
+        return Frame {
+            size: 0,
+            fp_less,
+            top: 0,
+            r12,
+            call_sub: align(RED_ZONE),
+            saved,
+        };
+    }
     let mut size = if stack { STACK_SIZE as i32 } else { 0 };
-    // On entry rsp = 8 (mod 16); calls need it to be 0 in the body.
-    if calls && (8 + 8 * saved.len() as i32 + size) % 16 != 0 {
-        size += 8;
+    if calls {
+        size = align(size);
     }
     Frame {
         saved,
@@ -583,6 +631,7 @@ fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool) -> Frame {
         fp_less,
         top: STACK_SIZE as i32,
         r12,
+        call_sub: 0,
     }
 }
 
@@ -633,7 +682,10 @@ impl Compiler<'_> {
     }
 
     /// The memory operand `[reg + off]` for an eBPF base register.
-    fn mem(&self, reg: u8, off: i32) -> Rm {
+    fn mem(&mut self, reg: u8, off: i32) -> Rm {
+        if reg == 10 {
+            self.low_stack = self.low_stack.min(off);
+        }
         if reg == 10 && self.frame.fp_less {
             Rm::Mem(RSP, self.frame.top + off)
         } else {
@@ -654,6 +706,9 @@ impl Compiler<'_> {
                 self.e.mov_imm64(MAP[r], v);
             }
             Known::Stack(off) => {
+                if !(self.for_call && (1..=5).contains(&r)) {
+                    self.stack_escapes = true;
+                }
                 if let Rm::Mem(b, d) = self.mem(10, off) {
                     self.e.lea(MAP[r], b, d);
                 }
@@ -844,7 +899,9 @@ impl Compiler<'_> {
         }
         let class = i.class();
         if matches!(class, BPF_JMP | BPF_JMP32) {
+            self.for_call = i.op == BPF_JMP | BPF_CALL && i.src == 0;
             self.flush_all();
+            self.for_call = false;
         } else {
             self.flush(i.dst);
             self.flush(i.src);
@@ -1177,6 +1234,12 @@ impl Compiler<'_> {
     fn call_abs(&mut self, addr: u64) {
         let e = &mut self.e;
         let save = self.opts.preserve_vector_regs;
+        let sub = self.frame.call_sub;
+        if sub != 0 {
+            // Red-zone layout: move rsp below the program's stack before anything is
+            // saved or called.
+            e.alu_imm(true, 5, RSP, sub);
+        }
         if save {
             e.alu_imm(true, 5, RSP, 256);
             for x in 0..16u8 {
@@ -1204,6 +1267,9 @@ impl Compiler<'_> {
                 );
             }
             e.alu_imm(true, 0, RSP, 256);
+        }
+        if sub != 0 {
+            e.alu_imm(true, 0, RSP, sub);
         }
     }
 

@@ -532,3 +532,58 @@ fn coverage_probe_disassembly() {
     }
     assert!(!calls_lookup(&bytes));
 }
+
+/// Writes a large local buffer: anything left below the caller's `rsp` is overwritten.
+unsafe extern "C" fn smash_stack(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    let mut buf = [0u8; 1024];
+    for b in buf.iter_mut() {
+        // SAFETY: a valid, exclusive local.
+        unsafe { core::ptr::write_volatile(b, 0xaa) };
+    }
+    core::hint::black_box(&buf);
+    1
+}
+
+#[test]
+fn stack_survives_helper_calls_in_every_frame_layout() {
+    static SMASH: [(u32, HelperFn); 1] = [(1001, smash_stack)];
+    let env = Env {
+        helpers: &SMASH,
+        ..Env::default()
+    };
+    // 8 and 128 bytes deep (red-zone layout), 136 (does not fit: full frame), and a stack
+    // pointer kept in a callee-saved register across the call (escapes: full frame).
+    for (depth, keep) in [(8, false), (128, false), (136, false), (16, true)] {
+        let keep_ptr = if keep {
+            "mov %r6, %r10\nadd %r6, -8\n"
+        } else {
+            ""
+        };
+        let use_ptr = if keep {
+            "ldxdw %r2, [%r6]\nadd %r0, %r2\n"
+        } else {
+            ""
+        };
+        let p = asm::assemble(&format!(
+            "stdw [%r10-8], 0x1234\nstdw [%r10-{depth}], 0x4321\n{keep_ptr}call 1001\n\
+             ldxdw %r0, [%r10-8]\nldxdw %r1, [%r10-{depth}]\nadd %r0, %r1\n{use_ptr}exit"
+        ))
+        .unwrap();
+        verify(&p, &env, &VerifierOptions::default()).unwrap();
+        let want = if depth == 8 {
+            0x4321 * 2
+        } else {
+            0x1234 + 0x4321
+        } + if keep { 0x1234 } else { 0 };
+        for preserve in [false, true] {
+            let o = JitOptions {
+                preserve_vector_regs: preserve,
+                inline_ctx_helpers: true,
+            };
+            let code = JitCode::new(&jit::compile(&p, &env, &o).unwrap()).unwrap();
+            // SAFETY: verified program; the helper only touches its own frame.
+            let got = unsafe { code.call(0, 0) };
+            assert_eq!(got, want, "depth {depth} keep {keep} preserve {preserve}");
+        }
+    }
+}
