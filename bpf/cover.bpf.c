@@ -4,9 +4,16 @@
 // function of the target; the attach cookie is the function's index in the session's
 // function table.
 //
-// On each hit: counts[cookie] += 1 (atomically). On the first hit of a function (the
-// increment that moved its counter from 0), one event {cookie, timestamp, tid} goes to the
-// `events` ring buffer, so the TUI learns about newly covered functions without scanning.
+// On each hit: counts[cookie] += 1 in this CPU's slot of a per-CPU array. No other CPU
+// writes that slot, so the increment needs no locked instruction (a `lock xadd` costs
+// ~7.5 ns here, most of the per-hit budget); a count is lost only if the thread migrates
+// between reading its CPU number and the add while another thread hits the same function on
+// the old CPU at that instant. Readers sum the slots.
+//
+// The first hit of a function flips seen[cookie] from 0 to 1 with a compare-and-swap, so
+// exactly one event {cookie, timestamp, tid} goes to the `events` ring buffer per function,
+// and the TUI learns about newly covered functions without scanning. After that, a hit only
+// reads seen[cookie], a line every CPU keeps in its cache.
 //
 // Self-contained on purpose (no vmlinux.h, no libbpf headers): the few types, macros and
 // helper declarations it needs are below, in the libbpf style. Rebuild the committed
@@ -20,6 +27,7 @@ typedef unsigned long long __u64;
 #define __type(name, val) typeof(val) *name
 
 #define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
 #define BPF_MAP_TYPE_RINGBUF 27
 
 // Helpers, by Linux helper id.
@@ -34,11 +42,18 @@ static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *)174;
 #define MAX_FUNCS 65536
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_FUNCS);
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_FUNCS);
+	__type(key, __u32);
+	__type(value, __u32);
+} seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -60,7 +75,12 @@ int xcover_cover(void *ctx)
 	__u64 *count = bpf_map_lookup_elem(&counts, &key);
 	if (!count)
 		return 0;
-	if (__sync_fetch_and_add(count, 1) != 0)
+	*count += 1;
+
+	__u32 *first = bpf_map_lookup_elem(&seen, &key);
+	if (!first || *first)
+		return 0;
+	if (__sync_val_compare_and_swap(first, 0, 1) != 0)
 		return 0;
 
 	struct first_hit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

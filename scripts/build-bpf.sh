@@ -29,7 +29,7 @@ build() {
     local dir="$1" src="$2" out="$3"
     (
         cd "$dir"
-        # -mcpu=v3: the probe uses the value returned by an atomic add (BPF_FETCH).
+        # -mcpu=v3: the probe uses a compare-and-swap on its first hit (BPF_CMPXCHG).
         clang -O2 -g -target bpf -mcpu=v3 \
             -fdebug-compilation-dir=. -fdebug-prefix-map="$dir"=. \
             -Wall -Werror \

@@ -73,7 +73,7 @@ impl Loaded {
 fn cover_object_has_the_probe_and_its_maps() {
     let p = object::load_program(&cover_obj(), None).unwrap();
     assert_eq!(p.name, "xcover_cover");
-    assert_eq!(p.maps.len(), 2);
+    assert_eq!(p.maps.len(), 3);
     let counts = &p.maps[p.map_index("counts").unwrap()];
     assert_eq!(
         (
@@ -82,7 +82,12 @@ fn cover_object_has_the_probe_and_its_maps() {
             counts.value_size,
             counts.max_entries
         ),
-        (MapType::Array, 4, 8, 65536)
+        (MapType::PercpuArray, 4, 8, 65536)
+    );
+    let seen = &p.maps[p.map_index("seen").unwrap()];
+    assert_eq!(
+        (seen.map_type, seen.key_size, seen.value_size),
+        (MapType::Array, 4, 4)
     );
     let events = &p.maps[p.map_index("events").unwrap()];
     assert_eq!(
@@ -100,6 +105,7 @@ fn cover_object_has_the_probe_and_its_maps() {
         refs,
         vec![
             (1, p.map_index("counts").unwrap() as i32),
+            (1, p.map_index("seen").unwrap() as i32),
             (1, p.map_index("events").unwrap() as i32)
         ]
     );
