@@ -85,6 +85,27 @@ fn main() {
 
     let so = target_dir.join("release/libxcover_agent.so");
     copy(&so, &out.join("xcover_agent.so"));
+
+    build_demo(&root, &out);
+}
+
+/// Compiles the demo target (`src/demo/target.c`) with the C compiler Rust links with, so
+/// `xcover demo` needs nothing installed at run time. Built with `-g` so its report has
+/// source lines.
+fn build_demo(root: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed=src/demo/target.c");
+    println!("cargo:rerun-if-env-changed=CC");
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(out.join("xcover_demo"))
+        .arg(root.join("src/demo/target.c"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc} to build the demo target: {e}"));
+    assert!(
+        status.success(),
+        "building the demo target failed ({status})"
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -1,19 +1,22 @@
-//! `xcover attach`, `detach` and `status`: the command-line side of the injector.
+//! `xcover attach`, `detach`, `status` and `demo`: the command-line side of a session.
 //!
 //! The agent is embedded in the binary (built by `build.rs`), so the tool is one
 //! self-contained file and the agent's bytes go from it straight into the target.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use anyhow::{Context, Result};
 use xcover_abi::{FLAG_KEEP, SessionState};
 use xcover_injector::{self as injector, AttachOptions, SessionFile};
 
-use crate::cli::{AttachArgs, BadInput, DemoArgs, DetachArgs, StatusArgs};
+use crate::cli::{AttachArgs, BadInput, DetachArgs, StatusArgs};
+use crate::live::Live;
+use crate::{discover, session};
 
 /// The agent shared object, embedded at build time.
 static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xcover_agent.so"));
@@ -42,77 +45,144 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// SIGINT/SIGTERM are blocked and read from a signalfd, so Ctrl-C during the wait detaches
-/// cleanly instead of killing xcover with the agent inside the target.
-fn stop_signals() -> Result<SignalFd> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGHUP);
-    set.thread_block().context("blocking SIGINT/SIGTERM")?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .context("creating a signalfd")
+/// SIGINT/SIGTERM/SIGHUP set a flag instead of killing xcover, so Ctrl-C or a kill during
+/// the session detaches cleanly rather than leaving the hooks inside the target.
+fn stop_signals() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, flag.clone())
+            .with_context(|| format!("installing a handler for signal {sig}"))?;
+    }
+    Ok(flag)
 }
 
-/// `xcover attach`.
-pub fn attach(a: AttachArgs) -> Result<ExitCode> {
-    if a.report.is_some() || a.lcov.is_some() {
-        eprintln!("xcover: note: reports are not written yet (no hooks exist yet)");
+/// Where reports go when the session ends.
+struct Outputs {
+    report: Option<PathBuf>,
+    lcov: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Writes the reports from a session's last reading; errors are reported, not fatal, so
+    /// a failed write never keeps the hooks in the target.
+    fn write(&self, s: &SessionFile) -> Result<()> {
+        if self.report.is_none() && self.lcov.is_none() {
+            return Ok(());
+        }
+        let v = session::view(s)?;
+        let r = session::report(s, &v);
+        if let Some(p) = &self.report {
+            r.write_json(p)?;
+            eprintln!("xcover: wrote {}", p.display());
+        }
+        if let Some(p) = &self.lcov {
+            r.write_lcov(p)?;
+            eprintln!("xcover: wrote {}", p.display());
+        }
+        Ok(())
     }
-    if let Some(d) = a.duration
-        && !(d.is_finite() && d >= 0.0)
-    {
-        return Err(BadInput(format!("--duration {d}: must be a number of seconds >= 0")).into());
+
+    fn check(&self) -> Result<()> {
+        for p in [&self.report, &self.lcov].into_iter().flatten() {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(d) = dir
+                && !d.is_dir()
+            {
+                return Err(BadInput(format!(
+                    "{}: directory {} does not exist",
+                    p.display(),
+                    d.display()
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
-    let sigfd = stop_signals()?;
-    let opts = AttachOptions {
-        keep: a.keep,
-        ..AttachOptions::default()
-    };
-    let att = injector::attach(a.pid, AGENT, &opts)
-        .map_err(cli_error)
-        .with_context(|| format!("attach to pid {}", a.pid))?;
-    eprintln!(
-        "xcover: attached to pid {} ({} threads; target stopped {:.2} ms, attach took {:.2} ms)",
-        a.pid,
-        att.stats.threads,
-        ms(att.stats.stopped),
-        ms(att.stats.total)
-    );
-    if a.keep {
-        att.leave();
-        eprintln!(
-            "xcover: the agent stays in pid {}; `xcover detach {}` takes it out",
-            a.pid, a.pid
-        );
-        return Ok(ExitCode::SUCCESS);
+}
+
+/// How a watch ended.
+enum Ended {
+    /// Detach now (time is up, Ctrl-C, `q`).
+    Detach,
+    /// Leave the hooks in place (`K` in the TUI).
+    Keep,
+    /// The target exited.
+    TargetGone,
+}
+
+/// Watches a live session until it should end: the TUI when stdout is a terminal, a status
+/// line every second otherwise.
+fn watch(
+    s: &SessionFile,
+    pid: i32,
+    tui: bool,
+    limit: Option<Duration>,
+    stop: &Arc<AtomicBool>,
+    report_path: PathBuf,
+) -> Result<Ended> {
+    let mut live = Live::new(s, pid, report_path);
+    if tui {
+        let alive = live.alive_check();
+        // The time limit reaches the TUI through the same flag as the signals.
+        let done = Arc::new(AtomicBool::new(false));
+        let timer = limit.map(|l| {
+            let (stop, done) = (stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while !done.load(Ordering::Acquire) {
+                    if start.elapsed() >= l {
+                        stop.store(true, Ordering::Release);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
+        let opts = xcover_ui::Options {
+            stop: stop.clone(),
+            ..xcover_ui::Options::default()
+        };
+        let outcome = xcover_ui::run(live, opts).context("the TUI failed");
+        done.store(true, Ordering::Release);
+        if let Some(t) = timer {
+            let _ = t.join();
+        }
+        return Ok(match outcome? {
+            xcover_ui::Outcome::Detach | xcover_ui::Outcome::Stopped => Ended::Detach,
+            xcover_ui::Outcome::KeepLive => Ended::Keep,
+            xcover_ui::Outcome::SourceEnded(why) => {
+                eprintln!("xcover: {why}");
+                if alive() {
+                    Ended::Detach
+                } else {
+                    Ended::TargetGone
+                }
+            }
+        });
     }
     let start = Instant::now();
-    let limit = a.duration.map(Duration::from_secs_f64);
     let mut next_status = Duration::from_secs(1);
-    let mut gone = false;
     loop {
         let elapsed = start.elapsed();
         if limit.is_some_and(|l| elapsed >= l) {
-            break;
+            return Ok(Ended::Detach);
         }
-        if let Ok(Some(si)) = sigfd.read_signal() {
-            eprintln!("xcover: signal {}: detaching", si.ssi_signo);
-            break;
+        if stop.load(Ordering::Acquire) {
+            eprintln!("xcover: signal received: detaching");
+            return Ok(Ended::Detach);
         }
-        if injector::procfs::stat(a.pid).is_err() {
-            gone = true;
-            break;
+        if !live.target_alive() {
+            return Ok(Ended::TargetGone);
         }
         if elapsed >= next_status {
-            let h = att.session().header();
-            eprintln!(
-                "xcover: pid {} {} {:.0}s agent_calls={}",
-                a.pid,
-                state_name(h.state.load(Ordering::Acquire)),
-                elapsed.as_secs_f64(),
-                h.agent_calls.load(Ordering::Acquire)
-            );
+            match live.status_line() {
+                Ok(line) => eprintln!("{line}"),
+                Err(e) => eprintln!("xcover: pid {pid}: cannot read the session: {e:#}"),
+            }
             next_status += Duration::from_secs(1);
         }
         let mut nap = Duration::from_millis(50);
@@ -121,37 +191,192 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         }
         std::thread::sleep(nap);
     }
-    if gone {
-        let _ = att.session().remove();
-        eprintln!("xcover: pid {} exited; session removed", a.pid);
+}
+
+fn validate_duration(d: Option<f64>) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.is_finite() && d >= 0.0 => Ok(Some(Duration::from_secs_f64(d))),
+        Some(d) => {
+            Err(BadInput(format!("--duration {d}: must be a number of seconds >= 0")).into())
+        }
+    }
+}
+
+fn default_report_path(pid: i32) -> PathBuf {
+    PathBuf::from(format!("xcover-report-{pid}.json"))
+}
+
+/// `xcover attach`.
+pub fn attach(a: AttachArgs) -> Result<ExitCode> {
+    let limit = validate_duration(a.duration)?;
+    let outputs = Outputs {
+        report: a.report.clone(),
+        lcov: a.lcov.clone(),
+    };
+    outputs.check()?;
+    let select = discover::Options::from_args(&a.select)?;
+    let tui = !a.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    let report_path = a
+        .report
+        .clone()
+        .unwrap_or_else(|| default_report_path(a.pid));
+
+    // A kept session: re-open it, never instrument twice.
+    if let Ok(s) = SessionFile::open(a.pid) {
+        return reopen(a.pid, s, tui, limit, &outputs, report_path);
+    }
+    injector::procfs::check_target(a.pid).map_err(cli_error)?;
+
+    let t0 = Instant::now();
+    let d = discover::discover(a.pid, &select)?;
+    if d.functions.is_empty() {
+        return Err(BadInput(format!(
+            "pid {}: no function to hook (no symbols, or --include/--exclude left none)",
+            a.pid
+        ))
+        .into());
+    }
+    let prog = session::load_probe(session::COVER_PROBE, d.functions.len())?;
+    session::verify_probe(&prog)?;
+    let contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    let discovered = t0.elapsed();
+
+    let stop = stop_signals()?;
+    let prepare = |s: &SessionFile| session::write(s, &contents).map_err(|e| format!("{e:#}"));
+    let opts = AttachOptions {
+        keep: a.keep,
+        session_size: contents.layout.total,
+        prepare: Some(&prepare),
+    };
+    let att = injector::attach(a.pid, AGENT, &opts)
+        .map_err(cli_error)
+        .with_context(|| format!("attach to pid {}", a.pid))?;
+    let h = att.session().header();
+    eprintln!(
+        "xcover: attached to pid {}: {} functions hooked, {} skipped ({} threads; discovery \
+         {:.1} ms, target stopped {:.2} ms, attach {:.1} ms)",
+        a.pid,
+        h.funcs_hooked.load(Ordering::Relaxed),
+        h.funcs_skipped.load(Ordering::Relaxed),
+        att.stats.threads,
+        ms(discovered),
+        ms(att.stats.stopped),
+        ms(att.stats.total)
+    );
+    if a.keep {
+        att.leave();
+        eprintln!(
+            "xcover: the hooks stay in pid {}; `xcover attach {}` watches them again, \
+             `xcover detach {}` takes them out",
+            a.pid, a.pid, a.pid
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let st = att
-        .detach(AGENT)
+    let ended = watch(att.session(), a.pid, tui, limit, &stop, report_path)?;
+    match ended {
+        Ended::TargetGone => {
+            let r = outputs.write(att.session());
+            let _ = att.session().remove();
+            eprintln!("xcover: pid {} exited; session removed", a.pid);
+            r?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::Keep => {
+            att.leave();
+            eprintln!(
+                "xcover: the hooks stay in pid {}; `xcover detach {}` takes them out",
+                a.pid, a.pid
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::Detach => {
+            let mut written = Ok(());
+            let st = att
+                .detach_with(AGENT, |s| written = outputs.write(s))
+                .map_err(cli_error)
+                .with_context(|| format!("detach from pid {}", a.pid))?;
+            eprintln!(
+                "xcover: detached from pid {} (target stopped {:.2} ms)",
+                a.pid,
+                ms(st.stopped)
+            );
+            written?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `xcover attach` on a pid that already has a session.
+fn reopen(
+    pid: i32,
+    s: SessionFile,
+    tui: bool,
+    limit: Option<Duration>,
+    outputs: &Outputs,
+    report_path: PathBuf,
+) -> Result<ExitCode> {
+    let h = s.header();
+    let owner = h.owner_pid.load(Ordering::Acquire);
+    if owner != 0 && owner != std::process::id() && injector::procfs::stat(owner as i32).is_ok() {
+        return Err(BadInput(format!("pid {pid}: already attached by xcover pid {owner}")).into());
+    }
+    let alive = injector::procfs::stat(pid).is_ok_and(|st| st.start_time == h.target_start_time);
+    if !alive {
+        s.remove().map_err(cli_error)?;
+        return Err(BadInput(format!(
+            "pid {pid}: no such process (stale session removed)"
+        ))
+        .into());
+    }
+    h.owner_pid.store(std::process::id(), Ordering::Release);
+    eprintln!("xcover: pid {pid}: watching the kept session");
+    let stop = stop_signals()?;
+    let ended = watch(&s, pid, tui, limit, &stop, report_path);
+    match ended {
+        Ok(Ended::Keep) => {
+            h.owner_pid.store(0, Ordering::Release);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ended::TargetGone) => {
+            let r = outputs.write(&s);
+            let _ = s.remove();
+            eprintln!("xcover: pid {pid} exited; session removed");
+            r?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ended::Detach) => {
+            drop(s);
+            detach_pid(pid, outputs)
+        }
+        Err(e) => {
+            h.owner_pid.store(0, Ordering::Release);
+            Err(e)
+        }
+    }
+}
+
+fn detach_pid(pid: i32, outputs: &Outputs) -> Result<ExitCode> {
+    let mut written = Ok(());
+    let st = injector::detach_with(pid, AGENT, |s| written = outputs.write(s))
         .map_err(cli_error)
-        .with_context(|| format!("detach from pid {}", a.pid))?;
+        .with_context(|| format!("detach from pid {pid}"))?;
     eprintln!(
-        "xcover: detached from pid {} (target stopped {:.2} ms)",
-        a.pid,
+        "xcover: detached from pid {pid} (target stopped {:.2} ms)",
         ms(st.stopped)
     );
+    written?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `xcover detach`.
 pub fn detach(a: DetachArgs) -> Result<ExitCode> {
-    if a.report.is_some() || a.lcov.is_some() {
-        eprintln!("xcover: note: reports are not written yet (no hooks exist yet)");
-    }
-    let st = injector::detach(a.pid, AGENT)
-        .map_err(cli_error)
-        .with_context(|| format!("detach from pid {}", a.pid))?;
-    eprintln!(
-        "xcover: detached from pid {} (target stopped {:.2} ms)",
-        a.pid,
-        ms(st.stopped)
-    );
-    Ok(ExitCode::SUCCESS)
+    let outputs = Outputs {
+        report: a.report,
+        lcov: a.lcov,
+    };
+    outputs.check()?;
+    detach_pid(a.pid, &outputs)
 }
 
 /// `xcover status`.
@@ -178,8 +403,18 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
                 )
                 .into_owned();
                 let owner = h.owner_pid.load(Ordering::Acquire);
+                let cov = match session::view(&s) {
+                    Ok(v) => format!(
+                        "{} hooked, {} skipped, {} hit ({:.1}%)",
+                        v.hooked,
+                        v.skipped,
+                        v.hit_funcs(),
+                        v.coverage()
+                    ),
+                    Err(e) => format!("unreadable: {e:#}"),
+                };
                 println!(
-                    "pid {pid}: {}{}{} agent_calls={} owner={} {}",
+                    "pid {pid}: {}{}{}, {cov}, owner {}, {}",
                     state_name(h.state.load(Ordering::Acquire)),
                     if h.flags & FLAG_KEEP != 0 {
                         " kept"
@@ -187,7 +422,6 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
                         ""
                     },
                     if alive { "" } else { " (target gone: stale)" },
-                    h.agent_calls.load(Ordering::Acquire),
                     if owner == 0 {
                         "none".to_string()
                     } else {
@@ -200,9 +434,4 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `xcover demo`.
-pub fn demo(_a: DemoArgs) -> Result<ExitCode> {
-    bail!("demo is not built yet")
 }

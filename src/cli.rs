@@ -138,6 +138,12 @@ pub struct DemoArgs {
     /// Detach and stop the demo after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Write the JSON report here on detach.
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Write an LCOV report here on detach.
+    #[arg(long, value_name = "PATH")]
+    pub lcov: Option<PathBuf>,
 }
 
 /// An error caused by the user's input rather than by a failure at run time; `main` turns

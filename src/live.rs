@@ -1,8 +1,6 @@
 //! Watching a live session: the TUI's [`Source`] and the one-line status of `--no-tui`, both
 //! read from the session's shared memory while the target runs.
 
-#![allow(dead_code, reason = "wired into attach next")]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,8 +52,13 @@ impl<'a> Live<'a> {
 
     /// Whether the target still runs (same process, not a recycled pid).
     pub fn target_alive(&self) -> bool {
-        let start = self.session.header().target_start_time;
-        xcover_injector::procfs::stat(self.pid).is_ok_and(|st| st.start_time == start)
+        (self.alive_check())()
+    }
+
+    /// A check of the target's liveness that outlives this reader.
+    pub fn alive_check(&self) -> impl Fn() -> bool + use<> {
+        let (pid, start) = (self.pid, self.session.header().target_start_time);
+        move || xcover_injector::procfs::stat(pid).is_ok_and(|st| st.start_time == start)
     }
 
     /// One line for `--no-tui`: hooked/skipped, coverage, hits/s.
@@ -67,7 +70,6 @@ impl<'a> Live<'a> {
         let rate = total.saturating_sub(self.last_total) as f64 / dt;
         self.last_total = total;
         self.last_at = now;
-        let hooked = v.hooked.max(1) as f64;
         Ok(format!(
             "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped",
             self.pid,
@@ -75,7 +77,7 @@ impl<'a> Live<'a> {
             v.hooked,
             v.skipped,
             v.hit_funcs(),
-            v.hit_funcs() as f64 * 100.0 / hooked,
+            v.coverage(),
             rate,
             v.dropped
         ))

@@ -7,6 +7,7 @@
 
 mod attach;
 mod cli;
+mod demo;
 mod discover;
 mod live;
 mod report;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Attach(a) => attach::attach(a),
         cli::Command::Detach(d) => attach::detach(d),
         cli::Command::Status(s) => attach::status(s),
-        cli::Command::Demo(d) => attach::demo(d),
+        cli::Command::Demo(d) => demo::demo(d),
         cli::Command::Functions(f) => discover::list(f),
         cli::Command::Merge(m) => report::merge_command(m),
         cli::Command::Vm { cmd } => vm::run(cmd),

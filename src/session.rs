@@ -6,8 +6,6 @@
 //! the agent fills, the eBPF map arena, the log ring. Sections start on 64-byte boundaries;
 //! the arena on a page boundary.
 
-#![allow(dead_code, reason = "wired into attach next")]
-
 use std::mem::{offset_of, size_of};
 
 use anyhow::{Context, Result, bail};
@@ -301,8 +299,7 @@ impl View {
 
     /// Hit functions over hooked ones, in percent.
     pub fn coverage(&self) -> f64 {
-        let hooked = self.funcs.len().max(1) as f64;
-        self.hit_funcs() as f64 * 100.0 / hooked
+        self.hit_funcs() as f64 * 100.0 / self.hooked.max(1) as f64
     }
 }
 
