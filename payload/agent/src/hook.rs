@@ -14,7 +14,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
 use xcover_abi::{FuncStatus, PROBE_SAVE_VECTOR_REGS, REGION_HEAP, REGION_JIT};
-use xcover_bpf::env::Env;
+use xcover_bpf::env::{Env, InlineMap};
 use xcover_bpf::helpers::{self, LogRing};
 use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
@@ -121,10 +121,14 @@ fn build(near: u64) -> Result<State, i64> {
             }
         }
     };
+    // SAFETY: every address comes from `env_addrs`, which checked it is a map header inside
+    // the session's arena; the arena stays mapped until fini, long after compiling.
+    let map_inline = unsafe { InlineMap::table(&map_addrs) };
     let env = Env {
         helpers: helpers::standard_helpers(),
         map_addrs: &map_addrs,
         map_value_addrs: &value_addrs,
+        map_inline: &map_inline,
         ..Env::default()
     };
     if let Err(e) = verifier::verify(&insns, &env, &VerifierOptions::default()) {
