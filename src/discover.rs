@@ -191,8 +191,13 @@ impl Options {
         let re = |flag: &str, s: &Option<String>| -> Result<Option<Regex>> {
             s.as_deref()
                 .map(|s| {
-                    Regex::new(s)
-                        .map_err(|e| BadInput(format!("{flag} {s:?}: bad regex: {e}")).into())
+                    Regex::new(s).map_err(|e| {
+                        // The parser's message spans lines (it draws a caret); keep the last.
+                        let why = e.to_string();
+                        let why = why.lines().last().unwrap_or_default();
+                        let why = why.trim_start_matches("error: ");
+                        BadInput(format!("{flag} {s:?}: bad regex: {why}")).into()
+                    })
                 })
                 .transpose()
         };

@@ -150,6 +150,11 @@ impl Report {
     }
 
     /// LCOV text: one record per source file when DWARF gave files, otherwise per module.
+    ///
+    /// Records with source lines also carry line data: each function's entry line ran as
+    /// often as the function was entered (summed when several functions start on one line,
+    /// as macro-generated ones do). genhtml needs line data to accept a file; module records
+    /// have no source to show, so they carry function data only.
     pub fn to_lcov(&self) -> String {
         let mut by_file: BTreeMap<&str, Vec<&FuncReport>> = BTreeMap::new();
         for f in &self.functions {
@@ -169,6 +174,19 @@ impl Report {
             }
             let _ = writeln!(out, "FNF:{}", funcs.len());
             let _ = writeln!(out, "FNH:{}", funcs.iter().filter(|f| f.hit).count());
+            let mut lines: BTreeMap<u32, u64> = BTreeMap::new();
+            for f in funcs.iter().filter(|f| f.file.is_some()) {
+                if let Some(l) = f.line.filter(|&l| l > 0) {
+                    *lines.entry(l).or_default() += f.hits;
+                }
+            }
+            if !lines.is_empty() {
+                for (l, n) in &lines {
+                    let _ = writeln!(out, "DA:{l},{n}");
+                }
+                let _ = writeln!(out, "LF:{}", lines.len());
+                let _ = writeln!(out, "LH:{}", lines.values().filter(|&&n| n > 0).count());
+            }
             let _ = writeln!(out, "end_of_record");
         }
         out
@@ -445,7 +463,7 @@ mod tests {
         );
         let l = r.to_lcov();
         assert!(l.contains(
-            "SF:/src/a.c\nFN:12,foo(int; int)\nFNDA:7,foo(int; int)\nFNF:1\nFNH:1\nend_of_record\n"
+            "SF:/src/a.c\nFN:12,foo(int; int)\nFNDA:7,foo(int; int)\nFNF:1\nFNH:1\nDA:12,7\nLF:1\nLH:1\nend_of_record\n"
         ));
         assert!(l.contains("SF:app\nFN:0,bar\nFNDA:0,bar\nFNF:1\nFNH:0\nend_of_record\n"));
     }

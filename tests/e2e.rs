@@ -1,0 +1,376 @@
+//! End to end through the `xcover` binary: exact per-function counts in the JSON and LCOV
+//! reports, code bytes and output of the target unchanged, re-attach after detach, genhtml
+//! accepting the LCOV file, kept sessions, merge, and bad input.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use std::sync::OnceLock;
+
+use crate::support::{run_xcover, session_path, tracer_pids, xcover};
+
+fn counts_exe() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/counts.c");
+        let dir = std::env::temp_dir().join(format!("xcover-e2e-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("counts");
+        let st = Command::new("cc")
+            .args(["-O2", "-g", "-Wall", "-o"])
+            .arg(&exe)
+            .arg(src)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cc counts.c failed");
+        exe
+    })
+    .clone()
+}
+
+/// The counts target: SIGUSR2 runs a round (f1 × 1000, f3 × 7), SIGUSR1 ends it.
+struct Counts {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    lines: Vec<String>,
+}
+
+impl Counts {
+    fn start() -> Counts {
+        let mut child = Command::new(counts_exe())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert_eq!(l, "ready\n");
+        Counts {
+            child,
+            out,
+            lines: vec![],
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Runs one round and returns its output line.
+    fn round(&mut self) -> String {
+        self.signal(libc::SIGUSR2);
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        assert!(l.starts_with("round "), "unexpected output {l:?}");
+        self.lines.push(l.clone());
+        l
+    }
+
+    /// Ends the target; returns its whole output and exit code.
+    fn finish(mut self) -> (Vec<String>, i32) {
+        self.signal(libc::SIGUSR1);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        self.lines.extend(rest.lines().map(|l| format!("{l}\n")));
+        let st = self.child.wait().unwrap();
+        (std::mem::take(&mut self.lines), st.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for Counts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runtime addresses of the named functions: `nm` values plus the load bias of the PIE.
+fn func_addrs(pid: i32, exe: &Path, names: &[&str]) -> Vec<u64> {
+    let nm = Command::new("nm")
+        .arg("--defined-only")
+        .arg(exe)
+        .output()
+        .unwrap();
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let exe_name = exe.to_str().unwrap();
+    let base = maps
+        .lines()
+        .find(|l| l.ends_with(exe_name) && l.split_whitespace().nth(2) == Some("00000000"))
+        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
+        .expect("base mapping of the executable");
+    names
+        .iter()
+        .map(|n| {
+            let line = nm
+                .lines()
+                .find(|l| l.split_whitespace().nth(2) == Some(*n))
+                .unwrap_or_else(|| panic!("{n} not in nm output"));
+            base + u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+        })
+        .collect()
+}
+
+fn code_bytes(pid: i32, addrs: &[u64]) -> Vec<Vec<u8>> {
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    addrs
+        .iter()
+        .map(|&a| {
+            let mut b = vec![0u8; 16];
+            f.read_exact_at(&mut b, a).unwrap();
+            b
+        })
+        .collect()
+}
+
+/// Executable mappings of `pid` (what hooking could change).
+fn exec_maps(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+        .map(str::to_string)
+        .collect()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run_xcover(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "xcover {args:?} failed: {err}");
+    err + &String::from_utf8_lossy(&o.stdout)
+}
+
+fn read_report(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
+    let f = r["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from the report"));
+    (f["hits"].as_u64().unwrap(), f["hit"].as_bool().unwrap())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xcover-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// A reference run without xcover: two rounds, then the end.
+fn reference_output() -> Vec<String> {
+    let mut t = Counts::start();
+    t.round();
+    t.round();
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    lines
+}
+
+#[test]
+fn exact_counts_in_json_and_lcov_bytes_restored_and_reattach() {
+    let reference = reference_output();
+    let exe = counts_exe();
+    let mut t = Counts::start();
+    let pid = t.pid();
+    let ps = pid.to_string();
+    let addrs = func_addrs(pid, &exe, &["f1", "f2", "f3"]);
+    let before = code_bytes(pid, &addrs);
+    let maps_before = exec_maps(pid);
+
+    for cycle in 1..=2 {
+        let err = ok(&["attach", &ps, "--no-tui", "--keep"]);
+        assert!(err.contains("functions hooked"), "{err}");
+        assert_ne!(code_bytes(pid, &addrs)[0], before[0], "f1 is not patched");
+        t.round();
+        let status = ok(&["status", &ps]);
+        assert!(status.contains("kept"), "{status}");
+        let json = tmp(&format!("r{cycle}.json"));
+        let info = tmp(&format!("r{cycle}.info"));
+        ok(&[
+            "detach",
+            &ps,
+            "--report",
+            json.to_str().unwrap(),
+            "--lcov",
+            info.to_str().unwrap(),
+        ]);
+        // Every cycle starts counting afresh.
+        let r = read_report(&json);
+        assert_eq!(hits(&r, "f1"), (1000, true), "cycle {cycle}");
+        assert_eq!(hits(&r, "f3"), (7, true), "cycle {cycle}");
+        assert_eq!(hits(&r, "f2"), (0, false), "cycle {cycle}");
+        assert_eq!(r["schema_version"], 1);
+        assert_eq!(r["pid"], pid);
+        let traced = r["funcs_traced"].as_array().unwrap();
+        let ack = r["funcs_ack"].as_array().unwrap();
+        assert!(traced.iter().any(|n| n == "f2"));
+        assert!(!ack.iter().any(|n| n == "f2"));
+        let cov = r["cov_by_func"].as_f64().unwrap();
+        assert!((cov - 100.0 * ack.len() as f64 / traced.len() as f64).abs() < 1e-9);
+
+        let lcov = std::fs::read_to_string(&info).unwrap();
+        assert!(lcov.contains("SF:") && lcov.contains("counts.c"), "{lcov}");
+        for want in ["FNDA:1000,f1\n", "FNDA:7,f3\n", "FNDA:0,f2\n"] {
+            assert!(lcov.contains(want), "{want:?} missing from {lcov}");
+        }
+        if Command::new("genhtml").arg("--version").output().is_ok() {
+            let html = tmp(&format!("html{cycle}"));
+            let g = Command::new("genhtml")
+                .arg(&info)
+                .arg("-o")
+                .arg(&html)
+                .arg("--quiet")
+                .output()
+                .unwrap();
+            assert!(
+                g.status.success(),
+                "genhtml: {}",
+                String::from_utf8_lossy(&g.stderr)
+            );
+            assert!(html.join("index.html").is_file());
+        } else {
+            eprintln!("note: genhtml not installed (scripts/setup.sh installs lcov)");
+        }
+
+        assert_eq!(code_bytes(pid, &addrs), before, "code bytes not restored");
+        assert_eq!(exec_maps(pid), maps_before, "executable mappings changed");
+        assert!(!session_path(pid).exists());
+        assert!(tracer_pids(pid).iter().all(|&t| t == 0));
+    }
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines, reference, "the target's output changed under xcover");
+}
+
+#[test]
+fn attach_for_a_duration_writes_the_report_at_the_end() {
+    let mut t = Counts::start();
+    let pid = t.pid();
+    let json = tmp("duration.json");
+    let mut x = xcover()
+        .args(["attach", &pid.to_string(), "--no-tui", "--duration", "1.5"])
+        .arg("--report")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(x.stderr.take().unwrap());
+    let mut l = String::new();
+    while !l.contains("attached") {
+        l.clear();
+        assert!(
+            err.read_line(&mut l).unwrap() > 0,
+            "xcover ended before attaching"
+        );
+    }
+    t.round();
+    t.round();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(x.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("hooked"), "no status line: {rest}");
+    let r = read_report(&json);
+    assert_eq!(hits(&r, "f1"), (2000, true));
+    assert_eq!(hits(&r, "f3"), (14, true));
+    assert_eq!(hits(&r, "f2"), (0, false));
+    let (_, code) = t.finish();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn functions_lists_and_merge_sums() {
+    let t = Counts::start();
+    let ps = t.pid().to_string();
+    let listing = ok(&["functions", &ps, "--include", "^f[0-9]$"]);
+    for f in ["f1", "f2", "f3"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {f}"))),
+            "{listing}"
+        );
+    }
+    assert!(!listing.lines().any(|l| l.ends_with(" main")));
+    let inventory = tmp("inventory.json");
+    ok(&["functions", &ps, "--report", inventory.to_str().unwrap()]);
+    let a = tmp("merge-a.json");
+    let mut t = t;
+    ok(&["attach", &ps, "--no-tui", "--keep", "--exclude", "^f3$"]);
+    t.round();
+    ok(&["detach", &ps, "--report", a.to_str().unwrap()]);
+    let merged = tmp("merged.json");
+    ok(&[
+        "merge",
+        inventory.to_str().unwrap(),
+        a.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    let r = read_report(&merged);
+    assert_eq!(hits(&r, "f1"), (2000, true));
+    assert_eq!(
+        hits(&r, "f3"),
+        (0, false),
+        "f3 was excluded from the attach"
+    );
+    let (_, code) = t.finish();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bad_input_exits_2_and_leaves_the_target_alone() {
+    let t = Counts::start();
+    let ps = t.pid().to_string();
+    let missing = tmp("no/such/dir/r.json");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["attach", "999999999", "--no-tui"],
+        vec!["attach", &ps, "--no-tui", "--include", "("],
+        vec!["attach", &ps, "--no-tui", "--duration=-1"],
+        vec![
+            "attach",
+            &ps,
+            "--no-tui",
+            "--include",
+            "^nothing_matches_this$",
+        ],
+        vec![
+            "attach",
+            &ps,
+            "--no-tui",
+            "--report",
+            missing.to_str().unwrap(),
+        ],
+        vec!["attach", &ps, "--no-tui", "--module", "libnosuch.so"],
+        vec!["detach", &ps],
+        vec!["status", &ps],
+        vec!["attach", "notapid"],
+    ];
+    for args in cases {
+        let o = run_xcover(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        // Our own errors are one line; clap's usage errors carry its usage block.
+        let first = err.lines().next().unwrap_or_default();
+        if first.starts_with("xcover: error:") {
+            assert_eq!(err.lines().count(), 1, "{args:?}: error is not one line: {err}");
+        } else {
+            assert!(first.starts_with("error:"), "{args:?}: {err}");
+        }
+        assert!(!session_path(t.pid()).exists(), "{args:?} left a session");
+        assert!(tracer_pids(t.pid()).iter().all(|&p| p == 0));
+    }
+    let (_, code) = t.finish();
+    assert_eq!(code, 0);
+}
