@@ -229,3 +229,51 @@ pub fn assert_clean(pid: i32, agent_base: u64) {
         assert!(!same, "agent still mapped at {agent_base:#x}");
     }
 }
+
+/// The per-run directory [`targets_dir`] builds into, created but without building anything
+/// in it: for targets built on demand by [`build_once`].
+pub fn build_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xcover-targets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create targets dir");
+    dir
+}
+
+/// Builds `name` in [`build_dir`] by running `program args… -o <path>` (a C or C++ compiler,
+/// or `rustc`), once per test run however many tests ask, and returns its path. Different
+/// names build in parallel; callers of the same name wait for the one build.
+pub fn build_once(name: &str, program: &str, args: &[&str]) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    type Cells = Mutex<HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>;
+    static CELLS: OnceLock<Cells> = OnceLock::new();
+    let cell = CELLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    let built = cell.get_or_init(|| {
+        let out = build_dir().join(name);
+        let res = Command::new(program)
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run {program}: {e}"))?;
+        if !res.status.success() {
+            return Err(format!(
+                "{program} {}: {}\n{}",
+                args.join(" "),
+                res.status,
+                String::from_utf8_lossy(&res.stderr)
+            ));
+        }
+        Ok(out)
+    });
+    match built {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("building {name}: {e}"),
+    }
+}

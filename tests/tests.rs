@@ -6,4 +6,5 @@ mod e2e;
 mod hook;
 mod inject;
 mod maps;
+mod realprog;
 mod support;
