@@ -52,7 +52,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let mut child = Command::new(&exe)
         .stdin(Stdio::null())
         .stdout(if quiet {
-            Stdio::null()
+            Stdio::piped()
         } else {
             Stdio::inherit()
         })
@@ -82,9 +82,19 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
     );
+    let mut said = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut said);
+    }
     let status = child.wait().context("waiting for the demo target")?;
-    if !status.success() {
-        eprintln!("xcover: the demo target ended with {status}");
+    match said.lines().find(|l| l.contains("checksum")) {
+        Some(line) if status.success() => {
+            eprintln!(
+                "xcover: the demo target exited cleanly ({})",
+                line.trim_start_matches("demo: ")
+            );
+        }
+        _ => eprintln!("xcover: the demo target ended with {status}"),
     }
     result
 }

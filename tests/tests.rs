@@ -8,3 +8,4 @@ mod inject;
 mod maps;
 mod realprog;
 mod support;
+mod tui;

@@ -1,0 +1,144 @@
+//! The TUI in a real terminal: `xcover demo` inside a private tmux server, driven with
+//! send-keys and read with capture-pane. The table fills, counts rise, `/` filters, `q`
+//! detaches, and the demo target exits cleanly with nothing left behind.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::session_path;
+
+/// A tmux server of our own (`-L`), so the test never touches a user's sessions.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Option<Tmux> {
+        Command::new("tmux").arg("-V").output().ok()?;
+        Some(Tmux {
+            socket: format!("xcover-test-{}", std::process::id()),
+        })
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    fn history(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t", "-S", "-200"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Waits until the screen satisfies `f`, up to `secs`.
+    fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+/// The hit count in the first table row (the table is sorted by hits).
+fn first_row_hits(screen: &str) -> Option<u64> {
+    let mut lines = screen.lines().skip_while(|l| !l.trim_start().starts_with("function "));
+    lines.next()?;
+    let row = lines.next()?;
+    row.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
+    let Some(tmux) = Tmux::new() else {
+        eprintln!("note: tmux is not installed (scripts/setup.sh installs it); skipping");
+        return;
+    };
+    let cmd = format!(
+        "{} demo --duration 120; echo XCOVER_EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_xcover")
+    );
+    tmux.run(&[
+        "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "sh", "-c", &cmd,
+    ]);
+
+    // The table fills and counts rise.
+    let s = tmux.wait_for(30, "the function table", |s| {
+        s.contains("hooked") && first_row_hits(s).is_some_and(|h| h > 0)
+    });
+    let pid: i32 = s
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("pid in the header");
+    let first = first_row_hits(&s).unwrap();
+    tmux.wait_for(10, "rising counts", |s| {
+        first_row_hits(s).is_some_and(|h| h > first)
+    });
+    assert!(session_path(pid).exists(), "no session while the TUI runs");
+
+    // `/` filters as you type.
+    tmux.keys(&["/"]);
+    tmux.keys(&["storage"]);
+    let s = tmux.wait_for(10, "the filter", |s| s.contains("/storage"));
+    let rows: Vec<&str> = s
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("function "))
+        .skip(1)
+        .take_while(|l| !l.contains("events"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!rows.is_empty(), "filter shows nothing:\n{s}");
+    assert!(
+        rows.iter().all(|r| r.contains("storage")),
+        "filter lets other rows through:\n{s}"
+    );
+    tmux.keys(&["Enter"]);
+
+    // `q` detaches; the demo target ends cleanly and nothing is left.
+    tmux.keys(&["q"]);
+    let end = Instant::now() + Duration::from_secs(30);
+    let h = loop {
+        let h = tmux.history();
+        if h.contains("XCOVER_EXIT=") {
+            break h;
+        }
+        assert!(Instant::now() < end, "xcover did not exit after q:\n{h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(h.contains("XCOVER_EXIT=0"), "{h}");
+    assert!(h.contains("detached from pid"), "{h}");
+    assert!(h.contains("demo target exited cleanly"), "{h}");
+    assert!(!session_path(pid).exists(), "session file left behind");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "demo target still running"
+    );
+}
