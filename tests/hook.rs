@@ -23,13 +23,34 @@ use xcover_injector::{AttachOptions, Attached, SessionFile};
 use crate::support::{self, AGENT};
 
 const FUNCS: [&str; 3] = ["f1", "f2", "f3"];
-const SESSION_SIZE: u64 = 64 * 1024;
 const FUNCS_OFF: u64 = 4096;
-const PROG_OFF: u64 = 8192;
-const MAPS_OFF: u64 = 12288;
-const REGIONS_OFF: u64 = 16384;
 const REGIONS_CAP: u64 = 256;
-const ARENA_OFF: u64 = 32768;
+const PAGE: u64 = 4096;
+
+/// Where the sections of a session for `n` functions go (page-aligned, in this order).
+struct Layout {
+    prog_off: u64,
+    maps_off: u64,
+    regions_off: u64,
+    arena_off: u64,
+    size: u64,
+}
+
+fn layout(n: usize) -> Layout {
+    let up = |v: u64| v.div_ceil(PAGE) * PAGE;
+    let prog_off = up(FUNCS_OFF + (n * size_of::<FuncEntry>()) as u64);
+    let maps_off = prog_off + PAGE;
+    let regions_off = maps_off + PAGE;
+    let arena_off = up(regions_off + REGIONS_CAP * size_of::<Region>() as u64);
+    let size = arena_off + up(counts_layout(n).size());
+    Layout {
+        prog_off,
+        maps_off,
+        regions_off,
+        arena_off,
+        size,
+    }
+}
 
 /// `tests/targets/hooktarget.c`, built once per test run (PIE, -O2).
 fn target_bin() -> &'static Path {
@@ -126,25 +147,78 @@ impl Drop for Target {
 
 /// Every defined symbol of the target: (name, link-time address, size).
 fn symbols() -> Vec<(String, u64, u64)> {
-    let o = Command::new("nm")
-        .args(["-S", "--defined-only"])
-        .arg(target_bin())
-        .output()
-        .expect("run nm");
-    assert!(o.status.success());
+    nm(target_bin(), false)
+        .into_iter()
+        .map(|(n, a, s, _)| (n, a, s))
+        .collect()
+}
+
+/// `nm -S --defined-only [-D]`: (name, address, size, type letter).
+fn nm(path: &Path, dynamic: bool) -> Vec<(String, u64, u64, char)> {
+    let mut cmd = Command::new("nm");
+    cmd.args(["-S", "--defined-only"]);
+    if dynamic {
+        cmd.arg("-D");
+    }
+    let o = cmd.arg(path).output().expect("run nm");
+    assert!(o.status.success(), "nm {}", path.display());
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let addr = u64::from_str_radix(f.first()?, 16).ok()?;
-            let (size, name) = match f.len() {
-                4 => (u64::from_str_radix(f[1], 16).ok()?, f[3]),
-                3 => (0, f[2]),
+            let (size, ty, name) = match f.len() {
+                4 => (u64::from_str_radix(f[1], 16).ok()?, f[2], f[3]),
+                3 => (0, f[1], f[2]),
                 _ => return None,
             };
-            Some((name.to_string(), addr, size))
+            let name = name.split('@').next().unwrap_or(name);
+            Some((name.to_string(), addr, size, ty.chars().next()?))
         })
         .collect()
+}
+
+/// Every exported function of the target's libc at its runtime address (aliases once),
+/// with cookies from `first_cookie` on. Padding is only assumed up to the next 16-byte
+/// boundary: local functions between exported ones are not in `.dynsym`.
+fn libc_funcs(pid: i32) -> Vec<FuncEntry> {
+    let (base, path) = support::maps(pid)
+        .iter()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && f[5].contains("/libc.so") && f[2].trim_start_matches('0').is_empty())
+                .then(|| {
+                    let a = u64::from_str_radix(f[0].split('-').next().unwrap(), 16).unwrap();
+                    (a, PathBuf::from(f[5]))
+                })
+        })
+        .expect("libc mapped");
+    let syms = nm(&path, true);
+    let mut starts: Vec<u64> = syms.iter().map(|s| s.1).collect();
+    starts.sort_unstable();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (_, vaddr, size, ty) in syms {
+        if !matches!(ty, 'T' | 'W') || size == 0 || !seen.insert(vaddr) {
+            continue;
+        }
+        let next = starts
+            .iter()
+            .copied()
+            .find(|&a| a > vaddr)
+            .unwrap_or(u64::MAX)
+            .min((vaddr + size).div_ceil(16) * 16);
+        out.push(FuncEntry {
+            addr: base + vaddr,
+            size,
+            offset: vaddr,
+            pad_end: base + next,
+            vaddr,
+            module: 1,
+            ..FuncEntry::default()
+        });
+    }
+    out
 }
 
 /// Where the target's executable is loaded (its mapping at file offset 0).
@@ -208,15 +282,16 @@ fn probe() -> Vec<u8> {
     insns.iter().flat_map(|i| i.encode()).collect()
 }
 
-fn counts_layout() -> ArenaLayout {
-    let def = MapDef::new("counts", MapType::Array, 4, 8, FUNCS.len() as u32);
+fn counts_layout(n: usize) -> ArenaLayout {
+    let def = MapDef::new("counts", MapType::Array, 4, 8, n as u32);
     ArenaLayout::new(&[def], 1).unwrap()
 }
 
 /// Fills a fresh session: function table, probe, map table, region table, arena.
 fn fill_session(s: &SessionFile, funcs: &[FuncEntry]) -> Result<(), String> {
     let e = |e: xcover_injector::Error| e.to_string();
-    let layout = counts_layout();
+    let l = layout(funcs.len());
+    let layout = counts_layout(funcs.len());
     let mut arena = vec![0u8; layout.size() as usize];
     layout.init_slice(&mut arena).map_err(|e| e.to_string())?;
     let prog = probe();
@@ -225,22 +300,22 @@ fn fill_session(s: &SessionFile, funcs: &[FuncEntry]) -> Result<(), String> {
         table.extend_from_slice(bytemuck_bytes(f));
     }
     s.write_at(FUNCS_OFF, &table).map_err(e)?;
-    s.write_at(PROG_OFF, &prog).map_err(e)?;
-    s.write_at(MAPS_OFF, &layout.offsets()[0].to_le_bytes())
+    s.write_at(l.prog_off, &prog).map_err(e)?;
+    s.write_at(l.maps_off, &layout.offsets()[0].to_le_bytes())
         .map_err(e)?;
-    s.write_at(ARENA_OFF, &arena).map_err(e)?;
+    s.write_at(l.arena_off, &arena).map_err(e)?;
     let put = |off: usize, v: u64| s.write_at(off as u64, &v.to_le_bytes()).map_err(e);
     put(offset_of!(SessionHeader, funcs_off), FUNCS_OFF)?;
     put(offset_of!(SessionHeader, funcs_count), funcs.len() as u64)?;
-    put(offset_of!(SessionHeader, prog_off), PROG_OFF)?;
+    put(offset_of!(SessionHeader, prog_off), l.prog_off)?;
     put(offset_of!(SessionHeader, prog_insns), prog.len() as u64 / 8)?;
-    put(offset_of!(SessionHeader, maps_off), MAPS_OFF)?;
+    put(offset_of!(SessionHeader, maps_off), l.maps_off)?;
     put(offset_of!(SessionHeader, maps_count), 1)?;
     put(offset_of!(SessionHeader, hits_map), 0)?;
     put(offset_of!(SessionHeader, events_map), u64::MAX)?;
-    put(offset_of!(SessionHeader, regions_off), REGIONS_OFF)?;
+    put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
     put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
-    put(offset_of!(SessionHeader, arena_off), ARENA_OFF)?;
+    put(offset_of!(SessionHeader, arena_off), l.arena_off)?;
     put(offset_of!(SessionHeader, arena_size), arena.len() as u64)?;
     s.write_at(offset_of!(SessionHeader, ncpus) as u64, &1u32.to_le_bytes())
         .map_err(e)?;
@@ -255,7 +330,7 @@ fn bytemuck_bytes(f: &FuncEntry) -> &[u8] {
 fn attach(pid: i32, funcs: &[FuncEntry]) -> Attached {
     let prepare = |s: &SessionFile| fill_session(s, funcs);
     let opts = AttachOptions {
-        session_size: SESSION_SIZE,
+        session_size: layout(funcs.len()).size,
         prepare: Some(&prepare),
         ..AttachOptions::default()
     };
@@ -264,12 +339,11 @@ fn attach(pid: i32, funcs: &[FuncEntry]) -> Attached {
 
 /// Calls counted so far, per function.
 fn counts(s: &SessionFile) -> Vec<u64> {
-    let off = counts_layout().offsets()[0];
+    let n = s.header().funcs_count as usize;
+    let off = counts_layout(n).offsets()[0];
     s.with_arena(|a| {
         let m = a.map(off).unwrap();
-        (0..FUNCS.len() as u32)
-            .map(|i| m.array_u64(i).unwrap())
-            .collect()
+        (0..n as u32).map(|i| m.array_u64(i).unwrap()).collect()
     })
     .unwrap()
     .unwrap()
@@ -367,7 +441,7 @@ fn exact_counts_and_a_clean_detach() {
     // The agent recorded its mappings (heap, JIT code, trampolines), all in the target.
     let n = h.regions_count.load(Ordering::Acquire);
     let mut raw = vec![0u8; n as usize * size_of::<Region>()];
-    s.read_at(REGIONS_OFF, &mut raw).unwrap();
+    s.read_at(h.regions_off, &mut raw).unwrap();
     let regions: Vec<Region> = raw
         .chunks_exact(size_of::<Region>())
         .map(bytemuck::pod_read_unaligned)
@@ -461,7 +535,7 @@ fn a_probe_the_verifier_rejects_is_reported_and_changes_nothing() {
         fill_session(s, &funcs)?;
         // `exit` without setting r0: the verifier refuses to read an uninitialised register.
         let bad = xcover_bpf::asm::assemble("exit").unwrap();
-        s.write_at(PROG_OFF, &bad[0].encode())
+        s.write_at(layout(funcs.len()).prog_off, &bad[0].encode())
             .map_err(|e| e.to_string())?;
         s.write_at(
             offset_of!(SessionHeader, prog_insns) as u64,
@@ -470,7 +544,7 @@ fn a_probe_the_verifier_rejects_is_reported_and_changes_nothing() {
         .map_err(|e| e.to_string())
     };
     let opts = AttachOptions {
-        session_size: SESSION_SIZE,
+        session_size: layout(funcs.len()).size,
         prepare: Some(&prepare),
         ..AttachOptions::default()
     };
@@ -502,10 +576,12 @@ fn eight_busy_threads_survive_20_attach_detach_cycles() {
     let funcs = func_table(pid);
     let before_code = code_bytes(pid, &funcs);
     let mut worst_stop = Duration::ZERO;
+    let mut worst_call = Duration::ZERO;
     let mut retries = 0;
     for cycle in 0..20 {
         let att = attach(pid, &funcs);
         worst_stop = worst_stop.max(att.stats.stopped);
+        worst_call = worst_call.max(att.stats.agent_call);
         std::thread::sleep(Duration::from_millis(10));
         let c = counts(att.session());
         assert!(c[0] > 0 && c[2] > 0 && c[1] == 0, "cycle {cycle}: {c:?}");
@@ -513,11 +589,58 @@ fn eight_busy_threads_survive_20_attach_detach_cycles() {
             .detach(AGENT)
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         worst_stop = worst_stop.max(st.stopped);
+        worst_call = worst_call.max(st.agent_call);
         retries += st.retries;
         assert_eq!(code_bytes(pid, &funcs), before_code, "cycle {cycle}");
     }
-    eprintln!("20 cycles with 8 busy threads: worst stop {worst_stop:?}, {retries} detach retries");
+    eprintln!(
+        "20 cycles with 8 busy threads: worst stop {worst_stop:?} (worst agent call \
+         {worst_call:?}), {retries} detach retries"
+    );
     let (out, code) = t.quit();
     assert_eq!(code, 0);
     assert_eq!(out, base.0, "the workers noticed");
+}
+
+#[test]
+fn every_libc_function_and_the_targets_hooked_at_once() {
+    let want = baseline_sum();
+    let mut t = Target::start(false);
+    let pid = t.pid();
+    let mut funcs = func_table(pid);
+    funcs.extend(libc_funcs(pid));
+    assert!(funcs.len() > 1000, "only {} functions", funcs.len());
+    let before = code_bytes(pid, &funcs);
+    let before_maps = mappings(pid);
+    let att = attach(pid, &funcs);
+    let s = att.session();
+    let h = s.header();
+    let hooked = h.funcs_hooked.load(Ordering::Acquire);
+    let skipped = h.funcs_skipped.load(Ordering::Acquire);
+    assert_eq!(hooked + skipped, funcs.len() as u64);
+    assert!(
+        hooked * 10 >= funcs.len() as u64 * 9,
+        "{hooked} hooked of {}",
+        funcs.len()
+    );
+    eprintln!(
+        "{hooked} functions hooked, {skipped} skipped: {:?} inside the target (HOOK), target \
+         stopped {:?}, attach {:?}",
+        att.stats.agent_call, att.stats.stopped, att.stats.total
+    );
+    assert_eq!(t.run(), want);
+    let c = counts(s);
+    assert_eq!(c[..3], [1000, 0, 7]);
+    // `run` went through fgets and printf at least: libc's functions count too.
+    assert!(c[3..].iter().sum::<u64>() > 0, "no libc function counted");
+    let st = att.detach(AGENT).unwrap();
+    eprintln!(
+        "detach: {} unhooked in {:?} inside the target, stopped {:?} ({} retries)",
+        st.funcs, st.agent_call, st.stopped, st.retries
+    );
+    assert_eq!(code_bytes(pid, &funcs), before, "code not restored");
+    assert_eq!(mappings(pid), before_maps, "mappings differ after detach");
+    assert_eq!(t.run(), want);
+    let (rest, code) = t.quit();
+    assert_eq!((rest.as_str(), code), ("bye\n", 0));
 }
