@@ -43,6 +43,9 @@ pub struct FuncReport {
     /// Line of the function's entry, from DWARF.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub line: Option<u32>,
+    /// Why the function was not hooked, when it was not: its count means nothing then.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
 }
 
 /// A coverage report.
@@ -157,7 +160,9 @@ impl Report {
     /// have no source to show, so they carry function data only.
     pub fn to_lcov(&self) -> String {
         let mut by_file: BTreeMap<&str, Vec<&FuncReport>> = BTreeMap::new();
-        for f in &self.functions {
+        // A skipped function was not measured: LCOV has no way to say so, and a zero would
+        // read as "never called", so it is left out (the JSON keeps it, with its reason).
+        for f in self.functions.iter().filter(|f| f.skipped.is_none()) {
             let key = f.file.as_deref().unwrap_or(&f.module);
             by_file.entry(key).or_default().push(f);
         }
@@ -321,6 +326,7 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
                 module: d.modules[f.module].name(),
                 file: loc.as_ref().map(|l| l.0.clone()),
                 line: loc.map(|l| l.1),
+                skipped: None,
             }
         })
         .collect();
@@ -395,6 +401,7 @@ mod tests {
             module: "app".into(),
             file: None,
             line: None,
+            skipped: None,
         }
     }
 

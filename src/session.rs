@@ -406,6 +406,8 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
                 module,
                 file: loc.as_ref().map(|l| l.0.clone()),
                 line: loc.map(|l| l.1),
+                skipped: (f.entry.status == xcover_abi::FuncStatus::Skipped as u32)
+                    .then(|| xcover_abi::skip_reason_text(f.entry.skip_reason).to_string()),
             }
         })
         .collect();

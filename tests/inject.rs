@@ -202,10 +202,26 @@ fn keep_then_detach() {
     let st = support::run_xcover(&["status", &pid]);
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("live kept"), "{st}");
-    // A second attach is refused while the kept session lives.
+    // A second attach re-opens the kept session (never instruments twice): it watches it
+    // and, when its time is up, detaches like any attach.
     let again = support::run_xcover(&["attach", &pid, "--no-tui", "--duration", "0.1"]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("watching the kept session"), "{err}");
+    assert!(
+        !err.contains("functions hooked"),
+        "instrumented twice: {err}"
+    );
+    support::assert_clean(t.pid(), base);
+
+    // Kept again, then ended by `xcover detach`.
+    let out = support::run_xcover(&["attach", &pid, "--no-tui", "--keep"]);
+    assert!(out.status.success());
+    let base = SessionFile::open(t.pid())
+        .unwrap()
+        .header()
+        .agent_base
+        .load(Ordering::Acquire);
     let out = support::run_xcover(&["detach", &pid]);
     assert!(
         out.status.success(),
