@@ -364,7 +364,11 @@ fn bad_input_exits_2_and_leaves_the_target_alone() {
         // Our own errors are one line; clap's usage errors carry its usage block.
         let first = err.lines().next().unwrap_or_default();
         if first.starts_with("xcover: error:") {
-            assert_eq!(err.lines().count(), 1, "{args:?}: error is not one line: {err}");
+            assert_eq!(
+                err.lines().count(),
+                1,
+                "{args:?}: error is not one line: {err}"
+            );
         } else {
             assert!(first.starts_with("error:"), "{args:?}: {err}");
         }

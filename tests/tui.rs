@@ -52,7 +52,10 @@ impl Tmux {
             if f(&s) {
                 return s;
             }
-            assert!(Instant::now() < end, "timed out waiting for {what}; screen:\n{s}");
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -66,7 +69,9 @@ impl Drop for Tmux {
 
 /// The hit count in the first table row (the table is sorted by hits).
 fn first_row_hits(screen: &str) -> Option<u64> {
-    let mut lines = screen.lines().skip_while(|l| !l.trim_start().starts_with("function "));
+    let mut lines = screen
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("function "));
     lines.next()?;
     let row = lines.next()?;
     row.split_whitespace().nth(1)?.parse().ok()
@@ -83,7 +88,17 @@ fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
         env!("CARGO_BIN_EXE_xcover")
     );
     tmux.run(&[
-        "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "sh", "-c", &cmd,
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &cmd,
     ]);
 
     // The table fills and counts rise.

@@ -136,6 +136,14 @@ pub trait Memory {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemError>;
     /// Writes `bytes` at `addr`; the pages are writable (the backend protected them).
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), MemError>;
+    /// Writes entry patches (or the original bytes back) over live code, with every other
+    /// thread stopped away from it. The default makes each run of pages writable, writes,
+    /// and makes it read+exec again ([`write_code_protecting`]); an implementation that can
+    /// write code without changing its mapping (the agent writes through `/proc/self/mem`,
+    /// so the mapping is neither split nor re-protected) overrides it.
+    fn write_code(&mut self, writes: &[(u64, &[u8])]) -> Result<(), MemError> {
+        write_code_protecting(self, writes)
+    }
 }
 
 /// What the caller knows about one function.
@@ -912,6 +920,16 @@ fn align16(v: u64) -> u64 {
 
 /// Writes all `(addr, bytes)` with two protection changes per run of adjacent pages.
 fn write_batch<M: Memory>(mem: &mut M, writes: &[(u64, &[u8])]) -> Result<(), MemError> {
+    mem.write_code(writes)
+}
+
+/// Writes code by re-protecting it: every run of pages the writes touch is made writable
+/// (and still executable), written, and made read+exec again. The default of
+/// [`Memory::write_code`].
+pub fn write_code_protecting<M: Memory + ?Sized>(
+    mem: &mut M,
+    writes: &[(u64, &[u8])],
+) -> Result<(), MemError> {
     let mut pages: Vec<u64> = Vec::with_capacity(writes.len());
     for (a, b) in writes {
         let mut p = a & !(PAGE_SIZE - 1);

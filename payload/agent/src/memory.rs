@@ -1,7 +1,15 @@
 //! The interceptor's [`Memory`] inside the target: raw `mmap`/`mprotect` and plain pointer
-//! copies in the agent's own address space.
+//! copies in the agent's own address space, and code patches written through
+//! `/proc/self/mem`.
+//!
+//! Why patches go through `/proc/self/mem`: making a page of the target's code writable
+//! with `mprotect` splits the code mapping into pieces the kernel does not merge back after
+//! the protection is restored (a Rust binary's text went from 1 mapping to 11), so the
+//! target's maps would show xcover was there. A write through `/proc/self/mem` uses the
+//! kernel's forced-write path, as a debugger's does: the page becomes a private copy inside
+//! the same mapping, whose protection never changes.
 
-use xcover_payload::backend::{MemError, Memory, Protection};
+use xcover_payload::backend::{MemError, Memory, Protection, write_code_protecting};
 
 use crate::{session, sys};
 
@@ -82,6 +90,29 @@ impl Memory for AgentMemory {
             core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len());
         }
         Ok(())
+    }
+
+    fn write_code(&mut self, writes: &[(u64, &[u8])]) -> Result<(), MemError> {
+        let fd = sys::open_rdwr(b"/proc/self/mem\0");
+        if fd < 0 {
+            // No /proc (a chroot, say): fall back to re-protecting the pages.
+            return write_code_protecting(self, writes);
+        }
+        let mut res = Ok(());
+        for (addr, bytes) in writes {
+            // SAFETY: every other thread is stopped away from these bytes (the injector's
+            // stop-the-world and the interceptor's thread fix-ups), and this thread runs the
+            // agent, not the patched functions.
+            let n = unsafe { sys::pwrite(fd, bytes, *addr) };
+            if n != bytes.len() as i64 && res.is_ok() {
+                res = Err(MemError {
+                    op: "write code",
+                    addr: *addr,
+                });
+            }
+        }
+        sys::close(fd);
+        res
     }
 
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), MemError> {

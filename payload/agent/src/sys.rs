@@ -15,6 +15,12 @@ const MAP_NORESERVE: u64 = 0x4000;
 /// as a hint, which [`mmap_anon`] detects.
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
+const SYS_CLOSE: u64 = 3;
+const SYS_PWRITE64: u64 = 18;
+const SYS_OPENAT: u64 = 257;
+const AT_FDCWD: i64 = -100;
+const O_RDWR: u64 = 2;
+const O_CLOEXEC: u64 = 0o2000000;
 const SYS_MMAP: u64 = 9;
 const SYS_MPROTECT: u64 = 10;
 const SYS_MUNMAP: u64 = 11;
@@ -98,4 +104,41 @@ pub unsafe fn mprotect(addr: u64, len: u64, prot: u64) -> i64 {
 pub unsafe fn munmap(addr: u64, len: u64) -> i64 {
     // SAFETY: caller contract.
     unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
+}
+
+/// Opens `path` (NUL-terminated) read-write; returns the descriptor or a negative errno.
+pub fn open_rdwr(path: &[u8]) -> i64 {
+    if path.last() != Some(&0) {
+        return -22; // EINVAL
+    }
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; opening changes no
+    // memory of ours.
+    unsafe {
+        syscall6(
+            SYS_OPENAT,
+            [AT_FDCWD as u64, path.as_ptr() as u64, O_RDWR | O_CLOEXEC, 0, 0, 0],
+        )
+    }
+}
+
+/// Writes `bytes` to `fd` at `offset`; returns the count written or a negative errno.
+///
+/// # Safety
+/// When `fd` is `/proc/self/mem`, the bytes land in this process's memory at `offset`:
+/// nothing may be executing or reading there in a way the write would break.
+pub unsafe fn pwrite(fd: i64, bytes: &[u8], offset: u64) -> i64 {
+    // SAFETY: `bytes` is readable for its length; the effect on memory is the caller's
+    // contract.
+    unsafe {
+        syscall6(
+            SYS_PWRITE64,
+            [fd as u64, bytes.as_ptr() as u64, bytes.len() as u64, offset, 0, 0],
+        )
+    }
+}
+
+/// Closes `fd`.
+pub fn close(fd: i64) {
+    // SAFETY: closing a descriptor changes no memory.
+    unsafe { syscall6(SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0]) };
 }
