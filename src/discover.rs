@@ -22,8 +22,6 @@ pub struct Module {
     pub path: PathBuf,
     /// Build-id, when the file has one.
     pub build_id: Option<Vec<u8>>,
-    /// Where the symbols came from, when not the module itself (a separate debug file).
-    pub debug_file: Option<PathBuf>,
 }
 
 impl Module {
@@ -296,6 +294,20 @@ fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The separate debug file of the ELF file at `path`, when it has no DWARF of its own.
+pub fn debug_file(path: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(path).ok()?;
+    let elf = Elf::parse(&bytes).ok()?;
+    let has_dwarf = elf
+        .section_headers
+        .iter()
+        .any(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".debug_info"));
+    if has_dwarf {
+        return None;
+    }
+    find_debug_file(path, &elf, &bytes)
+}
+
 /// Looks for a separate debug file: by build-id, then by `.gnu_debuglink`.
 fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8]) -> Option<PathBuf> {
     if let Some(id) = read_build_id(elf, bytes)
@@ -395,7 +407,6 @@ fn module_functions(
     let build_id = read_build_id(&elf, bytes);
 
     let (mut raw, mut starts) = function_syms(&elf);
-    let mut debug_file = None;
     if elf.syms.is_empty()
         && let Some(dbg) = find_debug_file(path, &elf, bytes)
         && let Ok(dbytes) = std::fs::read(&dbg)
@@ -405,7 +416,6 @@ fn module_functions(
         if !draw.is_empty() {
             raw = draw;
             starts = dstarts;
-            debug_file = Some(dbg);
         }
     }
 
@@ -487,7 +497,6 @@ fn module_functions(
         Module {
             path: path.to_path_buf(),
             build_id,
-            debug_file,
         },
         funcs,
     ))

@@ -306,11 +306,7 @@ fn rfc3339(secs: u64) -> String {
 /// Builds the report of a session from what discovery found and each function's hit count
 /// (`hits[i]` belongs to `d.functions[i]`), with source lines from DWARF where present.
 pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
-    let tables: Vec<LineTable> = d
-        .modules
-        .iter()
-        .map(|m| LineTable::open(m.debug_file.as_deref().unwrap_or(&m.path)))
-        .collect();
+    let tables: Vec<LineTable> = d.modules.iter().map(|m| LineTable::open(&m.path)).collect();
     let functions = d
         .functions
         .iter()
@@ -373,10 +369,12 @@ pub struct LineTable {
 }
 
 impl LineTable {
-    /// Opens the DWARF of `path`; without DWARF every lookup gives `None`.
+    /// Opens the DWARF of `path`, or of its separate debug file (build-id or
+    /// `.gnu_debuglink`) when it has none; without DWARF every lookup gives `None`.
     pub fn open(path: &Path) -> Self {
+        let dwarf = crate::discover::debug_file(path).unwrap_or_else(|| path.to_path_buf());
         LineTable {
-            loader: addr2line::Loader::new(path).ok(),
+            loader: addr2line::Loader::new(&dwarf).ok(),
         }
     }
 

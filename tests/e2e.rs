@@ -378,3 +378,74 @@ fn bad_input_exits_2_and_leaves_the_target_alone() {
     let (_, code) = t.finish();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn stripped_target_gets_names_and_lines_from_its_debug_file() {
+    // counts, stripped of .symtab, with its symbols and DWARF in counts.debug beside it,
+    // found through .gnu_debuglink.
+    let dir = tmp("stripped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("counts-stripped");
+    let dbg = dir.join("counts-stripped.debug");
+    std::fs::copy(counts_exe(), &exe).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    run(&[
+        "objcopy".as_ref(),
+        "--only-keep-debug".as_ref(),
+        exe.as_os_str(),
+        dbg.as_os_str(),
+    ]);
+    run(&["strip".as_ref(), "--strip-all".as_ref(), exe.as_os_str()]);
+    let link = format!("--add-gnu-debuglink={}", dbg.display());
+    run(&["objcopy".as_ref(), link.as_ref(), exe.as_os_str()]);
+    let nm = Command::new("nm").arg(&exe).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nm.stdout).contains(" f1\n"),
+        "strip left f1 in .symtab"
+    );
+
+    let mut child = Command::new(&exe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    let ps = child.id().to_string();
+    let listing = ok(&["functions", &ps, "--include", "^f[0-9]$"]);
+    let json = tmp("stripped.json");
+    let info = tmp("stripped.info");
+    ok(&["attach", &ps, "--no-tui", "--keep", "--include", "^f[0-9]$"]);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) };
+    l.clear();
+    out.read_line(&mut l).unwrap();
+    ok(&[
+        "detach",
+        &ps,
+        "--report",
+        json.to_str().unwrap(),
+        "--lcov",
+        info.to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    for f in ["f1", "f2", "f3"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {f}"))),
+            "{listing}"
+        );
+    }
+    let r = read_report(&json);
+    assert_eq!(hits(&r, "f1"), (1000, true));
+    assert_eq!(hits(&r, "f2"), (0, false));
+    let lcov = std::fs::read_to_string(&info).unwrap();
+    assert!(
+        lcov.contains("counts.c"),
+        "no source lines from the debug file: {lcov}"
+    );
+}
