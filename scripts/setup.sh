@@ -10,6 +10,7 @@ command -v clang >/dev/null || need+=(clang)
 command -v llvm-strip >/dev/null || need+=(llvm)
 command -v genhtml >/dev/null || need+=(lcov)
 command -v tmux >/dev/null || need+=(tmux)
+command -v go >/dev/null || need+=(golang-go)
 command -v readelf >/dev/null || need+=(binutils)
 if [ "${XCOVER_BENCH:-0}" = 1 ]; then
   command -v bpftrace >/dev/null || need+=(bpftrace)

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod e2e;
+mod golang;
 mod hook;
 mod inject;
 mod maps;

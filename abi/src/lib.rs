@@ -288,6 +288,7 @@ pub fn skip_reason_text(code: u32) -> &'static str {
         7 => "no memory within 2 GiB for a trampoline",
         8 => "code not readable",
         9 => "a thread is stopped inside the patched bytes",
+        10 => "entered at its second byte (a top frame's call)",
         _ => "unknown reason",
     }
 }

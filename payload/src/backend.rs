@@ -193,6 +193,9 @@ pub enum SkipReason {
     Unreadable,
     /// A stopped thread sits inside the displaced bytes at a point with no equivalent.
     ThreadInPatch,
+    /// The code is entered at its second byte by design (`nop; call`: a top frame whose
+    /// call others return to, like Go's `runtime.goexit`).
+    ReturnTarget,
 }
 
 impl SkipReason {
@@ -208,6 +211,7 @@ impl SkipReason {
             Self::NoNearMemory => 7,
             Self::Unreadable => 8,
             Self::ThreadInPatch => 9,
+            Self::ReturnTarget => 10,
         }
     }
 }
@@ -228,6 +232,7 @@ impl fmt::Display for SkipReason {
             Self::NoNearMemory => f.write_str("no memory within 2 GiB for a trampoline"),
             Self::Unreadable => f.write_str("code not readable"),
             Self::ThreadInPatch => f.write_str("a thread is stopped inside the patched bytes"),
+            Self::ReturnTarget => f.write_str("entered at its second byte (a top frame's call)"),
         }
     }
 }
@@ -637,6 +642,9 @@ impl Interceptor {
             .map_err(|_| SkipReason::Unreadable)?;
         let free = free_padding(&code[size..], f.addr + size as u64);
         code.truncate(size + free);
+        if entered_after_first_byte(&code) {
+            return Err(SkipReason::ReturnTarget);
+        }
         let p = plan(f, &code, size)?;
 
         // Build at the arena cursor; retry once in a fresh arena if it does not fit.
@@ -958,6 +966,16 @@ pub fn write_code_protecting<M: Memory + ?Sized>(
         res = res.and(mem.protect(*s, n * PAGE_SIZE as usize, Protection::ReadExec));
     }
     res
+}
+
+/// Whether the function's code is entered at its second byte by design: a one-byte `nop`
+/// followed by a `call` is how a top frame marks the address that others return to without
+/// having called it (Go's `runtime.goexit` is `nop; call goexit1`, and every goroutine is
+/// started with `goexit+1` as its return address). No branch in the function shows that
+/// entry, so the shape itself is the signal; patching it would send those returns into the
+/// middle of the entry jump.
+fn entered_after_first_byte(code: &[u8]) -> bool {
+    matches!(code, [0x90, 0xe8, ..])
 }
 
 /// CPU feature detection (the crate's only `unsafe`).

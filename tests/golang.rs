@@ -1,0 +1,158 @@
+//! A Go program with every function hooked, the runtime included: Go's register ABI (the
+//! goroutine in R14), goroutine stacks that grow and move, and the garbage collector, while
+//! counting exactly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+use crate::support::{run_xcover, session_path, tracer_pids};
+
+/// Builds `tests/targets/go/gotarget.go`, or `None` when Go is not installed.
+fn go_target() -> Option<PathBuf> {
+    static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    EXE.get_or_init(|| {
+        Command::new("go").arg("version").output().ok()?;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/go/gotarget.go");
+        let dir = std::env::temp_dir().join(format!("xcover-go-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("gotarget");
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOPATH", dir.join("gopath"))
+            .env("GO111MODULE", "off")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "go build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(exe)
+    })
+    .clone()
+}
+
+struct GoTarget {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl GoTarget {
+    fn start(exe: &Path) -> GoTarget {
+        let mut child = Command::new(exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert_eq!(l, "ready\n");
+        GoTarget { child, stdin, out }
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").unwrap();
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        l
+    }
+}
+
+impl Drop for GoTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn code_bytes(pid: i32, exe: &Path, names: &[&str]) -> Vec<Vec<u8>> {
+    // Go executables are not PIE here: nm values are runtime addresses.
+    let nm = Command::new("nm").arg(exe).output().unwrap();
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    names
+        .iter()
+        .map(|n| {
+            let line = nm
+                .lines()
+                .find(|l| l.split_whitespace().nth(2) == Some(*n))
+                .unwrap_or_else(|| panic!("{n} not in nm output"));
+            let a = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
+            let mut b = vec![0u8; 16];
+            std::os::unix::fs::FileExt::read_exact_at(&mem, &mut b, a).unwrap();
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn go_program_with_every_function_hooked() {
+    let Some(exe) = go_target() else {
+        eprintln!("note: Go is not installed (scripts/setup.sh installs golang-go); skipping");
+        return;
+    };
+    let mut reference = GoTarget::start(&exe);
+    let want: Vec<String> = ["run", "par", "par", "run"]
+        .iter()
+        .map(|c| reference.cmd(c))
+        .collect();
+
+    let mut t = GoTarget::start(&exe);
+    let pid = t.child.id() as i32;
+    let ps = pid.to_string();
+    let probe = ["main.f1", "main.f3", "runtime.mallocgc", "runtime.newstack"];
+    let before = code_bytes(pid, &exe, &probe);
+    let o = run_xcover(&["attach", &ps, "--no-tui", "--keep"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let mut got = vec![t.cmd("run"), t.cmd("par"), t.cmd("par")];
+    let json = std::env::temp_dir().join(format!("xcover-go-{pid}.json"));
+    let o = run_xcover(&["detach", &ps, "--report", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    got.push(t.cmd("run"));
+    assert_eq!(got, want, "the Go program's output changed under xcover");
+    assert_eq!(code_bytes(pid, &exe, &probe), before, "code bytes not restored");
+    assert!(!session_path(pid).exists());
+    assert!(tracer_pids(pid).iter().all(|&p| p == 0));
+
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = |name: &str| {
+        r["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    // run: f1 × 1000, f3 × 7; each par: 16 goroutines × (2000 + 200) f1 calls.
+    assert_eq!(f("main.f1")["hits"], 1000 + 2 * 16 * 2200);
+    assert_eq!(f("main.f3")["hits"], 7);
+    // Entries, not calls: after a stack growth Go's morestack re-runs a function from its
+    // entry, so deep() is entered at least as often as it is called.
+    assert!(f("main.deep")["hits"].as_u64().unwrap() >= 2 * 16 * 201);
+    assert!(f("runtime.mallocgc")["hits"].as_u64().unwrap() > 0);
+    assert!(f("runtime.newstack")["hits"].as_u64().unwrap() > 0, "no stack grew");
+    // Goroutines return into goexit+1: hooking it would break every goroutine's exit.
+    assert_eq!(
+        f("runtime.goexit.abi0")["skipped"],
+        "entered at its second byte (a top frame's call)"
+    );
+    let hooked = r["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f.get("skipped").is_none())
+        .count();
+    assert!(hooked > 1000, "only {hooked} functions hooked");
+    writeln!(t.stdin, "quit").unwrap();
+}
