@@ -4,7 +4,8 @@
  * stdout, one line each:
  *
  *   run <fn> <calls>   call <fn> <calls> times; prints "<ns per call>"
- *   miss <n>           call n distinct functions once each; prints "<ns per call>"
+ *   miss <n> [<first>] call n distinct functions once each (miss_<first> onwards, default
+ *                      0); prints "<ns per call>"
  *   quit
  *
  * <fn> is one of: push (a `push %rbp` prologue), nop5 (a 5-byte nop first), lea (a `lea`
@@ -51,10 +52,13 @@ int main(void) {
       sink += x;
       printf("%.3f\n", (double)(t1 - t0) / n);
     } else if (sscanf(line, "miss %lu", &n) == 1) {
-      if (n > miss_count) n = miss_count;
+      unsigned long first = 0;
+      sscanf(line, "miss %lu %lu", &n, &first);
+      if (first > miss_count) first = miss_count;
+      if (n > miss_count - first) n = miss_count - first;
       unsigned long x = 0;
       unsigned long long t0 = now_ns();
-      for (unsigned long i = 0; i < n; i++) x = miss_table[i](x);
+      for (unsigned long i = first; i < first + n; i++) x = miss_table[i](x);
       unsigned long long t1 = now_ns();
       sink += x;
       printf("%.3f\n", (double)(t1 - t0) / (n ? n : 1));
