@@ -24,30 +24,34 @@
 //! trampoline:
 //!
 //! ```text
-//! pushfq                        ; flags at [E-8]  (E = rsp at entry)
-//! push rax                      ; rax at [E-16]   (both within the red zone)
+//! push rax                      ; rax at [E-8]  (E = rsp at entry)
+//! lahf ; seto al                ; ah = SF ZF AF PF CF, al = OF
+//! push rax                      ; raw flags at [E-16]  (both within the red zone)
 //! lea rax, [rsp+16]             ; rax = E
 //! and rsp, -64                  ; aligned frame, whatever the caller's alignment
 //! sub rsp, FRAME                ; ProbeCtx at rsp, vector area at rsp+192
-//! mov [rsp+ctx.*], every GPR; ctx.rax/eflags from [E-16]/[E-8]; ctx.rsp = E
+//! mov [rsp+ctx.*], every GPR; ctx.rax from [E-8]; ctx.rsp = E
+//! ctx.eflags = [E-15] | [E-16] << 11 | IF   (pushfq's format, from the raw flags)
 //! ctx.rip = ctx.func_ip = addr; ctx.cookie; ctx.orig_rax = -1; cs = ss = 0
 //! [movaps|vmovaps] xmm/ymm0..15 -> vector area        (HookOptions::save_vector_regs)
 //! mov rdi, rsp ; call probe
 //! [movaps|vmovaps] vector area -> xmm/ymm0..15
 //! reload rcx rdx rsi rdi r8 r9 r10 r11 (rbx rbp r12-r15 are callee-saved under SysV)
 //! restore flags: eax = ctx.eflags; OF via `add ah,0x80` on (OF<<7); `mov ah,al; sahf`
-//!     (or `popfq` from [E-8] when HookOptions::flags_with_popfq)
+//!     (HookOptions::flags_with_popfq, for measurements: `pushfq` on entry instead of
+//!     `lahf`/`seto`, and `popfq` of that value at the end)
 //! mov rax, ctx.rax ; mov rsp, ctx.rsp  (= E)
 //! <relocated instructions>
 //! jmp addr+displaced
 //! ```
 //!
-//! That is about 50 instructions on the hot path besides the probe and the relocated code
-//! (no `popfq`, no locked instruction, no indirect branch when the probe is within 2 GiB),
-//! plus 32 vector moves when vector registers are saved. Measured added cost per hit with an
-//! empty probe (`cargo test --release -p xcover-payload --test hooks bench -- --nocapture`,
-//! best of 5 × 2 M calls, 2 shared cores, noisy): ~4-6 ns without vector save, ~7-12 ns
-//! with the YMM save, and `popfq` adds ~6-7 ns on top of either (hence the `sahf` route).
+//! That is about 55 instructions on the hot path besides the probe and the relocated code
+//! (no `pushfq`/`popfq`, no locked instruction, no indirect branch when the probe is within
+//! 2 GiB), plus 32 vector moves when vector registers are saved. Measured added cost per hit
+//! with an empty probe (`cargo test --release -p xcover-payload --test hooks bench --
+//! --nocapture`, best of 5 runs of 2 M calls, 2 shared cores, noisy): ~4.5 ns without vector
+//! save, ~7.5 ns with the YMM save; capturing the flags with `pushfq` instead of
+//! `lahf`/`seto` cost ~2 ns more, and `popfq` another ~6-7 ns (hence the `sahf` route).
 //!
 //! The `sahf` route restores CF PF AF ZF SF and OF, i.e. every flag ordinary code reads; DF is
 //! 0 by the ABI at a function entry and the probe keeps it so. The probe's return value is
@@ -771,19 +775,51 @@ impl Interceptor {
         };
         let frame = VEC_AREA + vec_bytes;
         // Capture the flags and rax, find the entry rsp, align.
-        w.put_pushfq();
-        w.put_push(Reg::Rax);
-        w.put_lea(Reg::Rax, Reg::Rsp, 16);
-        w.put_align_rsp(64);
-        w.put_sub_rsp(frame);
-        w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
-        w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
-        w.put_load(Reg::Rcx, Reg::Rax, -16);
-        w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-        w.put_load(Reg::Rcx, Reg::Rax, -8);
-        w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
-        for r in SAVED {
-            w.put_store(Reg::Rsp, gpr_slot(r), r);
+        if self.opts.flags_with_popfq {
+            // [E-8] = pushfq'd flags (popped again at the end), [E-16] = rax.
+            w.put_pushfq();
+            w.put_push(Reg::Rax);
+            w.put_lea(Reg::Rax, Reg::Rsp, 16);
+            w.put_align_rsp(64);
+            w.put_sub_rsp(frame);
+            w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
+            w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -16);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -8);
+            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+        } else {
+            // [E-8] = rax, [E-16] = ax after `lahf; seto al`: SF ZF AF PF CF in byte E-15,
+            // OF in byte E-16 (pushfq is microcoded: ~3x the cost of these three).
+            w.put_push(Reg::Rax);
+            w.put_bytes(&[
+                0x9f, //             lahf
+                0x0f, 0x90, 0xc0, // seto al
+            ]);
+            w.put_push(Reg::Rax);
+            w.put_lea(Reg::Rax, Reg::Rsp, 16);
+            w.put_align_rsp(64);
+            w.put_sub_rsp(frame);
+            w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
+            w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -8);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+            // ctx.eflags in pushfq's format: low byte | OF << 11 | IF (always set in user
+            // mode). rcx and rdx are saved already.
+            w.put_bytes(&[
+                0x0f, 0xb6, 0x48, 0xf1, //       movzx ecx, byte [rax-15]
+                0x0f, 0xb6, 0x50, 0xf0, //       movzx edx, byte [rax-16]
+                0xc1, 0xe2, 0x0b, //             shl edx, 11
+                0x09, 0xd1, //                   or ecx, edx
+                0x81, 0xc9, 0x00, 0x02, 0, 0, // or ecx, 0x200
+            ]);
+            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
         }
         if !w.put_lea_rip(Reg::Rax, f.addr) {
             w.put_mov_imm64(Reg::Rax, f.addr);
