@@ -145,7 +145,8 @@ pub unsafe extern "C" fn map_delete_elem(map: u64, key: u64, _: u64, _: u64, _: 
     (unsafe { maps::delete(m, key as *const u8) }) as u64
 }
 
-/// `u64 bpf_ktime_get_ns(void)`: `CLOCK_MONOTONIC`.
+/// `u64 bpf_ktime_get_ns(void)`: `CLOCK_MONOTONIC`, through the vDSO when the process has
+/// one (see [`sys::monotonic_ns`]).
 ///
 /// # Safety
 /// None (the signature is unsafe because every helper's is).
@@ -180,12 +181,14 @@ pub unsafe extern "C" fn get_smp_processor_id(_: u64, _: u64, _: u64, _: u64, _:
     sys::cpu_id() as u64
 }
 
-/// `u64 bpf_get_current_pid_tgid(void)`: `tgid << 32 | tid`.
+/// `u64 bpf_get_current_pid_tgid(void)`: `tgid << 32 | tid`, from per-process and
+/// per-thread caches (no system call after a thread's first call; see [`sys::gettid_cached`]
+/// for the caveats after `fork` and thread reuse).
 ///
 /// # Safety
 /// None.
 pub unsafe extern "C" fn get_current_pid_tgid(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
-    ((sys::getpid() as u64) << 32) | sys::gettid() as u64
+    ((sys::getpid_cached() as u64) << 32) | sys::gettid_cached() as u64
 }
 
 /// `long bpf_get_current_comm(buf, size)`: the thread's name, NUL-terminated.

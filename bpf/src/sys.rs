@@ -7,9 +7,34 @@
 //!
 //! Every function here is safe to call: the ones taking pointers are `unsafe` and say what
 //! they need. A bad user pointer given to the kernel yields `-EFAULT`, never a crash.
+//!
+//! # Fast paths of the first-hit helpers
+//!
+//! A probe's first hit of a function asks for the time and the thread id. Each system call
+//! costs 100-200 ns on these VMs, so:
+//!
+//! - [`monotonic_ns`] calls the vDSO's `clock_gettime` (a few tens of ns, no kernel entry).
+//!   The vDSO is found once per process through `AT_SYSINFO_EHDR` in `/proc/self/auxv`
+//!   (read with raw syscalls: the agent imports nothing) and its dynamic symbol table; if
+//!   anything is missing the system call is used.
+//! - [`getpid_cached`] reads the pid once.
+//! - [`gettid_cached`] keeps the tid per thread in a small lock-free table keyed by the
+//!   thread's `%fs` base, read with `rdfsbase` (one instruction that never faults, whatever
+//!   the thread's TLS convention) when the kernel enables it for user space (`AT_HWCAP2`,
+//!   Linux 5.9+), and trusts an entry only while glibc's TCB holds the same tid: glibc
+//!   recycles a dead thread's stack and TCB for a new thread, so the `%fs` base alone would
+//!   name the wrong thread. Threads without a glibc TCB, or without FSGSBASE, take the
+//!   system call every time.
+//!
+//! [`getpid`] and [`gettid`] stay plain system calls: code that acts on ids (signals, lock
+//! owners) must not trust a cache. Caveats of the caches: after `fork`, the child inherits them (its memory is a copy), so its
+//! first-hit events carry the parent's pid (the tid is right: glibc's `fork` writes the
+//! child's tid into the forking thread's TCB). The child also inherits the hooks and the
+//! shared session, so its hits are counted with the parent's anyway. This only affects the
+//! informational pid of events, never the counts; [`forget_ids`] clears the caches.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// `EPERM`.
 pub const EPERM: i64 = 1;
@@ -38,6 +63,9 @@ pub const ENOSYS: i64 = 38;
 /// `ENOTSUPP` (kernel-internal, what BPF helpers return for unsupported flags).
 pub const ENOTSUPP: i64 = 524;
 
+const SYS_READ: usize = 0;
+const SYS_OPEN: usize = 2;
+const SYS_CLOSE: usize = 3;
 const SYS_GETPID: usize = 39;
 const SYS_KILL: usize = 62;
 const SYS_PRCTL: usize = 157;
@@ -79,16 +107,207 @@ unsafe fn syscall6(nr: usize, a: [usize; 6]) -> i64 {
     ret as i64
 }
 
-/// `getpid()`: the thread group id.
+/// `getpid()`: the thread group id (a system call every time; see [`getpid_cached`]).
 pub fn getpid() -> u32 {
     // SAFETY: getpid takes no argument and touches no memory.
     unsafe { syscall6(SYS_GETPID, [0; 6]) as u32 }
 }
 
-/// `gettid()`: the calling thread's id.
+/// `gettid()`: the calling thread's id (a system call every time; see [`gettid_cached`]).
 pub fn gettid() -> u32 {
     // SAFETY: gettid takes no argument and touches no memory.
     unsafe { syscall6(SYS_GETTID, [0; 6]) as u32 }
+}
+
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// [`getpid`], cached after the first call. For informational uses only (see the module
+/// doc's fork caveat); anything that acts on the pid must use [`getpid`].
+#[inline]
+pub fn getpid_cached() -> u32 {
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    let p = getpid();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Slots of the tid cache (a power of two).
+const TID_SLOTS: usize = 256;
+/// Slots probed from a key's home slot.
+const TID_PROBES: usize = 8;
+
+struct TidSlot {
+    /// The thread's `%fs` base, 0 when free.
+    key: AtomicU64,
+    /// The thread's id, 0 until written.
+    tid: AtomicU32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE_SLOT: TidSlot = TidSlot {
+    key: AtomicU64::new(0),
+    tid: AtomicU32::new(0),
+};
+static TIDS: [TidSlot; TID_SLOTS] = [FREE_SLOT; TID_SLOTS];
+
+fn tid_home(key: u64) -> usize {
+    (((key >> 6) ^ (key >> 18) ^ (key >> 30)) as usize) & (TID_SLOTS - 1)
+}
+
+/// `rdfsbase`: the calling thread's `%fs` base (0 when it has none).
+///
+/// # Safety
+/// The CPU must support it and the kernel enable it (`AT_HWCAP2` bit `HWCAP2_FSGSBASE`).
+#[inline(always)]
+unsafe fn rdfsbase() -> u64 {
+    let v: u64;
+    // SAFETY: caller contract; rdfsbase only writes its output register.
+    unsafe { asm!("rdfsbase {}", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
+/// every glibc release since NPTL's TCB layout settled). The kernel zeroes it when the thread
+/// exits (`CLONE_CHILD_CLEARTID`) and glibc sets it when it creates a thread, so it tells a
+/// cached entry's thread from a later thread that got the same TCB back from glibc's stack
+/// cache.
+const GLIBC_TID_OFF: u64 = 0x2d0;
+
+/// The tid glibc keeps in the TCB at `fs`.
+///
+/// # Safety
+/// `fs` must be the `%fs` base of a thread whose TCB was checked readable at
+/// `fs + GLIBC_TID_OFF` when it was entered in the table (a glibc or glibc-like TCB, which
+/// lives as long as the thread that has this `%fs` base).
+#[inline(always)]
+unsafe fn tcb_tid(fs: u64) -> u32 {
+    // SAFETY: caller contract.
+    unsafe { core::ptr::read_volatile((fs + GLIBC_TID_OFF) as *const u32) }
+}
+
+/// [`gettid`], cached per thread in a lock-free table keyed by the thread's `%fs` base
+/// (read with `rdfsbase`, which never faults, when the kernel allows it). An entry is only
+/// trusted while glibc's TCB still holds the same tid (see [`GLIBC_TID_OFF`]): a thread that
+/// got a dead thread's TCB back refreshes it, and a thread without a glibc TCB (Go without
+/// cgo, musl) is never entered and takes the system call every time. For informational uses
+/// only (see the module doc's fork caveat); code that acts on the tid must use [`gettid`].
+#[inline]
+pub fn gettid_cached() -> u32 {
+    if auxv().fsgsbase {
+        // SAFETY: the kernel enables FSGSBASE for user space (AT_HWCAP2).
+        let key = unsafe { rdfsbase() };
+        if key != 0 {
+            let home = tid_home(key);
+            for i in 0..TID_PROBES {
+                let s = &TIDS[(home + i) & (TID_SLOTS - 1)];
+                let k = s.key.load(Ordering::Acquire);
+                if k == key {
+                    let t = s.tid.load(Ordering::Acquire);
+                    // SAFETY: `key` is in the table, so its TCB field was checked readable;
+                    // it is this thread's %fs base, so the TCB is alive.
+                    if t != 0 && unsafe { tcb_tid(key) } == t {
+                        return t;
+                    }
+                    break;
+                }
+                if k == 0 {
+                    break;
+                }
+            }
+            return gettid_enter(key);
+        }
+    }
+    gettid()
+}
+
+/// Whether the calling thread's id comes from the cache now (for tests and benchmarks).
+pub fn gettid_is_cached() -> bool {
+    if !auxv().fsgsbase {
+        return false;
+    }
+    // SAFETY: FSGSBASE is enabled (checked above).
+    let key = unsafe { rdfsbase() };
+    let home = tid_home(key);
+    (0..TID_PROBES).any(|i| {
+        let s = &TIDS[(home + i) & (TID_SLOTS - 1)];
+        key != 0
+            && s.key.load(Ordering::Acquire) == key
+            // SAFETY: as in gettid_cached.
+            && unsafe { tcb_tid(key) } == s.tid.load(Ordering::Acquire)
+            && s.tid.load(Ordering::Acquire) != 0
+    })
+}
+
+#[cold]
+fn gettid_enter(key: u64) -> u32 {
+    let tid = gettid();
+    // Only a glibc TCB holding this very tid goes in; read through the kernel, which cannot
+    // fault, since nothing is known yet about the memory at `key`.
+    let mut field = 0u32;
+    // SAFETY: `field` is ours and 4 bytes long; the source address may be anything.
+    let r = unsafe { read_self(&mut field as *mut u32 as *mut u8, key + GLIBC_TID_OFF, 4) };
+    if r != 4 || field != tid {
+        return tid;
+    }
+    let home = tid_home(key);
+    for i in 0..TID_PROBES {
+        let s = &TIDS[(home + i) & (TID_SLOTS - 1)];
+        match s
+            .key
+            .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // Ours (a new entry), or a dead thread's that had our TCB: only the thread with
+            // this %fs base ever writes the slot's tid.
+            Ok(_) => {
+                s.tid.store(tid, Ordering::Release);
+                return tid;
+            }
+            Err(k) if k == key => {
+                s.tid.store(tid, Ordering::Release);
+                return tid;
+            }
+            Err(_) => {}
+        }
+    }
+    tid
+}
+
+/// Clears the pid and tid caches (e.g. in a child after `fork`).
+pub fn forget_ids() {
+    PID.store(0, Ordering::Relaxed);
+    for s in &TIDS {
+        s.tid.store(0, Ordering::Relaxed);
+        s.key.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What the process's auxiliary vector told us.
+#[derive(Clone, Copy)]
+struct Auxv {
+    vdso: u64,
+    fsgsbase: bool,
+}
+
+/// 0 = not read yet; else bit 0 set, bit 1 = FSGSBASE. The vDSO base is in [`AUXV_VDSO`].
+static AUXV_STATE: AtomicU64 = AtomicU64::new(0);
+static AUXV_VDSO: AtomicU64 = AtomicU64::new(0);
+
+#[inline]
+fn auxv() -> Auxv {
+    let st = AUXV_STATE.load(Ordering::Acquire);
+    if st != 0 {
+        return Auxv {
+            vdso: AUXV_VDSO.load(Ordering::Relaxed),
+            fsgsbase: st & 2 != 0,
+        };
+    }
+    let a = read_auxv();
+    AUXV_VDSO.store(a.vdso, Ordering::Relaxed);
+    AUXV_STATE.store(1 | if a.fsgsbase { 2 } else { 0 }, Ordering::Release);
+    a
 }
 
 /// Whether thread `tid` of process `pid` exists (`tgkill(pid, tid, 0)` does not fail with
@@ -112,8 +331,8 @@ pub fn process_alive(pid: u32) -> bool {
     r != -ESRCH
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds (what `bpf_ktime_get_ns` returns), via the system call.
-pub fn monotonic_ns() -> u64 {
+/// `CLOCK_MONOTONIC` in nanoseconds through the system call.
+pub fn monotonic_ns_syscall() -> u64 {
     let mut ts = [0i64; 2];
     // SAFETY: the kernel writes one `struct timespec` (two i64) into `ts`, which we own.
     let r = unsafe {
@@ -128,6 +347,220 @@ pub fn monotonic_ns() -> u64 {
     (ts[0] as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts[1] as u64)
+}
+
+/// The vDSO's `clock_gettime`: 0 = not looked up yet, 1 = unavailable, else its address.
+static VDSO_CLOCK_GETTIME: AtomicU64 = AtomicU64::new(0);
+
+type ClockGettime = unsafe extern "C" fn(i32, *mut [i64; 2]) -> i32;
+
+/// `CLOCK_MONOTONIC` in nanoseconds (what `bpf_ktime_get_ns` returns): through the vDSO's
+/// `clock_gettime` when the process has one, else the system call.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut f = VDSO_CLOCK_GETTIME.load(Ordering::Relaxed);
+    if f == 0 {
+        f = vdso_clock_gettime().unwrap_or(1);
+        VDSO_CLOCK_GETTIME.store(f, Ordering::Relaxed);
+    }
+    if f == 1 {
+        return monotonic_ns_syscall();
+    }
+    let mut ts = [0i64; 2];
+    // SAFETY: `f` is the vDSO's `__vdso_clock_gettime`, found in this process's vDSO symbol
+    // table; it writes one timespec into `ts`, which we own.
+    let r =
+        unsafe { core::mem::transmute::<u64, ClockGettime>(f)(CLOCK_MONOTONIC as i32, &mut ts) };
+    if r != 0 {
+        return monotonic_ns_syscall();
+    }
+    (ts[0] as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts[1] as u64)
+}
+
+/// Whether [`monotonic_ns`] goes through the vDSO in this process.
+pub fn monotonic_ns_uses_vdso() -> bool {
+    monotonic_ns();
+    VDSO_CLOCK_GETTIME.load(Ordering::Relaxed) > 1
+}
+
+/// `AT_SYSINFO_EHDR` and `AT_HWCAP2` from `/proc/self/auxv`, read with raw system calls.
+#[cold]
+fn read_auxv() -> Auxv {
+    const AT_HWCAP2: u64 = 26;
+    const AT_SYSINFO_EHDR: u64 = 33;
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    let mut a = Auxv {
+        vdso: 0,
+        fsgsbase: false,
+    };
+    let path = b"/proc/self/auxv\0";
+    // SAFETY: the path is NUL-terminated and only read by the kernel.
+    let fd = unsafe { syscall6(SYS_OPEN, [path.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+    if fd < 0 {
+        return a;
+    }
+    let mut buf = [0u64; 128];
+    let mut tag: Option<u64> = None;
+    'read: loop {
+        // SAFETY: the kernel writes at most size_of_val(&buf) bytes into `buf`, which we own.
+        let n = unsafe {
+            syscall6(
+                SYS_READ,
+                [
+                    fd as usize,
+                    buf.as_mut_ptr() as usize,
+                    core::mem::size_of_val(&buf),
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        // Pairs of (tag, value); keep the pairing right across reads.
+        for &w in &buf[..n as usize / 8] {
+            match tag.take() {
+                None => tag = Some(w),
+                Some(0) => break 'read,
+                Some(AT_SYSINFO_EHDR) => a.vdso = w,
+                Some(AT_HWCAP2) => a.fsgsbase = w & HWCAP2_FSGSBASE != 0,
+                Some(_) => {}
+            }
+        }
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { syscall6(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]) };
+    a
+}
+
+/// The vDSO image as mapped, read with bounds checks.
+struct Image {
+    base: u64,
+    /// Bytes known to be mapped from `base`.
+    len: u64,
+}
+
+impl Image {
+    /// Reads a `T` at offset `off`, or `None` past the known-mapped length.
+    fn rd<T: Copy>(&self, off: u64) -> Option<T> {
+        let end = off.checked_add(core::mem::size_of::<T>() as u64)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `base .. base + len` is mapped readable (see `vdso_lookup`), and the read
+        // lies within it; unaligned reads are fine on x86-64.
+        Some(unsafe { ((self.base + off) as *const T).read_unaligned() })
+    }
+}
+
+/// Finds `__vdso_clock_gettime` in the vDSO's dynamic symbol table.
+fn vdso_clock_gettime() -> Option<u64> {
+    let base = auxv().vdso;
+    if base == 0 {
+        return None;
+    }
+    vdso_lookup(base, b"__vdso_clock_gettime")
+}
+
+/// Looks a symbol up in the ELF image mapped at `base` (the vDSO: a small shared object
+/// whose file is mapped whole), through `PT_DYNAMIC`'s `DT_SYMTAB`/`DT_STRTAB` and the symbol
+/// count of `DT_HASH` (or of the section headers' `SHT_DYNSYM`). Returns the symbol's address.
+///
+/// Reads stay within the first page until the first `PT_LOAD` tells how far the image goes
+/// (its end, rounded up to a page: mappings are page-granular).
+fn vdso_lookup(base: u64, name: &[u8]) -> Option<u64> {
+    const PAGE_SIZE: u64 = 4096;
+    let mut img = Image {
+        base,
+        len: PAGE_SIZE,
+    };
+    if img.rd::<[u8; 4]>(0)? != *b"\x7fELF" || img.rd::<u8>(4)? != 2 {
+        return None;
+    }
+    let phoff: u64 = img.rd(0x20)?;
+    let shoff: u64 = img.rd(0x28)?;
+    let phentsize = img.rd::<u16>(0x36)? as u64;
+    let phnum = img.rd::<u16>(0x38)? as u64;
+    let shentsize = img.rd::<u16>(0x3a)? as u64;
+    let shnum = img.rd::<u16>(0x3c)? as u64;
+    if phentsize < 56 {
+        return None;
+    }
+    // Load bias: the first PT_LOAD maps file offset p_offset at base + p_offset.
+    let mut bias = None;
+    let mut mapped = PAGE_SIZE;
+    let mut dynamic = None;
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        let p_type: u32 = img.rd(ph)?;
+        let p_offset: u64 = img.rd(ph + 8)?;
+        let p_vaddr: u64 = img.rd(ph + 16)?;
+        let p_memsz: u64 = img.rd(ph + 40)?;
+        match p_type {
+            1 if bias.is_none() => {
+                bias = Some(base.wrapping_sub(p_vaddr.wrapping_sub(p_offset)));
+                mapped = p_offset.checked_add(p_memsz)?.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            }
+            2 => dynamic = Some((p_offset, img.rd::<u64>(ph + 32)?)),
+            _ => {}
+        }
+    }
+    let (bias, (dyn_off, dyn_size)) = (bias?, dynamic?);
+    img.len = mapped.max(PAGE_SIZE);
+    let (mut symtab, mut strtab, mut strsz, mut hash) = (0u64, 0u64, 0u64, 0u64);
+    for i in 0..dyn_size / 16 {
+        let d = dyn_off + i * 16;
+        let val: u64 = img.rd(d + 8)?;
+        match img.rd::<u64>(d)? {
+            0 => break,
+            4 => hash = val,
+            5 => strtab = val,
+            6 => symtab = val,
+            10 => strsz = val,
+            _ => {}
+        }
+    }
+    if symtab == 0 || strtab == 0 {
+        return None;
+    }
+    // d_ptr values are link-time addresses: turn them into offsets from `base`.
+    let to_off = |v: u64| bias.wrapping_add(v).wrapping_sub(base);
+    let (symtab, strtab) = (to_off(symtab), to_off(strtab));
+    let mut count = 0u64;
+    if hash != 0 {
+        count = img.rd::<u32>(to_off(hash) + 4)? as u64; // nchain
+    } else if shentsize >= 64 {
+        for i in 0..shnum {
+            let sh = shoff + i * shentsize;
+            if img.rd::<u32>(sh + 4)? == 11 {
+                // SHT_DYNSYM: sh_size / sh_entsize
+                let size: u64 = img.rd(sh + 32)?;
+                let ent: u64 = img.rd(sh + 56)?;
+                count = size.checked_div(ent).unwrap_or(0);
+            }
+        }
+    }
+    for i in 0..count.min(4096) {
+        let sym = symtab + i * 24;
+        let st_name = img.rd::<u32>(sym)? as u64;
+        let st_info: u8 = img.rd(sym + 4)?;
+        let st_shndx: u16 = img.rd(sym + 6)?;
+        let st_value: u64 = img.rd(sym + 8)?;
+        // Defined functions (STT_FUNC) only.
+        if st_info & 0xf != 2 || st_shndx == 0 || st_name + name.len() as u64 >= strsz {
+            continue;
+        }
+        let at = strtab + st_name;
+        let same = (0..name.len() as u64).all(|j| img.rd::<u8>(at + j) == Some(name[j as usize]));
+        if same && img.rd::<u8>(at + name.len() as u64) == Some(0) {
+            return Some(bias.wrapping_add(st_value));
+        }
+    }
+    None
 }
 
 /// The calling thread's name (`prctl(PR_GET_NAME)`), NUL-padded.
