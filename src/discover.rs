@@ -467,12 +467,13 @@ fn module_functions(
         let runtime = map.start + (file_off - map.offset);
         let primary = &group[0];
         let size = group.iter().map(|s| s.size).max().unwrap_or(primary.size);
+        // Sections do not overlap, so the next symbol of this section is the first start
+        // above `vaddr` unless the section ends first.
+        let i = starts.partition_point(|&(a, _)| a <= vaddr);
+        let end = section_end(primary.shndx);
         let next_vaddr = starts
-            .iter()
-            .filter(|(a, sh)| *sh == primary.shndx && *a > vaddr)
-            .map(|(a, _)| *a)
-            .next()
-            .unwrap_or_else(|| section_end(primary.shndx))
+            .get(i)
+            .map_or(end, |&(a, _)| a.min(end))
             .max(vaddr + size);
         // Never let padding run past the end of the mapping.
         let next_start = (runtime + (next_vaddr - vaddr)).min(map.end);

@@ -15,6 +15,7 @@ const MAP_NORESERVE: u64 = 0x4000;
 /// as a hint, which [`mmap_anon`] detects.
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
+const SYS_READ: u64 = 0;
 const SYS_CLOSE: u64 = 3;
 const SYS_PWRITE64: u64 = 18;
 const SYS_OPENAT: u64 = 257;
@@ -108,6 +109,15 @@ pub unsafe fn munmap(addr: u64, len: u64) -> i64 {
 
 /// Opens `path` (NUL-terminated) read-write; returns the descriptor or a negative errno.
 pub fn open_rdwr(path: &[u8]) -> i64 {
+    open(path, O_RDWR)
+}
+
+/// Opens `path` (NUL-terminated) read-only; returns the descriptor or a negative errno.
+pub fn open_rdonly(path: &[u8]) -> i64 {
+    open(path, 0)
+}
+
+fn open(path: &[u8], mode: u64) -> i64 {
     if path.last() != Some(&0) {
         return -22; // EINVAL
     }
@@ -116,7 +126,18 @@ pub fn open_rdwr(path: &[u8]) -> i64 {
     unsafe {
         syscall6(
             SYS_OPENAT,
-            [AT_FDCWD as u64, path.as_ptr() as u64, O_RDWR | O_CLOEXEC, 0, 0, 0],
+            [AT_FDCWD as u64, path.as_ptr() as u64, mode | O_CLOEXEC, 0, 0, 0],
+        )
+    }
+}
+
+/// Reads into `buf` from `fd`; returns the count read or a negative errno.
+pub fn read(fd: i64, buf: &mut [u8]) -> i64 {
+    // SAFETY: `buf` is writable for its length and ours for the call.
+    unsafe {
+        syscall6(
+            SYS_READ,
+            [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
         )
     }
 }
