@@ -612,7 +612,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-kernel", action="store_true")
+    ap.add_argument("--only", help="comma-separated parts: micro,scaling,workload,tui")
     a = ap.parse_args()
+    parts = set((a.only or "micro,scaling,workload,tui").split(","))
     if a.quick:
         a.calls, a.kernel_calls, a.repeats, a.miss = 2_000_000, 50_000, 3, 1000
         a.scale, a.scale_repeats = [1000, 10000, 100000], 2
@@ -644,11 +646,16 @@ def main():
                                       capture_output=True, text=True).stdout.strip(),
             }
         }
-        r["micro"] = micro(a, xc, work)
-        r["scaling"] = scaling(a, xc, work)
-        r["workload"] = workload(a, xc, work)
-        log("TUI CPU")
-        r["tui"] = tui_cpu(a, xc, work)
+        empty = {"repeats": 0, "calls": 0, "kernel_calls": 0, "miss_functions": 0, "notes": [],
+                 **{k: {s: None for s in KINDS + ["idle", "miss"]}
+                    for k in ("baseline", "xcover", "uprobe")}}
+        r["micro"] = micro(a, xc, work) if "micro" in parts else empty
+        r["scaling"] = scaling(a, xc, work) if "scaling" in parts else []
+        if "workload" in parts:
+            r["workload"] = workload(a, xc, work)
+        if "tui" in parts:
+            log("TUI CPU")
+            r["tui"] = tui_cpu(a, xc, work)
         r["meta"]["bench_seconds"] = time.monotonic() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
