@@ -94,6 +94,12 @@ impl Writer {
         }
     }
 
+    /// Overwrites bytes already written, from offset `off` (for filling in fields of code
+    /// copied from a template).
+    pub fn patch(&mut self, off: usize, bytes: &[u8]) {
+        self.code[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
     /// Run address of the next byte to be written.
     pub fn pc(&self) -> u64 {
         self.base_pc + self.code.len() as u64

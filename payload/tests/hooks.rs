@@ -238,7 +238,17 @@ fn probe_sees_pt_regs_and_registers_survive_in_every_mode() {
             let caller = lib.sym("xc_call_regs");
             assert!((caller..caller + 64).contains(&ret), "{ret:#x}");
         }
-        assert_eq!(dbl_fn(1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0), 255.0);
+        // Vector arguments survive a probe that uses vector registers only when the
+        // trampoline saves them: this Rust probe copies the context with SSE moves in
+        // release builds. (Without the save, the probe itself must preserve them, as the
+        // JIT-ed one does; the assembly test checks that with a probe that clobbers all.)
+        if vec {
+            assert_eq!(
+                dbl_fn(1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0),
+                255.0,
+                "{opts:?}"
+            );
+        }
         let ub = ic.prepare_unhooks(&ic.hooked());
         // SAFETY: as above.
         unsafe { ic.commit_unhooks(&mut mem, ub) }.unwrap();
