@@ -229,7 +229,14 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     injector::procfs::check_target(a.pid).map_err(cli_error)?;
 
     let t0 = Instant::now();
-    let d = discover::discover(a.pid, &select)?;
+    let d = discover::discover(a.pid, &select).map_err(|e| {
+        // A target that exits while its symbols are read: say so, not which file vanished.
+        match injector::procfs::stat(a.pid) {
+            Ok(st) if !matches!(st.state, 'Z' | 'X') => e,
+            _ => BadInput(format!("pid {}: no process (it exited during discovery)", a.pid))
+                .into(),
+        }
+    })?;
     if d.functions.is_empty() {
         return Err(BadInput(format!(
             "pid {}: no function to hook (no symbols, or --include/--exclude left none)",
@@ -237,7 +244,12 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let prog = session::load_probe(session::COVER_PROBE, d.functions.len())?;
+    let probe = match &a.probe {
+        Some(p) => std::fs::read(p)
+            .map_err(|e| BadInput(format!("--probe {}: {e}", p.display())))?,
+        None => session::COVER_PROBE.to_vec(),
+    };
+    let prog = session::load_probe(&probe, d.functions.len())?;
     session::verify_probe(&prog)?;
     let contents = session::prepare(&d, &prog, session::possible_cpus())?;
     let discovered = t0.elapsed();
@@ -277,8 +289,9 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     match ended {
         Ended::TargetGone => {
             let r = outputs.write(att.session());
+            let what = injector::target_gone(a.pid, att.session()).unwrap_or("exited");
             let _ = att.session().remove();
-            eprintln!("xcover: pid {} exited; session removed", a.pid);
+            eprintln!("xcover: pid {} {what}; session removed", a.pid);
             r?;
             Ok(ExitCode::SUCCESS)
         }
@@ -296,11 +309,14 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
                 .detach_with(AGENT, |s| written = outputs.write(s))
                 .map_err(cli_error)
                 .with_context(|| format!("detach from pid {}", a.pid))?;
-            eprintln!(
-                "xcover: detached from pid {} (target stopped {:.2} ms)",
-                a.pid,
-                ms(st.stopped)
-            );
+            match st.gone {
+                Some(what) => eprintln!("xcover: pid {} {what}; session removed", a.pid),
+                None => eprintln!(
+                    "xcover: detached from pid {} (target stopped {:.2} ms)",
+                    a.pid,
+                    ms(st.stopped)
+                ),
+            }
             written?;
             Ok(ExitCode::SUCCESS)
         }
@@ -340,8 +356,9 @@ fn reopen(
         }
         Ok(Ended::TargetGone) => {
             let r = outputs.write(&s);
+            let what = injector::target_gone(pid, &s).unwrap_or("exited");
             let _ = s.remove();
-            eprintln!("xcover: pid {pid} exited; session removed");
+            eprintln!("xcover: pid {pid} {what}; session removed");
             r?;
             Ok(ExitCode::SUCCESS)
         }
@@ -361,10 +378,13 @@ fn detach_pid(pid: i32, outputs: &Outputs) -> Result<ExitCode> {
     let st = injector::detach_with(pid, AGENT, |s| written = outputs.write(s))
         .map_err(cli_error)
         .with_context(|| format!("detach from pid {pid}"))?;
-    eprintln!(
-        "xcover: detached from pid {pid} (target stopped {:.2} ms)",
-        ms(st.stopped)
-    );
+    match st.gone {
+        Some(what) => eprintln!("xcover: pid {pid} {what}; session removed"),
+        None => eprintln!(
+            "xcover: detached from pid {pid} (target stopped {:.2} ms)",
+            ms(st.stopped)
+        ),
+    }
     written?;
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,10 @@ pub struct AttachArgs {
     /// Write an LCOV report here on detach.
     #[arg(long, value_name = "PATH")]
     pub lcov: Option<PathBuf>,
+    /// Run this eBPF object (`clang -target bpf`) as the probe instead of the built-in
+    /// coverage probe; it is loaded and verified before the target is touched.
+    #[arg(long, value_name = "FILE.bpf.o")]
+    pub probe: Option<PathBuf>,
     /// Which functions to hook.
     #[command(flatten)]
     pub select: SelectArgs,

@@ -75,6 +75,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         keep: false,
         report: a.report,
         lcov: a.lcov,
+        probe: None,
         select: SelectArgs::default(),
     });
     // The demo target ends with xcover (SIGTERM: it prints its checksum and exits 0).

@@ -56,9 +56,14 @@ impl<'a> Live<'a> {
     }
 
     /// A check of the target's liveness that outlives this reader.
+    ///
+    /// A target that execed counts as gone: its new image has no agent and no hooks.
     pub fn alive_check(&self) -> impl Fn() -> bool + use<> {
-        let (pid, start) = (self.pid, self.session.header().target_start_time);
-        move || xcover_injector::procfs::stat(pid).is_ok_and(|st| st.start_time == start)
+        let h = self.session.header();
+        let (pid, start) = (self.pid, h.target_start_time);
+        let map_addr = h.target_map_addr.load(std::sync::atomic::Ordering::Acquire);
+        let path = self.session.path().to_string();
+        move || xcover_injector::target_gone_at(pid, start, map_addr, &path).is_none()
     }
 
     /// One line for `--no-tui`: hooked/skipped, coverage, hits/s.
@@ -88,7 +93,10 @@ impl<'a> Live<'a> {
         if h.events_map == u64::MAX || h.events_map >= h.maps_count {
             return vec![];
         }
-        let Ok(off) = self.session.read_u64(h.maps_off + 8 * h.events_map) else {
+        let Ok(off) = self
+            .session
+            .read_u64(h.maps_off.saturating_add(h.events_map.saturating_mul(8)))
+        else {
             return vec![];
         };
         let mut out = Vec::new();

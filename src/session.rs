@@ -308,8 +308,13 @@ fn string_at(s: &SessionFile, off: u32, len: u32) -> Result<String> {
     if u64::from(off) + u64::from(len) > h.strings_size {
         bail!("session {}: name outside the string section", s.path());
     }
+    let start = h
+        .strings_off
+        .checked_add(u64::from(off))
+        .filter(|&a| a.checked_add(u64::from(len)).is_some_and(|e| e <= s.len()))
+        .with_context(|| format!("session {}: name outside the file", s.path()))?;
     let mut b = vec![0u8; len as usize];
-    s.read_at(h.strings_off + u64::from(off), &mut b)?;
+    s.read_at(start, &mut b)?;
     Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
@@ -320,7 +325,7 @@ pub fn hits(s: &SessionFile) -> Result<Vec<u64>> {
     if h.hits_map == u64::MAX || h.hits_map >= h.maps_count {
         return Ok(vec![0; n]);
     }
-    let off = s.read_u64(h.maps_off + 8 * h.hits_map)?;
+    let off = s.read_u64(h.maps_off.saturating_add(h.hits_map.saturating_mul(8)))?;
     let v = s.with_arena(|a| a.map(off).map(|m| m.array_u64_all()))?;
     let mut counts = match v {
         Some(Ok(c)) => c,
@@ -336,7 +341,7 @@ pub fn dropped(s: &SessionFile) -> Result<u64> {
     let h = s.header();
     let mut total = 0;
     for i in 0..h.maps_count {
-        let off = s.read_u64(h.maps_off + 8 * i)?;
+        let off = s.read_u64(h.maps_off.saturating_add(i.saturating_mul(8)))?;
         if let Some(Ok(d)) = s.with_arena(|a| a.map(off).map(|m| m.dropped()))? {
             total += d;
         }
@@ -349,7 +354,24 @@ pub fn view(s: &SessionFile) -> Result<View> {
     use std::sync::atomic::Ordering;
     let h = s.header();
     let mut modules = Vec::new();
-    let mut raw = vec![0u8; h.modules_count as usize * size_of::<ModuleEntry>()];
+    // Sizes come from a file another process writes: check them before allocating.
+    let bytes = usize::try_from(h.modules_count)
+        .ok()
+        .and_then(|n| n.checked_mul(size_of::<ModuleEntry>()))
+        .filter(|&b| {
+            h.modules_off
+                .checked_add(b as u64)
+                .is_some_and(|e| e <= s.len())
+        })
+        .with_context(|| {
+            format!(
+                "session {}: module table ({} entries at {:#x}) lies outside the file",
+                s.path(),
+                h.modules_count,
+                h.modules_off
+            )
+        })?;
+    let mut raw = vec![0u8; bytes];
     s.read_at(h.modules_off, &mut raw)?;
     for m in raw.chunks_exact(size_of::<ModuleEntry>()) {
         let m: ModuleEntry = bytemuck::pod_read_unaligned(m);

@@ -4,6 +4,8 @@
 mod conformance;
 mod e2e;
 mod golang;
+mod faults;
+mod hostile;
 mod hook;
 mod inject;
 mod maps;

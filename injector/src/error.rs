@@ -14,6 +14,16 @@ pub enum Error {
         /// The pid.
         pid: i32,
     },
+    /// The target exited (or execed) while xcover was working on it.
+    #[error("pid {pid} {what} during {during}")]
+    Exited {
+        /// The pid.
+        pid: i32,
+        /// What happened (see [`crate::target_gone`]).
+        what: &'static str,
+        /// What xcover was doing.
+        during: &'static str,
+    },
     /// We may not trace the target.
     #[error(
         "pid {pid}: not allowed to trace it ({call}: permission denied); run as the same user \

@@ -190,6 +190,74 @@ pub struct Stats {
     pub funcs: u64,
     /// Times detach let the target run again because a thread was inside xcover's code.
     pub retries: u32,
+    /// Set when detach found the target gone (see [`target_gone`]): nothing was left to
+    /// unload, only the session to remove.
+    pub gone: Option<&'static str>,
+}
+
+/// Whether the target of `session` is gone, and how: `"exited"` (or its pid now names
+/// another process), or `"replaced its program (exec)"` when it still runs but no longer
+/// maps the session where the agent mapped it (an `execve` threw away the old image, the
+/// agent and every hook with it). `None` while the instrumented image lives.
+pub fn target_gone(pid: i32, session: &SessionFile) -> Option<&'static str> {
+    let h = session.header();
+    target_gone_at(
+        pid,
+        h.target_start_time,
+        h.target_map_addr.load(Ordering::Acquire),
+        session.path(),
+    )
+}
+
+/// [`target_gone`] from the session's values (for a check that outlives the mapping):
+/// the target's start time, where the target maps the session (0: not mapped yet) and
+/// the session's path.
+pub fn target_gone_at(
+    pid: i32,
+    start_time: u64,
+    map_addr: u64,
+    path: &str,
+) -> Option<&'static str> {
+    let zombie = match procfs::stat(pid) {
+        Ok(st) if st.start_time == start_time => matches!(st.state, 'Z' | 'X'),
+        _ => return Some("exited"),
+    };
+    if zombie {
+        // Every thread a zombie (or gone): the process has exited, whatever its mappings
+        // still say while the last thread tears them down.
+        let all_dead = procfs::tasks(pid).is_ok_and(|tids| {
+            tids.iter().all(|&t| {
+                procfs::task_stat(pid, t).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
+            })
+        });
+        if all_dead {
+            return Some("exited");
+        }
+    }
+    if map_addr == 0 && !zombie {
+        return None;
+    }
+    let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        Ok(m) if !m.is_empty() => m,
+        // A process that has exited has no mappings left (a leader that is a zombie while
+        // other threads run still has them).
+        Ok(_) => return Some("exited"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("exited"),
+        // Unreadable (e.g. permissions changed): assume it still runs.
+        Err(_) => return None,
+    };
+    if map_addr == 0 {
+        return None;
+    }
+    let start = format!("{map_addr:08x}-");
+    if maps
+        .lines()
+        .any(|l| l.starts_with(&start) && l.contains(path))
+    {
+        None
+    } else {
+        Some("replaced its program (exec)")
+    }
 }
 
 /// A target with the agent loaded and running.
@@ -230,8 +298,22 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
             agent_call,
             funcs: funcs as u64,
             retries: 0,
+            gone: None,
         })
     })();
+    if r.is_err()
+        && let Some(what) = target_gone(pid, &session).or_else(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            target_gone(pid, &session)
+        })
+    {
+        let _ = session.remove();
+        return Err(Error::Exited {
+            pid,
+            what,
+            during: "attach",
+        });
+    }
     match r {
         Ok(stats) => Ok(Attached {
             pid,
@@ -468,8 +550,13 @@ fn doomed_ranges(
         v.push((base, base + size, "the agent"));
     }
     let h = session.header();
-    let n = h.regions_count.load(Ordering::Acquire).min(h.regions_cap);
     let rsize = std::mem::size_of::<xcover_abi::Region>();
+    // Bounded by the file, whatever the (shared, writable) header says.
+    let n = h
+        .regions_count
+        .load(Ordering::Acquire)
+        .min(h.regions_cap)
+        .min(session.len() / rsize as u64);
     let mut raw = vec![0u8; n as usize * rsize];
     session.read_at(h.regions_off, &mut raw)?;
     for c in raw.chunks_exact(rsize) {
@@ -530,7 +617,41 @@ fn check_identity(
 /// If the hooks cannot be taken out, or a thread stays inside xcover's code, the agent is
 /// left in place (never unmapped under a thread), the session is marked Failed and the
 /// error says so; `xcover detach` can try again later.
+///
+/// A target that is gone before or during the unload (it exited, was killed, or execed:
+/// [`target_gone`]) is not an error: there is nothing left to take out. The session is
+/// marked Detached and [`Stats::gone`] says what happened.
 fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
+    let gone = |what| {
+        session
+            .header()
+            .state
+            .store(SessionState::Detached as u32, Ordering::Release);
+        Ok(Stats {
+            gone: Some(what),
+            ..Stats::default()
+        })
+    };
+    if let Some(what) = target_gone(pid, session) {
+        return gone(what);
+    }
+    match unload_live(pid, image, session) {
+        Err(e) => {
+            // A process being killed takes a moment to show it: look twice.
+            let what = target_gone(pid, session).or_else(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                target_gone(pid, session)
+            });
+            match what {
+                Some(what) => gone(what),
+                None => Err(e),
+            }
+        }
+        ok => ok,
+    }
+}
+
+fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
     let t0 = Instant::now();
     let h = session.header();
     h.state
@@ -651,6 +772,7 @@ fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> 
         agent_call: unhooked.1,
         funcs: unhooked.0 as u64,
         retries,
+        gone: None,
     })
 }
 
@@ -689,6 +811,7 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
         agent_call,
         funcs: funcs as u64,
         retries: 0,
+        gone: None,
     })
 }
 

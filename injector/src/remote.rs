@@ -64,6 +64,14 @@ fn name_of(n: u64) -> &'static str {
 const EFLAGS_TF: u64 = 0x100;
 const EFLAGS_DF: u64 = 0x400;
 
+/// Whether thread `tid` of `pid` has exited or is exiting (a zombie, or gone from /proc).
+fn thread_dead(pid: i32, tid: i32) -> bool {
+    match crate::procfs::task_stat(pid, tid) {
+        Ok(st) => matches!(st.state, 'Z' | 'X'),
+        Err(_) => true,
+    }
+}
+
 /// Finds a `syscall` instruction (`0f 05`) in the target's vDSO.
 fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", sp.pid)).ok()?;
@@ -83,8 +91,38 @@ fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
 
 impl StoppedProcess {
     /// Saves the thread's registers the first time we use it, and returns them.
+    ///
+    /// The first time a thread is borrowed for remote work, its x87/SSE state is saved
+    /// too (the agent's code uses SSE registers; `release` puts it back) and every signal
+    /// is blocked with `PTRACE_SETSIGMASK`, which changes the mask without a return to user
+    /// mode: signals arriving meanwhile stay pending in the kernel instead of being
+    /// dequeued by our code (faults and our traps are forced signals, which blocking does
+    /// not hold back). The mask is restored on release, and pending signals are then
+    /// delivered as usual. Without this, a signal requeued to the thread by
+    /// `requeue_extra_signals` was dequeued again by the very next remote step and lost.
     fn original_regs(&mut self, tid: i32) -> Result<Regs> {
         let pid = self.pid;
+        if !self.borrowed.contains_key(&tid) && self.threads.contains_key(&tid) {
+            let fp = sys::getfpregs(tid).map_err(|source| Error::Sys {
+                pid,
+                tid,
+                call: "PTRACE_GETFPREGS",
+                source,
+            })?;
+            let mask = sys::getsigmask(tid).map_err(|source| Error::Sys {
+                pid,
+                tid,
+                call: "PTRACE_GETSIGMASK",
+                source,
+            })?;
+            sys::setsigmask(tid, u64::MAX).map_err(|source| Error::Sys {
+                pid,
+                tid,
+                call: "PTRACE_SETSIGMASK",
+                source,
+            })?;
+            self.borrowed.insert(tid, (fp, mask));
+        }
         let t = self.threads.get_mut(&tid).ok_or(Error::Unexpected {
             pid,
             tid,
@@ -147,12 +185,33 @@ impl StoppedProcess {
             } else {
                 "PTRACE_CONT"
             }))?;
+            let mut polls = 0u32;
             let w = loop {
                 match sys::wait_tid(tid, true).map_err(sys_err("waitpid"))? {
                     Wait::NotYet => {
                         if !interrupted && Instant::now() > deadline {
                             sys::interrupt(tid).map_err(sys_err("PTRACE_INTERRUPT"))?;
                             interrupted = true;
+                        }
+                        // A thread killed while it runs our code (SIGKILL to the process,
+                        // another thread's exit_group) may never report: a traced group
+                        // leader stays an unreported zombie until every other thread is
+                        // reaped. Look at its state now and then instead of waiting
+                        // forever.
+                        polls += 1;
+                        if polls.is_multiple_of(64) && thread_dead(pid, tid) {
+                            break Wait::Gone;
+                        }
+                        if interrupted && Instant::now() > deadline + CALL_TIMEOUT {
+                            return Err(Error::RemoteCall {
+                                pid,
+                                tid,
+                                func: regs.rip,
+                                what: format!(
+                                    "neither returned nor stopped within {:?}",
+                                    2 * CALL_TIMEOUT
+                                ),
+                            });
                         }
                         std::thread::yield_now();
                     }

@@ -166,11 +166,34 @@ impl SessionFile {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(serr)?;
-        let len = file.metadata().map_err(serr)?.len();
+        let meta = file.metadata().map_err(serr)?;
+        let len = meta.len();
         let bad = |reason: &str| Error::BadSession {
             path: path.to_string(),
             reason: reason.to_string(),
         };
+        // Trust only a regular file of ours that nobody else may write: another user could
+        // otherwise plant or edit a "session" whose addresses xcover would act on.
+        {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            if !meta.file_type().is_file() {
+                return Err(bad("not a regular file"));
+            }
+            if meta.uid() != euid && euid != 0 {
+                return Err(bad(&format!(
+                    "owned by uid {}, not by this user (uid {euid}): refused",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(bad(&format!(
+                    "writable by other users (mode {:o}): refused",
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
         if len < std::mem::size_of::<SessionHeader>() as u64 {
             return Err(bad("too small for a session header"));
         }
@@ -192,6 +215,18 @@ impl SessionFile {
         }
         if h.target_pid != pid as u32 {
             return Err(bad("names another pid"));
+        }
+        if h.header_size as usize != std::mem::size_of::<SessionHeader>() {
+            return Err(bad(&format!(
+                "header size {} is not this layout's",
+                h.header_size
+            )));
+        }
+        if h.total_size != len {
+            return Err(bad(&format!(
+                "the header says {} bytes, the file has {len}",
+                h.total_size
+            )));
         }
         Ok(s)
     }

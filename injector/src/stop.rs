@@ -62,6 +62,9 @@ pub struct StoppedProcess {
     pub(crate) started: Instant,
     /// Address of a `syscall` instruction in the target (found lazily).
     pub(crate) syscall_gadget: Option<u64>,
+    /// Threads borrowed for remote work: their x87/SSE state and signal mask before we
+    /// blocked every signal, given back on release (see `remote.rs`).
+    pub(crate) borrowed: BTreeMap<i32, (sys::FpRegs, u64)>,
     released: bool,
 }
 
@@ -100,6 +103,7 @@ impl StoppedProcess {
             mem,
             started,
             syscall_gadget: None,
+            borrowed: BTreeMap::new(),
             released: false,
         };
         sp.seize_all()?;
@@ -350,7 +354,21 @@ impl StoppedProcess {
             }
         }
         let threads = std::mem::take(&mut self.threads);
+        let borrowed = std::mem::take(&mut self.borrowed);
         for (tid, t) in threads {
+            // The FP/SSE state our code may have changed, and the signal mask we set.
+            if let Some((fp, mask)) = borrowed.get(&tid) {
+                for (call, r) in [
+                    ("PTRACE_SETFPREGS", sys::setfpregs(tid, fp)),
+                    ("PTRACE_SETSIGMASK", sys::setsigmask(tid, *mask)),
+                ] {
+                    if let Err(e) = r
+                        && e.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        first_err.get_or_insert(sys_err(pid, tid, call)(e));
+                    }
+                }
+            }
             if let Some(regs) = t.saved
                 && let Err(e) = sys::setregs(tid, &regs)
                 && e.raw_os_error() != Some(libc::ESRCH)

@@ -106,6 +106,69 @@ pub fn setregs(tid: i32, regs: &Regs) -> io::Result<()> {
     .map(drop)
 }
 
+/// The x87/SSE state of a stopped thread (`PTRACE_GETFPREGS`: x87, MXCSR, xmm0-15).
+pub type FpRegs = libc::user_fpregs_struct;
+
+/// `PTRACE_GETFPREGS`.
+pub fn getfpregs(tid: i32) -> io::Result<FpRegs> {
+    let mut fp = std::mem::MaybeUninit::<FpRegs>::zeroed();
+    // SAFETY: PTRACE_GETFPREGS writes exactly one `user_fpregs_struct` to `data`.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETFPREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            fp.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: zero-initialised plain integers, then filled by the kernel.
+    Ok(unsafe { fp.assume_init() })
+}
+
+/// `PTRACE_SETFPREGS`.
+pub fn setfpregs(tid: i32, fp: &FpRegs) -> io::Result<()> {
+    // SAFETY: PTRACE_SETFPREGS reads one `user_fpregs_struct` from `data`.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETFPREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            fp as *const FpRegs,
+        )
+    })
+    .map(drop)
+}
+
+/// `PTRACE_GETSIGMASK`: the thread's blocked-signal mask (64 bits on x86-64).
+pub fn getsigmask(tid: i32) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    // SAFETY: PTRACE_GETSIGMASK writes `addr` (8) bytes to `data`, which points at a u64.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>() as *mut libc::c_void,
+            &mut mask as *mut u64,
+        )
+    })?;
+    Ok(mask)
+}
+
+/// `PTRACE_SETSIGMASK`: sets the blocked-signal mask of a stopped thread without letting
+/// it return to user mode (so nothing is dequeued on the way).
+pub fn setsigmask(tid: i32, mask: u64) -> io::Result<()> {
+    // SAFETY: PTRACE_SETSIGMASK reads `addr` (8) bytes from `data`, a u64.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>() as *mut libc::c_void,
+            &mask as *const u64,
+        )
+    })
+    .map(drop)
+}
+
 /// `PTRACE_GETSIGINFO`.
 pub fn getsiginfo(tid: i32) -> io::Result<SigInfo> {
     let mut si = std::mem::MaybeUninit::<SigInfo>::zeroed();
