@@ -546,3 +546,40 @@ fn fp_and_vector_registers_survive_attach_and_detach() {
     }
     assert_eq!(t.stop(), (0, "xmm ok\n".to_string()));
 }
+
+/// Load: 200 attach/detach cycles on the 8-thread target calling hooked functions in
+/// tight loops: no crash, no hang, the checksum intact, and the target's mappings back to
+/// what they were after each detach (the documented bound for growth is zero mappings;
+/// only the glibc heap of the target itself may change, and threads.c does not allocate).
+#[test]
+#[ignore = "long (about a minute): run by scripts/stress.sh"]
+fn load_200_cycles_on_8_threads() {
+    let want = {
+        let t = support::Target::start("threads", &[]);
+        std::thread::sleep(Duration::from_millis(50));
+        t.stop()
+    };
+    let mut t = support::Target::start("threads", &[]);
+    let pid = t.pid();
+    let before = support::maps(pid).len();
+    let mut worst = 0usize;
+    let t0 = Instant::now();
+    for i in 0..200 {
+        let (code, err) = xcover_run(
+            &["attach", &pid.to_string(), "--no-tui", "--duration", "0.01"],
+            LIMIT,
+        );
+        assert_eq!(code, 0, "cycle {i}: {err}");
+        assert!(t.alive(), "cycle {i}: the target died");
+        let n = support::maps(pid).len();
+        worst = worst.max(n.saturating_sub(before));
+        assert!(n <= before, "cycle {i}: {before} mappings grew to {n}");
+    }
+    support::assert_clean(pid, 0);
+    eprintln!(
+        "200 cycles in {:.1} s, mappings {before} -> {} (worst growth {worst})",
+        t0.elapsed().as_secs_f64(),
+        support::maps(pid).len()
+    );
+    assert_eq!(t.stop(), want);
+}

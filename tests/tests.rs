@@ -6,6 +6,7 @@ mod e2e;
 mod golang;
 mod faults;
 mod hostile;
+mod security;
 mod hook;
 mod inject;
 mod maps;

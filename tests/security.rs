@@ -1,0 +1,184 @@
+//! Security (issue 8): session files are 0600 and the caller's; xcover refuses session
+//! files it does not own, that others may write, or that are symlinks; the agent is never
+//! loaded from a file; another user can neither detach nor read a session.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::faults::{Chaos, xcover_run};
+use crate::support::{self, session_path};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn keep(t: &Chaos) {
+    let (code, err) = xcover_run(
+        &["attach", &t.pid().to_string(), "--no-tui", "--keep"],
+        LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+fn detach_ok(t: &Chaos) {
+    let (code, err) = xcover_run(&["detach", &t.pid().to_string()], LIMIT);
+    assert_eq!(code, 0, "{err}");
+    support::assert_clean(t.pid(), 0);
+}
+
+#[test]
+fn session_file_is_0600_and_the_callers() {
+    let t = Chaos::start(&["work"]);
+    keep(&t);
+    let m = std::fs::symlink_metadata(session_path(t.pid())).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(m.uid(), unsafe { libc::geteuid() });
+    detach_ok(&t);
+    assert_eq!(t.stop(), (0, "work ok\n".to_string()));
+}
+
+#[test]
+fn writable_by_others_foreign_or_symlinked_sessions_are_refused() {
+    let t = Chaos::start(&["work"]);
+    let ps = t.pid().to_string();
+    let path = session_path(t.pid());
+    keep(&t);
+    // Group- or world-writable: refused by detach and status.
+    for mode in [0o620, 0o602, 0o666] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, err) = xcover_run(&["detach", &ps], LIMIT);
+        assert_ne!(code, 0, "mode {mode:o}: {err}");
+        assert!(err.contains("writable by other users"), "{err}");
+        let (_, out) = xcover_run(&["status", &ps], LIMIT);
+        assert!(
+            !out.contains("hooked"),
+            "status trusted a writable session: {out}"
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Owned by another user (needs root to give it away).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root may act on any user's session (it attaches to their processes too); check
+        // the refusal as that other user instead, below, in `other_users_cannot_...`.
+    }
+    // A symlink in place of the session: refused (O_NOFOLLOW), the real file untouched.
+    let real = path.with_file_name(format!("xcover-moved-{}", t.pid()));
+    std::fs::rename(&path, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    let (code, err) = xcover_run(&["detach", &ps], LIMIT);
+    assert_ne!(code, 0, "a symlinked session was followed: {err}");
+    assert!(support::mapped(t.pid(), {
+        let s = std::fs::read(&real).unwrap();
+        let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_base);
+        u64::from_le_bytes(s[off..off + 8].try_into().unwrap())
+    }));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&real, &path).unwrap();
+    detach_ok(&t);
+    assert_eq!(t.stop(), (0, "work ok\n".to_string()));
+}
+
+/// The agent goes from xcover's memory into an anonymous mapping: no file is opened for it
+/// (strace), and the target maps no file for it.
+#[test]
+fn agent_is_never_loaded_from_a_file() {
+    let t = Chaos::start(&["work"]);
+    let ps = t.pid().to_string();
+    let have_strace = Command::new("strace").arg("-V").output().is_ok();
+    if have_strace {
+        let log = crate::faults::tmp_path("strace");
+        let out = Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=open,openat,openat2,memfd_create",
+                "-o",
+            ])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_xcover"))
+            .args(["attach", &ps, "--no-tui", "--keep"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let trace = std::fs::read_to_string(&log).unwrap();
+        for l in trace.lines() {
+            assert!(!l.contains("memfd_create"), "{l}");
+            if l.contains("= -1") {
+                continue;
+            }
+            // Successful opens: xcover's own libraries, /proc, the session, the target's
+            // executable (for its symbols); never an agent file.
+            assert!(!l.contains("agent"), "{l}");
+            let so = (l.contains(".so\"") || l.contains(".so.")) && !l.contains("ld.so.cache");
+            assert!(
+                !so || l.contains("\"/lib") || l.contains("\"/usr/lib"),
+                "opened a shared object: {l}"
+            );
+        }
+    } else {
+        keep(&t);
+    }
+    let s = xcover_injector::SessionFile::open(t.pid()).unwrap();
+    let base = s
+        .header()
+        .agent_base
+        .load(std::sync::atomic::Ordering::Acquire);
+    drop(s);
+    let start = format!("{base:08x}-");
+    let line = support::maps(t.pid())
+        .into_iter()
+        .find(|l| l.starts_with(&start))
+        .expect("agent mapping");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(fields.len() == 5, "the agent is file-backed: {line}");
+    detach_ok(&t);
+    assert_eq!(t.stop(), (0, "work ok\n".to_string()));
+}
+
+/// Another user (nobody) can neither detach a session nor read it.
+#[test]
+fn other_users_cannot_detach_or_read_a_session() {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("no setpriv; skipped");
+        return;
+    }
+    let t = Chaos::start(&["work"]);
+    let ps = t.pid().to_string();
+    keep(&t);
+    let before = std::fs::read(session_path(t.pid())).unwrap();
+    for args in [
+        vec!["detach", &ps],
+        vec!["status", &ps],
+        vec!["attach", &ps, "--no-tui"],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_xcover"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let so = String::from_utf8_lossy(&out.stdout);
+        let se = String::from_utf8_lossy(&out.stderr);
+        assert!(!so.contains("hooked"), "nobody read the session: {so}");
+        if args[0] != "status" {
+            assert_ne!(out.status.code(), Some(0), "nobody could {args:?}: {se}");
+        }
+        assert!(session_path(t.pid()).exists());
+    }
+    let after = std::fs::read(session_path(t.pid())).unwrap();
+    let off = std::mem::offset_of!(xcover_abi::SessionHeader, state);
+    assert_eq!(
+        before[off..off + 4],
+        after[off..off + 4],
+        "nobody changed the state"
+    );
+    detach_ok(&t);
+    assert_eq!(t.stop(), (0, "work ok\n".to_string()));
+}
