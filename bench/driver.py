@@ -616,13 +616,13 @@ def main():
     a = ap.parse_args()
     parts = set((a.only or "micro,scaling,workload,tui").split(","))
     if a.quick:
-        a.calls, a.kernel_calls, a.repeats, a.miss = 2_000_000, 50_000, 3, 1000
+        a.calls, a.kernel_calls, a.repeats, a.miss = 2_000_000, 50_000, 3, 300
         a.scale, a.scale_repeats = [1000, 10000, 100000], 2
         a.conns, a.load_seconds = 8, 2
         a.tui_functions, a.tui_seconds = 100000, 5
         a.uprobe_attach_timeout = 60
     else:
-        a.calls, a.kernel_calls, a.repeats, a.miss = 10_000_000, 200_000, 5, 5000
+        a.calls, a.kernel_calls, a.repeats, a.miss = 10_000_000, 200_000, 5, 1000
         a.scale, a.scale_repeats = [1000, 10000, 100000], 5
         a.conns, a.load_seconds = 8, 5
         a.tui_functions, a.tui_seconds = 100000, 10
