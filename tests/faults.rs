@@ -517,7 +517,7 @@ fn signal_storm_during_attach_and_detach() {
             .any(|l| {
                 l.split_whitespace()
                     .nth(1)
-                    .is_some_and(|v| v.trim_start_matches('0') != "")
+                    .is_some_and(|v| !v.trim_start_matches('0').is_empty())
             })
     };
     let deadline = Instant::now() + LIMIT;

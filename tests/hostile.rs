@@ -45,6 +45,7 @@ fn bad_command_lines_pids_paths_regexes_and_probes() {
     let unreadable = write("unreadable.o", &cover);
     std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
     let missing = dir.join("missing.o").to_str().unwrap().to_string();
+    // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
 
     // (arguments, what the error line must say). Clap's own usage errors print a usage
