@@ -78,14 +78,16 @@ const SYS_PROCESS_VM_READV: usize = 310;
 const CLOCK_MONOTONIC: usize = 1;
 const PR_GET_NAME: usize = 16;
 
-/// One syscall with up to six arguments; returns `rax` (negative errno on failure).
+/// One syscall with up to six arguments; returns `rax` (negative errno on failure). The one
+/// `syscall` instruction of the runtime, used by the agent too (it imports nothing).
 ///
 /// # Safety
 /// The arguments must be valid for syscall `nr`: any pointer the kernel writes through must
 /// point to memory the caller owns (pointers the kernel only reads may be bad: it returns
-/// `-EFAULT`).
+/// `-EFAULT`), and any mapping the call changes must not be in use in a way the change
+/// would break.
 #[inline(always)]
-unsafe fn syscall6(nr: usize, a: [usize; 6]) -> i64 {
+pub unsafe fn syscall6(nr: usize, a: [usize; 6]) -> i64 {
     let ret: isize;
     // SAFETY: the `syscall` instruction clobbers rcx and r11 only (declared); memory effects
     // are the caller's contract above.

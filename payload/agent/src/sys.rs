@@ -1,6 +1,6 @@
-//! Raw Linux x86-64 system calls: the agent imports nothing, so it talks to the kernel with
-//! the `syscall` instruction. Only what the agent itself needs (memory mappings); the probe
-//! helpers have their own in `xcover_bpf::sys`.
+//! The system calls the agent itself needs (mappings, `/proc/self` files): it imports
+//! nothing, so they go through the runtime's one `syscall` instruction,
+//! [`xcover_bpf::sys::syscall6`].
 
 /// `PROT_READ`.
 pub const PROT_READ: u64 = 1;
@@ -37,28 +37,13 @@ pub fn page_up(v: u64) -> u64 {
 /// One system call; returns `rax` (a negative errno on failure).
 ///
 /// # Safety
-/// The arguments must be valid for system call `nr`; any memory the call changes (a mapping
-/// removed or re-protected) must not be in use in a way the change would break.
+/// As [`xcover_bpf::sys::syscall6`]: the arguments must be valid for system call `nr`; any
+/// memory the call changes (a mapping removed or re-protected) must not be in use in a way
+/// the change would break.
 unsafe fn syscall6(nr: u64, a: [u64; 6]) -> i64 {
-    let ret: i64;
-    // SAFETY: `syscall` clobbers rcx and r11 (declared) and returns in rax; the effects on
-    // memory are the caller's contract.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            inlateout("rax") nr as i64 => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    ret
+    let a = a.map(|v| v as usize);
+    // SAFETY: forwarded caller contract.
+    unsafe { xcover_bpf::sys::syscall6(nr as usize, a) }
 }
 
 /// Maps `len` bytes of fresh anonymous read+write memory. With `at != 0` the mapping must
