@@ -233,8 +233,11 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         // A target that exits while its symbols are read: say so, not which file vanished.
         match injector::procfs::stat(a.pid) {
             Ok(st) if !matches!(st.state, 'Z' | 'X') => e,
-            _ => BadInput(format!("pid {}: no process (it exited during discovery)", a.pid))
-                .into(),
+            _ => BadInput(format!(
+                "pid {}: no process (it exited during discovery)",
+                a.pid
+            ))
+            .into(),
         }
     })?;
     if d.functions.is_empty() {
@@ -244,15 +247,18 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    let discovered = t0.elapsed();
+    let t1 = Instant::now();
     let probe = match &a.probe {
-        Some(p) => std::fs::read(p)
-            .map_err(|e| BadInput(format!("--probe {}: {e}", p.display())))?,
+        Some(p) => {
+            std::fs::read(p).map_err(|e| BadInput(format!("--probe {}: {e}", p.display())))?
+        }
         None => session::COVER_PROBE.to_vec(),
     };
     let prog = session::load_probe(&probe, d.functions.len())?;
     session::verify_probe(&prog)?;
     let contents = session::prepare(&d, &prog, session::possible_cpus())?;
-    let discovered = t0.elapsed();
+    let prepared = t1.elapsed();
 
     let stop = stop_signals()?;
     let prepare = |s: &SessionFile| session::write(s, &contents).map_err(|e| format!("{e:#}"));
@@ -267,12 +273,13 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     let h = att.session().header();
     eprintln!(
         "xcover: attached to pid {}: {} functions hooked, {} skipped ({} threads; discovery \
-         {:.1} ms, target stopped {:.2} ms, attach {:.1} ms)",
+         {:.1} ms, probe and session {:.1} ms, target stopped {:.2} ms, attach {:.1} ms)",
         a.pid,
         h.funcs_hooked.load(Ordering::Relaxed),
         h.funcs_skipped.load(Ordering::Relaxed),
         att.stats.threads,
         ms(discovered),
+        ms(prepared),
         ms(att.stats.stopped),
         ms(att.stats.total)
     );

@@ -17,17 +17,18 @@ mod vm;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
-/// Exit code for success.
-#[allow(dead_code)]
-const EXIT_OK: u8 = 0;
 /// Exit code for a failure at run time.
 const EXIT_RUNTIME: u8 = 1;
 /// Exit code for bad usage or bad input (no such pid, not traceable, bad regex, ...).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => return usage_error(e),
+    };
     let result = match args.command {
         cli::Command::Attach(a) => attach::attach(a),
         cli::Command::Detach(d) => attach::detach(d),
@@ -49,4 +50,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--help` and `--version` print as usual; any other command-line error becomes one line
+/// (the tool's promise for bad input) and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad command line")
+        .trim_start_matches("error: ");
+    eprintln!("xcover: error: {first} (try --help)");
+    ExitCode::from(EXIT_USAGE)
 }
