@@ -119,7 +119,11 @@ fn go_program_with_every_function_hooked() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     got.push(t.cmd("run"));
     assert_eq!(got, want, "the Go program's output changed under xcover");
-    assert_eq!(code_bytes(pid, &exe, &probe), before, "code bytes not restored");
+    assert_eq!(
+        code_bytes(pid, &exe, &probe),
+        before,
+        "code bytes not restored"
+    );
     assert!(!session_path(pid).exists());
     assert!(tracer_pids(pid).iter().all(|&p| p == 0));
 
@@ -141,7 +145,10 @@ fn go_program_with_every_function_hooked() {
     // entry, so deep() is entered at least as often as it is called.
     assert!(f("main.deep")["hits"].as_u64().unwrap() >= 2 * 16 * 201);
     assert!(f("runtime.mallocgc")["hits"].as_u64().unwrap() > 0);
-    assert!(f("runtime.newstack")["hits"].as_u64().unwrap() > 0, "no stack grew");
+    assert!(
+        f("runtime.newstack")["hits"].as_u64().unwrap() > 0,
+        "no stack grew"
+    );
     // Goroutines return into goexit+1: hooking it would break every goroutine's exit.
     assert_eq!(
         f("runtime.goexit.abi0")["skipped"],

@@ -3,13 +3,13 @@
 
 mod conformance;
 mod e2e;
-mod golang;
 mod faults;
-mod hostile;
-mod security;
+mod golang;
 mod hook;
+mod hostile;
 mod inject;
 mod maps;
 mod realprog;
+mod security;
 mod support;
 mod tui;
