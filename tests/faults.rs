@@ -440,6 +440,28 @@ fn thread_storm_during_attach_and_detach() {
     assert_eq!(t.stop(), (0, "storm ok=1 many=1\n".to_string()));
 }
 
+/// Remote work in a thread-creating thread, stopped again and again. Stopping the world
+/// often catches the storm's main thread at its clone event, inside `clone3()` with the
+/// child already created; remote work there used to fail (the step finished the clone
+/// first), and restoring its registers then made `clone3()` return -ENOSYS, so glibc created
+/// the thread a second time, on the same stack: the target crashed, or a thread's exit
+/// counted twice ended it with status 0 and no output.
+#[test]
+fn remote_work_in_a_thread_creating_thread() {
+    let t = Chaos::start(&["storm"]);
+    let pid = t.pid();
+    for i in 0..300 {
+        let mut sp =
+            xcover_injector::StoppedProcess::stop(pid).unwrap_or_else(|e| panic!("stop {i}: {e}"));
+        let tid = sp.worker_tid().unwrap();
+        let r = sp.syscall(tid, xcover_injector::nr::GETPID, [0; 6]);
+        assert_eq!(r.unwrap_or_else(|e| panic!("stop {i}: {e}")), pid as u64);
+        sp.resume().unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(t.stop(), (0, "storm ok=1 many=1\n".to_string()));
+}
+
 /// A target stopped with SIGSTOP is attached and detached and stays stopped; SIGCONT then
 /// lets it run on correctly.
 #[test]

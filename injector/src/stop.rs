@@ -4,7 +4,9 @@
 //! then `PTRACE_INTERRUPT`) and waits until each one is stopped. It re-reads
 //! `/proc/<pid>/task` until a pass finds no new thread, so a thread created during the attach
 //! is either seen there or auto-attached through its creator's `PTRACE_EVENT_CLONE` stop; a
-//! thread that exits meanwhile just drops out.
+//! thread that exits meanwhile just drops out. A thread that reports a clone event is never
+//! held there (it is inside `clone()`, whose result is not in its registers yet): it is let
+//! finish the call and held at its next stop, on the way back to user mode.
 //!
 //! # Signals
 //!
@@ -143,6 +145,12 @@ impl StoppedProcess {
                         if !first && procfs::task_tracer_pid(pid, tid).unwrap_or(0) == me {
                             pending.push(tid);
                             new = true;
+                        } else if !first
+                            && procfs::task_stat(pid, tid)
+                                .map_or(true, |st| matches!(st.state, 'Z' | 'X'))
+                        {
+                            // Exiting since we listed it: the kernel refuses to attach to a
+                            // thread whose exit has begun with EPERM, not ESRCH.
                         } else if procfs::tracer_pid(pid).unwrap_or(0) != 0 && first {
                             return Err(Error::Unsupported {
                                 pid,
@@ -208,7 +216,7 @@ impl StoppedProcess {
                     }
                     Err(e) => return Err(sys_err(pid, tid, "waitpid")(e)),
                     Ok(Wait::Stopped { sig, event }) => {
-                        let kind = if event == sys::EVENT_CLONE {
+                        if event == sys::EVENT_CLONE {
                             let child = sys::geteventmsg(tid).map_err(sys_err(
                                 pid,
                                 tid,
@@ -217,8 +225,29 @@ impl StoppedProcess {
                             if !self.threads.contains_key(&child) && !pending.contains(&child) {
                                 pending.push(child);
                             }
-                            StopKind::Event
-                        } else if event != 0 {
+                            // The creator is still inside clone(): its `rax` is the
+                            // -ENOSYS of syscall entry, not the child's tid yet. Holding it
+                            // here is unsafe: running remote work in it finishes the clone
+                            // under our registers, and restoring the saved ones afterwards
+                            // makes clone() return -ENOSYS to a thread that does exist
+                            // (glibc then creates it a second time with clone()). So let
+                            // it finish the call and stop again on the way back to user
+                            // mode, with the interrupt we queue now (the clone stop
+                            // consumed the first one).
+                            let r = sys::interrupt(tid)
+                                .map_err(|e| ("PTRACE_INTERRUPT", e))
+                                .and_then(|()| sys::cont(tid, 0).map_err(|e| ("PTRACE_CONT", e)));
+                            match r {
+                                Ok(()) => {}
+                                // Killed meanwhile: its exit is reaped on the next pass.
+                                Err((_, e)) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                                Err((call, e)) => return Err(sys_err(pid, tid, call)(e)),
+                            }
+                            progressed = true;
+                            i += 1;
+                            continue;
+                        }
+                        let kind = if event != 0 {
                             StopKind::Event
                         } else {
                             let _ = sig;
