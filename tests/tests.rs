@@ -4,6 +4,7 @@
 mod conformance;
 mod e2e;
 mod faults;
+mod flood;
 mod golang;
 mod hook;
 mod hostile;
