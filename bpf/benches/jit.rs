@@ -1,5 +1,8 @@
 //! The JIT-ed coverage probe's hit path (a function already seen): one run per iteration,
-//! with `bpf_map_lookup_elem` inlined and through the helper.
+//! with `bpf_map_lookup_elem` inlined and through the helper. And its first-hit path (the
+//! `seen` flag is cleared before every run), with vector registers preserved: the test
+//! probe (one `bpf_ringbuf_output`) and the C probe's shape (`bpf/cover.bpf.c`: reserve,
+//! `ktime_get_ns`, `get_current_pid_tgid`, submit).
 //!
 //! `cargo bench -p xcover-bpf --bench jit`
 
@@ -55,8 +58,57 @@ out:
     exit
 ";
 
+/// `bpf/cover.bpf.c`'s first-hit path: four helper calls.
+const C_PROBE: &str = "
+    call 174
+    stxw [%r10-4], %r0
+    lddw %r1, 0x7700
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    ldxdw %r1, [%r0]
+    add %r1, 1
+    stxdw [%r0], %r1
+    lddw %r1, 0x7701
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    ldxw %r1, [%r0]
+    jne %r1, 0, out
+    mov %r3, %r0
+    mov %r0, 0
+    mov %r1, 1
+    lock cmpxchg32 [%r3], %r1
+    jne %r0, 0, out
+    lddw %r1, 0x7702
+    mov %r2, 24
+    mov %r3, 0
+    call 131
+    jeq %r0, 0, out
+    mov %r6, %r0
+    ldxw %r1, [%r10-4]
+    stxdw [%r6], %r1
+    call 5
+    stxdw [%r6+8], %r0
+    call 14
+    stxw [%r6+16], %r0
+    stw [%r6+20], 0
+    mov %r1, %r6
+    mov %r2, 0
+    call 132
+out:
+    mov %r0, 0
+    exit
+";
+
 fn program() -> Vec<Insn> {
-    let mut p = xcover_bpf::asm::assemble(PROBE).expect("probe assembles");
+    assemble(PROBE)
+}
+
+fn assemble(text: &str) -> Vec<Insn> {
+    let mut p = xcover_bpf::asm::assemble(text).expect("probe assembles");
     for i in p.iter_mut() {
         if i.is_lddw() && (0x7700..0x7703).contains(&i.imm) {
             i.src = PSEUDO_MAP_FD;
@@ -115,6 +167,51 @@ fn bench(c: &mut Criterion) {
     g.finish();
     let hits = arena.map(layout.offsets()[0]).expect("hits").array_u64(17);
     assert!(hits.is_some_and(|h| h > 1));
+
+    // First hits: clear `seen[17]` before every run; drain the ring buffer between
+    // batches (outside the timing) so every reservation succeeds.
+    let env = Env {
+        helpers: standard_helpers(),
+        map_addrs: &addrs,
+        map_value_addrs: &values,
+        unwind_helper: None,
+        map_inline: &inline,
+    };
+    let seen_map = inline[1].expect("seen inlines");
+    let seen = (seen_map.values_addr + 17 * seen_map.value_stride as u64) as *mut u32;
+    let events = arena.map(layout.offsets()[2]).expect("events");
+    let mut g = c.benchmark_group("coverage_probe_first_hit");
+    for (name, text) in [("output", PROBE), ("reserve_submit", C_PROBE)] {
+        let p = assemble(text);
+        verify(&p, &env, &VerifierOptions::default()).expect("verifies");
+        let code = JitCode::new(&jit::compile(&p, &env, &opts).expect("jit")).expect("map");
+        events.ringbuf_consume(|_| {});
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(1000);
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        // SAFETY: `seen` is a live, aligned value of the arena; the program
+                        // is verified and ctx and the arena outlive the run.
+                        unsafe {
+                            seen.write_volatile(0);
+                            code.call(black_box(ctx_addr), 0);
+                        }
+                    }
+                    total += t.elapsed();
+                    let mut got = 0;
+                    events.ringbuf_consume(|_| got += 1);
+                    assert_eq!(got, n, "one event per run");
+                    left -= n;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -20,8 +20,17 @@
 //! reserve 512 bytes, `rbp` at their end. `rsp` is a multiple of 16 everywhere in the body,
 //! so helper calls need no fix-up.
 //!
-//! With [`JitOptions::preserve_vector_regs`], every helper call that is not inlined saves
-//! `xmm0`–`xmm15` in 256 bytes below `rsp` and restores them afterwards.
+//! With [`JitOptions::preserve_vector_regs`], a single-function program saves `xmm0`–`xmm15`
+//! at most once per run and restores them once, at exit. The main function is emitted twice:
+//! the *unsaved* copy (every instruction, as without the option) and the *saved* copy (only
+//! the instructions reachable after a helper call that is not inlined). In the unsaved copy
+//! such a call moves `rsp` down by `save_sub` (the red-zone `call_sub` + 256), stores the 16
+//! registers at `[rsp]`, calls, and jumps into the saved copy, which keeps `rsp` there: its
+//! `[r10 + off]` operands are `save_sub` further from `rsp`, its helper calls save nothing,
+//! and its exits (and the unwind path, `rsp = r12 - save_sub`) go through one shared epilogue
+//! that reloads the registers and frees the area. So the state is in the program counter: no
+//! flag, nothing added to a run that calls no helper. Programs with local functions keep the
+//! per-call save and restore around every helper call.
 //!
 //! Edge semantics (division by zero, `INT_MIN / -1`, shift masking, 32-bit
 //! zero-extension) match [`crate::interp`] exactly.
@@ -322,9 +331,12 @@ const SUB_FRAME: i32 = STACK_SIZE as i32;
 
 #[derive(Clone, Copy)]
 enum Target {
+    /// An instruction of the unsaved copy (`pc`) or of the saved copy (`len + 1 + pc`).
     Insn(usize),
     Func(usize),
     Epilogue,
+    /// Reload the vector registers, free the save area, then the main epilogue.
+    SavedEpilogue,
 }
 
 /// What the compiler knows about a register's value in straight-line code.
@@ -391,6 +403,15 @@ struct Compiler<'a> {
     /// Registers are being written for a helper call: `r1`..`r5` stack addresses are
     /// helper arguments (bounded by the verifier to `[addr, r10)`).
     for_call: bool,
+    /// Save the vector registers once per run (single-function programs with
+    /// [`JitOptions::preserve_vector_regs`]).
+    split: bool,
+    /// Emitting the saved copy.
+    saved: bool,
+    /// Index of the current copy's first instruction in `insn_off` (0 or `len + 1`).
+    base: usize,
+    /// Instructions of the unsaved copy that saved the vector registers and called a helper.
+    transitions: Vec<bool>,
 }
 
 /// Compiles a verified program for any load address.
@@ -486,8 +507,12 @@ fn compile_pass(
         low_stack: 0,
         stack_escapes: false,
         for_call: false,
+        split: opts.preserve_vector_regs && !multi,
+        saved: false,
+        base: 0,
+        transitions: vec![false; len + 1],
     };
-    let mut insn_off = vec![0usize; len + 1];
+    let mut insn_off = vec![0usize; 2 * (len + 1)];
     let mut func_off = vec![0usize; len + 1];
     c.main_prologue();
     let mut in_main = true;
@@ -532,14 +557,25 @@ fn compile_pass(
         pc += 1;
     }
     c.flush_all();
+    let mut saved_epilogue = 0;
+    if c.split {
+        c.forget_all();
+        c.emit_saved_copy(insns, &tail, &is_target, &mut insn_off)?;
+        c.flush_all();
+    }
     let epilogue = c.e.pos();
     c.main_epilogue();
+    if c.split {
+        saved_epilogue = c.e.pos();
+        c.saved_epilogue();
+    }
     c.emit_cold();
     for &(at, t) in &c.fixups {
         let to = match t {
             Target::Insn(pc) => insn_off[pc],
             Target::Func(pc) => func_off[pc],
             Target::Epilogue => epilogue,
+            Target::SavedEpilogue => saved_epilogue,
         };
         c.e.patch(at, to);
     }
@@ -635,7 +671,125 @@ fn plan_frame(insns: &[Insn], tail: &[bool], env: &Env, multi: bool, red_zone: b
     }
 }
 
+/// Successors of instruction `pc` of a single-function program.
+fn successors(i: Insn, pc: usize) -> [Option<usize>; 2] {
+    let next = Some(pc + if i.is_lddw() { 2 } else { 1 });
+    let class = i.class();
+    if class != BPF_JMP && class != BPF_JMP32 {
+        return [next, None];
+    }
+    let target = i.jump_target(pc).map(|t| t as usize);
+    match i.op & OP_MASK {
+        BPF_EXIT => [None, None],
+        BPF_CALL => [next, None],
+        BPF_JA => [target, None],
+        _ => [next, target],
+    }
+}
+
 impl Compiler<'_> {
+    /// Bytes the first saving helper call moves `rsp` down by (the saved copy keeps it so).
+    fn save_sub(&self) -> i32 {
+        self.frame.call_sub + 256
+    }
+
+    /// The jump target for instruction `pc` of the copy being emitted.
+    fn insn_target(&self, pc: usize) -> Target {
+        Target::Insn(self.base + pc)
+    }
+
+    /// Emits the saved copy: the instructions reachable after a transition of the unsaved
+    /// copy, in program order, each region entered with nothing known about registers.
+    fn emit_saved_copy(
+        &mut self,
+        insns: &[Insn],
+        tail: &[bool],
+        is_target: &[bool],
+        insn_off: &mut [usize],
+    ) -> Result<(), JitError> {
+        let len = insns.len();
+        let mut reach = vec![false; len + 1];
+        let mut work: Vec<usize> = (0..len)
+            .filter(|&pc| self.transitions[pc])
+            .map(|pc| pc + 1)
+            .collect();
+        while let Some(pc) = work.pop() {
+            if pc >= len || reach[pc] || tail[pc] {
+                continue;
+            }
+            reach[pc] = true;
+            work.extend(successors(insns[pc], pc).into_iter().flatten());
+        }
+        self.saved = true;
+        self.base = len + 1;
+        let mut pc = 0;
+        let mut prev_emitted = false;
+        while pc < len {
+            if !reach[pc] {
+                prev_emitted = false;
+                pc += 1;
+                continue;
+            }
+            if is_target[pc] || !prev_emitted || self.transitions[pc.saturating_sub(1)] {
+                self.flush_all();
+                self.forget_all();
+            }
+            prev_emitted = true;
+            insn_off[self.base + pc] = self.e.pos();
+            let i = insns[pc];
+            if i.is_lddw() {
+                self.lddw(pc, i, insns[pc + 1])?;
+                insn_off[self.base + pc + 1] = self.e.pos();
+                pc += 2;
+                continue;
+            }
+            // Never fold a `jeq` the unsaved copy enters (after its own call at `pc`).
+            let next = insns
+                .get(pc + 1)
+                .filter(|n| !is_target[pc + 1] && n.op == BPF_JMP | BPF_JEQ | BPF_K)
+                .filter(|n| n.dst == 0 && n.imm == 0 && !self.transitions[pc])
+                .and_then(|n| n.jump_target(pc + 1))
+                .map(|t| t as usize);
+            if i.op == BPF_JMP | BPF_CALL && i.src == 0 && self.try_inline_lookup(pc, i, next)? {
+                if next.is_some() {
+                    insn_off[self.base + pc + 1] = self.e.pos();
+                    pc += 1;
+                }
+                pc += 1;
+                continue;
+            }
+            self.insn(pc, i, true)?;
+            pc += 1;
+        }
+        Ok(())
+    }
+
+    /// The shared exit of the saved copy: reload `xmm0`–`xmm15`, free the area, return.
+    fn saved_epilogue(&mut self) {
+        for x in 0..16u8 {
+            let m = Rm::Mem(RSP, x as i32 * 16);
+            self.e.inst(&[0xf3], false, false, &[0x0f, 0x6f], x, m); // movdqu xmm, [rsp+16x]
+        }
+        let sub = self.save_sub();
+        self.e.alu_imm(true, 0, RSP, sub);
+        self.main_epilogue();
+    }
+
+    /// Leaves the program from any depth with `r0` set; `saved`: the vector registers are
+    /// in the save area (single-function programs only).
+    fn leave_from_anywhere(&mut self, saved: bool) {
+        if saved {
+            let d = -self.save_sub();
+            self.e.lea(RSP, R12, d);
+            let j = self.e.jmp();
+            self.fixups.push((j, Target::SavedEpilogue));
+        } else {
+            self.e.mov(true, RSP, R12);
+            let j = self.e.jmp();
+            self.fixups.push((j, Target::Epilogue));
+        }
+    }
+
     fn main_prologue(&mut self) {
         for i in 0..self.frame.saved.len() {
             self.e.push(self.frame.saved[i]);
@@ -687,7 +841,8 @@ impl Compiler<'_> {
             self.low_stack = self.low_stack.min(off);
         }
         if reg == 10 && self.frame.fp_less {
-            Rm::Mem(RSP, self.frame.top + off)
+            let moved = if self.saved { self.save_sub() } else { 0 };
+            Rm::Mem(RSP, moved + self.frame.top + off)
         } else {
             Rm::Mem(MAP[reg as usize], off)
         }
@@ -810,7 +965,7 @@ impl Compiler<'_> {
             }
         }
         let to = match null_to {
-            Some(t) => ColdTo::Insn(t),
+            Some(t) => ColdTo::Insn(self.base + t),
             None => ColdTo::Pos(self.e.pos()),
         };
         self.cold.push(Cold::Null { jcc, to });
@@ -1232,6 +1387,21 @@ impl Compiler<'_> {
 
     /// Calls a helper at an absolute address, saving vector registers when asked.
     fn call_abs(&mut self, addr: u64) {
+        if self.split {
+            // Once per run: the unsaved copy saves and its caller continues in the saved
+            // copy, which calls with everything already in place.
+            if !self.saved {
+                let sub = self.save_sub();
+                self.e.alu_imm(true, 5, RSP, sub);
+                for x in 0..16u8 {
+                    let m = Rm::Mem(RSP, x as i32 * 16);
+                    self.e.inst(&[0xf3], false, false, &[0x0f, 0x7f], x, m); // movdqu
+                }
+            }
+            self.e.mov_imm64(RAX, addr);
+            self.e.bytes(&[0xff, 0xd0]); // call rax
+            return;
+        }
         let e = &mut self.e;
         let save = self.opts.preserve_vector_regs;
         let sub = self.frame.call_sub;
@@ -1278,10 +1448,20 @@ impl Compiler<'_> {
         let e = &mut self.e;
         e.rr(true, 0x85, RAX, RAX);
         let cont = e.jcc(CC_NE);
-        e.mov(true, RSP, R12);
-        let j = e.jmp();
-        self.fixups.push((j, Target::Epilogue));
+        // In the split layout, any helper call leaves the registers saved.
+        self.leave_from_anywhere(self.split);
         self.e.patch_here(cont);
+    }
+
+    /// After a helper call of the unsaved copy at `pc`: the vector registers are saved, so
+    /// the run goes on in the saved copy.
+    fn continue_saved(&mut self, pc: usize) {
+        if self.split && !self.saved {
+            self.transitions[pc] = true;
+            let j = self.e.jmp();
+            self.fixups
+                .push((j, Target::Insn(self.transitions.len() + pc + 1)));
+        }
     }
 
     fn call_helper(&mut self, id: u32, f: u64) {
@@ -1309,7 +1489,10 @@ impl Compiler<'_> {
                 if x {
                     return Err(bad);
                 }
-                if in_main && !self.multi {
+                if self.saved {
+                    let j = self.e.jmp();
+                    self.jump_to(j, Target::SavedEpilogue);
+                } else if in_main && !self.multi {
                     // The lean epilogue is short: repeat it at every exit.
                     self.main_epilogue();
                 } else if in_main {
@@ -1322,6 +1505,7 @@ impl Compiler<'_> {
             (BPF_JMP, BPF_CALL) => {
                 if x {
                     self.callx(d);
+                    self.continue_saved(pc);
                 } else if i.src == PSEUDO_CALL {
                     self.e.byte(0xe8);
                     self.e.imm32(0);
@@ -1343,7 +1527,10 @@ impl Compiler<'_> {
                             self.e
                                 .inst(&[], true, false, &[0x8b], RAX, Rm::Mem(RDI, off as i32));
                         }
-                        _ => self.call_helper(id, f as usize as u64),
+                        _ => {
+                            self.call_helper(id, f as usize as u64);
+                            self.continue_saved(pc);
+                        }
                     }
                 } else {
                     return Err(bad);
@@ -1354,7 +1541,8 @@ impl Compiler<'_> {
                     return Err(bad);
                 }
                 let j = self.e.jmp();
-                self.jump_to(j, Target::Insn(target.unwrap_or(0)));
+                let t = self.insn_target(target.unwrap_or(0));
+                self.jump_to(j, t);
             }
             (_, BPF_CALL | BPF_EXIT) => return Err(bad),
             _ => {
@@ -1386,7 +1574,8 @@ impl Compiler<'_> {
                     e.alu_imm(w, 7, d, i.imm);
                 }
                 let j = e.jcc(cc);
-                self.jump_to(j, Target::Insn(target.unwrap_or(0)));
+                let t = self.insn_target(target.unwrap_or(0));
+                self.jump_to(j, t);
             }
         }
         Ok(())
@@ -1408,9 +1597,7 @@ impl Compiler<'_> {
             self.e.patch_here(next);
         }
         self.e.rr(false, 0x31, RAX, RAX);
-        self.e.mov(true, RSP, R12);
-        let j = self.e.jmp();
-        self.fixups.push((j, Target::Epilogue));
+        self.leave_from_anywhere(self.split && self.saved);
         for j in done {
             self.e.patch_here(j);
         }

@@ -344,8 +344,40 @@ unsafe extern "C" fn clobber_xmm(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 
     5
 }
 
+/// Zeroes xmm0..xmm14 and sets xmm15 to a non-zero value (Go's ABI wants it zero).
+unsafe extern "C" fn dirty_xmm15(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    // SAFETY: only writes vector registers, declared as clobbered.
+    unsafe {
+        core::arch::asm!(
+            "pxor xmm0, xmm0", "pxor xmm1, xmm1", "pxor xmm2, xmm2", "pxor xmm3, xmm3",
+            "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
+            "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
+            "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14",
+            "pcmpeqd xmm15, xmm15", "psrldq xmm15, 7",
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            options(nomem, nostack),
+        );
+    }
+    3
+}
+
+/// An unwind helper that also clobbers every vector register: returns its first argument.
+unsafe extern "C" fn clobbering_unwind(a: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    // SAFETY: as for `clobber_xmm`.
+    unsafe { clobber_xmm(0, 0, 0, 0, 0) };
+    a
+}
+
 /// Loads `input` into xmm0..15, calls `f(0, 0)`, stores xmm0..15 into the result.
 fn call_with_xmm(f: *const u8, input: &[[u8; 16]; 16]) -> ([[u8; 16]; 16], u64) {
+    call_with_xmm_r1(f, input, 0)
+}
+
+/// [`call_with_xmm`] with `r1` given.
+fn call_with_xmm_r1(f: *const u8, input: &[[u8; 16]; 16], r1: u64) -> ([[u8; 16]; 16], u64) {
     let mut out = [[0u8; 16]; 16];
     let r0: u64;
     // SAFETY: `f` is JIT code following the System V ABI (called with r1 = r2 = 0); the
@@ -363,7 +395,7 @@ fn call_with_xmm(f: *const u8, input: &[[u8; 16]; 16]) -> ([[u8; 16]; 16], u64) 
             "movdqu xmm15, [{i} + 240]",
             "push {o}",
             "sub rsp, 8",
-            "xor edi, edi",
+            "mov rdi, {a}",
             "xor esi, esi",
             "call r11",
             "add rsp, 8",
@@ -377,6 +409,7 @@ fn call_with_xmm(f: *const u8, input: &[[u8; 16]; 16]) -> ([[u8; 16]; 16], u64) 
             "movdqu [{o} + 240], xmm15",
             i = in(reg) input.as_ptr(),
             o = in(reg) out.as_mut_ptr(),
+            a = in(reg) r1,
             in("r11") f,
             out("rax") r0,
             clobber_abi("C"),
@@ -413,6 +446,111 @@ fn vector_registers_survive_helper_calls() {
         } else {
             // The negative control: without preservation the helper's writes show.
             assert_eq!(out, [[0xff; 16]; 16]);
+        }
+    }
+}
+
+/// Programs calling several clobbering helpers per run, in every frame layout and on every
+/// exit path, with the probe's options: the caller's vector registers are intact after
+/// every run, and `r0` matches the interpreter.
+#[test]
+fn vector_registers_survive_many_helper_calls_per_run() {
+    static HELPERS: [(u32, HelperFn); 3] = [
+        (1000, clobber_xmm),
+        (1002, dirty_xmm15),
+        (1003, clobbering_unwind),
+    ];
+    let env = Env {
+        helpers: &HELPERS,
+        unwind_helper: Some(1003),
+        ..Env::default()
+    };
+    let programs: &[(&str, &[u64])] = &[
+        // Straight line, no stack.
+        (
+            "mov %r6, %r1\ncall 1000\nmov %r7, %r0\ncall 1002\nadd %r7, %r0\ncall 1000\n\
+             add %r0, %r7\nadd %r0, %r6\nexit",
+            &[0, 9],
+        ),
+        // Red-zone stack (8 and 128 deep) and a full frame (136 deep).
+        (
+            "stdw [%r10-8], 11\nstdw [%r10-128], 5\ncall 1000\ncall 1002\n\
+             ldxdw %r0, [%r10-8]\nldxdw %r1, [%r10-128]\nadd %r0, %r1\nexit",
+            &[0],
+        ),
+        (
+            "stdw [%r10-8], 11\nstdw [%r10-136], 5\ncall 1000\nmov %r2, %r10\n\
+             add %r2, -136\nldxdw %r6, [%r2]\ncall 1002\nldxdw %r0, [%r10-8]\n\
+             add %r0, %r6\nexit",
+            &[0],
+        ),
+        // A stack pointer kept across calls (rbp frame).
+        (
+            "stdw [%r10-8], 11\nmov %r6, %r10\ncall 1000\ncall 1002\nldxdw %r0, [%r6-8]\n\
+             exit",
+            &[0],
+        ),
+        // The no-helper path (r1 = 0) and the helper path, separate exits.
+        (
+            "jeq %r1, 0, +4\ncall 1000\ncall 1002\nadd %r0, 1\nexit\nmov %r0, 7\nexit",
+            &[0, 1],
+        ),
+        // The same exit reached with and without the registers saved.
+        (
+            "stdw [%r10-8], 4\nmov %r0, 7\njeq %r1, 0, out\ncall 1000\ncall 1002\n\
+             jeq %r0, 0, out\ncall 1000\nout:\nldxdw %r1, [%r10-8]\nadd %r0, %r1\nexit",
+            &[0, 1],
+        ),
+        // A loop of helper calls (back edge inside the saved copy).
+        (
+            "mov %r6, %r1\nloop:\ncall 1000\ncall 1002\nsub %r6, 1\njne %r6, 0, loop\n\
+             mov %r0, %r6\nexit",
+            &[1, 3],
+        ),
+        // Unwinding: as the first call, after other calls, or not at all.
+        (
+            "stdw [%r10-8], 4\nmov %r6, %r1\nmov %r1, %r6\nand %r1, 1\ncall 1003\n\
+             call 1000\nmov %r1, %r6\nand %r1, 2\ncall 1003\nldxdw %r0, [%r10-8]\nexit",
+            &[0, 1, 3],
+        ),
+        // callx: a clobbering helper, then another one or the unwind helper (r1 = 1).
+        (
+            "mov %r6, %r1\nmov %r2, 1000\ncall %r2\nmov %r2, 1002\nadd %r2, %r6\n\
+             mov %r1, 0\ncall %r2\nadd %r0, 1\nexit",
+            &[0, 1],
+        ),
+        // Local functions (the per-call save): a callee calling helpers, twice.
+        (
+            "call local f\ncall local f\nadd %r0, 1\nexit\nf:\ncall 1000\ncall 1002\nexit",
+            &[0],
+        ),
+    ];
+    let mut input = [[0u8; 16]; 16];
+    for (k, x) in input.iter_mut().enumerate() {
+        for (j, b) in x.iter_mut().enumerate() {
+            *b = (k * 16 + j) as u8 ^ 0xa5;
+        }
+    }
+    // Go's ABI: X15 is zero.
+    input[15] = [0; 16];
+    let vopts = VerifierOptions {
+        allow_back_edges: true,
+        ..VerifierOptions::default()
+    };
+    for &(text, r1s) in programs {
+        let p = asm::assemble(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        verify(&p, &env, &vopts).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let o = JitOptions {
+            preserve_vector_regs: true,
+            inline_ctx_helpers: true,
+        };
+        let code = JitCode::new(&jit::compile(&p, &env, &o).unwrap()).unwrap();
+        for &r1 in r1s {
+            // SAFETY: verified; the helpers only touch vector registers.
+            let want = unsafe { interp::run(&p, &env, r1, 0) }.unwrap();
+            let (out, r0) = call_with_xmm_r1(code.as_ptr(), &input, r1);
+            assert_eq!(r0, want, "{text} r1={r1}");
+            assert_eq!(out, input, "xmm registers changed: {text} r1={r1}");
         }
     }
 }
@@ -518,7 +656,12 @@ fn coverage_probe_disassembly() {
     let m = coverage_maps(1024);
     let p = assemble(COVERAGE_PROBE);
     let env = m.env(true);
-    let bytes = jit::compile(&p, &env, &opts()).unwrap();
+    // The agent's options.
+    let o = JitOptions {
+        preserve_vector_regs: true,
+        inline_ctx_helpers: true,
+    };
+    let bytes = jit::compile(&p, &env, &o).unwrap();
     println!("coverage probe: {} bytes", bytes.len());
     let path = std::env::temp_dir().join(format!("xcover-probe-{}.bin", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
