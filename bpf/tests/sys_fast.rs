@@ -49,6 +49,7 @@ fn cached_ids_match_the_syscalls() {
 
 #[test]
 fn pid_tgid_helper_uses_the_caches() {
+    // SAFETY: get_current_pid_tgid reads no argument and no memory of the caller's.
     let v = unsafe { xcover_bpf::helpers::get_current_pid_tgid(0, 0, 0, 0, 0) };
     assert_eq!(v >> 32, std::process::id() as u64);
     assert_eq!(v as u32, sys::gettid());
