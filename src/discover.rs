@@ -27,11 +27,16 @@ pub struct Module {
 impl Module {
     /// The file name, as reports show it.
     pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.path.display().to_string())
+        file_name(&self.path)
     }
+}
+
+/// A module's name as reports and the TUI show it: its file name (the whole path when it
+/// has none).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// One function to hook.

@@ -183,9 +183,8 @@ impl Source for Live<'_> {
                 let module = if several {
                     v.modules
                         .get(f.entry.module as usize)
-                        .and_then(|p| p.rsplit('/').next())
+                        .map(|p| crate::discover::file_name(std::path::Path::new(p)))
                         .unwrap_or_default()
-                        .to_string()
                 } else {
                     String::new()
                 };

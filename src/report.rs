@@ -303,36 +303,65 @@ fn rfc3339(secs: u64) -> String {
     )
 }
 
-/// Builds the report of a session from what discovery found and each function's hit count
-/// (`hits[i]` belongs to `d.functions[i]`), with source lines from DWARF where present.
+/// One module as reports show it: its file name, and the source lines of its DWARF.
+pub struct ModuleLines {
+    name: String,
+    lines: LineTable,
+}
+
+impl ModuleLines {
+    /// Opens the module at `path` (and its DWARF, or its separate debug file's).
+    pub fn open(path: &Path) -> Self {
+        ModuleLines {
+            name: crate::discover::file_name(path),
+            lines: LineTable::open(path),
+        }
+    }
+
+    /// The report entry of the function `name` of this module at file offset `offset` and
+    /// link-time address `vaddr`.
+    pub fn func(&self, name: &str, offset: u64, vaddr: u64, hits: u64) -> FuncReport {
+        let loc = self.lines.locate(vaddr);
+        FuncReport {
+            demangled: crate::discover::demangle(name),
+            name: name.to_string(),
+            offset,
+            hit: hits > 0,
+            hits,
+            module: self.name.clone(),
+            file: loc.as_ref().map(|l| l.0.clone()),
+            line: loc.map(|l| l.1),
+            skipped: None,
+        }
+    }
+}
+
+/// Lowercase hex, as reports write build-ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The report of what discovery found, with `hits[i]` for `d.functions[i]` (missing counts
+/// are 0: `xcover functions --report` writes the inventory with none).
 pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
-    let tables: Vec<LineTable> = d.modules.iter().map(|m| LineTable::open(&m.path)).collect();
+    let modules: Vec<ModuleLines> = d
+        .modules
+        .iter()
+        .map(|m| ModuleLines::open(&m.path))
+        .collect();
     let functions = d
         .functions
         .iter()
         .zip(hits.iter().copied().chain(std::iter::repeat(0)))
-        .map(|(f, hits)| {
-            let loc = tables[f.module].locate(f.vaddr);
-            FuncReport {
-                name: f.name.clone(),
-                demangled: f.demangled.clone(),
-                offset: f.offset,
-                hit: hits > 0,
-                hits,
-                module: d.modules[f.module].name(),
-                file: loc.as_ref().map(|l| l.0.clone()),
-                line: loc.map(|l| l.1),
-                skipped: None,
-            }
-        })
+        .map(|(f, hits)| modules[f.module].func(&f.name, f.offset, f.vaddr, hits))
         .collect();
     let main = d.modules.first();
     Report::new(
         main.map(|m| m.path.display().to_string())
             .unwrap_or_default(),
         pid,
-        main.and_then(|m| m.build_id.as_ref())
-            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        main.and_then(|m| m.build_id.as_deref())
+            .map(hex)
             .unwrap_or_default(),
         functions,
     )

@@ -398,46 +398,27 @@ pub fn view(s: &SessionFile) -> Result<View> {
 
 /// The report of a session.
 pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
+    use crate::report::ModuleLines;
     let h = s.header();
-    let modules: Vec<(String, crate::report::LineTable)> = v
+    let modules: Vec<ModuleLines> = v
         .modules
         .iter()
-        .map(|p| {
-            let name = std::path::Path::new(p)
-                .file_name()
-                .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned());
-            (
-                name,
-                crate::report::LineTable::open(std::path::Path::new(p)),
-            )
-        })
+        .map(|p| ModuleLines::open(std::path::Path::new(p)))
         .collect();
+    let unknown = ModuleLines::open(std::path::Path::new(""));
     let functions = v
         .funcs
         .iter()
         .map(|f| {
-            let m = modules.get(f.entry.module as usize);
-            let module = m.map(|m| m.0.clone()).unwrap_or_default();
-            let loc = m.and_then(|m| m.1.locate(f.entry.vaddr));
-            crate::report::FuncReport {
-                demangled: crate::discover::demangle(&f.name),
-                name: f.name.clone(),
-                offset: f.entry.offset,
-                hit: f.hits > 0,
-                hits: f.hits,
-                module,
-                file: loc.as_ref().map(|l| l.0.clone()),
-                line: loc.map(|l| l.1),
-                skipped: (f.entry.status == xcover_abi::FuncStatus::Skipped as u32)
-                    .then(|| xcover_abi::skip_reason_text(f.entry.skip_reason).to_string()),
-            }
+            let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
+            let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
+            r.skipped = (f.entry.status == xcover_abi::FuncStatus::Skipped as u32)
+                .then(|| xcover_abi::skip_reason_text(f.entry.skip_reason).to_string());
+            r
         })
         .collect();
     let exe =
         String::from_utf8_lossy(&h.exe_path[..(h.exe_path_len as usize).min(512)]).into_owned();
-    let id: String = h.build_id[..(h.build_id_len as usize).min(32)]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id = crate::report::hex(&h.build_id[..(h.build_id_len as usize).min(32)]);
     crate::report::Report::new(exe, i64::from(h.target_pid), id, functions)
 }
