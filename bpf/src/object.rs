@@ -261,6 +261,17 @@ fn check_symbols_and_relocs(b: &[u8], shoff: u64, shnum: u64) -> Result<(), Obje
                 if Some(shndx) == maps_idx && (sym_type != 1 || imm != 0) {
                     return Err(E("relocation into .maps that is not a map symbol"));
                 }
+                // A call to a local function, or any reference into code, goes through a
+                // function (STT_FUNC) or section (STT_SECTION) symbol; aya-obj has no error
+                // path for other kinds and would panic.
+                let patched = (target_off + r_off) as usize;
+                let pseudo_call = b[patched] == 0x85 && b[patched + 1] >> 4 == 1;
+                let into_code = shndx != 0 && shndx < shnum && sec(shndx).1 & 4 != 0; // SHF_EXECINSTR
+                if (pseudo_call || into_code) && !matches!(sym_type, 2 | 3) {
+                    return Err(E(
+                        "call or code reference through a symbol that is not a function",
+                    ));
+                }
                 if shndx != 0 && shndx < 0xff00 {
                     let (_, _, _, sym_sec_size, _) = sec(shndx);
                     if rel < 0
