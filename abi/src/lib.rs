@@ -172,6 +172,11 @@ pub struct SessionHeader {
     pub modules_off: u64,
     /// Number of modules (0 is the main executable).
     pub modules_count: u64,
+    /// Scratch memory xcover mapped in the target for the stop in progress (its park, data
+    /// and private stack), 0 when none: if xcover dies, the next one takes it out.
+    pub scratch_addr: AtomicU64,
+    /// Size of that scratch memory.
+    pub scratch_size: AtomicU64,
 }
 
 /// One module (a mapped ELF file) whose functions are in the table.

@@ -36,6 +36,7 @@
 
 pub mod elf;
 mod error;
+mod park;
 pub mod procfs;
 mod remote;
 mod sections;
@@ -73,9 +74,11 @@ const STACK_SIZE: u64 = 1024 * 1024;
 const LEAVE_TRIES: u32 = 200;
 const LEAVE_PAUSE: Duration = Duration::from_millis(1);
 
-/// Scratch memory in the target for one stop: a code page holding the `int3` remote calls
-/// return to, a data area (the session path, the thread table of `HOOK`/`UNHOOK`), then a
-/// private stack.
+/// Scratch memory in the target for one stop: the park (a code page, then its block, see
+/// `park.rs`), a data area (the session path, the thread table of `HOOK`/`UNHOOK`), then a
+/// private stack. Recorded in the session while it exists, so that an xcover killed
+/// mid-stop leaves nothing behind for good: the next one takes it out
+/// ([`clear_orphan_scratch`]).
 struct Scratch {
     addr: u64,
     size: u64,
@@ -83,10 +86,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Maps scratch memory with room for the thread table of every thread of `sp`.
-    fn map(sp: &mut StoppedProcess, tid: i32) -> Result<Scratch> {
+    /// Maps scratch memory with room for the thread table of every thread of `sp`, and
+    /// installs the park of thread `tid` in it.
+    fn map(sp: &mut StoppedProcess, tid: i32, session: &SessionFile) -> Result<Scratch> {
+        sp.enable_vdso_park(tid)?;
         let data_size = (16 * sp.tids().len() as u64 + 2 * PAGE).div_ceil(PAGE) * PAGE;
-        let size = PAGE + data_size + STACK_SIZE;
+        let size = 2 * PAGE + data_size + STACK_SIZE;
         let addr = sp.syscall(
             tid,
             nr::MMAP,
@@ -99,13 +104,15 @@ impl Scratch {
                 0,
             ],
         )?;
+        let h = session.header();
+        h.scratch_size.store(size, Ordering::Release);
+        h.scratch_addr.store(addr, Ordering::Release);
         let s = Scratch {
             addr,
             size,
             data_size,
         };
         let r = (|| {
-            sp.write(addr, &[0xcc])?;
             sp.syscall(
                 tid,
                 nr::MPROTECT,
@@ -117,27 +124,98 @@ impl Scratch {
                     0,
                     0,
                 ],
-            )
+            )?;
+            // Written through /proc/<pid>/mem, which writes read-only pages too.
+            sp.enable_park(tid, addr, addr + PAGE, s.stack_top())
         })();
         if let Err(e) = r {
-            let _ = s.unmap(sp, tid);
+            let _ = s.unmap(sp, tid, session);
             return Err(e);
         }
         Ok(s)
     }
-    fn trap(&self) -> u64 {
-        self.addr
-    }
     fn data(&self) -> u64 {
-        self.addr + PAGE
+        self.addr + 2 * PAGE
     }
     fn stack_top(&self) -> u64 {
         self.addr + self.size
     }
-    fn unmap(&self, sp: &mut StoppedProcess, tid: i32) -> Result<()> {
-        sp.syscall(tid, nr::MUNMAP, [self.addr, self.size, 0, 0, 0, 0])
-            .map(drop)
+    /// Remote calls return into the park; this `int3` is only their fallback.
+    fn trap(&self) -> u64 {
+        self.addr + park::CODE_SIZE as u64 - 1
     }
+    fn unmap(&self, sp: &mut StoppedProcess, tid: i32, session: &SessionFile) -> Result<()> {
+        sp.disable_park()?;
+        sp.syscall(tid, nr::MUNMAP, [self.addr, self.size, 0, 0, 0, 0])?;
+        let h = session.header();
+        h.scratch_addr.store(0, Ordering::Release);
+        h.scratch_size.store(0, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// How many times [`clear_orphan_scratch`] stops the target to find its park empty.
+const ORPHAN_TRIES: u32 = 3000;
+
+/// Takes out the scratch memory an xcover killed in the middle of a stop left in the target
+/// (recorded in the session): a thread still parked there is sent home (the way it would
+/// go by itself after its wait), a thread still running a remote call there is let finish,
+/// and then the memory is unmapped. Nothing to do (and no stop) when none is recorded.
+fn clear_orphan_scratch(pid: i32, session: &SessionFile) -> Result<()> {
+    let h = session.header();
+    let addr = h.scratch_addr.load(Ordering::Acquire);
+    let size = h.scratch_size.load(Ordering::Acquire);
+    if addr == 0 {
+        return Ok(());
+    }
+    if size == 0 || size > 1 << 30 || addr.checked_add(size).is_none() {
+        return Err(Error::BadSession {
+            path: session.path().to_string(),
+            reason: format!("scratch memory {addr:#x} of {size} bytes: not ours"),
+        });
+    }
+    let range = addr..addr + size;
+    let p = park::Park {
+        tid: 0,
+        code: addr,
+        wr: addr + PAGE,
+        stack: addr + size - 64,
+        sigs: 0,
+    };
+    for _ in 0..ORPHAN_TRIES {
+        let mut sp = StoppedProcess::stop(pid)?;
+        let mut busy = false;
+        for tid in sp.tids() {
+            let r = sp.regs(tid)?;
+            match p.spot(r.rip) {
+                park::Spot::Syscall | park::Spot::Waiting => {
+                    sp.set_regs(tid, p.idle_regs(&r))?;
+                    busy = true;
+                }
+                park::Spot::Going => busy = true,
+                park::Spot::Outside => {
+                    busy |= range.contains(&r.rip) || range.contains(&r.rsp);
+                }
+            }
+        }
+        if !busy {
+            let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
+            sp.syscall(tid, nr::MUNMAP, [addr, size, 0, 0, 0, 0])?;
+            h.scratch_addr.store(0, Ordering::Release);
+            h.scratch_size.store(0, Ordering::Release);
+            return sp.resume();
+        }
+        sp.resume()?;
+        std::thread::sleep(LEAVE_PAUSE);
+    }
+    Err(Error::Unexpected {
+        pid,
+        tid: pid,
+        what: format!(
+            "a thread stays in the scratch memory at {addr:#x} a killed xcover left; run \
+             `xcover detach {pid}` again later"
+        ),
+    })
 }
 
 /// Fills a freshly created session file before the target is stopped (function table,
@@ -344,7 +422,7 @@ fn load_and_init(
     let hook = image.export(AGENT_HOOK)?;
     let unhook = image.export(AGENT_UNHOOK)?;
     let fini = image.export(AGENT_FINI)?;
-    let scratch = Scratch::map(sp, tid)?;
+    let scratch = Scratch::map(sp, tid, session)?;
     let h = session.header();
     let mut agent_base = 0;
     let mut map_addr = 0;
@@ -450,7 +528,7 @@ fn load_and_init(
         h.state
             .store(SessionState::Failed as u32, Ordering::Release);
     }
-    let u = scratch.unmap(sp, tid);
+    let u = scratch.unmap(sp, tid, session);
     let hooked = r?;
     u?;
     Ok(hooked)
@@ -661,10 +739,11 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             .store(SessionState::Failed as u32, Ordering::Release);
         e
     };
+    clear_orphan_scratch(pid, session).map_err(fail)?;
     let mut sp = StoppedProcess::stop(pid).map_err(fail)?;
     let threads = sp.tids().len();
     let mut tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    let mut scratch = Scratch::map(&mut sp, tid).map_err(fail)?;
+    let mut scratch = Scratch::map(&mut sp, tid, session).map_err(fail)?;
     let base = h.agent_base.load(Ordering::Acquire);
     let size = h.agent_size.load(Ordering::Acquire);
     let map_addr = h.target_map_addr.load(Ordering::Acquire);
@@ -680,7 +759,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
         match r {
             Ok(u) => unhooked = u,
             Err(e) => {
-                let _ = scratch.unmap(&mut sp, tid);
+                let _ = scratch.unmap(&mut sp, tid, session);
                 let _ = sp.resume();
                 return Err(fail(e));
             }
@@ -693,12 +772,12 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
                 Ok(None) => break,
                 Ok(Some(x)) => x,
                 Err(e) => {
-                    let _ = scratch.unmap(&mut sp, tid);
+                    let _ = scratch.unmap(&mut sp, tid, session);
                     let _ = sp.resume();
                     return Err(fail(e));
                 }
             };
-            let u = scratch.unmap(&mut sp, tid);
+            let u = scratch.unmap(&mut sp, tid, session);
             stopped += sp.started.elapsed();
             let resumed = sp.resume();
             if let Err(e) = u.and(resumed) {
@@ -719,7 +798,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             std::thread::sleep(LEAVE_PAUSE);
             sp = StoppedProcess::stop(pid).map_err(fail)?;
             tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-            scratch = Scratch::map(&mut sp, tid).map_err(fail)?;
+            scratch = Scratch::map(&mut sp, tid, session).map_err(fail)?;
         }
     }
     let r = (|| {
@@ -755,7 +834,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
         );
         h.agent_base.store(0, Ordering::Release);
     }
-    let u = scratch.unmap(&mut sp, tid);
+    let u = scratch.unmap(&mut sp, tid, session);
     let started = sp.started;
     let resumed = sp.resume();
     stopped += started.elapsed();
@@ -791,13 +870,14 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
         });
     }
     let hook = image.export(AGENT_HOOK)?;
+    clear_orphan_scratch(pid, session)?;
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    let scratch = Scratch::map(&mut sp, tid)?;
+    let scratch = Scratch::map(&mut sp, tid, session)?;
     let r = check_identity(&sp, &image, session, base)
         .and_then(|()| call_with_threads(&mut sp, tid, &scratch, base + hook, AGENT_HOOK, session));
-    let u = scratch.unmap(&mut sp, tid);
+    let u = scratch.unmap(&mut sp, tid, session);
     let started = sp.started;
     let resumed = sp.resume();
     let stopped = started.elapsed();

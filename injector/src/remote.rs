@@ -1,28 +1,31 @@
 //! Remote system calls and remote function calls in a stopped thread.
 //!
 //! # Remote system call
-//! The thread's registers are saved, `rip` is pointed at a `syscall` instruction found in the
-//! target's vDSO (so nothing is written into the target for it), the arguments are loaded,
-//! and the thread single-steps over that one instruction. `orig_rax` is set to -1 first: a
-//! thread interrupted inside a system call (`read`, `nanosleep`) stopped with
-//! `rax = -ERESTARTSYS` (or `-ERESTART_RESTARTBLOCK`) and `orig_rax` = its system call
-//! number, and on resuming the kernel would otherwise "restart" that call by rewinding `rip`
-//! over our code. Afterwards the original registers go back unchanged, so on release the
-//! kernel restarts the interrupted call exactly as if we had never been there: no `EINTR`,
-//! no lost bytes, and `nanosleep` resumes with its remaining time (its restart block is not
-//! touched by the calls we make).
+//! The thread's registers are saved, `rip` is pointed at a `syscall` instruction (the
+//! thread's park, see `park.rs`, or before there is one, an instruction found in the
+//! target's vDSO), the arguments are loaded, and the thread runs under `PTRACE_SYSCALL` to
+//! the call's exit stop. `orig_rax` is set to -1 first: a thread interrupted inside a system
+//! call (`read`, `nanosleep`) stopped with `rax = -ERESTARTSYS` (or
+//! `-ERESTART_RESTARTBLOCK`) and `orig_rax` = its system call number, and on resuming the
+//! kernel would otherwise "restart" that call by rewinding `rip` over our code. Afterwards
+//! the original registers go back unchanged, so on release the kernel restarts the
+//! interrupted call exactly as if we had never been there: no `EINTR`, no lost bytes, and
+//! `nanosleep` resumes with its remaining time (its restart block is not touched by the
+//! calls we make).
 //!
 //! # Remote call
 //! A function of the agent runs on a private stack we mapped (never the thread's own stack,
-//! whose red zone and guard page we know nothing about) and returns to an `int3` we placed
-//! in a scratch page. If it faults instead, the fault's signal-delivery-stop is caught, the
-//! signal suppressed, the registers restored and an error reported: the target lives on.
+//! whose red zone and guard page we know nothing about) and returns into the thread's park,
+//! which stores the result, raises a flag we poll, and waits for us to stop it. If it faults
+//! instead, the fault's signal-delivery-stop is caught, the signal suppressed, the thread
+//! parked again and an error reported: the target lives on.
 //!
 //! Signals that the thread dequeues while it runs our code are suppressed at that moment (a
 //! handler must not run on our stack with our registers) and handed back on release.
 
 use std::time::{Duration, Instant};
 
+use crate::park::{self, Park, Spot};
 use crate::stop::{StopKind, StoppedProcess};
 use crate::sys::{self, Regs, Wait};
 use crate::{Error, Result};
@@ -74,6 +77,14 @@ fn thread_dead(pid: i32, tid: i32) -> bool {
 
 /// Finds a `syscall` instruction (`0f 05`) in the target's vDSO.
 fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
+    let (start, buf) = read_vdso(sp)?;
+    buf.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|p| start + p as u64)
+}
+
+/// The target's vDSO: (address, bytes).
+fn read_vdso(sp: &StoppedProcess) -> Option<(u64, Vec<u8>)> {
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", sp.pid)).ok()?;
     let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
     let range = line.split_whitespace().next()?;
@@ -84,9 +95,40 @@ fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
     );
     let mut buf = vec![0u8; (end - start) as usize];
     sp.mem.read(start, &mut buf).ok()?;
-    buf.windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|p| start + p as u64)
+    Some((start, buf))
+}
+
+/// What ends a remote operation.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The exit stop of the system call at `syscall_at` (run under `PTRACE_SYSCALL`).
+    SyscallExit { syscall_at: u64 },
+    /// The `int3` at this address (a call without a park).
+    Trap(u64),
+    /// The return of a call into the park.
+    Park(Park),
+}
+
+/// How an operation ended.
+#[allow(clippy::large_enum_variant)] // one per remote operation, never stored
+enum Ended {
+    /// Stopped where expected, with these registers.
+    Done(Regs),
+    /// A park call whose thread went home by itself before we stopped it (we were slow):
+    /// it runs its own code again; the call's result is in the block.
+    WentHome,
+}
+
+/// Room for `need` bytes in the zero tail of the target's vDSO: (16-aligned address, the
+/// bytes there now).
+fn vdso_tail(sp: &StoppedProcess, need: usize) -> Option<(u64, Vec<u8>)> {
+    let (start, buf) = read_vdso(sp)?;
+    let used = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let at = (used + 64).next_multiple_of(16);
+    if at + need > buf.len() {
+        return None;
+    }
+    Some((start + at as u64, buf[at..at + need].to_vec()))
 }
 
 impl StoppedProcess {
@@ -138,18 +180,138 @@ impl StoppedProcess {
             source,
         })?;
         t.saved = Some(r);
+        self.sync_park(tid)?;
         Ok(r)
     }
 
-    /// Runs the thread with `regs` until it stops with a trap at `expect_rip`, and returns the
-    /// registers there. Always leaves the thread stopped with its original registers back.
-    fn run_to(
+    /// Installs the call park (see `park.rs`) for thread `tid`: its code and block at
+    /// `code` (already mapped; made read-only and executable by the caller afterwards), its
+    /// writable fields at `wr`, the private stack below `stack_top`. From now on remote
+    /// work in `tid` starts and ends there, and the thread waits there between operations,
+    /// ready to go home by itself if xcover dies.
+    pub(crate) fn enable_park(
         &mut self,
         tid: i32,
-        regs: &Regs,
-        single_step: bool,
-        expect_rip: u64,
-    ) -> Result<Regs> {
+        code: u64,
+        wr: u64,
+        stack_top: u64,
+    ) -> Result<()> {
+        let orig = self.original_regs(tid)?;
+        let p = Park {
+            tid,
+            code,
+            wr,
+            stack: (stack_top & !15) - 64,
+            sigs: park::MAX_SIGS,
+        };
+        self.write(code, park::code())?;
+        self.write(wr, &park::wait_fields())?;
+        self.park = Some(p);
+        self.sync_park(tid)?;
+        self.set_live_regs(tid, &p.idle_regs(&orig))
+    }
+
+    /// Installs the system-call park of thread `tid` in the tail of the vDSO, if there is
+    /// room (see `park.rs`); without one, system calls run at a bare `syscall` of the vDSO.
+    pub(crate) fn enable_vdso_park(&mut self, tid: i32) -> Result<()> {
+        if self.vpark.is_some() {
+            return Ok(());
+        }
+        let Some((code, saved)) = vdso_tail(self, park::size_for(1)) else {
+            return Ok(());
+        };
+        let orig = self.original_regs(tid)?;
+        let p = Park {
+            tid,
+            code,
+            wr: 0,
+            // Below the red zone of the thread's own stack: the way home pushes one word.
+            stack: (orig.rsp.wrapping_sub(128 + 64)) & !15,
+            sigs: 1,
+        };
+        self.write(code, park::code())?;
+        self.vpark = Some((p, saved));
+        self.sync_park(tid)?;
+        self.set_live_regs(tid, &p.idle_regs(&orig))
+    }
+
+    /// Puts the vDSO's bytes back where its park was (on release).
+    pub(crate) fn remove_vdso_park(&mut self) -> Result<()> {
+        match self.vpark.take() {
+            Some((p, saved)) => self.write(p.code, &saved),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the call park out of use (before its memory is unmapped): the thread waits in
+    /// its system-call park, or gets its own registers back.
+    pub(crate) fn disable_park(&mut self) -> Result<()> {
+        let Some(p) = self.park.take() else {
+            return Ok(());
+        };
+        match self.threads.get(&p.tid).and_then(|t| t.saved) {
+            Some(orig) => {
+                let back = match self.idle_park(p.tid) {
+                    Some(v) => v.idle_regs(&orig),
+                    None => orig,
+                };
+                self.set_live_regs(p.tid, &back)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The park thread `tid` waits in between operations: the call park, else the
+    /// system-call park.
+    fn idle_park(&self, tid: i32) -> Option<Park> {
+        self.park.filter(|p| p.tid == tid).or(self
+            .vpark
+            .as_ref()
+            .map(|v| v.0)
+            .filter(|p| p.tid == tid))
+    }
+
+    fn set_live_regs(&self, tid: i32, regs: &Regs) -> Result<()> {
+        sys::setregs(tid, regs).map_err(|source| Error::Sys {
+            pid: self.pid,
+            tid,
+            call: "PTRACE_SETREGS",
+            source,
+        })
+    }
+
+    /// Writes the blocks of thread `tid`'s parks from what we hold of it (registers to
+    /// return to, x87/SSE state, signal mask, signals held back).
+    pub(crate) fn sync_park(&mut self, tid: i32) -> Result<()> {
+        let parks: Vec<Park> = [self.park, self.vpark.as_ref().map(|v| v.0)]
+            .into_iter()
+            .flatten()
+            .filter(|p| p.tid == tid)
+            .collect();
+        if parks.is_empty() {
+            return Ok(());
+        }
+        let Some(t) = self.threads.get(&tid) else {
+            return Ok(());
+        };
+        let (Some(regs), Some((fp, mask))) = (t.saved, self.borrowed.get(&tid)) else {
+            return Ok(());
+        };
+        let mut sigs = Vec::with_capacity(t.stashed.len() + 1);
+        if let StopKind::Signal(si) = t.kind {
+            sigs.push(si);
+        }
+        sigs.extend_from_slice(&t.stashed);
+        for p in parks {
+            let b = p.block_bytes(self.pid, &regs, fp, *mask, &sigs);
+            self.write(p.block(), &b)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the thread with `regs` until `until`, and returns how it ended. Always leaves
+    /// the thread stopped: with its original registers back, or parked.
+    fn run_to(&mut self, tid: i32, regs: &Regs, until: Until) -> Result<Ended> {
         let pid = self.pid;
         let orig = self.original_regs(tid)?;
         let sys_err = |call: &'static str| {
@@ -174,22 +336,31 @@ impl StoppedProcess {
         sys::setregs(tid, regs).map_err(sys_err("PTRACE_SETREGS"))?;
         let deadline = Instant::now() + CALL_TIMEOUT;
         let mut interrupted = false;
+        let mut done_seen = false;
+        let mut in_syscall = false;
         let result = loop {
-            let r = if single_step {
-                sys::step(tid, 0)
-            } else {
-                sys::cont(tid, 0)
+            let r = match until {
+                Until::SyscallExit { .. } => sys::syscall(tid),
+                _ => sys::cont(tid, 0),
             };
-            r.map_err(sys_err(if single_step {
-                "PTRACE_SINGLESTEP"
-            } else {
-                "PTRACE_CONT"
+            r.map_err(sys_err(match until {
+                Until::SyscallExit { .. } => "PTRACE_SYSCALL",
+                _ => "PTRACE_CONT",
             }))?;
             let mut polls = 0u32;
             let w = loop {
                 match sys::wait_tid(tid, true).map_err(sys_err("waitpid"))? {
                     Wait::NotYet => {
-                        if !interrupted && Instant::now() > deadline {
+                        if let Until::Park(p) = until
+                            && !done_seen
+                        {
+                            let mut d = [0u8; 4];
+                            if self.read(p.done_at(), &mut d).is_ok() && d == [1, 0, 0, 0] {
+                                done_seen = true;
+                                sys::interrupt(tid).map_err(sys_err("PTRACE_INTERRUPT"))?;
+                            }
+                        }
+                        if !interrupted && !done_seen && Instant::now() > deadline {
                             sys::interrupt(tid).map_err(sys_err("PTRACE_INTERRUPT"))?;
                             interrupted = true;
                         }
@@ -222,11 +393,35 @@ impl StoppedProcess {
                 Wait::NotYet => unreachable!(),
                 Wait::Gone => {
                     self.threads.remove(&tid);
+                    self.borrowed.remove(&tid);
+                    if self.park.is_some_and(|p| p.tid == tid) {
+                        self.park = None;
+                    }
+                    if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid) {
+                        let _ = self.remove_vdso_park();
+                    }
                     return Err(Error::Unexpected {
                         pid,
                         tid,
                         what: "thread exited during a remote operation".into(),
                     });
+                }
+                Wait::Stopped { sig, event: 0 } if sig == sys::SYSCALL_STOP => {
+                    if let Until::SyscallExit { syscall_at } = until {
+                        if in_syscall {
+                            let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
+                            if now.rip == syscall_at + 2 {
+                                break Ok(Ended::Done(now));
+                            }
+                            break Err(Error::RemoteCall {
+                                pid,
+                                tid,
+                                func: regs.rip,
+                                what: format!("system call ended at rip {:#x}", now.rip),
+                            });
+                        }
+                        in_syscall = true;
+                    }
                 }
                 Wait::Stopped { event, .. } if event != 0 => {
                     if event == sys::EVENT_CLONE {
@@ -243,6 +438,18 @@ impl StoppedProcess {
                             );
                         }
                     }
+                    if done_seen && event == sys::EVENT_STOP {
+                        let Until::Park(p) = until else {
+                            unreachable!("done is only polled for park calls")
+                        };
+                        let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
+                        match p.spot(now.rip) {
+                            Spot::Waiting => break Ok(Ended::Done(now)),
+                            // Too late: it restored itself and ran on.
+                            Spot::Going | Spot::Outside => break Ok(Ended::WentHome),
+                            Spot::Syscall => {}
+                        }
+                    }
                     if interrupted {
                         break Err(Error::RemoteCall {
                             pid,
@@ -257,8 +464,12 @@ impl StoppedProcess {
                     let si = sys::getsiginfo(tid).map_err(sys_err("PTRACE_GETSIGINFO"))?;
                     let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
                     let kernel_sent = si.si_code > 0;
-                    if sig == libc::SIGTRAP && kernel_sent && now.rip == expect_rip {
-                        break Ok(now);
+                    if let Until::Trap(at) = until
+                        && sig == libc::SIGTRAP
+                        && kernel_sent
+                        && now.rip == at + 1
+                    {
+                        break Ok(Ended::Done(now));
                     }
                     if kernel_sent
                         && matches!(
@@ -281,16 +492,31 @@ impl StoppedProcess {
                             ),
                         });
                     }
-                    // The target's own signal: hold it for release.
+                    // The target's own signal: hold it for release (and for the park).
                     self.threads
                         .get_mut(&tid)
                         .expect("still stopped")
                         .stashed
                         .push(si);
+                    self.sync_park(tid)?;
                 }
             }
         };
-        sys::setregs(tid, &orig).map_err(sys_err("PTRACE_SETREGS"))?;
+        if let Ok(Ended::WentHome) = result {
+            // Its registers, x87/SSE state and mask are its own again and the park handed
+            // its held signals back: it is a thread like any other stopped one now.
+            let t = self.threads.get_mut(&tid).expect("still stopped");
+            t.saved = None;
+            t.stashed.clear();
+            t.kind = StopKind::Event;
+            self.borrowed.remove(&tid);
+            return result;
+        }
+        let back = match self.idle_park(tid) {
+            Some(p) => p.idle_regs(&orig),
+            None => orig,
+        };
+        sys::setregs(tid, &back).map_err(sys_err("PTRACE_SETREGS"))?;
         result
     }
 
@@ -308,11 +534,19 @@ impl StoppedProcess {
     }
 
     /// Makes system call `nr` with `args` in thread `tid`; returns its raw result
-    /// (a negative errno on failure).
+    /// (a negative errno on failure). It runs at the park's `syscall` when `tid` has one,
+    /// else at one in the vDSO.
     pub fn syscall_raw(&mut self, tid: i32, nr: u64, args: [u64; 6]) -> Result<i64> {
-        let gadget = self.gadget(tid)?;
         let mut regs = self.original_regs(tid)?;
-        regs.rip = gadget;
+        let at = match self.idle_park(tid) {
+            Some(p) => {
+                // Where the way home may push, should xcover die now.
+                regs.rsp = p.stack;
+                p.syscall_at()
+            }
+            None => self.gadget(tid)?,
+        };
+        regs.rip = at;
         regs.rax = nr;
         regs.orig_rax = u64::MAX;
         regs.rdi = args[0];
@@ -322,8 +556,10 @@ impl StoppedProcess {
         regs.r8 = args[4];
         regs.r9 = args[5];
         regs.eflags &= !EFLAGS_TF;
-        let after = self.run_to(tid, &regs, true, gadget + 2)?;
-        Ok(after.rax as i64)
+        match self.run_to(tid, &regs, Until::SyscallExit { syscall_at: at })? {
+            Ended::Done(after) => Ok(after.rax as i64),
+            Ended::WentHome => unreachable!("only park calls go home"),
+        }
     }
 
     /// Like [`syscall_raw`](Self::syscall_raw), turning `-errno` into an error.
@@ -341,8 +577,9 @@ impl StoppedProcess {
     }
 
     /// Calls the function at `func` in thread `tid` with up to six integer arguments, on the
-    /// stack whose (16-byte aligned) top is `stack_top`, returning to the `int3` at
-    /// `trap_addr`. Returns `rax`.
+    /// stack whose (16-byte aligned) top is `stack_top`, and returns `rax`. The function
+    /// returns into the thread's park when it has one; otherwise to the `int3` at
+    /// `trap_addr`.
     pub fn call(
         &mut self,
         tid: i32,
@@ -351,9 +588,17 @@ impl StoppedProcess {
         stack_top: u64,
         trap_addr: u64,
     ) -> Result<u64> {
+        let parked = self.park.filter(|p| p.tid == tid);
         let mut regs = self.original_regs(tid)?;
         let rsp = (stack_top & !15) - 8;
-        self.write(rsp, &trap_addr.to_le_bytes())?;
+        let ret = match parked {
+            Some(p) => {
+                self.write(p.wr, &park::wait_fields())?;
+                p.ret_at()
+            }
+            None => trap_addr,
+        };
+        self.write(rsp, &ret.to_le_bytes())?;
         regs.rsp = rsp;
         regs.rip = func;
         regs.rax = 0;
@@ -365,8 +610,19 @@ impl StoppedProcess {
         regs.r8 = args[4];
         regs.r9 = args[5];
         regs.eflags &= !(EFLAGS_TF | EFLAGS_DF);
-        let after = self.run_to(tid, &regs, false, trap_addr + 1)?;
-        Ok(after.rax)
+        let until = match parked {
+            Some(p) => Until::Park(p),
+            None => Until::Trap(trap_addr),
+        };
+        match (self.run_to(tid, &regs, until)?, parked) {
+            (Ended::Done(_), Some(p)) | (Ended::WentHome, Some(p)) => {
+                let mut r = [0u8; 8];
+                self.read(p.result_at(), &mut r)?;
+                Ok(u64::from_le_bytes(r))
+            }
+            (Ended::Done(after), None) => Ok(after.rax),
+            (Ended::WentHome, None) => unreachable!("only park calls go home"),
+        }
     }
 
     /// Queues the signals beyond the first that thread `tid` dequeued while running our code

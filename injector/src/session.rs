@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
 use xcover_abi::{
-    FLAG_KEEP, SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState, session_file_name,
+    FLAG_KEEP, SESSION_MAGIC, SESSION_PREFIX, SESSION_VERSION, SessionHeader, SessionState,
+    session_file_name,
 };
 
 use crate::procfs::{self, TargetInfo};
@@ -47,18 +48,19 @@ impl SessionFile {
             path: path.clone(),
             source,
         };
-        let file = match Self::create_excl(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Self::check_existing(target, &path)?;
-                // Stale: it names a process that is gone.
-                std::fs::remove_file(&path).map_err(serr)?;
-                Self::create_excl(&path).map_err(serr)?
-            }
-            Err(e) => return Err(serr(e)),
-        };
+        // Written under a private name and published whole with link(2), so that an xcover
+        // killed half-way never leaves a session file without its header. A private file
+        // left by an xcover killed before publishing is removed here.
+        remove_unpublished(pid);
+        let tmp = format!(
+            "/dev/shm/.{}tmp-{pid}-{}",
+            SESSION_PREFIX,
+            std::process::id()
+        );
+        let _ = std::fs::remove_file(&tmp);
+        let file = Self::create_excl(&tmp).map_err(serr)?;
         let fail = |e: Error| {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&tmp);
             e
         };
         file.set_len(size).map_err(serr).map_err(fail)?;
@@ -102,6 +104,17 @@ impl SessionFile {
         // SAFETY: the mapping is at least size_of::<SessionHeader>() bytes (checked above),
         // page-aligned, and nobody else maps the file yet.
         unsafe { std::ptr::write(map.as_mut_ptr() as *mut SessionHeader, h) };
+        let published = match std::fs::hard_link(&tmp, &path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Self::check_existing(target, &path).map_err(fail)?;
+                // Stale: it names a process that is gone.
+                std::fs::remove_file(&path).map_err(serr).map_err(fail)?;
+                std::fs::hard_link(&tmp, &path)
+            }
+            r => r,
+        };
+        let _ = std::fs::remove_file(&tmp);
+        published.map_err(serr)?;
         Ok(SessionFile {
             path,
             _file: file,
@@ -250,6 +263,28 @@ impl SessionFile {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// Removes the private files of sessions for `pid` that an xcover killed before it published
+/// them left behind (their creator is gone).
+fn remove_unpublished(pid: i32) {
+    let prefix = format!(".{}tmp-{pid}-", SESSION_PREFIX);
+    let Ok(rd) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(creator) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|c| c.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if crate::procfs::stat(creator).is_err() {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

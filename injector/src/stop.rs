@@ -67,6 +67,10 @@ pub struct StoppedProcess {
     /// Threads borrowed for remote work: their x87/SSE state and signal mask before we
     /// blocked every signal, given back on release (see `remote.rs`).
     pub(crate) borrowed: BTreeMap<i32, (sys::FpRegs, u64)>,
+    /// The park remote work in one thread starts and ends in (see `park.rs`).
+    pub(crate) park: Option<crate::park::Park>,
+    /// The system-call park in the vDSO, and the bytes it covers (see `park.rs`).
+    pub(crate) vpark: Option<(crate::park::Park, Vec<u8>)>,
     released: bool,
 }
 
@@ -106,6 +110,8 @@ impl StoppedProcess {
             started,
             syscall_gadget: None,
             borrowed: BTreeMap::new(),
+            park: None,
+            vpark: None,
             released: false,
         };
         sp.seize_all()?;
@@ -330,14 +336,20 @@ impl StoppedProcess {
         }
     }
 
-    /// Sets the instruction pointer thread `tid` resumes at when the world is let go (the
-    /// registers saved for release are changed; nothing is written to the thread now).
+    /// Sets the instruction pointer thread `tid` resumes at when the world is let go.
     ///
     /// Used to move a thread out of bytes that are about to be patched or restored, to the
-    /// equivalent instruction the agent names.
+    /// equivalent instruction the agent names. It takes effect at once (the thread's
+    /// registers, or its park's block, are written now), so that a thread released early,
+    /// by a dying xcover, resumes at the new place too.
     pub fn set_ip(&mut self, tid: i32, ip: u64) -> Result<()> {
         let mut regs = self.regs(tid)?;
         regs.rip = ip;
+        self.set_regs(tid, regs)
+    }
+
+    /// Sets the registers thread `tid` resumes with, at once (as [`set_ip`](Self::set_ip)).
+    pub(crate) fn set_regs(&mut self, tid: i32, regs: Regs) -> Result<()> {
         let pid = self.pid;
         let t = self.threads.get_mut(&tid).ok_or(Error::Unexpected {
             pid,
@@ -345,7 +357,13 @@ impl StoppedProcess {
             what: "is not one of the stopped threads".into(),
         })?;
         t.saved = Some(regs);
-        Ok(())
+        if self.park.is_some_and(|p| p.tid == tid)
+            || self.vpark.as_ref().is_some_and(|v| v.0.tid == tid)
+        {
+            self.sync_park(tid)
+        } else {
+            sys::setregs(tid, &regs).map_err(sys_err(pid, tid, "PTRACE_SETREGS"))
+        }
     }
 
     /// The thread to run remote work in: the leader when it is stopped, else the first.
@@ -382,6 +400,7 @@ impl StoppedProcess {
                 first_err.get_or_insert(e);
             }
         }
+        self.park = None;
         let threads = std::mem::take(&mut self.threads);
         let borrowed = std::mem::take(&mut self.borrowed);
         for (tid, t) in threads {
@@ -403,6 +422,11 @@ impl StoppedProcess {
                 && e.raw_os_error() != Some(libc::ESRCH)
             {
                 first_err.get_or_insert(sys_err(pid, tid, "PTRACE_SETREGS")(e));
+            }
+            if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid)
+                && let Err(e) = self.remove_vdso_park()
+            {
+                first_err.get_or_insert(e);
             }
             let sig = match t.kind {
                 StopKind::Event => 0,

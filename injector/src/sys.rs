@@ -43,15 +43,24 @@ fn request(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<
     })
 }
 
-/// `PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`, so threads created later are traced too.
+/// `PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`, so threads created later are traced too, and
+/// `PTRACE_O_TRACESYSGOOD`, so system-call stops show as [`SYSCALL_STOP`].
 pub fn seize(tid: i32) -> io::Result<()> {
     request(
         libc::PTRACE_SEIZE,
         tid,
         0,
-        libc::PTRACE_O_TRACECLONE as usize,
+        (libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACESYSGOOD) as usize,
     )
     .map(drop)
+}
+
+/// The stop signal of a system-call-enter or -exit stop (`SIGTRAP | 0x80`).
+pub const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+
+/// `PTRACE_SYSCALL`: resume until the next system-call entry or exit (or other stop).
+pub fn syscall(tid: i32) -> io::Result<()> {
+    request(libc::PTRACE_SYSCALL, tid, 0, 0).map(drop)
 }
 
 /// `PTRACE_INTERRUPT`: ask a seized thread to stop (reported as [`EVENT_STOP`]).
@@ -62,11 +71,6 @@ pub fn interrupt(tid: i32) -> io::Result<()> {
 /// `PTRACE_CONT`, delivering `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
     request(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
-}
-
-/// `PTRACE_SINGLESTEP`, delivering `sig` (0 for none).
-pub fn step(tid: i32, sig: i32) -> io::Result<()> {
-    request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)
 }
 
 /// `PTRACE_DETACH`, delivering `sig` (0 for none) if the thread is in a
