@@ -88,8 +88,8 @@ class Target:
 
 
 ATTACH_RE = re.compile(
-    r"(\d+) functions hooked, (\d+) skipped .*discovery ([\d.]+) ms, target stopped ([\d.]+) ms, "
-    r"attach ([\d.]+) ms"
+    r"(\d+) functions hooked, (\d+) skipped .*discovery ([\d.]+) ms, (?:[^,]*, )?"
+    r"target stopped ([\d.]+) ms, attach ([\d.]+) ms"
 )
 DETACH_RE = re.compile(r"detached from pid \d+ \(target stopped ([\d.]+) ms")
 

@@ -20,19 +20,35 @@
 //! # Trampolines
 //!
 //! One per function, in an arena within ±2 GiB of the function (one arena per region, many
-//! trampolines per arena, arenas mapped RW, written, then flipped to RX). On entry the
-//! trampoline:
+//! trampolines per arena, arenas mapped RW, written, then flipped to RX). A trampoline is a
+//! 19-byte stub, the relocated instructions and the jump back:
 //!
 //! ```text
-//! push rax                      ; rax at [E-8]  (E = rsp at entry)
+//! nop dword [rax+cookie]        ; data: the function's cookie
+//! nop dword [rax+addr-R]        ; data: the function's address, from R
+//! call body                     ; return address R = the relocated instructions
+//! <relocated instructions>
+//! jmp addr+displaced
+//! ```
+//!
+//! The body is shared by every stub in reach (one copy per arena, carried by the arena's
+//! first trampoline as `jmp stub; body; stub`), so a function's first hit brings one or two
+//! cold cache lines in, not the ~4 a whole head per function took (~40 ns less per first
+//! hit). The body reads the cookie and address back from the stub's `nop`s and ends with a
+//! `ret` to R, which the return stack predicts. A cookie or displacement that does not fit
+//! 32 bits gets the whole body inline in its trampoline (with the fields as immediates and
+//! no `call`/`ret`). The body, with E = rsp at the function's entry and R at [E-8]:
+//!
+//! ```text
+//! push rax                      ; rax at [E-16]
 //! lahf ; seto al                ; ah = SF ZF AF PF CF, al = OF
-//! push rax                      ; raw flags at [E-16]  (both within the red zone)
-//! lea rax, [rsp+16]             ; rax = E
+//! push rax                      ; raw flags at [E-24]  (all within the red zone)
+//! lea rax, [rsp+24]             ; rax = E
 //! and rsp, -64                  ; aligned frame, whatever the caller's alignment
 //! sub rsp, FRAME                ; ProbeCtx at rsp, vector area at rsp+192
-//! mov [rsp+ctx.*], every GPR; ctx.rax from [E-8]; ctx.rsp = E
-//! ctx.eflags = [E-15] | [E-16] << 11 | IF   (pushfq's format, from the raw flags)
-//! ctx.rip = ctx.func_ip = addr; ctx.cookie; ctx.orig_rax = -1; cs = ss = 0
+//! mov [rsp+ctx.*], every GPR; ctx.rax from [E-16]; ctx.rsp = E
+//! ctx.eflags = [E-23] | [E-24] << 11 | IF   (pushfq's format, from the raw flags)
+//! ctx.rip = ctx.func_ip = R + [R-9]; ctx.cookie = [R-16]; ctx.orig_rax = -1; cs = ss = 0
 //! [movaps|vmovaps] xmm/ymm0..15 -> vector area        (HookOptions::save_vector_regs)
 //! mov rdi, rsp ; call probe
 //! [movaps|vmovaps] vector area -> xmm/ymm0..15
@@ -40,12 +56,10 @@
 //! restore flags: eax = ctx.eflags; OF via `add ah,0x80` on (OF<<7); `mov ah,al; sahf`
 //!     (HookOptions::flags_with_popfq, for measurements: `pushfq` on entry instead of
 //!     `lahf`/`seto`, and `popfq` of that value at the end)
-//! mov rax, ctx.rax ; mov rsp, ctx.rsp  (= E)
-//! <relocated instructions>
-//! jmp addr+displaced
+//! mov rax, ctx.rax ; mov rsp, ctx.rsp  (= E) ; lea rsp, [rsp-8] ; ret
 //! ```
 //!
-//! That is about 55 instructions on the hot path besides the probe and the relocated code
+//! That is about 60 instructions on the hot path besides the probe and the relocated code
 //! (no `pushfq`/`popfq`, no locked instruction, no indirect branch when the probe is within
 //! 2 GiB), plus 32 vector moves when vector registers are saved. Measured added cost per hit
 //! with an empty probe (`cargo test --release -p xcover-payload --test hooks bench --
@@ -423,20 +437,21 @@ impl UnhookBatch {
     }
 }
 
-/// The part of a trampoline before the relocated instructions, assembled once: it is the
-/// same for every function but for three fields, which are filled in per copy. Copying it
-/// instead of assembling ~60 instructions per function makes preparing hooks several times
-/// faster, and that work happens while the target is stopped.
+/// The shared body of the trampolines (see [`Interceptor::emit_body`]), assembled once and
+/// copied into each arena that needs one; only the `call <probe>` displacement differs
+/// between copies.
 #[derive(Clone, Debug)]
 struct Template {
     bytes: Vec<u8>,
-    /// Offset of the `imm64` of `mov rax, <function address>`.
-    func_imm: usize,
-    /// Offset of the `imm32` of `mov qword [rsp+cookie], <cookie>`.
-    cookie_imm: usize,
     /// Offset of the `rel32` of `call <probe>`.
     call_rel: usize,
 }
+
+/// Length of a stub: `nop [rax+cookie]`, `nop [rax+func-ret]`, `call body`.
+const STUB_LEN: usize = 19;
+/// Offsets, from the stub's return address, of the cookie and of the function's displacement.
+const STUB_COOKIE: i8 = -16;
+const STUB_FUNC: i8 = -9;
 
 /// The interceptor: owns the trampolines of one session.
 pub struct Interceptor {
@@ -446,6 +461,9 @@ pub struct Interceptor {
     arenas: Vec<Arena>,
     hooks: BTreeMap<u64, Hook>,
     template: Option<Template>,
+    /// Shared bodies written so far (an entry may be stale when its trampoline was not
+    /// written after all; see [`Self::body_near`]).
+    bodies: Vec<u64>,
 }
 
 // ProbeCtx field offsets.
@@ -583,6 +601,7 @@ impl Interceptor {
             arenas: Vec::new(),
             template: None,
             hooks: BTreeMap::new(),
+            bodies: Vec::new(),
         }
     }
 
@@ -780,106 +799,40 @@ impl Interceptor {
         Ok(self.arenas.len() - 1)
     }
 
-    /// Emits the trampoline; returns the address of the relocated part and the moves.
-    /// Assembles the [`Template`] of this interceptor's trampolines.
+    /// Assembles the [`Template`] of this interceptor's shared body.
     fn build_template(&self) -> Option<Template> {
         // Assembled as if it ran at the probe, so the call takes its rel32 form.
         let mut w = Writer::new(self.probe);
-        let (func_imm, cookie_imm, call_rel) = self.emit_head(&mut w, 0, 0, true);
+        let call_rel = self.emit_body(&mut w)?;
         Some(Template {
-            func_imm: func_imm?,
-            cookie_imm: cookie_imm?,
-            call_rel: call_rel?,
+            call_rel,
             bytes: w.into_code(),
         })
     }
 
-    /// Emits the part of a trampoline before the relocated instructions: saves the registers
-    /// into a [`ProbeCtx`], calls the probe, restores them. With `fixed`, every field that
-    /// differs between functions takes a form of fixed size whose offset is returned (function
-    /// address, cookie, call displacement), for [`Template`].
-    fn emit_head(
-        &self,
-        w: &mut Writer,
-        addr: u64,
-        cookie: u64,
-        fixed: bool,
-    ) -> (Option<usize>, Option<usize>, Option<usize>) {
-        let start = w.len();
+    /// rax = E (`rsp + push_len`), aligns `rsp` and reserves the frame; saves ctx.rsp = E
+    /// and rcx.
+    fn emit_save(&self, w: &mut Writer, frame: i32, push_len: i32) {
+        w.put_lea(Reg::Rax, Reg::Rsp, push_len);
+        w.put_align_rsp(64);
+        w.put_sub_rsp(frame);
+        w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
+        w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
+    }
+
+    fn frame(&self) -> i32 {
         let vec_bytes = match self.vec {
             VecSave::None => 0,
             VecSave::Xmm => 16 * 16,
             VecSave::Ymm => 16 * 32,
         };
-        let frame = VEC_AREA + vec_bytes;
-        // Capture the flags and rax, find the entry rsp, align.
-        if self.opts.flags_with_popfq {
-            // [E-8] = pushfq'd flags (popped again at the end), [E-16] = rax.
-            w.put_pushfq();
-            w.put_push(Reg::Rax);
-            w.put_lea(Reg::Rax, Reg::Rsp, 16);
-            w.put_align_rsp(64);
-            w.put_sub_rsp(frame);
-            w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
-            w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
-            w.put_load(Reg::Rcx, Reg::Rax, -16);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            w.put_load(Reg::Rcx, Reg::Rax, -8);
-            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-        } else {
-            // [E-8] = rax, [E-16] = ax after `lahf; seto al`: SF ZF AF PF CF in byte E-15,
-            // OF in byte E-16 (pushfq is microcoded: ~3x the cost of these three).
-            w.put_push(Reg::Rax);
-            w.put_bytes(&[
-                0x9f, //             lahf
-                0x0f, 0x90, 0xc0, // seto al
-            ]);
-            w.put_push(Reg::Rax);
-            w.put_lea(Reg::Rax, Reg::Rsp, 16);
-            w.put_align_rsp(64);
-            w.put_sub_rsp(frame);
-            w.put_store(Reg::Rsp, CTX_RSP, Reg::Rax);
-            w.put_store(Reg::Rsp, gpr_slot(Reg::Rcx), Reg::Rcx);
-            w.put_load(Reg::Rcx, Reg::Rax, -8);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-            // ctx.eflags in pushfq's format: low byte | OF << 11 | IF (always set in user
-            // mode). rcx and rdx are saved already.
-            w.put_bytes(&[
-                0x0f, 0xb6, 0x48, 0xf1, //       movzx ecx, byte [rax-15]
-                0x0f, 0xb6, 0x50, 0xf0, //       movzx edx, byte [rax-16]
-                0xc1, 0xe2, 0x0b, //             shl edx, 11
-                0x09, 0xd1, //                   or ecx, edx
-                0x81, 0xc9, 0x00, 0x02, 0, 0, // or ecx, 0x200
-            ]);
-            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
-        }
-        let mut func_imm = None;
-        if fixed || !w.put_lea_rip(Reg::Rax, addr) {
-            w.put_mov_imm64(Reg::Rax, addr);
-            func_imm = Some(w.len() - 8 - start);
-        }
-        w.put_store(Reg::Rsp, CTX_RIP, Reg::Rax);
-        w.put_store(Reg::Rsp, CTX_FUNC_IP, Reg::Rax);
-        let mut cookie_imm = None;
-        match i32::try_from(cookie as i64) {
-            Ok(c) => {
-                w.put_store_imm(Reg::Rsp, CTX_COOKIE, c);
-                cookie_imm = Some(w.len() - 4 - start);
-            }
-            Err(_) => {
-                w.put_mov_imm64(Reg::Rax, cookie);
-                w.put_store(Reg::Rsp, CTX_COOKIE, Reg::Rax);
-            }
-        }
-        w.put_store_imm(Reg::Rsp, CTX_ORIG_RAX, -1);
-        w.put_store_imm(Reg::Rsp, CTX_CS, 0);
-        w.put_store_imm(Reg::Rsp, CTX_SS, 0);
+        VEC_AREA + vec_bytes
+    }
+
+    /// Saves the vector registers, calls the probe with the context, reloads the vector
+    /// and caller-saved registers. Returns the offset of the call's rel32 (from `start`)
+    /// when it took that form.
+    fn emit_call_probe(&self, w: &mut Writer, start: usize) -> Option<usize> {
         for i in 0..16u8 {
             match self.vec {
                 VecSave::None => {}
@@ -901,52 +854,241 @@ impl Interceptor {
         for r in RELOADED {
             w.put_load(r, Reg::Rsp, gpr_slot(r));
         }
+        call_rel
+    }
+
+    /// The `sahf` flag restore from `ctx.eflags` (clobbers rax, reloaded after).
+    fn emit_sahf_restore(w: &mut Writer) {
+        w.put_load32(Reg::Rax, Reg::Rsp, CTX_EFLAGS);
+        w.put_bytes(&[
+            0x80, 0xe4, 0x08, // and ah, 8         ; OF (bit 11) alone
+            0xc0, 0xe4, 0x04, // shl ah, 4         ; -> 0x80 or 0
+            0x80, 0xc4, 0x80, // add ah, 0x80      ; OF = saved OF
+            0x88, 0xc4, //       mov ah, al        ; SF ZF AF PF CF
+            0x9e, //             sahf
+        ]);
+    }
+
+    /// ctx.eflags in pushfq's format from the `lahf; seto al` pair stored at `[rax+disp]`
+    /// (`al` at `disp`, `ah` at `disp+1`): low byte | OF << 11 | IF (always set in user
+    /// mode). rcx and rdx are saved already.
+    fn emit_flags_from_lahf(w: &mut Writer, disp: i8) {
+        w.put_bytes(&[0x0f, 0xb6, 0x48, (disp + 1) as u8]); // movzx ecx, byte [rax+disp+1]
+        w.put_bytes(&[0x0f, 0xb6, 0x50, disp as u8]); //       movzx edx, byte [rax+disp]
+        w.put_bytes(&[
+            0xc1, 0xe2, 0x0b, //             shl edx, 11
+            0x09, 0xd1, //                   or ecx, edx
+            0x81, 0xc9, 0x00, 0x02, 0, 0, // or ecx, 0x200
+        ]);
+        w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+    }
+
+    /// The body every stub calls (one copy per arena that needs one). Entered by the stub's
+    /// `call`, so `[rsp]` is the stub's return address R (where its relocated instructions
+    /// start) and the entry `rsp` E is `rsp + 8`; the cookie and the function's displacement
+    /// from R sit in the stub's two `nop`s, read back as data. Returns with `ret` (predicted:
+    /// it pairs with the stub's `call`) and `rsp` = E. Returns the offset of the call's
+    /// rel32 when it took that form.
+    fn emit_body(&self, w: &mut Writer) -> Option<usize> {
+        let start = w.len();
+        let frame = self.frame();
+        if self.opts.flags_with_popfq {
+            // [E-16] = pushfq'd flags (popped again at the end), [E-24] = rax.
+            w.put_pushfq();
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, 24);
+            w.put_load(Reg::Rcx, Reg::Rax, -24);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -16);
+            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+        } else {
+            // [E-16] = rax, [E-24] = ax after `lahf; seto al`.
+            w.put_push(Reg::Rax);
+            w.put_bytes(&[
+                0x9f, //             lahf
+                0x0f, 0x90, 0xc0, // seto al
+            ]);
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, 24);
+            w.put_load(Reg::Rcx, Reg::Rax, -16);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+            Self::emit_flags_from_lahf(w, -24);
+        }
+        w.put_load(Reg::Rax, Reg::Rax, -8); // R
+        w.put_bytes(&[0x48, 0x63, 0x48, STUB_COOKIE as u8]); // movsxd rcx, [rax-16]
+        w.put_store(Reg::Rsp, CTX_COOKIE, Reg::Rcx);
+        w.put_bytes(&[0x48, 0x63, 0x48, STUB_FUNC as u8]); // movsxd rcx, [rax-9]
+        w.put_bytes(&[0x48, 0x01, 0xc8]); // add rax, rcx
+        w.put_store(Reg::Rsp, CTX_RIP, Reg::Rax);
+        w.put_store(Reg::Rsp, CTX_FUNC_IP, Reg::Rax);
+        w.put_store_imm(Reg::Rsp, CTX_ORIG_RAX, -1);
+        w.put_store_imm(Reg::Rsp, CTX_CS, 0);
+        w.put_store_imm(Reg::Rsp, CTX_SS, 0);
+        let call_rel = self.emit_call_probe(w, start);
+        if self.opts.flags_with_popfq {
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+            w.put_lea(Reg::Rsp, Reg::Rsp, -16);
+            w.put_popfq(); // the pushfq'd value at [E-16], untouched since
+        } else {
+            Self::emit_sahf_restore(w);
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+            w.put_lea(Reg::Rsp, Reg::Rsp, -8);
+        }
+        w.put_ret();
+        call_rel
+    }
+
+    /// The whole head inline, for a function whose cookie or address a stub cannot carry:
+    /// saves the registers into a [`ProbeCtx`], calls the probe, restores them.
+    fn emit_head(&self, w: &mut Writer, addr: u64, cookie: u64) {
+        let start = w.len();
+        let frame = self.frame();
+        // Capture the flags and rax, find the entry rsp, align.
+        if self.opts.flags_with_popfq {
+            // [E-8] = pushfq'd flags (popped again at the end), [E-16] = rax.
+            w.put_pushfq();
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, 16);
+            w.put_load(Reg::Rcx, Reg::Rax, -16);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -8);
+            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+        } else {
+            // [E-8] = rax, [E-16] = ax after `lahf; seto al`: SF ZF AF PF CF in byte E-15,
+            // OF in byte E-16 (pushfq is microcoded: ~3x the cost of these three).
+            w.put_push(Reg::Rax);
+            w.put_bytes(&[
+                0x9f, //             lahf
+                0x0f, 0x90, 0xc0, // seto al
+            ]);
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, 16);
+            w.put_load(Reg::Rcx, Reg::Rax, -8);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+            Self::emit_flags_from_lahf(w, -16);
+        }
+        if !w.put_lea_rip(Reg::Rax, addr) {
+            w.put_mov_imm64(Reg::Rax, addr);
+        }
+        w.put_store(Reg::Rsp, CTX_RIP, Reg::Rax);
+        w.put_store(Reg::Rsp, CTX_FUNC_IP, Reg::Rax);
+        match i32::try_from(cookie as i64) {
+            Ok(c) => w.put_store_imm(Reg::Rsp, CTX_COOKIE, c),
+            Err(_) => {
+                w.put_mov_imm64(Reg::Rax, cookie);
+                w.put_store(Reg::Rsp, CTX_COOKIE, Reg::Rax);
+            }
+        }
+        w.put_store_imm(Reg::Rsp, CTX_ORIG_RAX, -1);
+        w.put_store_imm(Reg::Rsp, CTX_CS, 0);
+        w.put_store_imm(Reg::Rsp, CTX_SS, 0);
+        self.emit_call_probe(w, start);
         if self.opts.flags_with_popfq {
             w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
             w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
             w.put_lea(Reg::Rsp, Reg::Rsp, -8);
             w.put_popfq(); // the pushfq'd value at [E-8], untouched since
         } else {
-            w.put_load32(Reg::Rax, Reg::Rsp, CTX_EFLAGS);
-            w.put_bytes(&[
-                0x80, 0xe4, 0x08, // and ah, 8         ; OF (bit 11) alone
-                0xc0, 0xe4, 0x04, // shl ah, 4         ; -> 0x80 or 0
-                0x80, 0xc4, 0x80, // add ah, 0x80      ; OF = saved OF
-                0x88, 0xc4, //       mov ah, al        ; SF ZF AF PF CF
-                0x9e, //             sahf
-            ]);
+            Self::emit_sahf_restore(w);
             w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
             w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
         }
-        (func_imm, cookie_imm, call_rel)
     }
 
-    fn emit_trampoline(
-        &self,
-        w: &mut Writer,
-        f: &FuncSpec,
-        code: &[u8],
-        scan: &Scan,
-    ) -> Result<(u64, Vec<Moved>), SkipReason> {
-        let start = w.len();
-        let copied = self.template.as_ref().filter(|t| {
-            i32::try_from(f.cookie as i64).is_ok()
-                && fits_rel32(w.pc() + t.call_rel as u64 + 4, self.probe)
+    /// A written body a stub ending at `call_end` can call with a rel32, forgetting bodies
+    /// whose trampoline was not written after all (past its arena's cursor).
+    fn body_near(&mut self, call_end: u64) -> Option<u64> {
+        let arenas = &self.arenas;
+        self.bodies.retain(|&b| {
+            arenas
+                .iter()
+                .any(|a| b >= a.base && b < a.base + a.used as u64)
         });
-        match copied {
-            Some(t) => {
+        self.bodies
+            .iter()
+            .rev()
+            .copied()
+            .find(|&b| fits_rel32(call_end, b))
+    }
+
+    /// Writes a copy of the shared body at the writer's position; returns its address.
+    fn put_body(&self, w: &mut Writer) -> u64 {
+        let at = w.pc();
+        let start = w.len();
+        match self.template.as_ref() {
+            Some(t) if fits_rel32(at + (t.call_rel + 4) as u64, self.probe) => {
                 w.put_bytes(&t.bytes);
-                let call_end = w.base_pc() + (start + t.call_rel + 4) as u64;
-                w.patch(start + t.func_imm, &f.addr.to_le_bytes());
-                w.patch(start + t.cookie_imm, &(f.cookie as i32).to_le_bytes());
+                let call_end = at + (t.call_rel + 4) as u64;
                 w.patch(
                     start + t.call_rel,
                     &(self.probe.wrapping_sub(call_end) as u32).to_le_bytes(),
                 );
             }
-            None => {
-                self.emit_head(w, f.addr, f.cookie, false);
+            _ => {
+                self.emit_body(w);
             }
+        }
+        at
+    }
+
+    /// Emits the trampoline; returns the address of the relocated part and the moves.
+    ///
+    /// Usually a 19-byte stub before the relocated instructions (`nop [rax+cookie]`,
+    /// `nop [rax+func-R]`, `call body`, R being its return address), so that a function's
+    /// first hit touches one or two cold cache lines, not the ~4 of a whole head: the body
+    /// is shared and stays hot. The first trampoline of an arena (or one out of reach of
+    /// every body) carries a body: `jmp stub; body; stub`. A cookie or displacement that
+    /// does not fit 32 bits gets the whole head inline instead.
+    fn emit_trampoline(
+        &mut self,
+        w: &mut Writer,
+        f: &FuncSpec,
+        code: &[u8],
+        scan: &Scan,
+    ) -> Result<(u64, Vec<Moved>), SkipReason> {
+        let cookie = i32::try_from(f.cookie as i64).ok();
+        // The displacement is from R, at most a body's length further than here.
+        let disp_ok = |r: u64| i32::try_from(f.addr.wrapping_sub(r) as i64).is_ok();
+        let far = w.pc() + STUB_LEN as u64 + 2048;
+        match cookie {
+            Some(c) if disp_ok(w.pc() + STUB_LEN as u64) && disp_ok(far) => {
+                let body = match self.body_near(w.pc() + STUB_LEN as u64) {
+                    Some(b) => b,
+                    None => {
+                        let jmp_at = w.len();
+                        w.put_bytes(&[0xe9, 0, 0, 0, 0]);
+                        let b = self.put_body(w);
+                        let rel = (w.len() - jmp_at - 5) as u32;
+                        w.patch(jmp_at + 1, &rel.to_le_bytes());
+                        self.bodies.push(b);
+                        b
+                    }
+                };
+                let r = w.pc() + STUB_LEN as u64;
+                w.put_bytes(&[0x0f, 0x1f, 0x80]);
+                w.put_u32(c as u32);
+                w.put_bytes(&[0x0f, 0x1f, 0x80]);
+                w.put_u32(f.addr.wrapping_sub(r) as u32);
+                let call_at = w.len();
+                w.put_call(body);
+                debug_assert_eq!(w.len() - call_at, 5);
+                debug_assert_eq!(w.pc(), r);
+            }
+            _ => self.emit_head(w, f.addr, f.cookie),
         }
         let reloc_start = w.pc();
         let moved = relocator::relocate(code, f.addr, scan, w)?;
