@@ -13,7 +13,10 @@
 // The first hit of a function flips seen[cookie] from 0 to 1 with a compare-and-swap, so
 // exactly one event {cookie, timestamp, tid} goes to the `events` ring buffer per function,
 // and the TUI learns about newly covered functions without scanning. After that, a hit only
-// reads seen[cookie], a line every CPU keeps in its cache.
+// reads seen[cookie], a line every CPU keeps in its cache. The event's timestamp is
+// CLOCK_MONOTONIC_COARSE (the kernel tick's resolution, 1-4 ms, plenty for the TUI's "first
+// hit at"): reading it costs ~8 ns against ~40 ns for bpf_ktime_get_ns's rdtsc-based clock,
+// a third of a first hit's cost.
 //
 // Self-contained on purpose (no vmlinux.h, no libbpf headers): the few types, macros and
 // helper declarations it needs are below, in the libbpf style. Rebuild the committed
@@ -32,10 +35,10 @@ typedef unsigned long long __u64;
 
 // Helpers, by Linux helper id.
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
-static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
 static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *)174;
 
 // Sized by xcover at attach time (one entry per function); this is the default.
@@ -87,7 +90,7 @@ int xcover_cover(void *ctx)
 	if (!e)
 		return 0;
 	e->cookie = key;
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = bpf_ktime_get_coarse_ns();
 	e->tid = (__u32)bpf_get_current_pid_tgid();
 	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);

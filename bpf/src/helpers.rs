@@ -54,6 +54,8 @@ pub const RINGBUF_RESERVE: u32 = 131;
 pub const RINGBUF_SUBMIT: u32 = 132;
 /// `BPF_FUNC_ringbuf_discard`.
 pub const RINGBUF_DISCARD: u32 = 133;
+/// `BPF_FUNC_ktime_get_coarse_ns`.
+pub const KTIME_GET_COARSE_NS: u32 = 160;
 /// `BPF_FUNC_get_func_ip`.
 pub const GET_FUNC_IP: u32 = 173;
 /// `BPF_FUNC_get_attach_cookie`.
@@ -63,7 +65,7 @@ fn err(e: i64) -> u64 {
     (-e) as u64
 }
 
-static STANDARD: [(u32, HelperFn); 19] = [
+static STANDARD: [(u32, HelperFn); 20] = [
     (MAP_LOOKUP_ELEM, map_lookup_elem),
     (MAP_UPDATE_ELEM, map_update_elem),
     (MAP_DELETE_ELEM, map_delete_elem),
@@ -81,6 +83,7 @@ static STANDARD: [(u32, HelperFn); 19] = [
     (RINGBUF_RESERVE, ringbuf_reserve),
     (RINGBUF_SUBMIT, ringbuf_submit),
     (RINGBUF_DISCARD, ringbuf_discard),
+    (KTIME_GET_COARSE_NS, ktime_get_coarse_ns),
     (GET_FUNC_IP, get_func_ip),
     (GET_ATTACH_COOKIE, get_attach_cookie),
 ];
@@ -152,6 +155,15 @@ pub unsafe extern "C" fn map_delete_elem(map: u64, key: u64, _: u64, _: u64, _: 
 /// None (the signature is unsafe because every helper's is).
 pub unsafe extern "C" fn ktime_get_ns(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
     sys::monotonic_ns()
+}
+
+/// `u64 bpf_ktime_get_coarse_ns(void)`: `CLOCK_MONOTONIC_COARSE` (the kernel tick's
+/// resolution), through the vDSO when the process has one (see [`sys::monotonic_coarse_ns`]).
+///
+/// # Safety
+/// None (the signature is unsafe because every helper's is).
+pub unsafe extern "C" fn ktime_get_coarse_ns(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    sys::monotonic_coarse_ns()
 }
 
 static PRANDOM: AtomicU64 = AtomicU64::new(0);

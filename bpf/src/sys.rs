@@ -76,6 +76,7 @@ const SYS_GETCPU: usize = 309;
 const SYS_PROCESS_VM_READV: usize = 310;
 
 const CLOCK_MONOTONIC: usize = 1;
+const CLOCK_MONOTONIC_COARSE: usize = 6;
 const PR_GET_NAME: usize = 16;
 
 /// One syscall with up to six arguments; returns `rax` (negative errno on failure). The one
@@ -335,12 +336,16 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// `CLOCK_MONOTONIC` in nanoseconds through the system call.
 pub fn monotonic_ns_syscall() -> u64 {
+    clock_ns_syscall(CLOCK_MONOTONIC)
+}
+
+fn clock_ns_syscall(clock: usize) -> u64 {
     let mut ts = [0i64; 2];
     // SAFETY: the kernel writes one `struct timespec` (two i64) into `ts`, which we own.
     let r = unsafe {
         syscall6(
             SYS_CLOCK_GETTIME,
-            [CLOCK_MONOTONIC, ts.as_mut_ptr() as usize, 0, 0, 0, 0],
+            [clock, ts.as_mut_ptr() as usize, 0, 0, 0, 0],
         )
     };
     if r < 0 {
@@ -356,29 +361,43 @@ static VDSO_CLOCK_GETTIME: AtomicU64 = AtomicU64::new(0);
 
 type ClockGettime = unsafe extern "C" fn(i32, *mut [i64; 2]) -> i32;
 
-/// `CLOCK_MONOTONIC` in nanoseconds (what `bpf_ktime_get_ns` returns): through the vDSO's
-/// `clock_gettime` when the process has one, else the system call.
+/// `clock` in nanoseconds through the vDSO's `clock_gettime` when the process has one, else
+/// the system call.
 #[inline]
-pub fn monotonic_ns() -> u64 {
+fn clock_ns(clock: usize) -> u64 {
     let mut f = VDSO_CLOCK_GETTIME.load(Ordering::Relaxed);
     if f == 0 {
         f = vdso_clock_gettime().unwrap_or(1);
         VDSO_CLOCK_GETTIME.store(f, Ordering::Relaxed);
     }
     if f == 1 {
-        return monotonic_ns_syscall();
+        return clock_ns_syscall(clock);
     }
     let mut ts = [0i64; 2];
     // SAFETY: `f` is the vDSO's `__vdso_clock_gettime`, found in this process's vDSO symbol
     // table; it writes one timespec into `ts`, which we own.
-    let r =
-        unsafe { core::mem::transmute::<u64, ClockGettime>(f)(CLOCK_MONOTONIC as i32, &mut ts) };
+    let r = unsafe { core::mem::transmute::<u64, ClockGettime>(f)(clock as i32, &mut ts) };
     if r != 0 {
-        return monotonic_ns_syscall();
+        return clock_ns_syscall(clock);
     }
     (ts[0] as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts[1] as u64)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (what `bpf_ktime_get_ns` returns): through the vDSO's
+/// `clock_gettime` when the process has one, else the system call.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    clock_ns(CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds (what `bpf_ktime_get_coarse_ns` returns): the
+/// same clock at the resolution of the kernel's tick (1-4 ms), read without `rdtsc`: ~8 ns
+/// through the vDSO here against ~40 ns for [`monotonic_ns`].
+#[inline]
+pub fn monotonic_coarse_ns() -> u64 {
+    clock_ns(CLOCK_MONOTONIC_COARSE)
 }
 
 /// Whether [`monotonic_ns`] goes through the vDSO in this process.

@@ -16,6 +16,24 @@ fn vdso_clock_agrees_with_the_syscall() {
 }
 
 #[test]
+fn coarse_clock_trails_the_fine_one_by_at_most_a_tick() {
+    let mut last = 0;
+    for _ in 0..1000 {
+        let fine0 = sys::monotonic_ns();
+        let coarse = sys::monotonic_coarse_ns();
+        let fine1 = sys::monotonic_ns();
+        // Never ahead of the fine clock, never more than a tick (<= 10 ms) behind, never back.
+        assert!(coarse <= fine1, "{coarse} > {fine1}");
+        assert!(
+            fine0 - coarse.min(fine0) < 10_000_000,
+            "{fine0} vs {coarse}"
+        );
+        assert!(coarse >= last);
+        last = coarse;
+    }
+}
+
+#[test]
 fn cached_ids_match_the_syscalls() {
     assert_eq!(sys::getpid_cached(), std::process::id());
     assert_eq!(sys::getpid_cached(), sys::getpid());
