@@ -134,14 +134,11 @@ fn vdso_tail(sp: &StoppedProcess, need: usize) -> Option<(u64, Vec<u8>)> {
 impl StoppedProcess {
     /// Saves the thread's registers the first time we use it, and returns them.
     ///
-    /// The first time a thread is borrowed for remote work, its x87/SSE state is saved
-    /// too (the agent's code uses SSE registers; `release` puts it back) and every signal
-    /// is blocked with `PTRACE_SETSIGMASK`, which changes the mask without a return to user
-    /// mode: signals arriving meanwhile stay pending in the kernel instead of being
-    /// dequeued by our code (faults and our traps are forced signals, which blocking does
-    /// not hold back). The mask is restored on release, and pending signals are then
-    /// delivered as usual. Without this, a signal requeued to the thread by
-    /// `requeue_extra_signals` was dequeued again by the very next remote step and lost.
+    /// The first time a thread is borrowed for remote work, its x87/SSE state and signal
+    /// mask are saved too (the agent's code uses SSE registers; `release` puts both back).
+    /// Its signals are blocked later, by [`block_signals`](Self::block_signals), just before
+    /// the first operation runs: a thread parked first is then never left with its own
+    /// registers and every signal blocked, should xcover die in between.
     fn original_regs(&mut self, tid: i32) -> Result<Regs> {
         let pid = self.pid;
         if !self.borrowed.contains_key(&tid) && self.threads.contains_key(&tid) {
@@ -157,13 +154,7 @@ impl StoppedProcess {
                 call: "PTRACE_GETSIGMASK",
                 source,
             })?;
-            sys::setsigmask(tid, u64::MAX).map_err(|source| Error::Sys {
-                pid,
-                tid,
-                call: "PTRACE_SETSIGMASK",
-                source,
-            })?;
-            self.borrowed.insert(tid, (fp, mask));
+            self.borrowed.insert(tid, (fp, mask, false));
         }
         let t = self.threads.get_mut(&tid).ok_or(Error::Unexpected {
             pid,
@@ -182,6 +173,29 @@ impl StoppedProcess {
         t.saved = Some(r);
         self.sync_park(tid)?;
         Ok(r)
+    }
+
+    /// Blocks every signal of borrowed thread `tid` with `PTRACE_SETSIGMASK`, once. It
+    /// changes the mask without a return to user mode: signals arriving meanwhile stay
+    /// pending in the kernel instead of being dequeued by our code (faults and our traps
+    /// are forced signals, which blocking does not hold back). The mask is restored on
+    /// release (or by the park), and pending signals are then delivered as usual. Without
+    /// this, a signal requeued to the thread by `requeue_extra_signals` was dequeued again
+    /// by the very next remote step and lost.
+    fn block_signals(&mut self, tid: i32) -> Result<()> {
+        match self.borrowed.get_mut(&tid) {
+            Some((_, _, blocked)) if !*blocked => {
+                sys::setsigmask(tid, u64::MAX).map_err(|source| Error::Sys {
+                    pid: self.pid,
+                    tid,
+                    call: "PTRACE_SETSIGMASK",
+                    source,
+                })?;
+                *blocked = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Installs the call park (see `park.rs`) for thread `tid`: its code and block at
@@ -263,7 +277,7 @@ impl StoppedProcess {
 
     /// The park thread `tid` waits in between operations: the call park, else the
     /// system-call park.
-    fn idle_park(&self, tid: i32) -> Option<Park> {
+    pub(crate) fn idle_park(&self, tid: i32) -> Option<Park> {
         self.park.filter(|p| p.tid == tid).or(self
             .vpark
             .as_ref()
@@ -294,7 +308,7 @@ impl StoppedProcess {
         let Some(t) = self.threads.get(&tid) else {
             return Ok(());
         };
-        let (Some(regs), Some((fp, mask))) = (t.saved, self.borrowed.get(&tid)) else {
+        let (Some(regs), Some((fp, mask, _))) = (t.saved, self.borrowed.get(&tid)) else {
             return Ok(());
         };
         let mut sigs = Vec::with_capacity(t.stashed.len() + 1);
@@ -333,6 +347,7 @@ impl StoppedProcess {
             }
             t.kind = StopKind::Ours;
         }
+        self.block_signals(tid)?;
         sys::setregs(tid, regs).map_err(sys_err("PTRACE_SETREGS"))?;
         let deadline = Instant::now() + CALL_TIMEOUT;
         let mut interrupted = false;

@@ -64,9 +64,9 @@ pub struct StoppedProcess {
     pub(crate) started: Instant,
     /// Address of a `syscall` instruction in the target (found lazily).
     pub(crate) syscall_gadget: Option<u64>,
-    /// Threads borrowed for remote work: their x87/SSE state and signal mask before we
-    /// blocked every signal, given back on release (see `remote.rs`).
-    pub(crate) borrowed: BTreeMap<i32, (sys::FpRegs, u64)>,
+    /// Threads borrowed for remote work: their x87/SSE state and signal mask, given back on
+    /// release, and whether we have blocked every signal yet (see `remote.rs`).
+    pub(crate) borrowed: BTreeMap<i32, (sys::FpRegs, u64, bool)>,
     /// The park remote work in one thread starts and ends in (see `park.rs`).
     pub(crate) park: Option<crate::park::Park>,
     /// The system-call park in the vDSO, and the bytes it covers (see `park.rs`).
@@ -357,9 +357,7 @@ impl StoppedProcess {
             what: "is not one of the stopped threads".into(),
         })?;
         t.saved = Some(regs);
-        if self.park.is_some_and(|p| p.tid == tid)
-            || self.vpark.as_ref().is_some_and(|v| v.0.tid == tid)
-        {
+        if self.idle_park(tid).is_some() {
             self.sync_park(tid)
         } else {
             sys::setregs(tid, &regs).map_err(sys_err(pid, tid, "PTRACE_SETREGS"))
@@ -405,7 +403,7 @@ impl StoppedProcess {
         let borrowed = std::mem::take(&mut self.borrowed);
         for (tid, t) in threads {
             // The FP/SSE state our code may have changed, and the signal mask we set.
-            if let Some((fp, mask)) = borrowed.get(&tid) {
+            if let Some((fp, mask, _)) = borrowed.get(&tid) {
                 for (call, r) in [
                     ("PTRACE_SETFPREGS", sys::setfpregs(tid, fp)),
                     ("PTRACE_SETSIGMASK", sys::setsigmask(tid, *mask)),
