@@ -120,15 +120,38 @@ enum Ended {
 }
 
 /// Room for `need` bytes in the zero tail of the target's vDSO: (16-aligned address, the
-/// bytes there now).
+/// bytes to put back there on release).
+///
+/// A system-call park that a killed xcover left behind (its code at a 16-byte boundary past
+/// the vDSO's own bytes) is reused, and every stale park after it is wiped on release (the
+/// bytes to put back are zeros up to the last non-zero byte), so kills do not fill the
+/// tail up. Unless a stopped thread is still inside one of them, on its way home: then
+/// they are left alone and the new park goes after them.
 fn vdso_tail(sp: &StoppedProcess, need: usize) -> Option<(u64, Vec<u8>)> {
     let (start, buf) = read_vdso(sp)?;
-    let used = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let code = park::code();
+    let end_of = |b: &[u8]| b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    let all_used = end_of(&buf);
+    let stale = (0..buf.len())
+        .step_by(16)
+        .find(|&o| buf[o..].starts_with(code))
+        .filter(|&o| {
+            let range = start + o as u64..start + all_used as u64;
+            !sp.tids()
+                .iter()
+                .any(|&t| sp.regs(t).is_ok_and(|r| range.contains(&r.rip)))
+        });
+    let used = stale.map_or(all_used, |o| end_of(&buf[..o]));
     let at = (used + 64).next_multiple_of(16);
-    if at + need > buf.len() {
+    let restore = need.max(all_used.saturating_sub(at));
+    if at + restore > buf.len() {
         return None;
     }
-    Some((start + at as u64, buf[at..at + need].to_vec()))
+    let saved = match stale {
+        Some(_) => vec![0u8; restore],
+        None => buf[at..at + need].to_vec(),
+    };
+    Some((start + at as u64, saved))
 }
 
 impl StoppedProcess {
@@ -668,5 +691,54 @@ impl StoppedProcess {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parks a killed xcover left in the vDSO are reused and wiped, not piled up.
+    #[test]
+    fn stale_vdso_parks_are_reused_and_wiped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let need = park::size_for(1);
+        let (start, clean) = read_vdso(&StoppedProcess::stop(pid).unwrap()).unwrap();
+        // Two stale parks, as two killed runs would leave them (code, then a block).
+        let first = {
+            let sp = StoppedProcess::stop(pid).unwrap();
+            let (at, saved) = vdso_tail(&sp, need).unwrap();
+            assert!(saved.iter().all(|&b| b == 0));
+            let mut stale = park::code().to_vec();
+            stale.resize(need, 0x5a);
+            sp.write(at, &stale).unwrap();
+            let second = (at + need as u64 + 64).next_multiple_of(16);
+            sp.write(second, &stale).unwrap();
+            at
+        };
+        // A new stop puts its park where the first stale one is, and a system call works.
+        {
+            let mut sp = StoppedProcess::stop(pid).unwrap();
+            let tid = sp.worker_tid().unwrap();
+            assert_eq!(vdso_tail(&sp, need).unwrap().0, first);
+            sp.enable_vdso_park(tid).unwrap();
+            assert_eq!(sp.vpark.as_ref().unwrap().0.code, first);
+            assert_eq!(sp.syscall(tid, nr::GETPID, [0; 6]).unwrap(), pid as u64);
+            sp.resume().unwrap();
+        }
+        // On release every stale byte is gone: the vDSO is as the kernel made it.
+        let (again, after) = read_vdso(&StoppedProcess::stop(pid).unwrap()).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(again, start);
+        assert!(
+            after == clean,
+            "the vDSO still differs from its original bytes"
+        );
     }
 }
