@@ -95,7 +95,6 @@
 //! fault.
 
 use alloc::collections::BTreeMap;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::mem::offset_of;
@@ -318,11 +317,57 @@ struct Hook {
     /// End of the relocated instructions (and jump back).
     reloc_end: u64,
     moved: Vec<Moved>,
-    original: Vec<u8>,
-    patch: Vec<u8>,
+    original: PatchBytes,
+    patch: PatchBytes,
     /// Padding slot for the `jmp rel8` hop: (address, original bytes, new bytes).
     slot: Option<(u64, [u8; 5], [u8; 5])>,
     active: bool,
+}
+
+/// The bytes an entry patch covers, inline: whole instructions from the entry up to at
+/// least 5 bytes, so at most 4 + 15.
+#[derive(Clone, Copy, Debug)]
+struct PatchBytes {
+    len: u8,
+    bytes: [u8; 20],
+}
+
+impl PatchBytes {
+    fn copy(from: &[u8]) -> Option<Self> {
+        let mut p = Self::filled(0, from.len())?;
+        p.bytes[..from.len()].copy_from_slice(from);
+        Some(p)
+    }
+
+    fn filled(b: u8, len: usize) -> Option<Self> {
+        (len <= 20).then_some(Self {
+            len: len as u8,
+            bytes: [b; 20],
+        })
+    }
+}
+
+impl core::ops::Deref for PatchBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// `jmp rel32` at `at` to `target`, or `None` when out of reach.
+fn jmp_rel32(at: u64, target: u64) -> Option<[u8; 5]> {
+    let d = i32::try_from(target.wrapping_sub(at + 5) as i64).ok()?;
+    let d = d.to_le_bytes();
+    Some([0xe9, d[0], d[1], d[2], d[3]])
+}
+
+/// Scratch buffers kept by the interceptor between hooks.
+#[derive(Default)]
+struct Buffers {
+    /// A function's bytes and its free padding.
+    code: Vec<u8>,
+    /// A trampoline being assembled.
+    tramp: Vec<u8>,
 }
 
 struct Arena {
@@ -464,6 +509,7 @@ pub struct Interceptor {
     /// Shared bodies written so far (an entry may be stale when its trampoline was not
     /// written after all; see [`Self::body_near`]).
     bodies: Vec<u64>,
+    buf: Buffers,
 }
 
 // ProbeCtx field offsets.
@@ -545,9 +591,14 @@ fn is_padding(ins: &Instruction) -> bool {
 
 /// Length of the free padding at the start of `pad` (whole `int3`/`nop` instructions).
 fn free_padding(pad: &[u8], at: u64) -> usize {
-    let mut dec = Decoder::with_ip(64, pad, at, DecoderOptions::NONE);
+    // The usual fill, one-byte `int3`s or `nop`s, needs no decoder.
+    let simple = pad.iter().take_while(|&&b| b == 0xcc || b == 0x90).count();
+    if simple == pad.len() {
+        return simple;
+    }
+    let mut dec = Decoder::with_ip(64, &pad[simple..], at + simple as u64, DecoderOptions::NONE);
     let mut ins = Instruction::default();
-    let mut n = 0;
+    let mut n = simple;
     while dec.can_decode() {
         dec.decode_out(&mut ins);
         if ins.is_invalid() || !is_padding(&ins) {
@@ -602,6 +653,7 @@ impl Interceptor {
             template: None,
             hooks: BTreeMap::new(),
             bodies: Vec::new(),
+            buf: Buffers::default(),
         }
     }
 
@@ -630,17 +682,33 @@ impl Interceptor {
         if self.template.is_none() {
             self.template = self.build_template();
         }
-        let mut planned = Vec::new();
+        let mut planned = Vec::with_capacity(funcs.len());
         let mut outcomes = Vec::with_capacity(funcs.len());
-        let mut seen = alloc::collections::BTreeSet::new();
+        // Addresses named more than once: only their first entry is hooked.
+        let mut sorted: Vec<u64> = funcs.iter().map(|f| f.addr).collect();
+        sorted.sort_unstable();
+        let mut twice: Vec<u64> = sorted
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        twice.dedup();
+        drop(sorted);
+        let mut twice_seen = alloc::vec![false; twice.len()];
+        let mut buf = core::mem::take(&mut self.buf);
         for f in funcs {
-            let r = if seen.insert(f.addr) {
-                self.prepare_one(mem, f).map(|h| planned.push(h))
+            let first = match twice.binary_search(&f.addr) {
+                Ok(i) => !core::mem::replace(&mut twice_seen[i], true),
+                Err(_) => true,
+            };
+            let r = if first {
+                self.prepare_one(mem, f, &mut buf).map(|h| planned.push(h))
             } else {
                 Err(SkipReason::AlreadyHooked)
             };
             outcomes.push((f.addr, r));
         }
+        self.buf = buf;
         let mut res = Ok(());
         for a in &mut self.arenas {
             if a.dirty {
@@ -661,7 +729,14 @@ impl Interceptor {
         HookBatch { planned, outcomes }
     }
 
-    fn prepare_one<M: Memory>(&mut self, mem: &mut M, f: &FuncSpec) -> Result<Hook, SkipReason> {
+    /// Plans one hook and writes its trampoline; `buf` is scratch space kept between calls
+    /// (a function's bytes, then its trampoline), so that a batch allocates little.
+    fn prepare_one<M: Memory>(
+        &mut self,
+        mem: &mut M,
+        f: &FuncSpec,
+        buf: &mut Buffers,
+    ) -> Result<Hook, SkipReason> {
         if f.size == 0 {
             return Err(SkipReason::TooSmall);
         }
@@ -680,66 +755,81 @@ impl Interceptor {
         } else {
             0
         };
-        let mut code = vec![0u8; size + pad_len];
-        mem.read(f.addr, &mut code)
-            .map_err(|_| SkipReason::Unreadable)?;
+        let code = &mut buf.code;
+        code.clear();
+        code.resize(size + pad_len, 0);
+        mem.read(f.addr, code).map_err(|_| SkipReason::Unreadable)?;
         let free = free_padding(&code[size..], f.addr + size as u64);
         code.truncate(size + free);
-        if entered_after_first_byte(&code) {
+        let code = &buf.code[..];
+        if entered_after_first_byte(code) {
             return Err(SkipReason::ReturnTarget);
         }
-        let p = plan(f, &code, size)?;
+        let p = plan(f, code, size)?;
 
         // Build at the arena cursor; retry once in a fresh arena if it does not fit.
         let mut fresh = false;
         loop {
             let ai = self.arena_for(mem, f.addr, fresh)?;
             let pc = align16(self.arenas[ai].base + self.arenas[ai].used as u64);
-            let mut w = Writer::new(pc);
-            let (reloc_start, moved) = self.emit_trampoline(&mut w, f, &code, &p.scan)?;
+            let mut w = Writer::reusing(pc, core::mem::take(&mut buf.tramp));
+            let emitted = self.emit_trampoline(&mut w, f, code, &p.scan);
             let end = w.pc();
-            let arena = &mut self.arenas[ai];
-            if end > arena.base + ARENA_SIZE as u64 {
-                if fresh {
-                    return Err(SkipReason::NoNearMemory);
+            let tramp = w.into_code();
+            let (reloc_start, moved) = match emitted {
+                Ok(r) => r,
+                Err(e) => {
+                    buf.tramp = tramp;
+                    return Err(e);
                 }
-                fresh = true;
-                continue;
-            }
-            if !arena.dirty {
-                mem.protect(arena.base, ARENA_SIZE, Protection::ReadWriteExec)
-                    .map_err(|_| SkipReason::NoNearMemory)?;
+            };
+            let arena = &mut self.arenas[ai];
+            let written = if end > arena.base + ARENA_SIZE as u64 {
+                Err(None)
+            } else if !arena.dirty
+                && mem
+                    .protect(arena.base, ARENA_SIZE, Protection::ReadWriteExec)
+                    .is_err()
+            {
+                Err(Some(SkipReason::NoNearMemory))
+            } else {
                 arena.dirty = true;
+                mem.write(pc, &tramp)
+                    .map_err(|_| Some(SkipReason::NoNearMemory))
+            };
+            buf.tramp = tramp;
+            match written {
+                Ok(()) => {}
+                Err(None) if !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e.unwrap_or(SkipReason::NoNearMemory)),
             }
-            mem.write(pc, w.code())
-                .map_err(|_| SkipReason::NoNearMemory)?;
             arena.used = (end - arena.base) as usize;
 
             let len = p.scan.len;
-            let original = code[..len].to_vec();
-            let mut patch = vec![0xccu8; len];
-            let mut pw = Writer::new(f.addr);
+            let original = PatchBytes::copy(&code[..len]).ok_or(SkipReason::NoRoom)?;
+            let mut patch = PatchBytes::filled(0xcc, len).ok_or(SkipReason::NoRoom)?;
             let slot = match p.slot {
                 None => {
-                    if !pw.put_jmp_rel32(pc) {
-                        return Err(SkipReason::NoNearMemory);
-                    }
+                    let jmp = jmp_rel32(f.addr, pc).ok_or(SkipReason::NoNearMemory)?;
+                    patch.bytes[..5].copy_from_slice(&jmp);
                     None
                 }
                 Some(s) => {
-                    let mut sw = Writer::new(s);
-                    if !pw.put_jmp_rel8(s) || !sw.put_jmp_rel32(pc) {
+                    let hop = s.wrapping_sub(f.addr + 2) as i64;
+                    let new5 = jmp_rel32(s, pc).ok_or(SkipReason::NoNearMemory)?;
+                    if !(-128..=127).contains(&hop) {
                         return Err(SkipReason::NoNearMemory);
                     }
+                    patch.bytes[..2].copy_from_slice(&[0xeb, hop as u8]);
                     let so = (s - f.addr) as usize;
                     let mut orig5 = [0u8; 5];
                     orig5.copy_from_slice(&code[so..so + 5]);
-                    let mut new5 = [0u8; 5];
-                    new5.copy_from_slice(sw.code());
                     Some((s, orig5, new5))
                 }
             };
-            patch[..pw.len()].copy_from_slice(pw.code());
             return Ok(Hook {
                 addr: f.addr,
                 cookie: f.cookie,
@@ -755,8 +845,9 @@ impl Interceptor {
     }
 
     fn still_original<M: Memory>(&self, mem: &mut M, h: &Hook) -> bool {
-        let mut now = vec![0u8; h.original.len()];
-        if mem.read(h.addr, &mut now).is_err() || now != h.original {
+        let mut now = [0u8; 20];
+        let now = &mut now[..h.original.len()];
+        if mem.read(h.addr, now).is_err() || *now != *h.original {
             return false;
         }
         match h.slot {

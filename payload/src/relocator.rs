@@ -197,7 +197,7 @@ pub fn relocate(
 ) -> Result<Vec<Moved>, RelocError> {
     let mut dec = decoder(&code[..scan.live_len], addr);
     let mut ins = Instruction::default();
-    let mut moved = Vec::new();
+    let mut moved = Vec::with_capacity(scan.live_len.min(8));
     let start = w.pc();
     while dec.can_decode() {
         let off = dec.position();

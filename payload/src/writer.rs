@@ -94,6 +94,16 @@ impl Writer {
         }
     }
 
+    /// A writer whose first byte will run at `pc`, writing into `buf` (cleared first): lets a
+    /// caller that assembles many small pieces reuse one allocation.
+    pub fn reusing(pc: u64, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self {
+            code: buf,
+            base_pc: pc,
+        }
+    }
+
     /// Overwrites bytes already written, from offset `off` (for filling in fields of code
     /// copied from a template).
     pub fn patch(&mut self, off: usize, bytes: &[u8]) {

@@ -20,7 +20,7 @@ use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::Arena;
 use xcover_bpf::verifier::{self, VerifierOptions};
-use xcover_payload::backend::{FuncSpec, HookOptions, Interceptor, IpFixup};
+use xcover_payload::backend::{FuncSpec, HookBatch, HookOptions, Interceptor, IpFixup};
 
 use crate::memory::{self, AgentMemory};
 use crate::session::{self, set_error};
@@ -33,7 +33,7 @@ pub const E_ARGS: i64 = -11;
 /// Writing the entry patches failed.
 pub const E_PATCH: i64 = -12;
 /// No session (init did not run, or fini already did).
-pub const E_NO_SESSION: i64 = -5;
+pub const E_NO_SESSION: i64 = xcover_abi::entry::E_NO_SESSION;
 
 /// Most threads xcover may pass in one call.
 const MAX_THREADS: u64 = 1 << 20;
@@ -42,6 +42,9 @@ struct State {
     interceptor: Interceptor,
     /// The JIT-ed probe.
     jit_addr: u64,
+    /// What the last `hook` planned and `commit` has not written yet: the batch and the
+    /// table indices of its functions.
+    planned: Option<(HookBatch, Vec<usize>)>,
 }
 
 struct Global(UnsafeCell<Option<State>>);
@@ -176,33 +179,39 @@ fn build(near: u64) -> Result<State, i64> {
     Ok(State {
         interceptor,
         jit_addr: addr,
+        planned: None,
     })
 }
 
-/// `xcover_agent_hook`: hooks every `Pending` function of the table in one batch.
+/// `xcover_agent_hook`: plans hooks for every `Pending` function of the table in one batch
+/// (trampolines written, nothing patched) and names the threads to move; [`commit`] writes
+/// the patches.
 ///
 /// # Safety
 /// An entry point's contract: called by xcover with the world stopped, `ips`/`moves` valid
 /// for `n` u64s, the session's function table naming real functions of this process.
 pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
-    let Some(h) = session::header() else {
+    let Some(_) = session::header() else {
         return E_NO_SESSION;
     };
-    h.agent_calls.fetch_add(1, Ordering::AcqRel);
-    session::clear_error();
+    begin_call();
     // SAFETY: caller contract.
     let (ips, moves) = match unsafe { threads(ips, moves, n) } {
         Ok(t) => t,
         Err(e) => return e,
     };
+    // SAFETY: we are in an entry point; this is the only reference taken in this call.
+    let st = unsafe { state() };
+    // A batch a dead xcover planned and never committed: nothing of it was patched.
+    if let Some(s) = st.as_mut() {
+        s.planned = None;
+    }
     let pending: Vec<usize> = (0..session::funcs_count())
         .filter(|&i| session::func(i).status == FuncStatus::Pending as u32)
         .collect();
     if pending.is_empty() {
         return 0;
     }
-    // SAFETY: we are in an entry point; this is the only reference taken in this call.
-    let st = unsafe { state() };
     if st.is_none() {
         match build(session::func(pending[0]).addr) {
             Ok(s) => *st = Some(s),
@@ -245,15 +254,38 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
             break;
         }
     }
+    let planned = pending.len() as i64;
+    s.planned = Some((batch, pending));
+    planned
+}
+
+/// `xcover_agent_commit`: writes the entry patches of the batch [`hook`] planned and records
+/// each function's outcome.
+///
+/// # Safety
+/// An entry point's contract: called by xcover right after [`hook`], with the world stopped
+/// and every thread `hook` named moved.
+pub unsafe fn commit() -> i64 {
+    let Some(h) = session::header() else {
+        return E_NO_SESSION;
+    };
+    begin_call();
+    // SAFETY: we are in an entry point; this is the only reference taken in this call.
+    let Some(s) = (unsafe { state() }).as_mut() else {
+        return 0;
+    };
+    let Some((batch, pending)) = s.planned.take() else {
+        return 0;
+    };
     let outcomes: Vec<Result<(), u32>> = batch
         .outcomes()
         .iter()
         .map(|(_, r)| r.map_err(|e| e.code()))
         .collect();
+    let mut mem = AgentMemory;
     // SAFETY: the specs name the session's functions, unchanged since xcover read them;
-    // every thread is stopped and those inside patched bytes are moved by xcover (moves).
+    // every thread is stopped and those inside patched bytes were moved by xcover.
     if unsafe { s.interceptor.commit_hooks(&mut mem, batch) }.is_err() {
-        moves.fill(0);
         set_error(format_args!("writing the entry patches failed"));
         return E_PATCH;
     }
@@ -278,6 +310,14 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     hooked as i64
 }
 
+/// Counts an entry-point call and clears the last error.
+fn begin_call() {
+    if let Some(h) = session::header() {
+        h.agent_calls.fetch_add(1, Ordering::AcqRel);
+    }
+    session::clear_error();
+}
+
 /// `xcover_agent_unhook`: restores every hooked function; their entries become `Pending`.
 ///
 /// # Safety
@@ -297,6 +337,8 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     let Some(s) = (unsafe { state() }).as_mut() else {
         return 0;
     };
+    // An uncommitted plan patched nothing; its trampolines go with their arenas at fini.
+    s.planned = None;
     let addrs = s.interceptor.hooked();
     let batch = s.interceptor.prepare_unhooks(&addrs);
     for (i, &ip) in ips.iter().enumerate() {

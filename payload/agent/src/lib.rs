@@ -17,8 +17,10 @@
 //! - [`xcover_agent_init`]`(session, size)`: checks the session header and its layout,
 //!   records it, counts the call, sets the state to Live; returns 0 or a negative error.
 //! - [`xcover_agent_hook`]`(ips, moves, n)`: on the first call verifies and JIT-compiles the
-//!   session's probe and creates the interceptor; then hooks every `Pending` function in one
-//!   batch and tells xcover where each stopped thread must move.
+//!   session's probe and creates the interceptor; then plans hooks for every `Pending`
+//!   function in one batch (trampolines written, nothing patched) and tells xcover where
+//!   each stopped thread must move.
+//! - [`xcover_agent_commit`]`()`: once xcover has moved them, writes the entry patches.
 //! - [`xcover_agent_unhook`]`(ips, moves, n)`: restores every hooked function.
 //! - [`xcover_agent_fini`]`()`: unmaps every region the agent mapped (heap, JIT code,
 //!   trampolines), marks the session Detached. xcover unmaps the agent itself afterwards.
@@ -101,8 +103,8 @@ pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
     0
 }
 
-/// Hooks every `Pending` function of the session's table (see `xcover_abi::entry::HOOK`).
-/// Returns the number of functions hooked by this call, or a negative error.
+/// Plans the hooks of every `Pending` function of the session's table (see
+/// `xcover_abi::entry::HOOK`). Returns the number of functions planned, or a negative error.
 ///
 /// # Safety
 /// Called by xcover only, after init, with every thread of the process stopped; `ips` and
@@ -111,6 +113,18 @@ pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
 pub unsafe extern "C" fn xcover_agent_hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     // SAFETY: caller contract.
     unsafe { hook::hook(ips, moves, n) }
+}
+
+/// Writes the entry patches [`xcover_agent_hook`] planned (see `xcover_abi::entry::COMMIT`).
+/// Returns the number of functions hooked, or a negative error.
+///
+/// # Safety
+/// Called by xcover only, right after [`xcover_agent_hook`], with every thread of the
+/// process stopped and those it named moved.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xcover_agent_commit() -> i64 {
+    // SAFETY: caller contract.
+    unsafe { hook::commit() }
 }
 
 /// Unhooks every hooked function (see `xcover_abi::entry::UNHOOK`). Returns the number of
