@@ -89,7 +89,7 @@ class Target:
 
 ATTACH_RE = re.compile(
     r"(\d+) functions hooked, (\d+) skipped .*discovery ([\d.]+) ms, (?:[^,]*, )?"
-    r"target stopped ([\d.]+) ms, attach ([\d.]+) ms"
+    r"target stopped ([\d.]+) ms(?: of which [^,]*)?, attach ([\d.]+) ms"
 )
 DETACH_RE = re.compile(r"detached from pid \d+ \(target stopped ([\d.]+) ms")
 

@@ -273,7 +273,8 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     let h = att.session().header();
     eprintln!(
         "xcover: attached to pid {}: {} functions hooked, {} skipped ({} threads; discovery \
-         {:.1} ms, probe and session {:.1} ms, target stopped {:.2} ms, attach {:.1} ms)",
+         {:.1} ms, probe and session {:.1} ms, target stopped {:.2} ms of which the agent's hook call {:.2} ms, \
+         attach {:.1} ms)",
         a.pid,
         h.funcs_hooked.load(Ordering::Relaxed),
         h.funcs_skipped.load(Ordering::Relaxed),
@@ -281,6 +282,7 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         ms(discovered),
         ms(prepared),
         ms(att.stats.stopped),
+        ms(att.stats.agent_call),
         ms(att.stats.total)
     );
     if a.keep {

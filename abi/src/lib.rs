@@ -222,11 +222,19 @@ pub mod entry {
     /// session, sets it Live.
     pub const INIT: &str = "xcover_agent_init";
     /// `xcover_agent_hook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: JIT-compiles
-    /// the session's probe (once), hooks every `Pending` function of the table, marks each
-    /// `Hooked` or `Skipped` with its reason. `ips` are the instruction pointers of the
-    /// stopped threads; for each, `moves[i]` receives the address the thread must move to,
-    /// or 0 to leave it. Returns the number of functions hooked by this call.
+    /// the session's probe (once) and plans the hooks of every `Pending` function of the
+    /// table: writes their trampolines, patches nothing yet. `ips` are the instruction
+    /// pointers of the stopped threads; for each, `moves[i]` receives the address the thread
+    /// must move to (an equivalent place in a trampoline, valid from now on), or 0 to leave
+    /// it. xcover moves those threads, then calls `COMMIT`. Returns the number of functions
+    /// planned.
     pub const HOOK: &str = "xcover_agent_hook";
+    /// `xcover_agent_commit() -> i64`: writes the entry patches of what the last `HOOK`
+    /// planned, marks each function `Hooked` or `Skipped` with its reason. Returns the number
+    /// of functions hooked. Splitting the two lets xcover move the threads before any byte
+    /// they sit on changes: if xcover dies in between, nothing is patched and every moved
+    /// thread runs on through its trampoline's copy of the same instructions.
+    pub const COMMIT: &str = "xcover_agent_commit";
     /// `xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: restores the
     /// original bytes of every hooked function (marking them `Pending` again) and fills
     /// `moves` like `HOOK`. Returns the number of functions unhooked.
@@ -234,6 +242,9 @@ pub mod entry {
     /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
     /// only once no thread is inside one), marks the session Detached.
     pub const FINI: &str = "xcover_agent_fini";
+    /// What `HOOK`, `COMMIT`, `UNHOOK` and `FINI` return when `INIT` never ran (or failed):
+    /// the agent holds no session, so it has hooked and mapped nothing.
+    pub const E_NO_SESSION: i64 = -5;
 }
 
 /// [`SessionHeader::flags`]: the session outlives the xcover process (`--keep`).

@@ -59,10 +59,29 @@ use elf::{AgentImage, PAGE};
 pub const AGENT_INIT: &str = xcover_abi::entry::INIT;
 /// Name of the agent's hook entry point.
 pub const AGENT_HOOK: &str = xcover_abi::entry::HOOK;
+/// Name of the agent's entry point that writes the patches `HOOK` planned.
+pub const AGENT_COMMIT: &str = xcover_abi::entry::COMMIT;
 /// Name of the agent's unhook entry point.
 pub const AGENT_UNHOOK: &str = xcover_abi::entry::UNHOOK;
 /// Name of the agent's shutdown entry point.
 pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
+
+/// Fault injection for the recovery tests: when the environment variable `XCOVER_FAULT`
+/// names this point, xcover SIGKILLs itself right here, as a `kill -9` landing at that
+/// moment would. The points, in order: attach `loaded` (agent and session mapped, init not
+/// run), `inited`, `planned` (HOOK done, threads moved, COMMIT not run), `committed`
+/// (patches in, target not resumed); detach `unhooked` (FINI not run) and `finished`
+/// (FINI done, agent still mapped).
+fn fault_point(name: &str) {
+    static WANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if WANT
+        .get_or_init(|| std::env::var("XCOVER_FAULT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
 
 /// Size of the private stack remote calls run on (the agent's JIT, verifier and
 /// interceptor run there; untouched pages cost nothing).
@@ -420,6 +439,7 @@ fn load_and_init(
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
     let init = image.export(AGENT_INIT)?;
     let hook = image.export(AGENT_HOOK)?;
+    let commit = image.export(AGENT_COMMIT)?;
     let unhook = image.export(AGENT_UNHOOK)?;
     let fini = image.export(AGENT_FINI)?;
     let scratch = Scratch::map(sp, tid, session)?;
@@ -483,6 +503,7 @@ fn load_and_init(
         sp.syscall(tid, nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
         map_addr = m?;
         h.target_map_addr.store(map_addr, Ordering::Release);
+        fault_point("loaded");
         let rc = sp.call(
             tid,
             agent_base + init,
@@ -494,13 +515,14 @@ fn load_and_init(
             return Err(agent_failed(pid, AGENT_INIT, rc, session));
         }
         inited = true;
-        call_with_threads(sp, tid, &scratch, agent_base + hook, AGENT_HOOK, session)
+        fault_point("inited");
+        hook_with_threads(sp, tid, &scratch, agent_base, [hook, commit], session)
     })();
     if r.is_err() {
         if inited {
-            // Nothing is patched when HOOK fails before committing, and what it committed
-            // UNHOOK restores; FINI then unmaps the agent's regions. The threads were only
-            // moved (in their saved registers) if HOOK succeeded, which it did not.
+            // Nothing is patched when HOOK fails, and what COMMIT patched UNHOOK restores;
+            // FINI then unmaps the agent's regions. Threads HOOK moved into trampolines
+            // stay valid: they run the same instructions there and come back.
             let _ = call_with_threads(
                 sp,
                 tid,
@@ -534,10 +556,42 @@ fn load_and_init(
     Ok(hooked)
 }
 
+/// Hooks the session's `Pending` functions: runs the agent's `HOOK` (plans, writes the
+/// trampolines, names the threads to move), moves those threads, then runs `COMMIT`, which
+/// writes the entry patches. Moving first means a thread never sits on changed bytes, even
+/// if xcover dies between the two. `entries` are the offsets of `HOOK` and `COMMIT` from
+/// `base`. Returns the number of functions hooked and the time spent in the agent.
+fn hook_with_threads(
+    sp: &mut StoppedProcess,
+    tid: i32,
+    scratch: &Scratch,
+    base: u64,
+    entries: [u64; 2],
+    session: &SessionFile,
+) -> Result<(i64, Duration)> {
+    let (_, planning) =
+        call_with_threads(sp, tid, scratch, base + entries[0], AGENT_HOOK, session)?;
+    fault_point("planned");
+    let t = Instant::now();
+    let rc = sp.call(
+        tid,
+        base + entries[1],
+        [0; 6],
+        scratch.stack_top(),
+        scratch.trap(),
+    )? as i64;
+    let took = planning + t.elapsed();
+    if rc < 0 {
+        return Err(agent_failed(sp.pid(), AGENT_COMMIT, rc, session));
+    }
+    fault_point("committed");
+    Ok((rc, took))
+}
+
 /// Runs the agent's `HOOK` or `UNHOOK` entry point at `func` in thread `tid`: writes every
 /// stopped thread's instruction pointer into the scratch data area, calls it, reads back
-/// where each thread must move and sets those threads' instruction pointers (applied when
-/// the world resumes). Returns the entry point's result and how long the call took.
+/// where each thread must move and moves those threads (at once: see
+/// [`StoppedProcess::set_ip`]). Returns the entry point's result and how long the call took.
 fn call_with_threads(
     sp: &mut StoppedProcess,
     tid: i32,
@@ -750,6 +804,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
     let mut stopped = Duration::ZERO;
     let mut retries = 0;
     let mut unhooked = (0, Duration::ZERO);
+    let mut inited = true;
     // Take the hooks out.
     if base != 0 {
         let r = check_identity(&sp, image, session, base).and_then(|()| {
@@ -758,6 +813,12 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
         });
         match r {
             Ok(u) => unhooked = u,
+            // An xcover killed between loading the agent and its init: nothing is hooked and
+            // the agent mapped nothing; only the agent and the session mapping go.
+            Err(Error::Agent {
+                code: xcover_abi::entry::E_NO_SESSION,
+                ..
+            }) => inited = false,
             Err(e) => {
                 let _ = scratch.unmap(&mut sp, tid, session);
                 let _ = sp.resume();
@@ -801,8 +862,9 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             scratch = Scratch::map(&mut sp, tid, session).map_err(fail)?;
         }
     }
+    fault_point("unhooked");
     let r = (|| {
-        if base != 0 {
+        if base != 0 && inited {
             let fini = image.export(AGENT_FINI)?;
             let rc = sp.call(
                 tid,
@@ -814,6 +876,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             if rc < 0 {
                 return Err(agent_failed(pid, AGENT_FINI, rc, session));
             }
+            fault_point("finished");
         }
         Ok(())
     })();
@@ -857,7 +920,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
 
 /// Hooks the `Pending` functions of a live session again (e.g. on a re-attach to a kept
 /// session after new functions were added to its table): stops the target, runs `HOOK`,
-/// moves threads, resumes. Functions already hooked are left alone by the agent.
+/// moves threads, runs `COMMIT`, resumes. Functions already hooked are left alone by the agent.
 pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Stats> {
     let t0 = Instant::now();
     let image = AgentImage::parse(agent)?;
@@ -869,14 +932,14 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
             reason: format!("no agent is loaded in pid {pid}"),
         });
     }
-    let hook = image.export(AGENT_HOOK)?;
+    let entries = [image.export(AGENT_HOOK)?, image.export(AGENT_COMMIT)?];
     clear_orphan_scratch(pid, session)?;
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
     let scratch = Scratch::map(&mut sp, tid, session)?;
     let r = check_identity(&sp, &image, session, base)
-        .and_then(|()| call_with_threads(&mut sp, tid, &scratch, base + hook, AGENT_HOOK, session));
+        .and_then(|()| hook_with_threads(&mut sp, tid, &scratch, base, entries, session));
     let u = scratch.unmap(&mut sp, tid, session);
     let started = sp.started;
     let resumed = sp.resume();
