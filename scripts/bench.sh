@@ -45,7 +45,7 @@ fi
 
 echo "bench: building xcover (release)" >&2
 cargo build --release --quiet
-xcover="$root/target/release/xcover"
+xcover="${CARGO_TARGET_DIR:-$root/target}/release/xcover"
 
 build=$(mktemp -d /tmp/xcover-bench-build.XXXXXX)
 trap 'rm -rf "$build"' EXIT

@@ -459,7 +459,12 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
                     exe
                 );
             }
-            Err(e) => println!("pid {pid}: {path}: {e}"),
+            // The error names the file already.
+            Err(e) if a.pid.is_some() => {
+                let _ = path;
+                return Err(cli_error(e)).with_context(|| format!("status of pid {pid}"));
+            }
+            Err(e) => println!("pid {pid}: {e}"),
         }
     }
     Ok(ExitCode::SUCCESS)

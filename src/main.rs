@@ -41,8 +41,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the outermost context first, then each cause.
-            eprintln!("xcover: error: {e:#}");
+            eprintln!("xcover: error: {}", one_line(&e));
             if e.downcast_ref::<cli::BadInput>().is_some() {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -50,6 +49,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// An error on one line: the outermost context first, then each cause, leaving out a cause
+/// whose text the line already ends with (an error that prints its source, then that source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// `--help` and `--version` print as usual; any other command-line error becomes one line

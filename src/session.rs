@@ -297,9 +297,12 @@ impl View {
         self.funcs.iter().map(|f| f.hits).sum()
     }
 
-    /// Hit functions over hooked ones, in percent.
+    /// Hit functions over hooked ones, in percent. A function hit while hooked counts as
+    /// hooked even when it is not any more (a session whose hooks were taken out, or one a
+    /// killed xcover left half-undone), so this never exceeds 100.
     pub fn coverage(&self) -> f64 {
-        self.hit_funcs() as f64 * 100.0 / self.hooked.max(1) as f64
+        let hit = self.hit_funcs();
+        hit as f64 * 100.0 / (self.hooked as usize).max(hit).max(1) as f64
     }
 }
 

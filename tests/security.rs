@@ -142,7 +142,9 @@ fn agent_is_never_loaded_from_a_file() {
     assert_eq!(t.stop(), (0, "work ok\n".to_string()));
 }
 
-/// Another user (nobody) can neither detach a session nor read it.
+/// Another user (nobody) can neither detach a session nor read it: not when it is 0600, and
+/// not when it is readable by all (0644) either: xcover trusts only a session it can open
+/// for writing, which for a file of another user's means one it should refuse anyway.
 #[test]
 fn other_users_cannot_detach_or_read_a_session() {
     if !std::path::Path::new("/usr/bin/setpriv").exists() {
@@ -151,28 +153,44 @@ fn other_users_cannot_detach_or_read_a_session() {
     }
     let t = Chaos::start(&["work"]);
     let ps = t.pid().to_string();
+    let path = session_path(t.pid());
     keep(&t);
-    let before = std::fs::read(session_path(t.pid())).unwrap();
-    for args in [
-        vec!["detach", &ps],
-        vec!["status", &ps],
-        vec!["attach", &ps, "--no-tui"],
-    ] {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_xcover"))
-            .args(&args)
-            .output()
-            .unwrap();
-        let so = String::from_utf8_lossy(&out.stdout);
-        let se = String::from_utf8_lossy(&out.stderr);
-        assert!(!so.contains("hooked"), "nobody read the session: {so}");
-        if args[0] != "status" {
-            assert_ne!(out.status.code(), Some(0), "nobody could {args:?}: {se}");
+    let before = std::fs::read(&path).unwrap();
+    for mode in [0o600, 0o644] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        for args in [
+            vec!["detach", &ps],
+            vec!["status", &ps],
+            vec!["attach", &ps, "--no-tui"],
+        ] {
+            let out = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_xcover"))
+                .args(&args)
+                .output()
+                .unwrap();
+            let so = String::from_utf8_lossy(&out.stdout);
+            let se = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !so.contains("hooked"),
+                "mode {mode:o}: nobody read the session: {so}"
+            );
+            if args[0] != "status" {
+                assert_ne!(
+                    out.status.code(),
+                    Some(0),
+                    "mode {mode:o}: nobody could {args:?}: {se}"
+                );
+                assert!(
+                    se.lines().count() == 1 && se.contains(&ps),
+                    "mode {mode:o}: {args:?} should fail in one line naming the pid: {se}"
+                );
+            }
+            assert!(path.exists());
         }
-        assert!(session_path(t.pid()).exists());
     }
-    let after = std::fs::read(session_path(t.pid())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let after = std::fs::read(&path).unwrap();
     let off = std::mem::offset_of!(xcover_abi::SessionHeader, state);
     assert_eq!(
         before[off..off + 4],

@@ -68,8 +68,8 @@ pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
 
 /// Fault injection for the recovery tests: when the environment variable `XCOVER_FAULT`
 /// names this point, xcover SIGKILLs itself right here, as a `kill -9` landing at that
-/// moment would. The points, in order: attach `loaded` (agent and session mapped, init not
-/// run), `inited`, `planned` (HOOK done, threads moved, COMMIT not run), `committed`
+/// moment would. The points, in order: attach `opened` (agent loaded, session file open in
+/// the target, not mapped), `loaded` (agent and session mapped, init not run), `inited`, `planned` (HOOK done, threads moved, COMMIT not run), `committed`
 /// (patches in, target not resumed); detach `unhooked` (FINI not run) and `finished`
 /// (FINI done, agent still mapped).
 fn fault_point(name: &str) {
@@ -461,6 +461,10 @@ fn load_and_init(
                 0,
             ],
         )?;
+        // Recorded at once, so that a recovery after a kill from here on finds it (an
+        // agent whose init never ran is just unmapped).
+        h.agent_size.store(image.span, Ordering::Release);
+        h.agent_base.store(agent_base, Ordering::Release);
         sp.write(agent_base, &image.build(agent_base))?;
         for (off, len, prot) in image.protections() {
             sp.syscall(
@@ -469,9 +473,8 @@ fn load_and_init(
                 [agent_base + off, len, prot as u64, 0, 0, 0],
             )?;
         }
-        h.agent_base.store(agent_base, Ordering::Release);
-        h.agent_size.store(image.span, Ordering::Release);
-        // The session: open, map shared, close, in the target.
+        // The session: open, map shared, close, in the target (a descriptor or mapping a kill
+        // leaves unrecorded in between, recovery finds by the file's inode).
         let mut path = session.path().as_bytes().to_vec();
         path.push(0);
         sp.write(scratch.data(), &path)?;
@@ -487,6 +490,7 @@ fn load_and_init(
                 0,
             ],
         )?;
+        fault_point("opened");
         let size = h.total_size;
         let m = sp.syscall(
             tid,
@@ -500,9 +504,12 @@ fn load_and_init(
                 0,
             ],
         );
+        if let Ok(m) = m {
+            map_addr = m;
+            h.target_map_addr.store(map_addr, Ordering::Release);
+        }
         sp.syscall(tid, nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-        map_addr = m?;
-        h.target_map_addr.store(map_addr, Ordering::Release);
+        m?;
         fault_point("loaded");
         let rc = sp.call(
             tid,
@@ -669,6 +676,24 @@ fn agent_failed(pid: i32, entry: &'static str, code: i64, session: &SessionFile)
     }
 }
 
+/// The target's mappings of the session file and its descriptors open on it, found by the
+/// file's inode (and name): normally none once the recorded mapping is gone, but a killed
+/// xcover may have left one between creating it and recording it.
+fn session_leftovers(pid: i32, session: &SessionFile) -> (Vec<(u64, u64)>, Vec<i32>) {
+    let inode = session.inode();
+    if inode == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let maps = procfs::mappings(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.inode == inode && m.path.starts_with(session.path()))
+        .map(|m| (m.start, m.end))
+        .collect();
+    let fds = procfs::fds_on_inode(pid, inode).unwrap_or_default();
+    (maps, fds)
+}
+
 /// Address ranges in the target that go away at detach and that no thread may be in: the
 /// agent image and every region the agent recorded in the session (heap, JIT code,
 /// trampolines).
@@ -798,15 +823,21 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
     let threads = sp.tids().len();
     let mut tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
     let mut scratch = Scratch::map(&mut sp, tid, session).map_err(fail)?;
-    let base = h.agent_base.load(Ordering::Acquire);
+    let mut base = h.agent_base.load(Ordering::Acquire);
     let size = h.agent_size.load(Ordering::Acquire);
     let map_addr = h.target_map_addr.load(Ordering::Acquire);
     let mut stopped = Duration::ZERO;
     let mut retries = 0;
     let mut unhooked = (0, Duration::ZERO);
-    let mut inited = true;
+    // What a killed xcover may have left half-done: an agent it unmapped but did not forget
+    // (gone already), or one it loaded whose init never ran (nothing to unhook or finish).
+    if base != 0 && !procfs::is_mapped(pid, base).unwrap_or(true) {
+        base = 0;
+        h.agent_base.store(0, Ordering::Release);
+    }
+    let mut inited = h.agent_calls.load(Ordering::Acquire) != 0;
     // Take the hooks out.
-    if base != 0 {
+    if base != 0 && inited {
         let r = check_identity(&sp, image, session, base).and_then(|()| {
             let unhook = image.export(AGENT_UNHOOK)?;
             call_with_threads(&mut sp, tid, &scratch, base + unhook, AGENT_UNHOOK, session)
@@ -825,6 +856,8 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
                 return Err(fail(e));
             }
         }
+    }
+    if base != 0 {
         // Wait until no thread is inside what is about to be unmapped.
         loop {
             let ranges = doomed_ranges(session, base, size);
@@ -889,6 +922,20 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
                 .map(drop),
         );
         h.target_map_addr.store(0, Ordering::Release);
+    }
+    // A mapping or descriptor of the session a killed xcover made but never recorded.
+    let (maps, fds) = session_leftovers(pid, session);
+    for (start, end) in maps {
+        unmap = unmap.and(
+            sp.syscall(tid, nr::MUNMAP, [start, end - start, 0, 0, 0, 0])
+                .map(drop),
+        );
+    }
+    for fd in fds {
+        unmap = unmap.and(
+            sp.syscall(tid, nr::CLOSE, [fd as u64, 0, 0, 0, 0, 0])
+                .map(drop),
+        );
     }
     if base != 0 {
         unmap = unmap.and(

@@ -84,6 +84,61 @@ pub fn task_tracer_pid(pid: i32, tid: i32) -> io::Result<i32> {
     )
 }
 
+/// One line of `/proc/<pid>/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Inode of the mapped file (0 for anonymous memory).
+    pub inode: u64,
+    /// Path of the mapped file, or a pseudo-name like `[stack]` (may end in ` (deleted)`).
+    pub path: String,
+}
+
+/// The mappings of `pid`, from `/proc/<pid>/maps`.
+pub fn mappings(pid: i32) -> io::Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (a, b) = f.next()?.split_once('-')?;
+            let inode = f.nth(3)?.parse().ok()?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                inode,
+                path: f.next().unwrap_or("").trim_start().to_string(),
+            })
+        })
+        .collect())
+}
+
+/// Whether `addr` lies in a mapping of `pid`.
+pub fn is_mapped(pid: i32, addr: u64) -> io::Result<bool> {
+    Ok(mappings(pid)?
+        .iter()
+        .any(|m| (m.start..m.end).contains(&addr)))
+}
+
+/// The file descriptors of `pid` open on the file whose inode is `inode`.
+pub fn fds_on_inode(pid: i32, inode: u64) -> io::Result<Vec<i32>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // Follows the link to the open file itself.
+        if std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode) {
+            fds.push(fd);
+        }
+    }
+    Ok(fds)
+}
+
 /// What the injector knows about a target it has accepted.
 #[derive(Debug, Clone)]
 pub struct TargetInfo {
@@ -224,6 +279,25 @@ pub fn build_id(bytes: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_maps_and_fds_are_read() {
+        let me = std::process::id() as i32;
+        let maps = mappings(me).unwrap();
+        assert!(maps.iter().any(|m| m.path == "[stack]" && m.inode == 0));
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(
+            maps.iter()
+                .any(|m| m.inode != 0 && m.path == exe.to_str().unwrap())
+        );
+        let f = std::fs::File::open(&exe).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let fds = fds_on_inode(me, f.metadata().unwrap().ino()).unwrap();
+        assert!(fds.contains(&f.as_raw_fd()), "{fds:?}");
+        assert!(is_mapped(me, maps[0].start).unwrap());
+        assert!(!is_mapped(me, 0).unwrap());
+    }
 
     #[test]
     fn stat_with_odd_comm() {

@@ -33,7 +33,7 @@ pub fn session_path(pid: i32) -> String {
 /// A session file, mapped in xcover's process.
 pub struct SessionFile {
     path: String,
-    _file: File,
+    file: File,
     pub(crate) map: MmapRaw,
 }
 
@@ -115,11 +115,7 @@ impl SessionFile {
         };
         let _ = std::fs::remove_file(&tmp);
         published.map_err(serr)?;
-        Ok(SessionFile {
-            path,
-            _file: file,
-            map,
-        })
+        Ok(SessionFile { path, file, map })
     }
 
     fn create_excl(path: &str) -> io::Result<File> {
@@ -168,6 +164,12 @@ impl SessionFile {
         Self::open_path(pid, &path)
     }
 
+    /// The session file's inode, to find it among the target's mappings and descriptors.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map_or(0, |m| m.ino())
+    }
+
     fn open_path(pid: i32, path: &str) -> Result<SessionFile> {
         let serr = |source: io::Error| Error::Session {
             path: path.to_string(),
@@ -213,7 +215,7 @@ impl SessionFile {
         let map = MmapRaw::map_raw(&file).map_err(serr)?;
         let s = SessionFile {
             path: path.to_string(),
-            _file: file,
+            file,
             map,
         };
         let h = s.header();
