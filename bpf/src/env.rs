@@ -19,9 +19,9 @@ pub struct Env<'a> {
     /// A helper id that ends the program (with `r0 = 0`) when it returns 0: the
     /// bpf_conformance "unwind" helper. `None` for real probes.
     pub unwind_helper: Option<u32>,
-    /// Per map index: how to inline `bpf_map_lookup_elem` on it (ARRAY and PERCPU_ARRAY),
-    /// or `None` to call the helper. Empty (the default) disables inlining; build it with
-    /// [`InlineMap::table`].
+    /// Per map index: how to inline `bpf_map_lookup_elem` on it (ARRAY and PERCPU_ARRAY)
+    /// or the ring buffer helpers (RINGBUF), or `None` to call the helper. Empty (the
+    /// default) disables inlining; build it with [`InlineMap::table`].
     pub map_inline: &'a [Option<InlineMap>],
 }
 
@@ -39,9 +39,14 @@ pub enum InlineKind {
     Array,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`: one value per key and CPU slot.
     PerCpuArray,
+    /// `BPF_MAP_TYPE_RINGBUF`: not a lookup target; the JIT inlines the fast path of
+    /// `bpf_ringbuf_reserve` / `bpf_ringbuf_submit` on it (`values_addr` is the data area,
+    /// `ring_size` its size).
+    Ringbuf,
 }
 
-/// What the JIT needs to inline `bpf_map_lookup_elem` on an array map: the lookup becomes
+/// What the JIT needs to inline `bpf_map_lookup_elem` on an array map (or the ring buffer
+/// helpers on a RINGBUF, see [`InlineKind::Ringbuf`]): the lookup becomes
 /// `key < max_entries ? values_addr + cpu_slot * cpu_stride + key * value_stride : 0`,
 /// the same address [`crate::maps::lookup`] computes (layout `[cpu][entry]`, CPU slot
 /// `cpu < ncpus ? cpu : cpu % ncpus` with `cpu` from [`crate::sys::cpu_id`]).
@@ -57,18 +62,32 @@ pub struct InlineMap {
     pub max_entries: u32,
     /// Distance between two CPU slots (`max_entries * value_stride`); 0 for ARRAY.
     pub cpu_stride: u64,
-    /// Number of CPU slots (1 for ARRAY).
+    /// Number of CPU slots (1 for ARRAY and RINGBUF).
     pub ncpus: u32,
+    /// RINGBUF: size of the data area (a power of two); 0 for arrays.
+    pub ring_size: u64,
 }
 
 impl InlineMap {
-    /// The inline description of an ARRAY or PERCPU_ARRAY map, `None` for other types.
+    /// The inline description of an ARRAY, PERCPU_ARRAY or RINGBUF map, `None` for other
+    /// types.
     pub fn of(map: crate::maps::MapPtr) -> Option<Self> {
         use crate::program::MapType;
         let h = map.hdr();
         let kind = match MapType::from_u32(h.map_type)? {
             MapType::Array => InlineKind::Array,
             MapType::PercpuArray => InlineKind::PerCpuArray,
+            MapType::Ringbuf => {
+                return Some(InlineMap {
+                    kind: InlineKind::Ringbuf,
+                    values_addr: map.addr().checked_add(h.data_off)?,
+                    value_stride: 0,
+                    max_entries: 0,
+                    cpu_stride: 0,
+                    ncpus: 1,
+                    ring_size: h.data_size,
+                });
+            }
             _ => return None,
         };
         let ncpus = if kind == InlineKind::Array {
@@ -87,11 +106,13 @@ impl InlineMap {
                 h.max_entries as u64 * h.value_stride as u64
             },
             ncpus,
+            ring_size: 0,
         })
     }
 
     /// [`Env::map_inline`] for maps whose headers are at `map_addrs` (the same table as
-    /// [`Env::map_addrs`]): `Some` for every ARRAY / PERCPU_ARRAY, `None` otherwise.
+    /// [`Env::map_addrs`]): `Some` for every ARRAY / PERCPU_ARRAY / RINGBUF, `None`
+    /// otherwise.
     ///
     /// # Safety
     /// Every address must be 0 or a map header written by

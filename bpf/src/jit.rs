@@ -131,8 +131,10 @@ const R15: u8 = 15;
 const MAP: [u8; 11] = [RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP];
 
 /// Condition codes (low nibble of `0F 8x` / `7x`).
+const CC_B: u8 = 0x2;
 const CC_E: u8 = 0x4;
 const CC_NE: u8 = 0x5;
+const CC_A: u8 = 0x7;
 
 /// The second operand of an instruction: a register or `[base + disp32]`.
 #[derive(Clone, Copy)]
@@ -291,6 +293,27 @@ impl Emitter {
             self.byte(0x41);
         }
         self.bytes(&[0x0f, 0xc7, 0xf8 | (dst & 7)]);
+    }
+
+    /// `shl`/`shr dst, imm8` (64-bit; `ext` 4 = shl, 5 = shr).
+    fn shift_imm(&mut self, ext: u8, dst: u8, imm: u8) {
+        self.inst(&[], true, false, &[0xc1], ext, Rm::Reg(dst));
+        self.byte(imm);
+    }
+
+    /// `mov dst, [base + disp]` (64 or 32 bits).
+    fn load(&mut self, w: bool, dst: u8, base: u8, disp: i32) {
+        self.inst(&[], w, false, &[0x8b], dst, Rm::Mem(base, disp));
+    }
+
+    /// `mov [base + disp], src` (64 bits).
+    fn store(&mut self, base: u8, disp: i32, src: u8) {
+        self.inst(&[], true, false, &[0x89], src, Rm::Mem(base, disp));
+    }
+
+    /// `rdfsbase r64`.
+    fn rdfsbase(&mut self, dst: u8) {
+        self.inst(&[0xf3], true, false, &[0x0f, 0xae], 0, Rm::Reg(dst));
     }
 
     /// `jcc rel32` with the target patched later; returns the position of the rel32.
@@ -907,7 +930,7 @@ impl Compiler<'_> {
         let Some(Some(m)) = self.env.map_inline.get(idx as usize).copied() else {
             return Ok(false);
         };
-        if m.kind == InlineKind::PerCpuArray && !self.rdpid {
+        if m.kind == InlineKind::Ringbuf || (m.kind == InlineKind::PerCpuArray && !self.rdpid) {
             return Ok(false);
         }
         let id = i.imm as u32;
@@ -1528,8 +1551,22 @@ impl Compiler<'_> {
                                 .inst(&[], true, false, &[0x8b], RAX, Rm::Mem(RDI, off as i32));
                         }
                         _ => {
+                            // An inlined fast path falls through with r0 set; its slow
+                            // cases jump to the plain helper call below.
+                            let slow = if self.env.unwind_helper == Some(id) {
+                                None
+                            } else {
+                                self.inline_helper_fast(id, f)
+                            };
+                            let done = slow.as_ref().map(|_| self.e.jmp());
+                            for &j in slow.iter().flatten() {
+                                self.e.patch_here(j);
+                            }
                             self.call_helper(id, f as usize as u64);
                             self.continue_saved(pc);
+                            if let Some(d) = done {
+                                self.e.patch_here(d);
+                            }
                         }
                     }
                 } else {
@@ -1579,6 +1616,192 @@ impl Compiler<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Emits the inline fast path of helper `id` when it is the standard helper and the
+    /// arguments allow it, leaving `r0` in `rax`, and returns the `jcc`s to patch to the
+    /// helper call that handles every other case (with the arguments `r1`..`r3` untouched:
+    /// the fast path only writes `rax`, `rcx`, `r8`..`r11` before its last branch). `None`
+    /// (nothing emitted) when the helper is called as usual.
+    fn inline_helper_fast(&mut self, id: u32, f: crate::env::HelperFn) -> Option<Vec<usize>> {
+        use crate::env::HelperFn;
+        use crate::helpers as h;
+        let is = |g: HelperFn| core::ptr::fn_addr_eq(f, g);
+        match id {
+            h::RINGBUF_RESERVE if is(h::ringbuf_reserve) => self.inline_ringbuf_reserve(),
+            h::RINGBUF_SUBMIT if is(h::ringbuf_submit) => self.inline_ringbuf_submit(),
+            h::GET_CURRENT_PID_TGID if is(h::get_current_pid_tgid) => self.inline_pid_tgid(),
+            _ => None,
+        }
+    }
+
+    /// `bpf_ringbuf_reserve(map, size, flags)` on a known RINGBUF, the common case of
+    /// [`crate::maps::ringbuf_reserve`]: `flags == 0`, the record fits before the end of
+    /// the data area (no padding record), the buffer has room, and the compare-and-swap of
+    /// `producer_pos` wins. Then the busy header is stored and `r0` is the payload. A full
+    /// buffer, padding, a lost race or bad arguments go to the helper (which counts drops).
+    fn inline_ringbuf_reserve(&mut self) -> Option<Vec<usize>> {
+        use crate::maps::{MapHeader, RINGBUF_BUSY_BIT, RINGBUF_HDR_SZ};
+        let Known::Map(idx) = self.known[1] else {
+            return None;
+        };
+        let m = self.env.map_inline.get(idx as usize).copied().flatten()?;
+        let hdr = *self.env.map_addrs.get(idx as usize)?;
+        let cap = m.ring_size;
+        if m.kind != InlineKind::Ringbuf || !cap.is_power_of_two() || !(16..=1 << 30).contains(&cap)
+        {
+            return None;
+        }
+        let data_off = i32::try_from(m.values_addr.checked_sub(hdr)?).ok()?;
+        let prod = core::mem::offset_of!(MapHeader, producer_pos) as i32;
+        let cons = core::mem::offset_of!(MapHeader, consumer_pos) as i32;
+        let e = &mut self.e;
+        let mut slow = Vec::new();
+        // rdi = map header, rsi = size, rdx = flags.
+        e.rr(true, 0x85, RDX, RDX); // test rdx, rdx
+        slow.push(e.jcc(CC_NE));
+        e.alu_imm(true, 7, RSI, (cap - RINGBUF_HDR_SZ) as i32); // cmp rsi, cap - 8
+        slow.push(e.jcc(CC_A));
+        e.lea(R11, RSI, RINGBUF_HDR_SZ as i32 + 7);
+        e.alu_imm(true, 4, R11, -8); // r11 = len = round8(size + 8)
+        e.load(true, RAX, RDI, prod); // rax = producer_pos
+        e.load(true, R10, RDI, cons); // r10 = consumer_pos
+        e.mov(true, R9, RAX);
+        e.alu_imm(true, 4, R9, (cap - 1) as i32); // r9 = idx
+        e.lea_sib(RCX, R9, R11, 1);
+        e.alu_imm(true, 7, RCX, cap as i32); // idx + len > cap: needs a padding record
+        slow.push(e.jcc(CC_A));
+        e.lea_sib(RCX, RAX, R11, 1);
+        e.rr(true, 0x29, RCX, R10); // sub rcx, r10
+        e.alu_imm(true, 7, RCX, cap as i32); // prod + len - cons > cap: full
+        slow.push(e.jcc(CC_A));
+        e.lea_sib(RCX, RAX, R11, 1);
+        e.inst(&[0xf0], true, false, &[0x0f, 0xb1], RCX, Rm::Mem(RDI, prod)); // lock cmpxchg
+        slow.push(e.jcc(CC_NE));
+        e.lea(R9, R9, data_off); // r9 = record header's offset from the map header
+        e.mov(true, RCX, R9);
+        e.shift_imm(4, RCX, 32);
+        e.mov(false, RAX, RSI);
+        e.alu_imm(false, 1, RAX, RINGBUF_BUSY_BIT as i32); // or eax, BUSY (zero-extends)
+        e.rr(true, 0x09, RAX, RCX); // rax = (off << 32) | BUSY | size
+        e.lea_sib(RCX, RDI, R9, 1);
+        e.store(RCX, 0, RAX); // a plain store is a release store on x86
+        e.lea(RAX, RCX, RINGBUF_HDR_SZ as i32);
+        Some(slow)
+    }
+
+    /// `bpf_ringbuf_submit(data, flags)` for a record of one of the program's inlinable
+    /// ring buffers, the common case of [`crate::maps::ringbuf_commit`]: wakeup flags only,
+    /// an aligned pointer whose header leads back to one of those maps. Clears the busy bit
+    /// with a release store and sets `r0 = 0`; anything else goes to the helper.
+    fn inline_ringbuf_submit(&mut self) -> Option<Vec<usize>> {
+        use crate::maps::{RINGBUF_BUSY_BIT, RINGBUF_HDR_SZ};
+        let rings: Vec<u64> = self
+            .env
+            .map_inline
+            .iter()
+            .zip(self.env.map_addrs)
+            .filter(|(m, _)| m.is_some_and(|m| m.kind == InlineKind::Ringbuf))
+            .map(|(_, &a)| a)
+            .collect();
+        if rings.is_empty() || rings.len() > 4 {
+            return None;
+        }
+        let e = &mut self.e;
+        let mut slow = Vec::new();
+        // rdi = data, rsi = flags.
+        e.inst(&[], true, false, &[0xf7], 0, Rm::Reg(RSI)); // test rsi, !3
+        e.imm32(!3);
+        slow.push(e.jcc(CC_NE));
+        e.inst(&[], false, false, &[0xf7], 0, Rm::Reg(RDI)); // test edi, 7
+        e.imm32(7);
+        slow.push(e.jcc(CC_NE));
+        e.alu_imm(true, 7, RDI, RINGBUF_HDR_SZ as i32); // cmp rdi, 8
+        slow.push(e.jcc(CC_B));
+        let h = -(RINGBUF_HDR_SZ as i32);
+        e.load(true, R9, RDI, h); // r9 = header word
+        e.mov(true, R10, R9);
+        e.shift_imm(5, R10, 32); // r10 = back
+        e.rr(true, 0x85, R10, R10);
+        slow.push(e.jcc(CC_E));
+        e.lea(R11, RDI, h);
+        e.rr(true, 0x29, R11, R10); // r11 = the map header it names (wraps if bogus)
+        let mut found = Vec::new();
+        for (n, &a) in rings.iter().enumerate() {
+            e.mov_imm64(RAX, a);
+            e.rr(true, 0x39, R11, RAX); // cmp r11, rax
+            if n + 1 == rings.len() {
+                slow.push(e.jcc(CC_NE));
+            } else {
+                found.push(e.jcc(CC_E));
+            }
+        }
+        for j in found {
+            e.patch_here(j);
+        }
+        let busy = RINGBUF_BUSY_BIT.trailing_zeros() as u8;
+        e.inst(&[], true, false, &[0x0f, 0xba], 6, Rm::Reg(R9)); // btr r9, busy
+        e.byte(busy);
+        e.store(RDI, h, R9); // release store
+        e.rr(false, 0x31, RAX, RAX);
+        Some(slow)
+    }
+
+    /// `bpf_get_current_pid_tgid()` from the caches of [`crate::sys::gettid_cached`] and
+    /// [`crate::sys::getpid_cached`] (see [`crate::sys::TidCacheLayout`]): the home slot
+    /// only; a miss, a stale entry or no pid yet goes to the helper.
+    fn inline_pid_tgid(&mut self) -> Option<Vec<usize>> {
+        let l = crate::sys::tid_cache_layout()?;
+        if !l.nslots.is_power_of_two() || l.slots == 0 || l.pid == 0 {
+            return None;
+        }
+        let e = &mut self.e;
+        let mut slow = Vec::new();
+        e.rdfsbase(R9);
+        e.rr(true, 0x85, R9, R9);
+        slow.push(e.jcc(CC_E));
+        let [s0, s1, s2] = l.shifts;
+        e.mov(true, R10, R9);
+        e.shift_imm(5, R10, s0);
+        for s in [s1, s2] {
+            e.mov(true, R11, R9);
+            e.shift_imm(5, R11, s);
+            e.rr(true, 0x31, R10, R11); // xor r10, r11
+        }
+        e.alu_imm(false, 4, R10, (l.nslots - 1) as i32); // and r10d, nslots - 1
+        e.inst(&[], true, false, &[0x69], R10, Rm::Reg(R10)); // imul r10, r10, slot_size
+        e.imm32(l.slot_size as i32);
+        e.mov_imm64(R11, l.slots);
+        e.rr(true, 0x01, R10, R11); // r10 = home slot
+        e.inst(
+            &[],
+            true,
+            false,
+            &[0x3b],
+            R9,
+            Rm::Mem(R10, l.key_off as i32),
+        ); // cmp r9, key
+        slow.push(e.jcc(CC_NE));
+        e.load(false, RAX, R10, l.tid_off as i32); // eax = cached tid
+        e.rr(false, 0x85, RAX, RAX);
+        slow.push(e.jcc(CC_E));
+        // The entry is trusted only while glibc's TCB holds the same tid.
+        e.inst(
+            &[],
+            false,
+            false,
+            &[0x3b],
+            RAX,
+            Rm::Mem(R9, l.tcb_tid_off as i32),
+        );
+        slow.push(e.jcc(CC_NE));
+        e.mov_imm64(R11, l.pid);
+        e.load(false, R11, R11, 0); // r11d = cached pid
+        e.rr(false, 0x85, R11, R11);
+        slow.push(e.jcc(CC_E));
+        e.shift_imm(4, R11, 32);
+        e.rr(true, 0x09, RAX, R11); // rax = pid << 32 | tid
+        Some(slow)
     }
 
     /// `callx`: the register holds a helper id; dispatch over the [`Env`]'s helpers. An id

@@ -142,6 +142,7 @@ const TID_SLOTS: usize = 256;
 /// Slots probed from a key's home slot.
 const TID_PROBES: usize = 8;
 
+#[repr(C)]
 struct TidSlot {
     /// The thread's `%fs` base, 0 when free.
     key: AtomicU64,
@@ -156,8 +157,57 @@ const FREE_SLOT: TidSlot = TidSlot {
 };
 static TIDS: [TidSlot; TID_SLOTS] = [FREE_SLOT; TID_SLOTS];
 
+/// The shifts of the tid cache's hash (also emitted by the JIT, see [`TidCacheLayout`]).
+const TID_HASH_SHIFTS: [u8; 3] = [6, 18, 30];
+
 fn tid_home(key: u64) -> usize {
-    (((key >> 6) ^ (key >> 18) ^ (key >> 30)) as usize) & (TID_SLOTS - 1)
+    let [a, b, c] = TID_HASH_SHIFTS;
+    (((key >> a) ^ (key >> b) ^ (key >> c)) as usize) & (TID_SLOTS - 1)
+}
+
+/// Where [`gettid_cached`]'s table and [`getpid_cached`]'s value live in this process, for
+/// the JIT's inline copy of their fast path (`bpf_get_current_pid_tgid`): with `k` the
+/// `%fs` base (`rdfsbase`), the home slot is at `slots + slot_size * (((k >> s0) ^ (k >>
+/// s1) ^ (k >> s2)) & (nslots - 1))`; a hit needs `k != 0`, the slot's u64 at `key_off`
+/// equal to `k`, its u32 at `tid_off` non-zero and equal to the u32 at `k + tcb_tid_off`,
+/// and the u32 at `pid` non-zero. Anything else must go to the helper (other probe
+/// slots, first entry, no pid yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TidCacheLayout {
+    /// Address of slot 0.
+    pub slots: u64,
+    /// Number of slots (a power of two).
+    pub nslots: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Offset of the slot's key (u64).
+    pub key_off: u32,
+    /// Offset of the slot's tid (u32).
+    pub tid_off: u32,
+    /// The hash's three right shifts.
+    pub shifts: [u8; 3],
+    /// Offset of glibc's tid from the thread pointer.
+    pub tcb_tid_off: u32,
+    /// Address of the cached pid (u32, 0 until known).
+    pub pid: u64,
+}
+
+/// The tid cache's layout, or `None` when the cache is never used (no FSGSBASE for user
+/// space: `rdfsbase` would fault).
+pub fn tid_cache_layout() -> Option<TidCacheLayout> {
+    if !auxv().fsgsbase {
+        return None;
+    }
+    Some(TidCacheLayout {
+        slots: TIDS.as_ptr() as u64,
+        nslots: TID_SLOTS as u32,
+        slot_size: core::mem::size_of::<TidSlot>() as u32,
+        key_off: core::mem::offset_of!(TidSlot, key) as u32,
+        tid_off: core::mem::offset_of!(TidSlot, tid) as u32,
+        shifts: TID_HASH_SHIFTS,
+        tcb_tid_off: GLIBC_TID_OFF as u32,
+        pid: PID.as_ptr() as u64,
+    })
 }
 
 /// `rdfsbase`: the calling thread's `%fs` base (0 when it has none).

@@ -43,6 +43,12 @@ impl Maps {
         m
     }
 
+    /// The arena, read-only use.
+    fn clone_arena(&self) -> Arena {
+        // SAFETY: the Vec outlives every use in a test; readers only.
+        unsafe { Arena::from_raw(self.mem.as_ptr() as *mut u8, (self.mem.len() * 8) as u64) }
+    }
+
     fn arena(&mut self) -> Arena {
         // SAFETY: the Vec outlives every use in a test.
         unsafe {
@@ -257,7 +263,10 @@ fn inline_map_describes_the_layout() {
         (p.value_stride, p.max_entries, p.ncpus, p.cpu_stride),
         (8, 10, 4, 80)
     );
-    assert!(m.inline[2].is_none());
+    let r = m.inline[2].unwrap();
+    assert_eq!(r.kind, InlineKind::Ringbuf);
+    let data_off = m.clone_arena().map(m.offsets[2]).unwrap().header().data_off;
+    assert_eq!((r.ring_size, r.values_addr), (4096, m.addrs[2] + data_off));
 }
 
 #[test]
@@ -728,5 +737,277 @@ fn stack_survives_helper_calls_in_every_frame_layout() {
             let got = unsafe { code.call(0, 0) };
             assert_eq!(got, want, "depth {depth} keep {keep} preserve {preserve}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inlined helpers: bpf_ringbuf_reserve / bpf_ringbuf_submit on a known ring buffer and
+// bpf_get_current_pid_tgid, against the helpers (through the interpreter).
+
+/// `r1` = size, `r2` = reserve flags: reserve, write the size and a checksum into the
+/// record, submit with wakeup flag `size & 3`; returns the submit result, or 77 when the
+/// reserve failed.
+const RESERVE_SUBMIT: &str = "
+    mov %r6, %r1
+    lddw %r1, map0
+    mov %r2, %r6
+    mov %r3, %r7
+    call 131
+    jeq %r0, 0, none
+    stxdw [%r0], %r6
+    mov %r1, %r6
+    mul %r1, 0x3779b1
+    stxdw [%r0+8], %r1
+    mov %r1, %r0
+    mov %r2, %r6
+    and %r2, 3
+    call 132
+    exit
+none:
+    mov %r0, 77
+    exit
+";
+
+fn reserve_submit_program() -> Vec<Insn> {
+    // r7 = the reserve flags (r2 at entry), kept across the first instructions.
+    let text = format!("mov %r7, %r2\n{RESERVE_SUBMIT}");
+    assemble(&text)
+}
+
+/// The bytes of the inlined `lock cmpxchg [rdi + producer_pos], rcx`.
+fn has_inline_reserve(code: &[u8]) -> bool {
+    let off = core::mem::offset_of!(xcover_bpf::maps::MapHeader, producer_pos) as u32;
+    let mut pat = vec![0xf0, 0x48, 0x0f, 0xb1, 0x8f];
+    pat.extend_from_slice(&off.to_le_bytes());
+    code.windows(pat.len()).any(|w| w == pat)
+}
+
+/// What a ring buffer looks like from outside: positions, drops, and the records consumed.
+fn ring_state(m: &Maps, idx: usize) -> (u64, u64, u64, Vec<Vec<u8>>) {
+    let arena = m.clone_arena();
+    let v = arena.map(m.offsets[idx]).unwrap();
+    let mut recs = Vec::new();
+    v.ringbuf_consume(|b| recs.push(b.to_vec()));
+    let h = v.header();
+    (
+        h.producer_pos.load(std::sync::atomic::Ordering::Relaxed),
+        h.consumer_pos.load(std::sync::atomic::Ordering::Relaxed),
+        h.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        recs,
+    )
+}
+
+#[test]
+fn inline_ringbuf_reserve_submit_match_the_helpers() {
+    let defs = [MapDef::new("rb", MapType::Ringbuf, 0, 0, 4096)];
+    let jm = Maps::new(&defs, 1);
+    let im = Maps::new(&defs, 1);
+    let p = reserve_submit_program();
+    let opts = VerifierOptions {
+        inputs: 2,
+        ..Default::default()
+    };
+    let jenv = jm.env(true);
+    verify(&p, &jenv, &opts).unwrap();
+    for vec_regs in [false, true] {
+        let o = JitOptions {
+            preserve_vector_regs: vec_regs,
+            inline_ctx_helpers: true,
+        };
+        let bytes = jit::compile(&p, &jenv, &o).unwrap();
+        assert!(has_inline_reserve(&bytes), "reserve not inlined");
+    }
+    let code = jit(&p, &jenv);
+    let ienv = im.env(false);
+    // Sizes that wrap the 4 KiB ring many times (padding records), fill it (drops) and
+    // pass bad flags; consume every few steps so the ring empties again.
+    let mut x = 12345u64;
+    for step in 0..3000u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let size = 16 + (x >> 33) % 300;
+        let flags = u64::from(step % 97 == 5);
+        // SAFETY: a verified program over live maps; r1/r2 are plain numbers.
+        let rj = unsafe { code.call(size, flags) };
+        // SAFETY: as above, through the interpreter.
+        let ri = unsafe { interp::run(&p, &ienv, size, flags) }.unwrap();
+        assert_eq!(rj, ri, "step {step}: size {size} flags {flags}");
+        if step % 23 == 0 {
+            let (a, b) = (ring_state(&jm, 0), ring_state(&im, 0));
+            assert_eq!(a, b, "step {step}");
+        }
+    }
+    let (a, b) = (ring_state(&jm, 0), ring_state(&im, 0));
+    assert_eq!(a, b);
+    assert!(a.2 > 0, "the ring never filled up: drops are not exercised");
+    for r in &a.3 {
+        let size = u64::from_le_bytes(r[..8].try_into().unwrap());
+        assert_eq!(r.len() as u64, size);
+        let sum = u64::from_le_bytes(r[8..16].try_into().unwrap());
+        assert_eq!(sum, size.wrapping_mul(0x3779b1));
+    }
+}
+
+/// `r1` = the pointer to submit, `r2` = flags: what `bpf_ringbuf_submit` returns for
+/// pointers that are not records of the ring buffer.
+#[test]
+fn inline_ringbuf_submit_rejects_foreign_pointers() {
+    let m = Maps::new(&[MapDef::new("rb", MapType::Ringbuf, 0, 0, 4096)], 1);
+    // Keep a reference to the ring in the program so the JIT knows it.
+    let p = assemble(
+        "mov %r6, %r1\nmov %r7, %r2\nlddw %r1, map0\nmov %r1, %r6\nmov %r2, %r7\ncall 132\nexit",
+    );
+    let env = m.env(true);
+    verify(
+        &p,
+        &env,
+        &VerifierOptions {
+            inputs: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let code = jit(&p, &env);
+    // A fake record: header word naming a "map" 64 bytes before it, which is no ring.
+    let mut fake = [0u64; 16];
+    fake[8] = (64u64 << 32) | u64::from(xcover_bpf::maps::RINGBUF_BUSY_BIT) | 8;
+    let rec = &fake[9] as *const u64 as u64;
+    let einval = (-22i64) as u64;
+    for (ptr, flags) in [(rec, 0), (rec + 1, 0), (4, 0), (rec, 4)] {
+        // SAFETY: a verified program; the helper and the inline path only read the word
+        // before an aligned `ptr`, which is in `fake`, or reject it first.
+        let r = unsafe { code.call(ptr, flags) };
+        assert_eq!(r, einval, "{ptr:#x} {flags}");
+    }
+    assert_eq!(fake[8] >> 31 & 1, 1, "the fake record was touched");
+    // A real record of the ring: submitted by the inline path.
+    let rb = m.addrs[0];
+    let f = helpers::ringbuf_reserve as HelperFn;
+    // SAFETY: rb is a live ring buffer of `m`.
+    let r = unsafe { f(rb, 8, 0, 0, 0) };
+    assert_ne!(r, 0);
+    // SAFETY: `r` is a record just reserved.
+    assert_eq!(unsafe { code.call(r, 2) }, 0);
+    let (_, _, _, recs) = ring_state(&m, 0);
+    assert_eq!(recs.len(), 1);
+}
+
+#[test]
+fn inline_ringbuf_is_consistent_under_concurrent_producers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = Arc::new(std::sync::Mutex::new(Maps::new(
+        &[MapDef::new("rb", MapType::Ringbuf, 0, 0, 1 << 14)],
+        1,
+    )));
+    let p = reserve_submit_program();
+    let (code_bytes, addr) = {
+        let g = m.lock().unwrap();
+        let env = g.env(true);
+        verify(
+            &p,
+            &env,
+            &VerifierOptions {
+                inputs: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let b = jit::compile(&p, &env, &opts()).unwrap();
+        assert!(has_inline_reserve(&b));
+        (b, g.mem.as_ptr() as usize)
+    };
+    let code = Arc::new(JitCode::new(&code_bytes).unwrap());
+    let len = m.lock().unwrap().mem.len() * 8;
+    let off = m.lock().unwrap().offsets[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    const THREADS: u64 = 3;
+    const PER: u64 = 40_000;
+    let producers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let code = code.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0u64;
+                for i in 0..PER {
+                    let size = 16 + (i * 7 + t * 13) % 120;
+                    // SAFETY: the program and maps outlive the threads (joined below).
+                    match unsafe { code.call(size, 0) } {
+                        0 => ok += 1,
+                        77 => {}
+                        r => panic!("unexpected {r}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let consumer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // SAFETY: the arena (kept alive by `m`, which outlives the join) is `len` bytes.
+            let arena = unsafe { Arena::from_raw(addr as *mut u8, len as u64) };
+            let v = arena.map(off).unwrap();
+            let mut n = 0u64;
+            loop {
+                let done = stop.load(Ordering::Acquire);
+                n += v.ringbuf_consume(|r| {
+                    let size = u64::from_le_bytes(r[..8].try_into().unwrap());
+                    assert_eq!(r.len() as u64, size, "torn record");
+                    let sum = u64::from_le_bytes(r[8..16].try_into().unwrap());
+                    assert_eq!(sum, size.wrapping_mul(0x3779b1), "torn record");
+                }) as u64;
+                if done {
+                    return n;
+                }
+            }
+        })
+    };
+    let ok: u64 = producers.into_iter().map(|h| h.join().unwrap()).sum();
+    stop.store(true, Ordering::Release);
+    let consumed = consumer.join().unwrap();
+    let g = m.lock().unwrap();
+    let (prod, cons, dropped, rest) = ring_state(&g, 0);
+    assert_eq!(consumed + rest.len() as u64, ok);
+    assert_eq!(
+        ok + dropped,
+        THREADS * PER,
+        "every failed reserve is a counted drop"
+    );
+    assert_eq!(prod, cons);
+}
+
+fn pid_tgid_now() -> u64 {
+    // SAFETY: plain system calls.
+    let (pid, tid) = unsafe { (libc::getpid() as u64, libc::gettid() as u64) };
+    pid << 32 | tid
+}
+
+#[test]
+fn inline_pid_tgid_matches_the_thread() {
+    let m = Maps::new(&[MapDef::new("a", MapType::Array, 4, 8, 1)], 1);
+    let p = assemble("call 14\nexit");
+    let env = m.env(true);
+    verify(&p, &env, &VerifierOptions::default()).unwrap();
+    let bytes = jit::compile(&p, &env, &opts()).unwrap();
+    let inlined = bytes.windows(4).any(|w| w == [0xf3, 0x49, 0x0f, 0xae]);
+    assert_eq!(inlined, sys::tid_cache_layout().is_some(), "rdfsbase r9");
+    let code = std::sync::Arc::new(JitCode::new(&bytes).unwrap());
+    for _ in 0..3 {
+        // SAFETY: a verified program that only calls get_current_pid_tgid.
+        assert_eq!(unsafe { code.call(0, 0) }, pid_tgid_now());
+    }
+    // Threads one after another: glibc hands a dead thread's stack and TCB (so its %fs
+    // base, the cache's key) to the next one, whose id must still come out right.
+    for _ in 0..20 {
+        let code = code.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                // SAFETY: as above.
+                assert_eq!(unsafe { code.call(0, 0) }, pid_tgid_now());
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
