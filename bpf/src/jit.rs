@@ -1631,6 +1631,12 @@ impl Compiler<'_> {
             h::RINGBUF_RESERVE if is(h::ringbuf_reserve) => self.inline_ringbuf_reserve(),
             h::RINGBUF_SUBMIT if is(h::ringbuf_submit) => self.inline_ringbuf_submit(),
             h::GET_CURRENT_PID_TGID if is(h::get_current_pid_tgid) => self.inline_pid_tgid(),
+            h::KTIME_GET_NS if is(h::ktime_get_ns) => {
+                self.inline_vdso_clock(crate::sys::CLOCK_MONOTONIC)
+            }
+            h::KTIME_GET_COARSE_NS if is(h::ktime_get_coarse_ns) => {
+                self.inline_vdso_clock(crate::sys::CLOCK_MONOTONIC_COARSE)
+            }
             _ => None,
         }
     }
@@ -1744,6 +1750,32 @@ impl Compiler<'_> {
         e.byte(busy);
         e.store(RDI, h, R9); // release store
         e.rr(false, 0x31, RAX, RAX);
+        Some(slow)
+    }
+
+    /// `bpf_ktime_get_ns` / `bpf_ktime_get_coarse_ns`: a direct call of the vDSO's
+    /// `clock_gettime(clock)`, which leaves the vector registers alone (checked by
+    /// [`crate::sys::vdso_clock_gettime_without_vector_regs`]), so neither the save of
+    /// `xmm0`-`xmm15` nor the helper's wrapper is needed; the helper (which falls back to the
+    /// system call) only runs if the vDSO call fails.
+    fn inline_vdso_clock(&mut self, clock: usize) -> Option<Vec<usize>> {
+        let f = crate::sys::vdso_clock_gettime_without_vector_regs(clock as u32)?;
+        // Below the red-zone stack (as any call), plus a timespec; rsp stays 16-aligned.
+        let sub = if self.saved { 0 } else { self.frame.call_sub } + 16;
+        let e = &mut self.e;
+        e.lea(RSP, RSP, -sub);
+        e.mov_imm(false, RDI, clock as i32);
+        e.mov(true, RSI, RSP);
+        e.mov_imm64(RAX, f);
+        e.bytes(&[0xff, 0xd0]); // call rax
+        e.load(true, RCX, RSP, 0); // tv_sec
+        e.load(true, RDX, RSP, 8); // tv_nsec
+        e.lea(RSP, RSP, sub);
+        e.rr(false, 0x85, RAX, RAX);
+        let slow = vec![e.jcc(CC_NE)];
+        e.inst(&[], true, false, &[0x69], RAX, Rm::Reg(RCX)); // imul rax, rcx, 1e9
+        e.imm32(1_000_000_000);
+        e.rr(true, 0x01, RAX, RDX); // add rax, rdx
         Some(slow)
     }
 

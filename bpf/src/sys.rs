@@ -75,8 +75,10 @@ const SYS_TGKILL: usize = 234;
 const SYS_GETCPU: usize = 309;
 const SYS_PROCESS_VM_READV: usize = 310;
 
-const CLOCK_MONOTONIC: usize = 1;
-const CLOCK_MONOTONIC_COARSE: usize = 6;
+/// `CLOCK_MONOTONIC`.
+pub const CLOCK_MONOTONIC: usize = 1;
+/// `CLOCK_MONOTONIC_COARSE`.
+pub const CLOCK_MONOTONIC_COARSE: usize = 6;
 const PR_GET_NAME: usize = 16;
 
 /// One syscall with up to six arguments; returns `rax` (negative errno on failure). The one
@@ -448,6 +450,78 @@ pub fn monotonic_ns() -> u64 {
 #[inline]
 pub fn monotonic_coarse_ns() -> u64 {
     clock_ns(CLOCK_MONOTONIC_COARSE)
+}
+
+/// The vDSO's `clock_gettime`, for code that calls it directly for `clock` (the JIT's
+/// inline `bpf_ktime_get_ns` / `bpf_ktime_get_coarse_ns`, which call it without saving the
+/// vector registers), or `None` when the process has no vDSO or the call failed or did not
+/// leave `xmm0`-`xmm15` as they were. The kernel builds the vDSO's C code with
+/// `-mno-sse -mno-mmx -mno-sse2 -mno-avx` (only `getrandom`'s hand-written ChaCha uses
+/// vector registers), so it never should; this checks it once on the path `clock` takes.
+pub fn vdso_clock_gettime_without_vector_regs(clock: u32) -> Option<u64> {
+    let mut f = VDSO_CLOCK_GETTIME.load(Ordering::Relaxed);
+    if f == 0 {
+        f = vdso_clock_gettime().unwrap_or(1);
+        VDSO_CLOCK_GETTIME.store(f, Ordering::Relaxed);
+    }
+    if f == 1 {
+        return None;
+    }
+    let pattern: [[u8; 16]; 16] = core::array::from_fn(|i| {
+        core::array::from_fn(|j| (0x5a ^ (i * 16 + j) as u8).wrapping_mul(0x3b))
+    });
+    let mut out = [[0u8; 16]; 16];
+    let mut ts = [0i64; 2];
+    let r: i64;
+    // SAFETY: `f` is the vDSO's clock_gettime (found in this process's vDSO symbol table),
+    // called per the System V ABI (`clobber_abi("C")` covers what it may clobber; r12-r14
+    // are callee-saved) with a timespec we own; the stack is aligned for a call at the start
+    // of an asm block without `nostack`. The loads and stores stay within `pattern`/`out`.
+    unsafe {
+        asm!(
+            "movdqu xmm0, [r12]",
+            "movdqu xmm1, [r12 + 16]",
+            "movdqu xmm2, [r12 + 32]",
+            "movdqu xmm3, [r12 + 48]",
+            "movdqu xmm4, [r12 + 64]",
+            "movdqu xmm5, [r12 + 80]",
+            "movdqu xmm6, [r12 + 96]",
+            "movdqu xmm7, [r12 + 112]",
+            "movdqu xmm8, [r12 + 128]",
+            "movdqu xmm9, [r12 + 144]",
+            "movdqu xmm10, [r12 + 160]",
+            "movdqu xmm11, [r12 + 176]",
+            "movdqu xmm12, [r12 + 192]",
+            "movdqu xmm13, [r12 + 208]",
+            "movdqu xmm14, [r12 + 224]",
+            "movdqu xmm15, [r12 + 240]",
+            "call r13",
+            "movdqu [r14], xmm0",
+            "movdqu [r14 + 16], xmm1",
+            "movdqu [r14 + 32], xmm2",
+            "movdqu [r14 + 48], xmm3",
+            "movdqu [r14 + 64], xmm4",
+            "movdqu [r14 + 80], xmm5",
+            "movdqu [r14 + 96], xmm6",
+            "movdqu [r14 + 112], xmm7",
+            "movdqu [r14 + 128], xmm8",
+            "movdqu [r14 + 144], xmm9",
+            "movdqu [r14 + 160], xmm10",
+            "movdqu [r14 + 176], xmm11",
+            "movdqu [r14 + 192], xmm12",
+            "movdqu [r14 + 208], xmm13",
+            "movdqu [r14 + 224], xmm14",
+            "movdqu [r14 + 240], xmm15",
+            in("r12") pattern.as_ptr(),
+            in("r13") f,
+            in("r14") out.as_mut_ptr(),
+            inlateout("rdi") clock as u64 => _,
+            inlateout("rsi") ts.as_mut_ptr() => _,
+            lateout("rax") r,
+            clobber_abi("C"),
+        );
+    }
+    (r as i32 == 0 && out == pattern).then_some(f)
 }
 
 /// Whether [`monotonic_ns`] goes through the vDSO in this process.

@@ -1011,3 +1011,65 @@ fn inline_pid_tgid_matches_the_thread() {
         .unwrap();
     }
 }
+
+/// Whether the code calls the vDSO's clock_gettime directly (its address as an imm64).
+fn calls_vdso_clock(code: &[u8]) -> bool {
+    sys::vdso_clock_gettime_without_vector_regs(sys::CLOCK_MONOTONIC_COARSE as u32)
+        .is_some_and(|f| code.windows(8).any(|w| w == f.to_le_bytes()))
+}
+
+#[test]
+fn inline_ktime_matches_the_clocks_and_keeps_stack_and_vector_registers() {
+    let m = Maps::new(&[MapDef::new("a", MapType::Array, 4, 8, 1)], 1);
+    let env = m.env(true);
+    let vdso = sys::vdso_clock_gettime_without_vector_regs(6).is_some();
+    if !vdso {
+        eprintln!("no vDSO clock here: the ktime helpers are called");
+    }
+    for (id, clock) in [
+        (160, sys::monotonic_coarse_ns as fn() -> u64),
+        (5, sys::monotonic_ns as fn() -> u64),
+    ] {
+        // Plain; a red-zone stack (8 and 128 deep) and a full frame (136 deep) around the
+        // call; r10 kept in a register (rbp frame). Each returns the time, checked against
+        // the clock, after checking the stack values (else returns 1).
+        let programs = [
+            format!("call {id}\nexit"),
+            format!(
+                "stdw [%r10-8], 11\nstdw [%r10-128], 5\ncall {id}\nldxdw %r1, [%r10-8]\n\
+                 ldxdw %r2, [%r10-128]\njne %r1, 11, bad\njne %r2, 5, bad\nexit\nbad:\n\
+                 mov %r0, 1\nexit"
+            ),
+            format!(
+                "stdw [%r10-8], 11\nstdw [%r10-136], 5\ncall {id}\nldxdw %r1, [%r10-8]\n\
+                 ldxdw %r2, [%r10-136]\njne %r1, 11, bad\njne %r2, 5, bad\nexit\nbad:\n\
+                 mov %r0, 1\nexit"
+            ),
+            format!(
+                "stdw [%r10-8], 11\nmov %r6, %r10\ncall {id}\nldxdw %r1, [%r6-8]\n\
+                 jne %r1, 11, bad\nexit\nbad:\nmov %r0, 1\nexit"
+            ),
+        ];
+        for text in &programs {
+            let p = assemble(text);
+            verify(&p, &env, &VerifierOptions::default()).unwrap();
+            for vec_regs in [false, true] {
+                let o = JitOptions {
+                    preserve_vector_regs: vec_regs,
+                    inline_ctx_helpers: true,
+                };
+                let bytes = jit::compile(&p, &env, &o).unwrap();
+                assert_eq!(calls_vdso_clock(&bytes), vdso, "{text}");
+                let code = JitCode::new(&bytes).unwrap();
+                let input: [[u8; 16]; 16] = core::array::from_fn(|i| [i as u8 * 3 + 1; 16]);
+                let t0 = clock();
+                let (out, r0) = call_with_xmm(code.as_ptr(), &input);
+                let t1 = clock();
+                assert!(t0 <= r0 && r0 <= t1, "{text}: {t0} <= {r0} <= {t1}");
+                if vec_regs {
+                    assert_eq!(out, input, "{text}: vector registers");
+                }
+            }
+        }
+    }
+}
