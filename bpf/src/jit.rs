@@ -32,6 +32,24 @@
 //! flag, nothing added to a run that calls no helper. Programs with local functions keep the
 //! per-call save and restore around every helper call.
 //!
+//! # Inlined helpers
+//!
+//! Besides array lookups ([`crate::env::InlineMap`]) and the context helpers
+//! ([`JitOptions::inline_ctx_helpers`]), the JIT emits the common case of a few standard
+//! helpers inline (only when the [`Env`] registers the standard function for the id), so a
+//! coverage probe's first hit of a function calls no helper and saves no vector register:
+//!
+//! - `bpf_ringbuf_reserve` on a RINGBUF the `Env` describes and `bpf_ringbuf_submit` of its
+//!   records (the protocol of [`crate::maps::ringbuf_reserve`]; a full ring, a padding
+//!   record, a lost race or odd arguments call the helper, which counts drops);
+//! - `bpf_get_current_pid_tgid` from the tid cache's home slot
+//!   ([`crate::sys::TidCacheLayout`]);
+//! - `bpf_ktime_get_ns` / `bpf_ktime_get_coarse_ns` as a direct call of the vDSO's
+//!   `clock_gettime`, which leaves the vector registers alone.
+//!
+//! Each inline path ends in the usual helper call for the cases it does not handle, with the
+//! arguments untouched, so the result is always the helper's.
+//!
 //! Edge semantics (division by zero, `INT_MIN / -1`, shift masking, 32-bit
 //! zero-extension) match [`crate::interp`] exactly.
 
