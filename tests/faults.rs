@@ -557,6 +557,37 @@ fn sigstopped_target_stays_stopped() {
     assert_eq!(t.stop(), (0, "work ok\n".to_string()));
 }
 
+/// A detach while a signal handler runs that interrupted a trampoline: the handler returns
+/// into the trampoline, so its memory must stay until then. Here the fault of `deref(NULL)`
+/// lands on deref's first instruction, relocated into its trampoline, and the handler sleeps
+/// 150 ms before returning there; the detach must wait for it (it finds the interrupted
+/// address in the signal frame on the stack), and the target must finish the call.
+#[test]
+fn detach_waits_for_a_signal_handler_to_return_into_a_trampoline() {
+    let mut t = Chaos::start(&["trap"]);
+    let pid = t.pid();
+    let ps = pid.to_string();
+    let (code, err) = xcover_run(
+        &["attach", &ps, "--no-tui", "--keep", "--duration", "0"],
+        LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    t.send("trap");
+    std::thread::sleep(Duration::from_millis(40));
+    let started = Instant::now();
+    let (code, err) = xcover_run(&["detach", &ps], LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.line(), "trap ok\n", "detach: {err}");
+    assert!(t.alive(), "the target died: {:?}", t.wait());
+    assert!(
+        started.elapsed() >= Duration::from_millis(80),
+        "the detach did not wait for the handler ({:?})",
+        started.elapsed()
+    );
+    support::assert_clean(pid, 0);
+    assert_eq!(t.stop(), (0, "work ok\n".to_string()));
+}
+
 /// A storm of real-time signals (queued, so each must arrive exactly once) and SIGUSR2
 /// while xcover attaches and detaches; the handler itself runs through hooked functions.
 #[test]

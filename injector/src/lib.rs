@@ -91,6 +91,10 @@ const STACK_SIZE: u64 = 1024 * 1024;
 /// inside memory about to be unmapped (a trampoline, the probe, the agent), and how long it
 /// lets it run each time.
 const LEAVE_TRIES: u32 = 200;
+/// How much of a thread's stack, from its `rsp` up, is searched for signal frames that
+/// return into memory about to be unmapped (a signal frame with its extended state is ~3 KB).
+const STACK_SCAN: u64 = 32 * 1024;
+
 const LEAVE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Scratch memory in the target for one stop: the park (a code page, then its block, see
@@ -719,7 +723,7 @@ fn doomed_ranges(
     for c in raw.chunks_exact(rsize) {
         let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
         let what = match r.kind {
-            xcover_abi::REGION_HEAP => "the agent's heap",
+            xcover_abi::REGION_HEAP => HEAP_RANGE,
             xcover_abi::REGION_JIT => "the JIT-ed probe",
             xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
             _ => "an agent region",
@@ -729,14 +733,64 @@ fn doomed_ranges(
     Ok(v)
 }
 
-/// The first stopped thread whose instruction pointer lies in one of `ranges`.
+/// How [`doomed_ranges`] names the agent's heap.
+const HEAP_RANGE: &str = "the agent's heap";
+
+/// The first stopped thread that is inside code in one of `ranges`, or will return there;
+/// with the address.
+///
+/// Besides `rip`, a signal handler that interrupted a trampoline or the probe returns to the
+/// `rip` saved in its signal frame. Signal frames are found on the live stack by their shape
+/// (`rip`, then `eflags` with its always-one bit and IF set, then `cs` = 0x33), not by any
+/// word that happens to look like an address: stale return addresses and plain integers in
+/// live frames would otherwise hold a detach up for ever (seen with Go and C targets). A
+/// thread in the vDSO called by the probe is not covered: its return address cannot be told
+/// from a stale one by content, and the call lasts tens of nanoseconds.
 fn thread_inside(
     sp: &StoppedProcess,
     ranges: &[(u64, u64, &'static str)],
 ) -> Result<Option<(i32, u64, &'static str)>> {
+    let inside = |v: u64| ranges.iter().find(|r| (r.0..r.1).contains(&v));
+    // Code only: a thread returns into code, never into the heap.
+    let code: Vec<_> = ranges.iter().filter(|r| r.2 != HEAP_RANGE).collect();
+    let returns_into = |v: u64| code.iter().find(|r| (r.0..r.1).contains(&v)).copied();
+    let maps = procfs::mappings(sp.pid()).unwrap_or_default();
     for tid in sp.tids() {
-        let rip = sp.regs(tid)?.rip;
-        if let Some(r) = ranges.iter().find(|r| (r.0..r.1).contains(&rip)) {
+        let regs = sp.regs(tid)?;
+        if let Some(r) = inside(regs.rip) {
+            return Ok(Some((tid, regs.rip, r.2)));
+        }
+        let top = regs.rsp & !7;
+        let Some(m) = maps.iter().find(|m| (m.start..m.end).contains(&top)) else {
+            continue;
+        };
+        let len = (m.end - top).min(STACK_SCAN) as usize;
+        let mut stack = vec![0u8; len];
+        if sp.read(top, &mut stack).is_err() {
+            continue;
+        }
+        let words: Vec<u64> = stack
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        // In a signal frame the saved rip is word 16 of the registers, which follow the
+        // ucontext's flags, link and stack_t (ss_sp, ss_flags, ss_size): 19 words before it.
+        for k in 19..words.len().saturating_sub(2) {
+            let (rip, eflags, cs) = (words[k], words[k + 1], words[k + 2]);
+            if eflags & 0x202 != 0x202 || eflags >> 22 != 0 || cs & 0xffff != 0x33 {
+                continue;
+            }
+            let Some(r) = returns_into(rip) else {
+                continue;
+            };
+            // A frame on the alternate signal stack is live only while the thread runs
+            // there; one seen from another stack is left over (Go keeps its signal stacks
+            // next to its other stacks).
+            let (ss_sp, ss_size) = (words[k - 19], words[k - 17]);
+            let alt = ss_sp..ss_sp.saturating_add(ss_size);
+            if ss_size != 0 && alt.contains(&(top + 8 * k as u64)) && !alt.contains(&regs.rsp) {
+                continue;
+            }
             return Ok(Some((tid, rip, r.2)));
         }
     }
@@ -883,13 +937,18 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
                     pid,
                     tid: t,
                     what: format!(
-                        "stays inside {what} (rip {rip:#x}) after {LEAVE_TRIES} tries; the \
+                        "stays inside {what}, or returns there ({rip:#x}), after {LEAVE_TRIES} tries; the \
                          functions are unhooked but the agent is left loaded: run \
                          `xcover detach {pid}` again later"
                     ),
                 }));
             }
             std::thread::sleep(LEAVE_PAUSE);
+            // A target dying meanwhile: stopping its exiting threads would take seconds each
+            // time round.
+            if target_gone(pid, session).is_some() {
+                return Err(fail(Error::NoSuchProcess { pid }));
+            }
             sp = StoppedProcess::stop(pid).map_err(fail)?;
             tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
             scratch = Scratch::map(&mut sp, tid, session).map_err(fail)?;

@@ -12,15 +12,21 @@
  *                   child_only() and exits 0; the parent reaps it and prints its status
  *   exec            works; a line "exec" on stdin re-executes this program in mode `execd`
  *                   (which says "execd", works, and prints "execd ok" on SIGUSR1)
+ *   trap            works; a line "trap" on stdin calls deref(NULL): the fault lands on deref's
+ *                   first instruction (inside its trampoline while hooked), and the SIGSEGV
+ *                   handler points rdi at a good value, sleeps 150 ms and returns to retry
+ *                   it; prints "trap ok" (a detach meanwhile must wait for that return)
  *   xmm             the main thread keeps known values in xmm0-15, x87 and MXCSR across a
  *                   spin loop written in assembly, and checks them after every spin: a tracer
  *                   that borrows this thread must give its FP state back unchanged */
+#define _GNU_SOURCE /* REG_RDI */
 #include "common.h"
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <ucontext.h>
 
 #define F(n) __attribute__((noinline)) uint64_t g##n(uint64_t x) { return x * 6364136223846793005ull + n; }
 F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11) F(12) F(13) F(14) F(15)
@@ -43,6 +49,23 @@ static void on_rt(int sig) {
     (void)sig;
     if (one_round(200) != one_round(200)) rt_bad = 1;
     rt_count++;
+}
+
+__attribute__((noinline)) uint64_t deref(volatile uint64_t *p) { return *p * 3 + 1; }
+static uint64_t good_value = 7;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx) {
+    (void)sig;
+    ucontext_t *uc = ctx;
+    if ((greg_t)si->si_addr == uc->uc_mcontext.gregs[REG_RIP]) {
+        /* The code it was to return to is gone (a detach did not wait). */
+        static const char msg[] = "trap code gone\n";
+        write(1, msg, sizeof msg - 1);
+        _exit(70);
+    }
+    uc->uc_mcontext.gregs[REG_RDI] = (greg_t)&good_value;
+    struct timespec t = {0, 150 * 1000 * 1000};
+    nanosleep(&t, NULL);
 }
 
 static double now_ms(void) {
@@ -166,11 +189,12 @@ int main(int argc, char **argv) {
         printf("xmm ok\n");
         return 0;
     }
+    if (!strcmp(mode, "trap")) {
+        struct sigaction sa = {.sa_sigaction = on_segv, .sa_flags = SA_SIGINFO};
+        sigaction(SIGSEGV, &sa, NULL);
+    }
     if (!strcmp(mode, "rtsig")) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_rt;
-        sa.sa_flags = SA_RESTART;
+        struct sigaction sa = {.sa_handler = on_rt, .sa_flags = SA_RESTART};
         sigaction(SIGRTMIN, &sa, NULL);
     }
     double deadline = argc > 2 && !strcmp(mode, "exit") ? now_ms() + atol(argv[2]) : 0;
@@ -182,7 +206,12 @@ int main(int argc, char **argv) {
         rounds++;
         if (deadline && now_ms() >= deadline) { printf("exit by itself\n"); return 0; }
         char line[32];
-        if ((!strcmp(mode, "fork") || !strcmp(mode, "exec")) && stdin_line(line, sizeof line)) {
+        if ((!strcmp(mode, "fork") || !strcmp(mode, "exec") || !strcmp(mode, "trap")) &&
+            stdin_line(line, sizeof line)) {
+            if (!strcmp(line, "trap")) {
+                printf("trap %s\n", deref(NULL) == 22 ? "ok" : "BAD");
+                fflush(stdout);
+            }
             if (!strcmp(line, "fork")) {
                 fflush(stdout);
                 pid_t c = fork();
