@@ -138,8 +138,17 @@ fn go_program_with_every_function_hooked() {
             .unwrap_or_else(|| panic!("{name} missing"))
             .clone()
     };
-    // run: f1 × 1000, f3 × 7; each par: 16 goroutines × (2000 + 200) f1 calls.
-    assert_eq!(f("main.f1")["hits"], 1000 + 2 * 16 * 2200);
+    // run: f1 × 1000, f3 × 7; each par: 16 goroutines × (2000 + 200) f1 calls. The per-CPU
+    // counts take no lock: a thread that migrates between reading its CPU number and its add
+    // can, racing another thread on the old CPU, lose one count (bpf/cover.bpf.c). Never
+    // more hits than calls. (Before the JIT made the increment one instruction, preemption
+    // between its load and store lost ~1 % here.)
+    let f1 = f("main.f1")["hits"].as_u64().unwrap();
+    let calls = 1000 + 2 * 16 * 2200;
+    assert!(
+        f1 <= calls && f1 >= calls - calls / 1000,
+        "main.f1: {f1} hits for {calls} calls"
+    );
     assert_eq!(f("main.f3")["hits"], 7);
     // Entries, not calls: after a stack growth Go's morestack re-runs a function from its
     // entry, so deep() is entered at least as often as it is called.

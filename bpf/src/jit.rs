@@ -579,6 +579,12 @@ fn compile_pass(
             pc += 2;
             continue;
         }
+        if c.try_fused_add(insns, pc, &is_target) {
+            insn_off[pc + 1] = c.e.pos();
+            insn_off[pc + 2] = c.e.pos();
+            pc += 3;
+            continue;
+        }
         // A `jeq r0, 0, L` right after an inlined lookup folds into the lookup's range check.
         let next = insns
             .get(pc + 1)
@@ -784,6 +790,14 @@ impl Compiler<'_> {
                 pc += 2;
                 continue;
             }
+            if reach.get(pc + 2).copied().unwrap_or(false)
+                && self.try_fused_add(insns, pc, is_target)
+            {
+                insn_off[self.base + pc + 1] = self.e.pos();
+                insn_off[self.base + pc + 2] = self.e.pos();
+                pc += 3;
+                continue;
+            }
             // Never fold a `jeq` the unsaved copy enters (after its own call at `pc`).
             let next = insns
                 .get(pc + 1)
@@ -877,6 +891,45 @@ impl Compiler<'_> {
     }
 
     /// The memory operand `[reg + off]` for an eBPF base register.
+    /// `r = *(u64 *)(p + o); r += k; *(u64 *)(p + o) = r`, which is how clang compiles
+    /// `*counter += k`, as one `add qword [p + o], k` and a reload of `r`. Preemption cannot
+    /// split one instruction, so a thread preempted between the load and the store no longer
+    /// writes back a stale count over the increments other threads of its CPU made meanwhile
+    /// (the coverage probe lost ~1 % of its counts that way with 16 busy threads on 2 CPUs).
+    /// Not when anything jumps to the second or third instruction.
+    fn try_fused_add(&mut self, insns: &[Insn], pc: usize, is_target: &[bool]) -> bool {
+        let (Some(l), Some(a), Some(st)) = (insns.get(pc), insns.get(pc + 1), insns.get(pc + 2))
+        else {
+            return false;
+        };
+        let fits = l.op == BPF_LDX | BPF_MEM | BPF_DW
+            && a.op == BPF_ALU64 | BPF_ADD | BPF_K
+            && a.off == 0
+            && a.dst == l.dst
+            && st.op == BPF_STX | BPF_MEM | BPF_DW
+            && st.src == l.dst
+            && st.dst == l.src
+            && st.off == l.off
+            && l.dst != l.src
+            && l.dst < 10
+            && l.src <= 10
+            && !is_target.get(pc + 1).copied().unwrap_or(true)
+            && !is_target.get(pc + 2).copied().unwrap_or(true);
+        if !fits {
+            return false;
+        }
+        self.flush(l.dst);
+        self.flush(l.src);
+        let m = self.mem(l.src, l.off as i32);
+        self.e.inst(&[], true, false, &[0x81], 0, m); // add qword [m], imm32
+        self.e.imm32(a.imm);
+        let m = self.mem(l.src, l.off as i32);
+        self.e
+            .inst(&[], true, false, &[0x8b], MAP[l.dst as usize], m);
+        self.forget(l.dst);
+        true
+    }
+
     fn mem(&mut self, reg: u8, off: i32) -> Rm {
         if reg == 10 {
             self.low_stack = self.low_stack.min(off);
