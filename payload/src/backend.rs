@@ -974,6 +974,61 @@ impl Interceptor {
         w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
     }
 
+    /// Captures the flags and rax, finds the entry `rsp` E (`above` bytes higher than where
+    /// the capture starts pushing: 8 under a stub's `call`, 0 inline), aligns `rsp`, reserves
+    /// the frame and stores every general register and the flags into the [`ProbeCtx`].
+    /// Leaves rax = E.
+    fn emit_capture(&self, w: &mut Writer, above: i32) {
+        let frame = self.frame();
+        if self.opts.flags_with_popfq {
+            // [E-above-8] = pushfq'd flags (popped again at the end), [E-above-16] = rax.
+            w.put_pushfq();
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, above + 16);
+            w.put_load(Reg::Rcx, Reg::Rax, -above - 16);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            w.put_load(Reg::Rcx, Reg::Rax, -above - 8);
+            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+        } else {
+            // [E-above-8] = rax, [E-above-16] = ax after `lahf; seto al`: SF ZF AF PF CF in
+            // its high byte, OF in its low one (pushfq is microcoded: ~3x the cost of these).
+            w.put_push(Reg::Rax);
+            w.put_bytes(&[
+                0x9f, //             lahf
+                0x0f, 0x90, 0xc0, // seto al
+            ]);
+            w.put_push(Reg::Rax);
+            self.emit_save(w, frame, above + 16);
+            w.put_load(Reg::Rcx, Reg::Rax, -above - 8);
+            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
+            for r in SAVED {
+                w.put_store(Reg::Rsp, gpr_slot(r), r);
+            }
+            Self::emit_flags_from_lahf(w, (-above - 16) as i8);
+        }
+    }
+
+    /// Undoes [`Self::emit_capture`] after the probe: flags and rax back, `rsp` back to
+    /// `above` bytes below E.
+    fn emit_restore(&self, w: &mut Writer, above: i32) {
+        if self.opts.flags_with_popfq {
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+            w.put_lea(Reg::Rsp, Reg::Rsp, -above - 8);
+            w.put_popfq(); // the pushfq'd value, untouched since
+        } else {
+            Self::emit_sahf_restore(w);
+            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
+            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
+            if above != 0 {
+                w.put_lea(Reg::Rsp, Reg::Rsp, -above);
+            }
+        }
+    }
+
     /// The body every stub calls (one copy per arena that needs one). Entered by the stub's
     /// `call`, so `[rsp]` is the stub's return address R (where its relocated instructions
     /// start) and the entry `rsp` E is `rsp + 8`; the cookie and the function's displacement
@@ -982,35 +1037,8 @@ impl Interceptor {
     /// rel32 when it took that form.
     fn emit_body(&self, w: &mut Writer) -> Option<usize> {
         let start = w.len();
-        let frame = self.frame();
-        if self.opts.flags_with_popfq {
-            // [E-16] = pushfq'd flags (popped again at the end), [E-24] = rax.
-            w.put_pushfq();
-            w.put_push(Reg::Rax);
-            self.emit_save(w, frame, 24);
-            w.put_load(Reg::Rcx, Reg::Rax, -24);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            w.put_load(Reg::Rcx, Reg::Rax, -16);
-            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-        } else {
-            // [E-16] = rax, [E-24] = ax after `lahf; seto al`.
-            w.put_push(Reg::Rax);
-            w.put_bytes(&[
-                0x9f, //             lahf
-                0x0f, 0x90, 0xc0, // seto al
-            ]);
-            w.put_push(Reg::Rax);
-            self.emit_save(w, frame, 24);
-            w.put_load(Reg::Rcx, Reg::Rax, -16);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-            Self::emit_flags_from_lahf(w, -24);
-        }
+        // The stub's return address R sits above what the capture pushes.
+        self.emit_capture(w, 8);
         w.put_load(Reg::Rax, Reg::Rax, -8); // R
         w.put_bytes(&[0x48, 0x63, 0x48, STUB_COOKIE as u8]); // movsxd rcx, [rax-16]
         w.put_store(Reg::Rsp, CTX_COOKIE, Reg::Rcx);
@@ -1022,17 +1050,7 @@ impl Interceptor {
         w.put_store_imm(Reg::Rsp, CTX_CS, 0);
         w.put_store_imm(Reg::Rsp, CTX_SS, 0);
         let call_rel = self.emit_call_probe(w, start);
-        if self.opts.flags_with_popfq {
-            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
-            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
-            w.put_lea(Reg::Rsp, Reg::Rsp, -16);
-            w.put_popfq(); // the pushfq'd value at [E-16], untouched since
-        } else {
-            Self::emit_sahf_restore(w);
-            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
-            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
-            w.put_lea(Reg::Rsp, Reg::Rsp, -8);
-        }
+        self.emit_restore(w, 8);
         w.put_ret();
         call_rel
     }
@@ -1041,37 +1059,7 @@ impl Interceptor {
     /// saves the registers into a [`ProbeCtx`], calls the probe, restores them.
     fn emit_head(&self, w: &mut Writer, addr: u64, cookie: u64) {
         let start = w.len();
-        let frame = self.frame();
-        // Capture the flags and rax, find the entry rsp, align.
-        if self.opts.flags_with_popfq {
-            // [E-8] = pushfq'd flags (popped again at the end), [E-16] = rax.
-            w.put_pushfq();
-            w.put_push(Reg::Rax);
-            self.emit_save(w, frame, 16);
-            w.put_load(Reg::Rcx, Reg::Rax, -16);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            w.put_load(Reg::Rcx, Reg::Rax, -8);
-            w.put_store(Reg::Rsp, CTX_EFLAGS, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-        } else {
-            // [E-8] = rax, [E-16] = ax after `lahf; seto al`: SF ZF AF PF CF in byte E-15,
-            // OF in byte E-16 (pushfq is microcoded: ~3x the cost of these three).
-            w.put_push(Reg::Rax);
-            w.put_bytes(&[
-                0x9f, //             lahf
-                0x0f, 0x90, 0xc0, // seto al
-            ]);
-            w.put_push(Reg::Rax);
-            self.emit_save(w, frame, 16);
-            w.put_load(Reg::Rcx, Reg::Rax, -8);
-            w.put_store(Reg::Rsp, CTX_RAX, Reg::Rcx);
-            for r in SAVED {
-                w.put_store(Reg::Rsp, gpr_slot(r), r);
-            }
-            Self::emit_flags_from_lahf(w, -16);
-        }
+        self.emit_capture(w, 0);
         if !w.put_lea_rip(Reg::Rax, addr) {
             w.put_mov_imm64(Reg::Rax, addr);
         }
@@ -1088,16 +1076,7 @@ impl Interceptor {
         w.put_store_imm(Reg::Rsp, CTX_CS, 0);
         w.put_store_imm(Reg::Rsp, CTX_SS, 0);
         self.emit_call_probe(w, start);
-        if self.opts.flags_with_popfq {
-            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
-            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
-            w.put_lea(Reg::Rsp, Reg::Rsp, -8);
-            w.put_popfq(); // the pushfq'd value at [E-8], untouched since
-        } else {
-            Self::emit_sahf_restore(w);
-            w.put_load(Reg::Rax, Reg::Rsp, CTX_RAX);
-            w.put_load(Reg::Rsp, Reg::Rsp, CTX_RSP);
-        }
+        self.emit_restore(w, 0);
     }
 
     /// A written body a stub ending at `call_end` can call with a rel32, forgetting bodies

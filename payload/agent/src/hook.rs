@@ -191,10 +191,10 @@ fn build(near: u64) -> Result<State, i64> {
 /// An entry point's contract: called by xcover with the world stopped, `ips`/`moves` valid
 /// for `n` u64s, the session's function table naming real functions of this process.
 pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
-    let Some(_) = session::header() else {
+    let Some(h) = session::header() else {
         return E_NO_SESSION;
     };
-    begin_call();
+    begin_call(h);
     // SAFETY: caller contract.
     let (ips, moves) = match unsafe { threads(ips, moves, n) } {
         Ok(t) => t,
@@ -269,7 +269,7 @@ pub unsafe fn commit() -> i64 {
     let Some(h) = session::header() else {
         return E_NO_SESSION;
     };
-    begin_call();
+    begin_call(h);
     // SAFETY: we are in an entry point; this is the only reference taken in this call.
     let Some(s) = (unsafe { state() }).as_mut() else {
         return 0;
@@ -311,10 +311,8 @@ pub unsafe fn commit() -> i64 {
 }
 
 /// Counts an entry-point call and clears the last error.
-fn begin_call() {
-    if let Some(h) = session::header() {
-        h.agent_calls.fetch_add(1, Ordering::AcqRel);
-    }
+fn begin_call(h: &xcover_abi::SessionHeader) {
+    h.agent_calls.fetch_add(1, Ordering::AcqRel);
     session::clear_error();
 }
 
@@ -326,8 +324,7 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     let Some(h) = session::header() else {
         return E_NO_SESSION;
     };
-    h.agent_calls.fetch_add(1, Ordering::AcqRel);
-    session::clear_error();
+    begin_call(h);
     // SAFETY: caller contract.
     let (ips, moves) = match unsafe { threads(ips, moves, n) } {
         Ok(t) => t,
