@@ -923,9 +923,12 @@ impl Compiler<'_> {
         let m = self.mem(l.src, l.off as i32);
         self.e.inst(&[], true, false, &[0x81], 0, m); // add qword [m], imm32
         self.e.imm32(a.imm);
-        let m = self.mem(l.src, l.off as i32);
-        self.e
-            .inst(&[], true, false, &[0x8b], MAP[l.dst as usize], m);
+        // The register gets the new value, unless the code overwrites it first.
+        if !overwritten_before_use(insns, pc + 3, l.dst) {
+            let m = self.mem(l.src, l.off as i32);
+            self.e
+                .inst(&[], true, false, &[0x8b], MAP[l.dst as usize], m);
+        }
         self.forget(l.dst);
         true
     }
@@ -1928,4 +1931,31 @@ impl Compiler<'_> {
             self.e.patch_here(j);
         }
     }
+}
+
+/// Whether straight-line code from `pc` writes `reg` before anything reads it (so its value
+/// at `pc` is dead). Conservative: a branch, call or exit, or more than 8 instructions,
+/// count as a use.
+fn overwritten_before_use(insns: &[Insn], pc: usize, reg: u8) -> bool {
+    for i in insns.iter().skip(pc).take(8) {
+        let class = i.class();
+        let x = i.op & SRC_MASK == BPF_X;
+        let reads = match class {
+            BPF_ALU | BPF_ALU64 => {
+                (x && i.src == reg) || (i.dst == reg && i.op & OP_MASK != BPF_MOV)
+            }
+            BPF_LDX => i.src == reg,
+            BPF_ST => i.dst == reg,
+            BPF_STX => i.dst == reg || i.src == reg,
+            BPF_LD => !i.is_lddw(),
+            _ => return false,
+        };
+        if reads {
+            return false;
+        }
+        if i.dst == reg && matches!(class, BPF_ALU | BPF_ALU64 | BPF_LDX | BPF_LD) {
+            return true;
+        }
+    }
+    false
 }

@@ -1114,6 +1114,24 @@ fn counter_increment_is_one_instruction_and_loses_nothing() {
     // SAFETY: as above, on a local.
     assert_eq!(unsafe { code.call(&mut v as *mut u64 as u64, 0) }, 42);
     assert_eq!(v, 42);
+    // The register dead after the store (overwritten first): no reload, same result.
+    let dead = assemble(
+        "ldxdw %r2, [%r1]
+         add %r2, 1
+         stxdw [%r1], %r2
+         mov %r2, 7
+         mov %r0, %r2
+         exit",
+    );
+    let code_dead = jit(&dead, &env);
+    let mut v = 41u64;
+    // SAFETY: as above, on a local.
+    assert_eq!(unsafe { code_dead.call(&mut v as *mut u64 as u64, 0) }, 7);
+    assert_eq!(v, 42);
+    // `mov rsi, [rdi]` (r2 = *r1): the reload, kept only where r2 is read.
+    let reload = |code: &[u8]| code.windows(3).any(|w| w == [0x48, 0x8b, 0x37]);
+    assert!(reload(&jit::compile(&p, &env, &opts()).unwrap()));
+    assert!(!reload(&jit::compile(&dead, &env, &opts()).unwrap()));
     // A jump to the add: no fusion, the interpreter's result.
     let q = assemble(
         "ldxdw %r2, [%r1]
