@@ -120,7 +120,8 @@ impl StoppedProcess {
 
     fn seize_all(&mut self) -> Result<()> {
         let pid = self.pid;
-        let me = std::process::id() as i32;
+        // TracerPid names the tracing thread, which need not be the main one.
+        let me = nix::unistd::gettid().as_raw();
         // Threads seized (or auto-attached) whose stop we have not seen yet.
         let mut pending: Vec<i32> = Vec::new();
         let mut first = true;
