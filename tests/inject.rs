@@ -177,17 +177,95 @@ fn malloc_dlopen_roundtrip_and_50_cycles() {
     assert_eq!(t.stop(), (0, "malloc_dlopen ok\n".to_string()));
 }
 
+/// Runs xcover, which must succeed.
+fn xcover_ok(args: &[&str]) -> std::process::Output {
+    let out = support::run_xcover(args);
+    assert!(
+        out.status.success(),
+        "xcover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// glibc's `__rseq_offset` in this process (the same libc as the targets), when it
+/// registers rseq for its threads.
+fn glibc_rseq_offset() -> Option<i32> {
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present,
+    // are glibc's `const ptrdiff_t __rseq_offset` and `const unsigned int __rseq_size`.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if off.is_null() || size.is_null() || *size == 0 {
+            return None;
+        }
+        i32::try_from(*off).ok()
+    }
+}
+
+/// Attaches (kept), returns the rseq `cpu_id` offset xcover gave the agent, detaches.
+fn rseq_offset_seen(t: &Target) -> i32 {
+    // A worker that has not run yet has no rseq area (glibc registers it when the thread
+    // starts), and then xcover rightly finds none.
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = t.pid().to_string();
+    xcover_ok(&["attach", &pid, "--no-tui", "--keep"]);
+    let (off, base) = {
+        let s = SessionFile::open(t.pid()).unwrap();
+        let h = s.header();
+        (
+            h.rseq_cpu_id_off.load(Ordering::Acquire),
+            h.agent_base.load(Ordering::Acquire),
+        )
+    };
+    // Let the workers hit their hooks for a while.
+    std::thread::sleep(Duration::from_millis(200));
+    let report = std::env::temp_dir().join(format!("xcover-rseq-{}.json", t.pid()));
+    xcover_ok(&["detach", &pid, "--report", report.to_str().unwrap()]);
+    support::assert_clean(t.pid(), base);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    let mix = r["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "mix")
+        .expect("mix in the report");
+    assert!(mix["hits"].as_u64().unwrap() > 0, "no hit of mix counted");
+    off
+}
+
+/// The JIT-ed probe takes each thread's CPU number from its rseq area: xcover finds the
+/// area at the same distance from `%fs` in every thread of a glibc target (glibc's own
+/// `__rseq_offset`, plus 4 for `cpu_id`), and finds none when glibc is told not to
+/// register rseq (then `rdpid` is used); both count hits and leave the target as it was.
+#[test]
+fn rseq_cpu_id_is_found_in_every_thread() {
+    let want = baseline("threads", &[]);
+    let Some(glibc) = glibc_rseq_offset() else {
+        eprintln!("this glibc registers no rseq: nothing to find");
+        return;
+    };
+    let t = Target::start("threads", &[]);
+    assert_eq!(rseq_offset_seen(&t), glibc + 4);
+    assert_eq!(t.stop(), want);
+
+    let t = Target::start_env(
+        "threads",
+        &[],
+        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+    );
+    assert_eq!(rseq_offset_seen(&t), 0, "no thread has rseq");
+    assert_eq!(t.stop(), want);
+}
+
 #[test]
 fn keep_then_detach() {
     let want = baseline("loop-O2-pie", &[]);
     let t = Target::start("loop-O2-pie", &[]);
     let pid = t.pid().to_string();
-    let out = support::run_xcover(&["attach", &pid, "--no-tui", "--keep"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    xcover_ok(&["attach", &pid, "--no-tui", "--keep"]);
     let base;
     {
         let s = SessionFile::open(t.pid()).unwrap();

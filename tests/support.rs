@@ -98,8 +98,14 @@ pub struct Target {
 impl Target {
     /// Starts a target and waits for its "ready" line.
     pub fn start(name: &str, args: &[&str]) -> Target {
+        Self::start_env(name, args, &[])
+    }
+
+    /// [`Target::start`] with extra environment variables.
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Target {
         let mut child = Command::new(target_path(name))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

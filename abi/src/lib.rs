@@ -28,7 +28,7 @@
 #![deny(missing_docs)]
 
 use bytemuck::{Pod, Zeroable};
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
 /// First eight bytes of every session file.
 pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
@@ -164,8 +164,11 @@ pub struct SessionHeader {
     pub hooked_at_ns: AtomicU64,
     /// Valid bytes in `agent_error`.
     pub agent_error_len: AtomicU32,
-    /// Reserved, zero.
-    pub _pad2: u32,
+    /// `%fs`-relative offset of the rseq `cpu_id` that the kernel keeps up to date in every
+    /// thread of the target, 0 when they do not all have one at the same offset (then the
+    /// JIT-ed probe takes the CPU number from `rdpid`). Written by xcover while the target
+    /// is stopped, before the agent compiles the probe.
+    pub rseq_cpu_id_off: AtomicI32,
     /// The agent's last error, utf-8, for xcover to show when an entry point fails.
     pub agent_error: [u8; 256],
     /// Offset of the module table ([`ModuleEntry`] array).

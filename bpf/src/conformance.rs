@@ -44,6 +44,7 @@ pub fn env() -> Env<'static> {
         map_value_addrs: &[],
         unwind_helper: Some(UNWIND_HELPER_ID),
         map_inline: &[],
+        rseq_cpu_id: None,
     }
 }
 

@@ -304,6 +304,17 @@ impl Emitter {
         }
     }
 
+    /// `mov dst32, fs:[disp]` (absolute `%fs`-relative 32-bit load).
+    fn load32_fs(&mut self, dst: u8, disp: i32) {
+        self.byte(0x64);
+        if dst >= 8 {
+            self.byte(0x44);
+        }
+        // mod 00, rm 100 (SIB); SIB: no index, base 101 = disp32 only.
+        self.bytes(&[0x8b, (dst & 7) << 3 | 0b100, 0x25]);
+        self.imm32(disp);
+    }
+
     /// `rdpid r64`: `IA32_TSC_AUX` (Linux: `node << 12 | cpu`).
     fn rdpid(&mut self, dst: u8) {
         self.byte(0xf3);
@@ -413,6 +424,9 @@ enum Cold {
     Null { jcc: usize, to: ColdTo },
     /// A CPU number at or above the map's slot count: `r10d %= ncpus`, then jump back.
     CpuMod { jcc: usize, back: usize, ncpus: u32 },
+    /// The rseq CPU number is not a slot (the thread has no rseq registered): take `rdpid`'s
+    /// when there is one, then as [`Cold::CpuMod`].
+    CpuRseq { jcc: usize, back: usize, ncpus: u32 },
 }
 
 /// Where a cold stub continues.
@@ -1004,7 +1018,10 @@ impl Compiler<'_> {
         let Some(Some(m)) = self.env.map_inline.get(idx as usize).copied() else {
             return Ok(false);
         };
-        if m.kind == InlineKind::Ringbuf || (m.kind == InlineKind::PerCpuArray && !self.rdpid) {
+        let rseq = self.env.rseq_cpu_id;
+        if m.kind == InlineKind::Ringbuf
+            || (m.kind == InlineKind::PerCpuArray && !self.rdpid && rseq.is_none())
+        {
             return Ok(false);
         }
         let id = i.imm as u32;
@@ -1024,18 +1041,25 @@ impl Compiler<'_> {
         let jcc = e.jcc(0x3); // jae -> r0 = 0
         let percpu = m.kind == InlineKind::PerCpuArray;
         if percpu {
-            e.rdpid(R10);
-            e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
-            if m.ncpus < 0x1000 {
-                e.alu_imm(false, 7, R10, m.ncpus as i32); // cmp r10d, ncpus
-                let j = e.jcc(0x3);
+            match rseq {
+                Some(off) => e.load32_fs(R10, off), // mov r10d, fs:[cpu_id]
+                None => {
+                    e.rdpid(R10);
+                    e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
+                }
+            }
+            if rseq.is_some() || m.ncpus < 0x1000 {
+                let ncpus = m.ncpus.max(1);
+                e.alu_imm(false, 7, R10, ncpus as i32); // cmp r10d, ncpus
+                let jcc = e.jcc(0x3);
                 let back = e.pos();
-                self.cold.push(Cold::CpuMod {
-                    jcc: j,
-                    back,
-                    ncpus: m.ncpus.max(1),
+                self.cold.push(match rseq {
+                    Some(_) => Cold::CpuRseq { jcc, back, ncpus },
+                    None => Cold::CpuMod { jcc, back, ncpus },
                 });
             }
+        }
+        if percpu {
             let e = &mut self.e;
             match i32::try_from(m.cpu_stride) {
                 Ok(st) => {
@@ -1083,20 +1107,37 @@ impl Compiler<'_> {
                         ColdTo::Insn(pc) => self.jump_to(j, Target::Insn(pc)),
                     }
                 }
-                Cold::CpuMod { jcc, back, ncpus } => {
-                    // rax (r0) is being computed and rdx (r3) dies at the call.
+                Cold::CpuRseq { jcc, back, ncpus } => {
                     let e = &mut self.e;
                     e.patch_here(jcc);
-                    e.mov(false, RAX, R10);
-                    e.rr(false, 0x31, RDX, RDX);
-                    e.mov_imm(false, R10, ncpus as i32);
-                    e.inst(&[], false, false, &[0xf7], 6, Rm::Reg(R10)); // div r10d
-                    e.mov(false, R10, RDX);
-                    let j = e.jmp();
-                    e.patch(j, back);
+                    if self.rdpid {
+                        e.rdpid(R10);
+                        e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
+                        e.alu_imm(false, 7, R10, ncpus as i32); // cmp r10d, ncpus
+                        let j = e.jcc(0x2); // jb back
+                        e.patch(j, back);
+                    }
+                    // rax (r0) is being computed and rdx (r3) dies at the call.
+                    Self::cpu_mod(e, ncpus, back);
+                }
+                Cold::CpuMod { jcc, back, ncpus } => {
+                    self.e.patch_here(jcc);
+                    Self::cpu_mod(&mut self.e, ncpus, back);
                 }
             }
         }
+    }
+
+    /// `r10d %= ncpus`, then `jmp back`. Clobbers rax (r0, being computed) and rdx (r3,
+    /// dead at the call being inlined).
+    fn cpu_mod(e: &mut Emitter, ncpus: u32, back: usize) {
+        e.mov(false, RAX, R10);
+        e.rr(false, 0x31, RDX, RDX);
+        e.mov_imm(false, R10, ncpus as i32);
+        e.inst(&[], false, false, &[0xf7], 6, Rm::Reg(R10)); // div r10d
+        e.mov(false, R10, RDX);
+        let j = e.jmp();
+        e.patch(j, back);
     }
 
     fn lddw(&mut self, pc: usize, i: Insn, next: Insn) -> Result<(), JitError> {

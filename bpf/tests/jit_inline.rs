@@ -67,6 +67,7 @@ impl Maps {
             map_value_addrs: &self.values,
             unwind_helper: None,
             map_inline: if inline { &self.inline } else { &[] },
+            rseq_cpu_id: None,
         }
     }
 }
@@ -327,6 +328,91 @@ fn percpu_slots_are_distinct_across_pinned_threads() {
     }
     assert_eq!(view.array_u64(3), Some(total));
     pin_all();
+}
+
+thread_local! {
+    /// Stands in for the kernel's rseq `cpu_id` in `percpu_slot_comes_from_the_rseq_cpu_id`.
+    static FAKE_CPU_ID: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// `%fs`-relative offset of this thread's `FAKE_CPU_ID` (the same in every thread: the test
+/// binary's TLS is static).
+fn fake_cpu_id_offset() -> i32 {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes the fs base to the given u64.
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
+    assert_eq!(r, 0, "arch_prctl(ARCH_GET_FS)");
+    let var = FAKE_CPU_ID.with(|c| c.as_ptr() as u64);
+    i32::try_from(var.wrapping_sub(fs) as i64).expect("TLS variable within 2 GiB of fs")
+}
+
+/// `mov r10d, fs:[off]`, the rseq CPU read.
+fn reads_cpu_at(code: &[u8], off: i32) -> bool {
+    let mut pat = vec![0x64, 0x44, 0x8b, 0x14, 0x25];
+    pat.extend_from_slice(&off.to_le_bytes());
+    code.windows(pat.len()).any(|w| w == pat)
+}
+
+#[test]
+fn percpu_slot_comes_from_the_rseq_cpu_id() {
+    const SLOTS: u32 = 4;
+    let mut m = Maps::new(&[MapDef::new("hits", MapType::PercpuArray, 4, 8, 8)], SLOTS);
+    let p = assemble(
+        "stw [%r10-4], 5\nlddw %r1, map0\nmov %r2, %r10\nadd %r2, -4\ncall 1\n\
+         jeq %r0, 0, out\nldxdw %r1, [%r0]\nadd %r1, 1\nstxdw [%r0], %r1\nout:\nexit",
+    );
+    let off = fake_cpu_id_offset();
+    let mut env = m.env(true);
+    env.rseq_cpu_id = Some(off);
+    verify(&p, &env, &VerifierOptions::default()).unwrap();
+    let bytes = jit::compile(&p, &env, &opts()).unwrap();
+    assert!(
+        reads_cpu_at(&bytes, off),
+        "the CPU is read from fs:[{off:#x}]"
+    );
+    assert!(!calls_lookup(&bytes));
+    let code = JitCode::new(&bytes).unwrap();
+    let rdpid = sys::cpu_id_method() == sys::CpuIdMethod::Rdpid;
+    let pinned = pin(0);
+    let run = |cpu: u32, n: u64| {
+        FAKE_CPU_ID.with(|c| c.set(cpu));
+        for _ in 0..n {
+            // SAFETY: verified program; the arena outlives the call.
+            unsafe { code.call(0, 0) };
+        }
+    };
+    run(2, 10);
+    run(3, 20);
+    run(1, 30);
+    // Not a slot (the kernel's "not registered"): rdpid's CPU (0, pinned), or the value
+    // modulo the slot count without rdpid.
+    run(u32::MAX, 40);
+    // Another thread reads its own copy (0).
+    std::thread::scope(|s| {
+        s.spawn(|| run(0, 50));
+    });
+    pin_all();
+    let arena = m.arena();
+    let view = arena.map(m.offsets[0]).unwrap();
+    let slot = |cpu: u32| {
+        let mut b = [0u8; 8];
+        assert!(view.read_array(5, cpu, &mut b));
+        u64::from_le_bytes(b)
+    };
+    let fallback = if rdpid && pinned { 0 } else { u32::MAX % SLOTS };
+    let mut want = [0u64; SLOTS as usize];
+    want[2] += 10;
+    want[3] += 20;
+    want[1] += 30;
+    want[0] += 50;
+    if rdpid && !pinned {
+        // The fallback slot is whatever CPU the thread ran on: only the total is known.
+        assert_eq!(view.array_u64(5), Some(150));
+        return;
+    }
+    want[fallback as usize] += 40;
+    let got: Vec<u64> = (0..SLOTS).map(slot).collect();
+    assert_eq!(got, want);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ impl Loaded {
             map_value_addrs: &self.value_addrs,
             unwind_helper: None,
             map_inline: &[],
+            rseq_cpu_id: None,
         }
     }
 }

@@ -22,6 +22,7 @@ fn env() -> Env<'static> {
         map_value_addrs: &[],
         unwind_helper: None,
         map_inline: &[],
+        rseq_cpu_id: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn env() -> Env<'static> {
         map_value_addrs: &MAPS,
         unwind_helper: None,
         map_inline: &[],
+        rseq_cpu_id: None,
     }
 }
 

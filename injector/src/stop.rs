@@ -365,6 +365,31 @@ impl StoppedProcess {
         }
     }
 
+    /// The `%fs`-relative offset of the kernel-maintained `cpu_id` of the rseq area, when
+    /// every stopped thread registered one at the same distance from its `%fs` base (as
+    /// glibc 2.35+ does for each thread it creates); `None` otherwise. Asks each thread
+    /// with `PTRACE_GET_RSEQ_CONFIGURATION`, so it must run before any thread is parked.
+    pub fn rseq_cpu_id_offset(&self) -> Option<i32> {
+        /// `offsetof(struct rseq, cpu_id)`.
+        const CPU_ID: i64 = 4;
+        /// `sizeof` the original `struct rseq`, which has `cpu_id`.
+        const RSEQ_MIN: u32 = 32;
+        let mut off = None;
+        for &tid in self.threads.keys() {
+            let (area, size) = sys::rseq_area(tid)?;
+            if size < RSEQ_MIN {
+                return None;
+            }
+            let fs = self.regs(tid).ok()?.fs_base;
+            let o = i32::try_from((area.wrapping_sub(fs) as i64).checked_add(CPU_ID)?).ok()?;
+            if o == 0 || off.is_some_and(|p| p != o) {
+                return None;
+            }
+            off = Some(o);
+        }
+        off
+    }
+
     /// The thread to run remote work in: the leader when it is stopped, else the first.
     pub fn worker_tid(&self) -> Option<i32> {
         if self.threads.contains_key(&self.pid) {

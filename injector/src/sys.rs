@@ -96,6 +96,35 @@ pub fn getregs(tid: i32) -> io::Result<Regs> {
     Ok(unsafe { regs.assume_init() })
 }
 
+/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13+): where thread `tid` registered its
+/// `struct rseq` and with what size, or `None` when it has none (address 0) or the kernel
+/// does not know the request.
+pub fn rseq_area(tid: i32) -> Option<(u64, u32)> {
+    /// `struct ptrace_rseq_configuration`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Conf {
+        rseq_abi_pointer: u64,
+        rseq_abi_size: u32,
+        signature: u32,
+        flags: u32,
+        pad: u32,
+    }
+    const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+    let mut conf = Conf::default();
+    // SAFETY: the request writes at most `addr` (= the struct's size) bytes to `data`, which
+    // points at a struct of that size.
+    let n = unsafe {
+        libc::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            std::mem::size_of::<Conf>(),
+            &mut conf as *mut Conf,
+        )
+    };
+    (n >= 12 && conf.rseq_abi_pointer != 0).then_some((conf.rseq_abi_pointer, conf.rseq_abi_size))
+}
+
 /// `PTRACE_SETREGS`.
 pub fn setregs(tid: i32, regs: &Regs) -> io::Result<()> {
     // SAFETY: PTRACE_SETREGS reads one `user_regs_struct` from `data`.

@@ -132,6 +132,10 @@ fn build(near: u64) -> Result<State, i64> {
         map_addrs: &map_addrs,
         map_value_addrs: &value_addrs,
         map_inline: &map_inline,
+        rseq_cpu_id: match h.rseq_cpu_id_off.load(Ordering::Acquire) {
+            0 => None,
+            off => Some(off),
+        },
         ..Env::default()
     };
     if let Err(e) = verifier::verify(&insns, &env, &VerifierOptions::default()) {
