@@ -33,6 +33,7 @@ extern crate alloc;
 pub mod asm;
 #[cfg(feature = "std")]
 pub mod conformance;
+pub mod ctx_use;
 pub mod env;
 #[cfg(feature = "std")]
 pub mod exec;

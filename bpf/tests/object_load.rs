@@ -70,6 +70,19 @@ impl Loaded {
     }
 }
 
+/// The coverage probe reads nothing of its context but the cookie, so trampolines may take
+/// the light body for it.
+#[test]
+fn cover_probe_reads_only_its_cookie() {
+    let p = object::load_program(&cover_obj(), None).unwrap();
+    let slots = xcover_bpf::ctx_use::ctx_slots_read(
+        &p.insns,
+        xcover_abi::PROBE_CTX_COOKIE_OFF,
+        xcover_abi::PROBE_CTX_FUNC_IP_OFF,
+    );
+    assert_eq!(slots, Some(1 << (xcover_abi::PROBE_CTX_COOKIE_OFF / 8)));
+}
+
 #[test]
 fn cover_object_has_the_probe_and_its_maps() {
     let p = object::load_program(&cover_obj(), None).unwrap();

@@ -57,6 +57,7 @@ fn main() {
         HookOptions {
             save_vector_regs: true,
             flags_with_popfq: false,
+            light_ctx: false,
         },
     );
     let t = Instant::now();

@@ -67,6 +67,25 @@
 //! save, ~7.5 ns with the YMM save; capturing the flags with `pushfq` instead of
 //! `lahf`/`seto` cost ~2 ns more, and `popfq` another ~6-7 ns (hence the `sahf` route).
 //!
+//! **The light body** ([`HookOptions::light_ctx`]), for a probe that reads nothing of its
+//! context but the cookie and the function's address and keeps the callee-saved registers
+//! (the JIT-ed coverage probe: the agent checks the program with
+//! `xcover_bpf::ctx_use::ctx_slots_read`), does only what such a probe needs: ~35
+//! instructions instead of ~60.
+//!
+//! ```text
+//! push rax ; lahf ; seto al ; push rax      ; raw flags at [E-24]
+//! mov rax, rsp ; and rsp, -16 ; sub rsp, 96 ; [rsp+80] = rax
+//! [rsp+16..80] = rcx rdx rsi rdi r8 r9 r10 r11   (the registers a callee may clobber)
+//! [rsp] = cookie ; [rsp+8] = function address (from the stub, as above)
+//! lea rdi, [rsp-168] ; call probe             ; rdi+168 / rdi+176 = cookie / address
+//! reload rcx..r11 ; mov rsp, [rsp+80]
+//! pop rax ; add al, 0x7f ; sahf ; pop rax ; ret   ; OF from al, the rest from ah
+//! ```
+//!
+//! Measured with an empty probe (the same test as above, no vector save): +3.6-5.0 ns per
+//! hit against +6.4-8.3 ns for the full body, three runs on a busy machine.
+//!
 //! The `sahf` route restores CF PF AF ZF SF and OF, i.e. every flag ordinary code reads; DF is
 //! 0 by the ABI at a function entry and the probe keeps it so. The probe's return value is
 //! ignored. Vector registers are saved as YMM when the CPU and OS enable AVX (a `__m256`
@@ -278,6 +297,12 @@ pub struct HookOptions {
     /// Restore the flags with `popfq` instead of the cheaper `sahf` sequence (for
     /// measurements).
     pub flags_with_popfq: bool,
+    /// The probe reads nothing of its context but [`ProbeCtx::cookie`] and
+    /// [`ProbeCtx::func_ip`], and keeps the callee-saved registers (System V): trampolines
+    /// then take the light body, which saves only the registers a callee may clobber and
+    /// fills only those two fields (about half the instructions). Ignored with
+    /// `save_vector_regs` or `flags_with_popfq`.
+    pub light_ctx: bool,
 }
 
 impl Default for HookOptions {
@@ -285,6 +310,7 @@ impl Default for HookOptions {
         Self {
             save_vector_regs: true,
             flags_with_popfq: false,
+            light_ctx: false,
         }
     }
 }
@@ -525,6 +551,17 @@ const CTX_COOKIE: i32 = off(offset_of!(ProbeCtx, cookie));
 const CTX_ORIG_RAX: i32 = off(offset_of!(ProbeCtx, orig_rax));
 const CTX_CS: i32 = off(offset_of!(ProbeCtx, cs));
 const CTX_SS: i32 = off(offset_of!(ProbeCtx, ss));
+/// The light body's frame: the two context fields it fills, the caller-saved registers, and
+/// `rsp` after its two pushes. The probe gets `rdi` = frame - [`CTX_COOKIE`], so that the
+/// cookie and the function's address are where a whole [`ProbeCtx`] has them; nothing else
+/// of that "context" is valid, and the light body is only used for probes that read nothing
+/// else.
+const LIGHT_COOKIE: i32 = 0;
+const LIGHT_FUNC_IP: i32 = LIGHT_COOKIE + (CTX_FUNC_IP - CTX_COOKIE);
+const LIGHT_REGS: i32 = 16;
+const LIGHT_RSP: i32 = LIGHT_REGS + 8 * RELOADED.len() as i32;
+const LIGHT_FRAME: i32 = (LIGHT_RSP + 8 + 15) & !15;
+const _: () = assert!(LIGHT_FUNC_IP == 8 && LIGHT_RSP < LIGHT_FRAME);
 /// Vector save area, after the context, 64-byte aligned.
 const VEC_AREA: i32 = 192;
 const _: () = assert!(core::mem::size_of::<ProbeCtx>() <= VEC_AREA as usize);
@@ -1029,6 +1066,83 @@ impl Interceptor {
         }
     }
 
+    /// Whether trampolines take the light body (see [`HookOptions::light_ctx`]).
+    fn light(&self) -> bool {
+        self.opts.light_ctx && !self.opts.flags_with_popfq && matches!(self.vec, VecSave::None)
+    }
+
+    /// The light body's capture: rax and the `lahf`/`seto` flags pushed, `rsp` aligned, the
+    /// frame reserved, the caller-saved registers stored. Leaves rax = `rsp` after the pushes.
+    fn emit_light_capture(w: &mut Writer) {
+        w.put_push(Reg::Rax);
+        w.put_bytes(&[
+            0x9f, //             lahf
+            0x0f, 0x90, 0xc0, // seto al
+        ]);
+        w.put_push(Reg::Rax);
+        w.put_mov(Reg::Rax, Reg::Rsp);
+        w.put_align_rsp(16);
+        w.put_sub_rsp(LIGHT_FRAME);
+        w.put_store(Reg::Rsp, LIGHT_RSP, Reg::Rax);
+        for (k, r) in RELOADED.into_iter().enumerate() {
+            w.put_store(Reg::Rsp, LIGHT_REGS + 8 * k as i32, r);
+        }
+    }
+
+    /// Calls the probe with the light "context"; then undoes [`Self::emit_light_capture`]
+    /// (registers, `rsp`, flags, rax). Returns the offset of the call's rel32 (from
+    /// `start`) when it took that form.
+    fn emit_light_call_restore(&self, w: &mut Writer, start: usize) -> Option<usize> {
+        w.put_lea(Reg::Rdi, Reg::Rsp, LIGHT_COOKIE - CTX_COOKIE);
+        let call_at = w.len();
+        w.put_call(self.probe);
+        let call_rel = (w.len() - call_at == 5).then(|| w.len() - 4 - start);
+        for (k, r) in RELOADED.into_iter().enumerate() {
+            w.put_load(r, Reg::Rsp, LIGHT_REGS + 8 * k as i32);
+        }
+        w.put_load(Reg::Rsp, Reg::Rsp, LIGHT_RSP);
+        w.put_pop(Reg::Rax);
+        w.put_bytes(&[
+            0x04, 0x7f, // add al, 0x7f     ; OF = (al == 1), the saved OF
+            0x9e, //       sahf             ; SF ZF AF PF CF from ah
+        ]);
+        w.put_pop(Reg::Rax);
+        call_rel
+    }
+
+    /// [`Self::emit_body`] for probes that read only the cookie and the function's address.
+    fn emit_light_body(&self, w: &mut Writer) -> Option<usize> {
+        let start = w.len();
+        Self::emit_light_capture(w);
+        w.put_load(Reg::Rax, Reg::Rax, 16); // R, above the two pushes
+        w.put_bytes(&[0x48, 0x63, 0x48, STUB_COOKIE as u8]); // movsxd rcx, [rax-16]
+        w.put_store(Reg::Rsp, LIGHT_COOKIE, Reg::Rcx);
+        w.put_bytes(&[0x48, 0x63, 0x48, STUB_FUNC as u8]); // movsxd rcx, [rax-9]
+        w.put_bytes(&[0x48, 0x01, 0xc8]); // add rax, rcx
+        w.put_store(Reg::Rsp, LIGHT_FUNC_IP, Reg::Rax);
+        let call_rel = self.emit_light_call_restore(w, start);
+        w.put_ret();
+        call_rel
+    }
+
+    /// [`Self::emit_head`] for probes that read only the cookie and the function's address.
+    fn emit_light_head(&self, w: &mut Writer, addr: u64, cookie: u64) {
+        let start = w.len();
+        Self::emit_light_capture(w);
+        if !w.put_lea_rip(Reg::Rax, addr) {
+            w.put_mov_imm64(Reg::Rax, addr);
+        }
+        w.put_store(Reg::Rsp, LIGHT_FUNC_IP, Reg::Rax);
+        match i32::try_from(cookie as i64) {
+            Ok(c) => w.put_store_imm(Reg::Rsp, LIGHT_COOKIE, c),
+            Err(_) => {
+                w.put_mov_imm64(Reg::Rax, cookie);
+                w.put_store(Reg::Rsp, LIGHT_COOKIE, Reg::Rax);
+            }
+        }
+        self.emit_light_call_restore(w, start);
+    }
+
     /// The body every stub calls (one copy per arena that needs one). Entered by the stub's
     /// `call`, so `[rsp]` is the stub's return address R (where its relocated instructions
     /// start) and the entry `rsp` E is `rsp + 8`; the cookie and the function's displacement
@@ -1036,6 +1150,9 @@ impl Interceptor {
     /// it pairs with the stub's `call`) and `rsp` = E. Returns the offset of the call's
     /// rel32 when it took that form.
     fn emit_body(&self, w: &mut Writer) -> Option<usize> {
+        if self.light() {
+            return self.emit_light_body(w);
+        }
         let start = w.len();
         // The stub's return address R sits above what the capture pushes.
         self.emit_capture(w, 8);
@@ -1058,6 +1175,9 @@ impl Interceptor {
     /// The whole head inline, for a function whose cookie or address a stub cannot carry:
     /// saves the registers into a [`ProbeCtx`], calls the probe, restores them.
     fn emit_head(&self, w: &mut Writer, addr: u64, cookie: u64) {
+        if self.light() {
+            return self.emit_light_head(w, addr, cookie);
+        }
         let start = w.len();
         self.emit_capture(w, 0);
         if !w.put_lea_rip(Reg::Rax, addr) {

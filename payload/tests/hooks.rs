@@ -114,7 +114,24 @@ fn snapshot(specs: &[(String, FuncSpec)]) -> Vec<Vec<u8>> {
 
 #[test]
 fn every_prologue_shape_is_hooked_or_refused_and_restored() {
-    let lib = Lib::build("shapes");
+    shapes_roundtrip("shapes", HookOptions::default(), "xc_probe_clobber");
+}
+
+/// The light body (probe reads only its cookie and function address, keeps vector and
+/// callee-saved registers) on every prologue shape: arguments, flags and vector registers
+/// survive, and the probe sees the right function.
+#[test]
+fn every_prologue_shape_under_the_light_body() {
+    let opts = HookOptions {
+        save_vector_regs: false,
+        flags_with_popfq: false,
+        light_ctx: true,
+    };
+    shapes_roundtrip("shapes-light", opts, "xc_probe_clobber_gpr");
+}
+
+fn shapes_roundtrip(copy: &str, opts: HookOptions, probe: &str) {
+    let lib = Lib::build(copy);
     let has_avx = is_x86_feature_detected!("avx");
     // SAFETY: xc_use_avx is a 4-byte int in the library's .data.
     unsafe { *(lib.sym("xc_use_avx") as *mut u32) = has_avx as u32 };
@@ -122,7 +139,8 @@ fn every_prologue_shape_is_hooked_or_refused_and_restored() {
     let specs: Vec<FuncSpec> = table.iter().map(|(_, f)| *f).collect();
     let before = snapshot(&table);
     let mut mem = LibcMemory;
-    let mut ic = Interceptor::new(lib.sym("xc_probe_clobber"), HookOptions::default());
+    let mut ic = Interceptor::new(lib.sym(probe), opts);
+    let func_ips = lib.sym("xc_func_ip") as *const u64;
 
     for round in 0..3 {
         let batch = ic.prepare_hooks(&mut mem, &specs);
@@ -155,6 +173,11 @@ fn every_prologue_shape_is_hooked_or_refused_and_restored() {
             let want = if ic.is_hooked(f.addr) { N } else { 0 };
             let want = if name == "f_avx" && !has_avx { 0 } else { want };
             assert_eq!(h1[i] - h0[i], want, "hits of {name} (round {round})");
+            if want > 0 && probe == "xc_probe_clobber_gpr" {
+                // SAFETY: xc_func_ip has 64 u64s; the table has fewer functions.
+                let seen = unsafe { func_ips.add(i).read_volatile() };
+                assert_eq!(seen, f.addr, "func_ip of {name}");
+            }
         }
 
         let all = ic.hooked();
@@ -206,6 +229,7 @@ fn probe_sees_pt_regs_and_registers_survive_in_every_mode() {
         let opts = HookOptions {
             save_vector_regs: vec,
             flags_with_popfq: popf,
+            light_ctx: false,
         };
         let mut ic = Interceptor::new(record_probe as *const () as u64, opts);
         let f = FuncSpec {
@@ -248,6 +272,73 @@ fn probe_sees_pt_regs_and_registers_survive_in_every_mode() {
                 255.0,
                 "{opts:?}"
             );
+        }
+        let ub = ic.prepare_unhooks(&ic.hooked());
+        // SAFETY: as above.
+        unsafe { ic.commit_unhooks(&mut mem, ub) }.unwrap();
+    }
+}
+
+static LIGHT_COOKIE: AtomicU64 = AtomicU64::new(0);
+static LIGHT_FUNC: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn light_probe(ctx: *mut ProbeCtx) -> u64 {
+    let field = |off: usize| {
+        // SAFETY: under the light body only the cookie and func_ip fields of the context
+        // are valid memory; this reads those two and nothing else (no reference to the
+        // whole struct is made).
+        unsafe { (ctx as *const u8).wrapping_add(off).cast::<u64>().read() }
+    };
+    LIGHT_COOKIE.store(field(xcover_abi::PROBE_CTX_COOKIE_OFF), Ordering::Relaxed);
+    LIGHT_FUNC.store(field(xcover_abi::PROBE_CTX_FUNC_IP_OFF), Ordering::Relaxed);
+    0
+}
+
+/// The light body in both forms (a stub calling the shared body; the whole head inline,
+/// for a cookie a stub cannot carry): the probe gets the cookie and the function's address,
+/// and the function gets its registers and flags.
+#[test]
+fn light_body_passes_cookie_and_function_and_keeps_registers() {
+    let lib = Lib::build("light");
+    let regs_fn = lib
+        .table()
+        .into_iter()
+        .find(|(n, _)| n == "f_regs")
+        .unwrap()
+        .1;
+    let call_regs: F3 = {
+        // SAFETY: xc_call_regs(u64, u64, u64) -> u64.
+        unsafe { std::mem::transmute::<u64, F3>(lib.sym("xc_call_regs")) }
+    };
+    let mut mem = LibcMemory;
+    for cookie in [42u64, 1 << 40] {
+        let opts = HookOptions {
+            save_vector_regs: false,
+            flags_with_popfq: false,
+            light_ctx: true,
+        };
+        let mut ic = Interceptor::new(light_probe as *const () as u64, opts);
+        let f = FuncSpec { cookie, ..regs_fn };
+        let b = ic.prepare_hooks(&mut mem, &[f]);
+        assert!(b.outcomes().iter().all(|o| o.1.is_ok()));
+        // SAFETY: single-threaded use of this library copy.
+        unsafe { ic.commit_hooks(&mut mem, b) }.unwrap();
+        for flags in [
+            0x202u64,
+            0x8d5 | 0x202,
+            0x801 | 0x202,
+            0x40 | 0x202,
+            0x880 | 0x202,
+        ] {
+            LIGHT_COOKIE.store(0, Ordering::Relaxed);
+            let r = call_regs(0xdead_beef_1111, 0x2222_0000_3333, flags);
+            assert_eq!(
+                r,
+                (flags & 0x8d5) + 0xdead_beef_1111 + 0x2222_0000_3333,
+                "cookie {cookie:#x}, flags {flags:#x}"
+            );
+            assert_eq!(LIGHT_COOKIE.load(Ordering::Relaxed), cookie);
+            assert_eq!(LIGHT_FUNC.load(Ordering::Relaxed), regs_fn.addr);
         }
         let ub = ic.prepare_unhooks(&ic.hooked());
         // SAFETY: as above.
@@ -433,17 +524,19 @@ fn bench_added_cost_per_hit() {
     let base = ns_per_call(f, n);
     let mut mem = LibcMemory;
     let mut line = format!("bench: plain call {base:.2} ns");
-    for (name, vec, popf) in [
-        ("vector save + sahf", true, false),
-        ("no vector save + sahf", false, false),
-        ("vector save + popfq", true, true),
-        ("no vector save + popfq", false, true),
+    for (name, vec, popf, light) in [
+        ("vector save + sahf", true, false, false),
+        ("no vector save + sahf", false, false, false),
+        ("light body", false, false, true),
+        ("vector save + popfq", true, true, false),
+        ("no vector save + popfq", false, true, false),
     ] {
         let mut ic = Interceptor::new(
             empty_probe as *const () as u64,
             HookOptions {
                 save_vector_regs: vec,
                 flags_with_popfq: popf,
+                light_ctx: light,
             },
         );
         let b = ic.prepare_hooks(&mut mem, &[three]);

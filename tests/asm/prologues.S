@@ -30,6 +30,9 @@ xc_use_avx: .long 0
         .protected xc_hits
         .p2align 6
 xc_hits: .zero 8 * 64
+        .globl xc_func_ip
+        .protected xc_func_ip
+xc_func_ip: .zero 8 * 64
 
         .text
         .p2align 4
@@ -224,12 +227,8 @@ FN xc_call_avx
         ret
 END xc_call_avx
 
-# u64 xc_probe_clobber(ProbeCtx *ctx): counts xc_hits[ctx->cookie], then trashes every
-# register a SysV callee may trash: rax rcx rdx rsi rdi r8-r11, the flags, xmm/ymm0-15.
-FN xc_probe_clobber
-        mov rax, [rdi + 168]
-        lea rcx, [rip + xc_hits]
-        lock inc QWORD PTR [rcx + rax * 8]
+# Every general register a SysV callee may trash, trashed.
+        .macro TRASH_GPRS
         mov rax, -1
         mov rcx, rax
         mov rdx, rax
@@ -239,6 +238,15 @@ FN xc_probe_clobber
         mov r9, rax
         mov r10, rax
         mov r11, rax
+        .endm
+
+# u64 xc_probe_clobber(ProbeCtx *ctx): counts xc_hits[ctx->cookie], then trashes every
+# register a SysV callee may trash: rax rcx rdx rsi rdi r8-r11, the flags, xmm/ymm0-15.
+FN xc_probe_clobber
+        mov rax, [rdi + 168]
+        lea rcx, [rip + xc_hits]
+        lock inc QWORD PTR [rcx + rax * 8]
+        TRASH_GPRS
         pcmpeqd xmm0, xmm0
         pcmpeqd xmm1, xmm1
         pcmpeqd xmm2, xmm2
@@ -274,6 +282,24 @@ FN xc_probe_clobber
         mov eax, 0x5555
         ret
 END xc_probe_clobber
+
+# u64 xc_probe_clobber_gpr(ProbeCtx *ctx): all a probe under the light trampoline body may
+# do: reads only ctx->cookie and ctx->func_ip (counts xc_hits[cookie], keeps the address in
+# xc_func_ip[cookie]), then trashes every general register and flag a SysV callee may
+# trash, but no vector register (the JIT-ed probe keeps those itself).
+FN xc_probe_clobber_gpr
+        mov rax, [rdi + 168]
+        mov rdx, [rdi + 176]
+        lea rcx, [rip + xc_hits]
+        lock inc QWORD PTR [rcx + rax * 8]
+        lea rcx, [rip + xc_func_ip]
+        mov [rcx + rax * 8], rdx
+        TRASH_GPRS
+        mov eax, 0x7f
+        add al, 1                   # OF=1 SF=1, ZF=0 CF=0
+        mov eax, 0x5555
+        ret
+END xc_probe_clobber_gpr
 
 # --- the table ----------------------------------------------------------------------------
         .section .data.rel.ro, "aw"

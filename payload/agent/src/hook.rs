@@ -13,7 +13,11 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
-use xcover_abi::{FuncStatus, PROBE_SAVE_VECTOR_REGS, REGION_HEAP, REGION_JIT};
+use xcover_abi::{
+    FuncStatus, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF, PROBE_SAVE_VECTOR_REGS, REGION_HEAP,
+    REGION_JIT,
+};
+use xcover_bpf::ctx_use;
 use xcover_bpf::env::{Env, InlineMap};
 use xcover_bpf::helpers::{self, LogRing};
 use xcover_bpf::insn::Insn;
@@ -173,11 +177,19 @@ fn build(near: u64) -> Result<State, i64> {
         // mapped until fini removes the sink.
         helpers::set_log_sink(unsafe { LogRing::new(base, size, head) });
     }
+    // The JIT-ed probe keeps the callee-saved registers (System V), so a probe that reads
+    // only its cookie and function address gets the light trampoline body.
+    let cookie_bits = 1u64 << (PROBE_CTX_COOKIE_OFF / 8) | 1 << (PROBE_CTX_FUNC_IP_OFF / 8);
+    let light_ctx = matches!(
+        ctx_use::ctx_slots_read(&insns, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF),
+        Some(slots) if slots & !cookie_bits == 0
+    );
     let interceptor = Interceptor::new(
         addr,
         HookOptions {
             save_vector_regs: h.probe_flags & PROBE_SAVE_VECTOR_REGS != 0,
             flags_with_popfq: false,
+            light_ctx,
         },
     );
     Ok(State {
