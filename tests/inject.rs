@@ -203,18 +203,20 @@ fn glibc_rseq_offset() -> Option<i32> {
     }
 }
 
-/// Attaches (kept), returns the rseq `cpu_id` offset xcover gave the agent, detaches.
-fn rseq_offset_seen(t: &Target) -> i32 {
+/// Attaches (kept), returns the rseq `cpu_id` and TCB tid offsets xcover gave the agent,
+/// detaches.
+fn thread_layout_seen(t: &Target) -> (i32, i32) {
     // A worker that has not run yet has no rseq area (glibc registers it when the thread
     // starts), and then xcover rightly finds none.
     std::thread::sleep(Duration::from_millis(100));
     let pid = t.pid().to_string();
     xcover_ok(&["attach", &pid, "--no-tui", "--keep"]);
-    let (off, base) = {
+    let (off, tid_off, base) = {
         let s = SessionFile::open(t.pid()).unwrap();
         let h = s.header();
         (
             h.rseq_cpu_id_off.load(Ordering::Acquire),
+            h.tcb_tid_off.load(Ordering::Acquire),
             h.agent_base.load(Ordering::Acquire),
         )
     };
@@ -233,22 +235,24 @@ fn rseq_offset_seen(t: &Target) -> i32 {
         .find(|f| f["name"] == "mix")
         .expect("mix in the report");
     assert!(mix["hits"].as_u64().unwrap() > 0, "no hit of mix counted");
-    off
+    (off, tid_off)
 }
 
-/// The JIT-ed probe takes each thread's CPU number from its rseq area: xcover finds the
-/// area at the same distance from `%fs` in every thread of a glibc target (glibc's own
-/// `__rseq_offset`, plus 4 for `cpu_id`), and finds none when glibc is told not to
-/// register rseq (then `rdpid` is used); both count hits and leave the target as it was.
+/// The JIT-ed probe takes each thread's CPU number from its rseq area and its id from its
+/// TCB: xcover finds the rseq area at the same distance from `%fs` in every thread of a
+/// glibc target (glibc's own `__rseq_offset`, plus 4 for `cpu_id`) and none when glibc is
+/// told not to register rseq (then `rdpid` is used), and each thread's own id at glibc's
+/// TCB offset; both count hits and leave the target as it was.
 #[test]
-fn rseq_cpu_id_is_found_in_every_thread() {
+fn rseq_cpu_id_and_tcb_tid_are_found_in_every_thread() {
     let want = baseline("threads", &[]);
     let Some(glibc) = glibc_rseq_offset() else {
         eprintln!("this glibc registers no rseq: nothing to find");
         return;
     };
     let t = Target::start("threads", &[]);
-    assert_eq!(rseq_offset_seen(&t), glibc + 4);
+    let tcb = xcover_abi::GLIBC_TCB_TID_OFF as i32;
+    assert_eq!(thread_layout_seen(&t), (glibc + 4, tcb));
     assert_eq!(t.stop(), want);
 
     let t = Target::start_env(
@@ -256,7 +260,7 @@ fn rseq_cpu_id_is_found_in_every_thread() {
         &[],
         &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
     );
-    assert_eq!(rseq_offset_seen(&t), 0, "no thread has rseq");
+    assert_eq!(thread_layout_seen(&t), (0, tcb), "no thread has rseq");
     assert_eq!(t.stop(), want);
 }
 

@@ -180,7 +180,20 @@ pub struct SessionHeader {
     pub scratch_addr: AtomicU64,
     /// Size of that scratch memory.
     pub scratch_size: AtomicU64,
+    /// `%fs`-relative offset of the thread id in every thread's TCB (glibc's
+    /// `struct pthread::tid`, [`GLIBC_TCB_TID_OFF`]), when xcover found each stopped
+    /// thread's own id there; 0 otherwise (then the probe's `bpf_get_current_pid_tgid` takes
+    /// the agent's tid cache). Written by xcover while the target is stopped, before the
+    /// agent compiles the probe.
+    pub tcb_tid_off: AtomicI32,
+    /// Reserved, zero.
+    pub _pad2: u32,
 }
+
+/// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
+/// every glibc release since NPTL's TCB layout settled). The kernel writes it when the
+/// thread is created (`CLONE_PARENT_SETTID`) and zeroes it when the thread exits.
+pub const GLIBC_TCB_TID_OFF: u32 = 0x2d0;
 
 /// One module (a mapped ELF file) whose functions are in the table.
 #[repr(C)]

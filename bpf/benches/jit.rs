@@ -153,6 +153,7 @@ fn bench(c: &mut Criterion) {
             unwind_helper: None,
             map_inline: table,
             rseq_cpu_id: None,
+            tcb_tid: None,
         };
         verify(&p, &env, &VerifierOptions::default()).expect("verifies");
         let code = JitCode::new(&jit::compile(&p, &env, &opts).expect("jit")).expect("map");
@@ -178,6 +179,7 @@ fn bench(c: &mut Criterion) {
         unwind_helper: None,
         map_inline: &inline,
         rseq_cpu_id: None,
+        tcb_tid: None,
     };
     let seen_map = inline[1].expect("seen inlines");
     let seen = (seen_map.values_addr + 17 * seen_map.value_stride as u64) as *mut u32;

@@ -45,6 +45,7 @@ pub fn env() -> Env<'static> {
         unwind_helper: Some(UNWIND_HELPER_ID),
         map_inline: &[],
         rseq_cpu_id: None,
+        tcb_tid: None,
     }
 }
 

@@ -1898,6 +1898,20 @@ impl Compiler<'_> {
     /// [`crate::sys::getpid_cached`] (see [`crate::sys::TidCacheLayout`]): the home slot
     /// only; a miss, a stale entry or no pid yet goes to the helper.
     fn inline_pid_tgid(&mut self) -> Option<Vec<usize>> {
+        if let Some(off) = self.env.tcb_tid {
+            let e = &mut self.e;
+            let mut slow = Vec::new();
+            e.load32_fs(RAX, off); // eax = the TCB's tid
+            e.rr(false, 0x85, RAX, RAX);
+            slow.push(e.jcc(CC_E));
+            e.mov_imm64(R11, crate::sys::pid_cache_addr());
+            e.load(false, R11, R11, 0); // r11d = cached pid
+            e.rr(false, 0x85, R11, R11);
+            slow.push(e.jcc(CC_E));
+            e.shift_imm(4, R11, 32);
+            e.rr(true, 0x09, RAX, R11); // rax = pid << 32 | tid
+            return Some(slow);
+        }
         let l = crate::sys::tid_cache_layout()?;
         if !l.nslots.is_power_of_two() || l.slots == 0 || l.pid == 0 {
             return None;

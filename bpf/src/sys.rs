@@ -139,6 +139,11 @@ pub fn getpid_cached() -> u32 {
     p
 }
 
+/// Address of [`getpid_cached`]'s pid (a u32, 0 until known), for the JIT.
+pub fn pid_cache_addr() -> u64 {
+    PID.as_ptr() as u64
+}
+
 /// Slots of the tid cache (a power of two).
 const TID_SLOTS: usize = 256;
 /// Slots probed from a key's home slot.
@@ -224,12 +229,11 @@ unsafe fn rdfsbase() -> u64 {
     v
 }
 
-/// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
-/// every glibc release since NPTL's TCB layout settled). The kernel zeroes it when the thread
-/// exits (`CLONE_CHILD_CLEARTID`) and glibc sets it when it creates a thread, so it tells a
-/// cached entry's thread from a later thread that got the same TCB back from glibc's stack
-/// cache.
-const GLIBC_TID_OFF: u64 = 0x2d0;
+/// Offset of glibc's `struct pthread::tid` from the thread pointer
+/// ([`xcover_abi::GLIBC_TCB_TID_OFF`]). The kernel zeroes it when the thread exits
+/// (`CLONE_CHILD_CLEARTID`) and sets it when glibc creates a thread, so it tells a cached
+/// entry's thread from a later thread that got the same TCB back from glibc's stack cache.
+const GLIBC_TID_OFF: u64 = xcover_abi::GLIBC_TCB_TID_OFF as u64;
 
 /// The tid glibc keeps in the TCB at `fs`.
 ///

@@ -68,6 +68,7 @@ impl Maps {
             unwind_helper: None,
             map_inline: if inline { &self.inline } else { &[] },
             rseq_cpu_id: None,
+            tcb_tid: None,
         }
     }
 }
@@ -1096,6 +1097,55 @@ fn inline_pid_tgid_matches_the_thread() {
         .join()
         .unwrap();
     }
+}
+
+/// With the TCB's tid offset known, `bpf_get_current_pid_tgid` is one `%fs` load (no
+/// `rdfsbase`, no cache): glibc's own offset gives every thread its id; a stand-in TLS
+/// variable shows the id comes from that offset, and 0 there (no id) takes the helper.
+#[test]
+fn inline_pid_tgid_from_the_tcb() {
+    let m = Maps::new(&[MapDef::new("a", MapType::Array, 4, 8, 1)], 1);
+    let p = assemble("call 14\nexit");
+    let compile = |off: i32| {
+        let mut env = m.env(true);
+        env.tcb_tid = Some(off);
+        verify(&p, &env, &VerifierOptions::default()).unwrap();
+        let bytes = jit::compile(&p, &env, &opts()).unwrap();
+        let mut load = vec![0x64, 0x8b, 0x04, 0x25];
+        load.extend_from_slice(&off.to_le_bytes());
+        assert!(
+            bytes.windows(load.len()).any(|w| w == load),
+            "mov eax, fs:[{off:#x}]"
+        );
+        assert!(
+            !bytes.windows(4).any(|w| w == [0xf3, 0x49, 0x0f, 0xae]),
+            "no rdfsbase"
+        );
+        std::sync::Arc::new(JitCode::new(&bytes).unwrap())
+    };
+    let glibc = compile(xcover_abi::GLIBC_TCB_TID_OFF as i32);
+    for _ in 0..3 {
+        // SAFETY: a verified program that only calls get_current_pid_tgid.
+        assert_eq!(unsafe { glibc.call(0, 0) }, pid_tgid_now());
+    }
+    for _ in 0..8 {
+        let code = glibc.clone();
+        std::thread::spawn(move || {
+            // SAFETY: as above.
+            assert_eq!(unsafe { code.call(0, 0) }, pid_tgid_now());
+        })
+        .join()
+        .unwrap();
+    }
+    let fake = compile(fake_cpu_id_offset());
+    let pid = pid_tgid_now() >> 32;
+    FAKE_CPU_ID.with(|c| c.set(12345));
+    // SAFETY: as above; the offset is this thread's FAKE_CPU_ID.
+    assert_eq!(unsafe { fake.call(0, 0) }, pid << 32 | 12345);
+    FAKE_CPU_ID.with(|c| c.set(0));
+    // SAFETY: as above.
+    let helper = unsafe { fake.call(0, 0) };
+    assert_eq!(helper, pid_tgid_now(), "no id: the helper's");
 }
 
 /// Whether the code calls the vDSO's clock_gettime directly (its address as an imm64).

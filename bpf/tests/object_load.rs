@@ -66,6 +66,7 @@ impl Loaded {
             unwind_helper: None,
             map_inline: &[],
             rseq_cpu_id: None,
+            tcb_tid: None,
         }
     }
 }

@@ -23,6 +23,7 @@ fn env() -> Env<'static> {
         unwind_helper: None,
         map_inline: &[],
         rseq_cpu_id: None,
+        tcb_tid: None,
     }
 }
 

@@ -432,13 +432,14 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
 }
 
 /// Tells the agent, before its first hook call compiles the probe, where every thread's
-/// CPU number is (see [`StoppedProcess::rseq_cpu_id_offset`]); 0 when not everywhere.
-fn note_rseq(sp: &StoppedProcess, session: &SessionFile) {
-    let off = sp.rseq_cpu_id_offset().unwrap_or(0);
-    session
-        .header()
-        .rseq_cpu_id_off
-        .store(off, Ordering::Release);
+/// CPU number and thread id are (see [`StoppedProcess::rseq_cpu_id_offset`] and
+/// [`StoppedProcess::tcb_tid_offset`]); 0 when not in every thread.
+fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) {
+    let h = session.header();
+    let cpu = sp.rseq_cpu_id_offset().unwrap_or(0);
+    h.rseq_cpu_id_off.store(cpu, Ordering::Release);
+    let tid = sp.tcb_tid_offset().unwrap_or(0);
+    h.tcb_tid_off.store(tid, Ordering::Release);
 }
 
 /// Loads the agent, maps the session, runs init, then hooks every function of the table
@@ -456,7 +457,7 @@ fn load_and_init(
     let commit = image.export(AGENT_COMMIT)?;
     let unhook = image.export(AGENT_UNHOOK)?;
     let fini = image.export(AGENT_FINI)?;
-    note_rseq(sp, session);
+    note_thread_layout(sp, session);
     let scratch = Scratch::map(sp, tid, session)?;
     let h = session.header();
     let mut agent_base = 0;
@@ -1054,7 +1055,7 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    note_rseq(&sp, session);
+    note_thread_layout(&sp, session);
     let scratch = Scratch::map(&mut sp, tid, session)?;
     let r = check_identity(&sp, &image, session, base)
         .and_then(|()| hook_with_threads(&mut sp, tid, &scratch, base, entries, session));

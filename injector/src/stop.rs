@@ -390,6 +390,22 @@ impl StoppedProcess {
         off
     }
 
+    /// The `%fs`-relative offset of the thread id in the TCB
+    /// ([`xcover_abi::GLIBC_TCB_TID_OFF`]), when every stopped thread has its own id there
+    /// (glibc); `None` otherwise.
+    pub fn tcb_tid_offset(&self) -> Option<i32> {
+        let off = xcover_abi::GLIBC_TCB_TID_OFF;
+        for &tid in self.threads.keys() {
+            let fs = self.regs(tid).ok()?.fs_base;
+            let mut b = [0u8; 4];
+            self.read(fs.checked_add(off as u64)?, &mut b).ok()?;
+            if fs == 0 || i32::from_le_bytes(b) != tid {
+                return None;
+            }
+        }
+        i32::try_from(off).ok()
+    }
+
     /// The thread to run remote work in: the leader when it is stopped, else the first.
     pub fn worker_tid(&self) -> Option<i32> {
         if self.threads.contains_key(&self.pid) {

@@ -97,6 +97,10 @@ unsafe fn threads<'a>(
     Ok((ips, moves))
 }
 
+fn nonzero(off: i32) -> Option<i32> {
+    (off != 0).then_some(off)
+}
+
 /// Verifies and JIT-compiles the session's probe into a fresh read+exec mapping near
 /// `near`, and creates the interceptor around it.
 fn build(near: u64) -> Result<State, i64> {
@@ -136,10 +140,8 @@ fn build(near: u64) -> Result<State, i64> {
         map_addrs: &map_addrs,
         map_value_addrs: &value_addrs,
         map_inline: &map_inline,
-        rseq_cpu_id: match h.rseq_cpu_id_off.load(Ordering::Acquire) {
-            0 => None,
-            off => Some(off),
-        },
+        rseq_cpu_id: nonzero(h.rseq_cpu_id_off.load(Ordering::Acquire)),
+        tcb_tid: nonzero(h.tcb_tid_off.load(Ordering::Acquire)),
         ..Env::default()
     };
     if let Err(e) = verifier::verify(&insns, &env, &VerifierOptions::default()) {
