@@ -588,6 +588,56 @@ fn detach_waits_for_a_signal_handler_to_return_into_a_trampoline() {
     assert_eq!(t.stop(), (0, "work ok\n".to_string()));
 }
 
+/// The JIT-ed probe calls the vDSO's `clock_gettime` itself, so a thread stopped in the vDSO
+/// may return into the probe's code. With a probe that asks for the time on every hit
+/// (`tests/probes/ktime_every_hit.bpf.c`) on 8 busy threads, a detach nearly always stops one
+/// in there; it must wait for it. Before detach looked for the probe's return address there,
+/// this target died of SIGSEGV within two cycles (3 runs of 10).
+#[test]
+fn detach_waits_for_a_probe_inside_the_vdso() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/ktime_every_hit.bpf.c");
+    let probe = support::build_once(
+        "ktime_every_hit.bpf.o",
+        "clang",
+        &[
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-mcpu=v3",
+            "-Wall",
+            "-Werror",
+            "-c",
+            src.to_str().unwrap(),
+        ],
+    );
+    let want = {
+        let t = support::Target::start("threads", &[]);
+        std::thread::sleep(Duration::from_millis(50));
+        t.stop()
+    };
+    let mut t = support::Target::start("threads", &[]);
+    let ps = t.pid().to_string();
+    for cycle in 0..10 {
+        let (code, err) = xcover_run(
+            &[
+                "attach",
+                &ps,
+                "--no-tui",
+                "--duration",
+                "0.05",
+                "--probe",
+                probe.to_str().unwrap(),
+            ],
+            LIMIT,
+        );
+        assert_eq!(code, 0, "cycle {cycle}: {err}");
+        assert!(t.alive(), "cycle {cycle}: the target died");
+    }
+    support::assert_clean(t.pid(), 0);
+    assert_eq!(t.stop(), want);
+}
+
 /// A storm of real-time signals (queued, so each must arrive exactly once) and SIGUSR2
 /// while xcover attaches and detaches; the handler itself runs through hooked functions.
 #[test]

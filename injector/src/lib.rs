@@ -736,7 +736,7 @@ fn doomed_ranges(
         let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
         let what = match r.kind {
             xcover_abi::REGION_HEAP => HEAP_RANGE,
-            xcover_abi::REGION_JIT => "the JIT-ed probe",
+            xcover_abi::REGION_JIT => JIT_RANGE,
             xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
             _ => "an agent region",
         };
@@ -747,6 +747,11 @@ fn doomed_ranges(
 
 /// How [`doomed_ranges`] names the agent's heap.
 const HEAP_RANGE: &str = "the agent's heap";
+/// How [`doomed_ranges`] names the JIT-ed probe.
+const JIT_RANGE: &str = "the JIT-ed probe";
+/// Stack words above `rsp` searched for the probe's return address when a thread is in the
+/// vDSO (its `clock_gettime` keeps 5 words, a nested call a few more).
+const VDSO_FRAME_WORDS: usize = 32;
 
 /// The first stopped thread that is inside code in one of `ranges`, or will return there;
 /// with the address.
@@ -755,9 +760,12 @@ const HEAP_RANGE: &str = "the agent's heap";
 /// `rip` saved in its signal frame. Signal frames are found on the live stack by their shape
 /// (`rip`, then `eflags` with its always-one bit and IF set, then `cs` = 0x33), not by any
 /// word that happens to look like an address: stale return addresses and plain integers in
-/// live frames would otherwise hold a detach up for ever (seen with Go and C targets). A
-/// thread in the vDSO called by the probe is not covered: its return address cannot be told
-/// from a stale one by content, and the call lasts tens of nanoseconds.
+/// live frames would otherwise hold a detach up for ever (seen with Go and C targets).
+///
+/// The JIT-ed probe calls the vDSO's `clock_gettime` itself: a thread in the vDSO whose
+/// innermost [`VDSO_FRAME_WORDS`] stack words hold an address in the probe's code may
+/// return there, and counts as inside it. A stale address there only costs a retry (and,
+/// should it stay, a detach that fails safe with the agent left in place).
 fn thread_inside(
     sp: &StoppedProcess,
     ranges: &[(u64, u64, &'static str)],
@@ -766,13 +774,29 @@ fn thread_inside(
     // Code only: a thread returns into code, never into the heap.
     let code: Vec<_> = ranges.iter().filter(|r| r.2 != HEAP_RANGE).collect();
     let returns_into = |v: u64| code.iter().find(|r| (r.0..r.1).contains(&v)).copied();
+    let jit: Vec<_> = code.iter().filter(|r| r.2 == JIT_RANGE).copied().collect();
     let maps = procfs::mappings(sp.pid()).unwrap_or_default();
+    let vdso = maps
+        .iter()
+        .find(|m| m.path == "[vdso]")
+        .map(|m| m.start..m.end);
     for tid in sp.tids() {
         let regs = sp.regs(tid)?;
         if let Some(r) = inside(regs.rip) {
             return Ok(Some((tid, regs.rip, r.2)));
         }
         let top = regs.rsp & !7;
+        if vdso.as_ref().is_some_and(|v| v.contains(&regs.rip)) && !jit.is_empty() {
+            let mut frame = [0u8; 8 * VDSO_FRAME_WORDS];
+            if sp.read(top, &mut frame).is_ok()
+                && let Some((ret, r)) = frame
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                    .find_map(|w| jit.iter().find(|r| (r.0..r.1).contains(&w)).map(|r| (w, r)))
+            {
+                return Ok(Some((tid, ret, r.2)));
+            }
+        }
         let Some(m) = maps.iter().find(|m| (m.start..m.end).contains(&top)) else {
             continue;
         };
