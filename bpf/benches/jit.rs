@@ -2,7 +2,10 @@
 //! with `bpf_map_lookup_elem` inlined and through the helper. And its first-hit path (the
 //! `seen` flag is cleared before every run), with vector registers preserved: the test
 //! probe (one `bpf_ringbuf_output`) and the C probe's shape (`bpf/cover.bpf.c`: reserve,
-//! `ktime_get_ns`, `get_current_pid_tgid`, submit).
+//! `ktime_get_coarse_ns`, `get_current_pid_tgid`, submit).
+//!
+//! Each also as the agent compiles it in a glibc target (`_rseq`, `_glibc`: the CPU from the
+//! thread's rseq area, the tid from its TCB).
 //!
 //! `cargo bench -p xcover-bpf --bench jit`
 
@@ -90,7 +93,7 @@ const C_PROBE: &str = "
     mov %r6, %r0
     ldxw %r1, [%r10-4]
     stxdw [%r6], %r1
-    call 5
+    call 160
     stxdw [%r6+8], %r0
     call 14
     stxw [%r6+16], %r0
@@ -144,15 +147,23 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let ctx_addr = &ctx as *const _ as u64;
+    let rseq = glibc_rseq_cpu_id();
     let mut g = c.benchmark_group("coverage_probe_hit");
-    for (name, table) in [("inline", &inline[..]), ("helper", &[][..])] {
+    for (name, table, rseq_cpu_id) in [
+        ("inline", &inline[..], None),
+        ("inline_rseq", &inline[..], rseq),
+        ("helper", &[][..], None),
+    ] {
+        if name == "inline_rseq" && rseq.is_none() {
+            continue;
+        }
         let env = Env {
             helpers: standard_helpers(),
             map_addrs: &addrs,
             map_value_addrs: &values,
             unwind_helper: None,
             map_inline: table,
-            rseq_cpu_id: None,
+            rseq_cpu_id,
             tcb_tid: None,
         };
         verify(&p, &env, &VerifierOptions::default()).expect("verifies");
@@ -181,14 +192,24 @@ fn bench(c: &mut Criterion) {
         rseq_cpu_id: None,
         tcb_tid: None,
     };
+    // As the agent compiles it in a glibc target: CPU from rseq, tid from the TCB.
+    let glibc_env = Env {
+        rseq_cpu_id: rseq,
+        tcb_tid: Some(xcover_abi::GLIBC_TCB_TID_OFF as i32),
+        ..env
+    };
     let seen_map = inline[1].expect("seen inlines");
     let seen = (seen_map.values_addr + 17 * seen_map.value_stride as u64) as *mut u32;
     let events = arena.map(layout.offsets()[2]).expect("events");
     let mut g = c.benchmark_group("coverage_probe_first_hit");
-    for (name, text) in [("output", PROBE), ("reserve_submit", C_PROBE)] {
+    for (name, text, env) in [
+        ("output", PROBE, &env),
+        ("reserve_submit", C_PROBE, &env),
+        ("reserve_submit_glibc", C_PROBE, &glibc_env),
+    ] {
         let p = assemble(text);
-        verify(&p, &env, &VerifierOptions::default()).expect("verifies");
-        let code = JitCode::new(&jit::compile(&p, &env, &opts).expect("jit")).expect("map");
+        verify(&p, env, &VerifierOptions::default()).expect("verifies");
+        let code = JitCode::new(&jit::compile(&p, env, &opts).expect("jit")).expect("map");
         events.ringbuf_consume(|_| {});
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -216,6 +237,20 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// glibc's rseq `cpu_id` offset from `%fs` in this process, when it registers rseq.
+fn glibc_rseq_cpu_id() -> Option<i32> {
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present,
+    // are glibc's `const ptrdiff_t __rseq_offset` and `const unsigned int __rseq_size`.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if off.is_null() || size.is_null() || *size == 0 {
+            return None;
+        }
+        i32::try_from(*off + 4).ok()
+    }
 }
 
 criterion_group!(benches, bench);
