@@ -121,7 +121,7 @@ use core::mem::offset_of;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use xcover_abi::ProbeCtx;
 
-use crate::relocator::{self, Moved, RelocError, Scan, Unrelocatable};
+use crate::relocator::{Head, MovedList, RefSweep, RelocError, Scan, Unrelocatable};
 use crate::writer::{Reg, Writer, fits_rel32};
 
 /// Page size assumed for protection changes.
@@ -342,7 +342,7 @@ struct Hook {
     reloc_start: u64,
     /// End of the relocated instructions (and jump back).
     reloc_end: u64,
-    moved: Vec<Moved>,
+    moved: MovedList,
     original: PatchBytes,
     patch: PatchBytes,
     /// Padding slot for the `jmp rel8` hop: (address, original bytes, new bytes).
@@ -468,7 +468,7 @@ fn hook_fixup(h: &Hook, ip: u64) -> Option<IpFixup> {
 /// Hooks selected for removal.
 pub struct UnhookBatch {
     /// (reloc_start, reloc_end, addr, moved) of each hook.
-    ranges: Vec<(u64, u64, u64, Vec<Moved>)>,
+    ranges: Vec<(u64, u64, u64, MovedList)>,
     /// (slot, addr) of each hop slot: a thread on the slot's jump has only taken the hop.
     slots: Vec<(u64, u64)>,
 }
@@ -646,22 +646,25 @@ fn free_padding(pad: &[u8], at: u64) -> usize {
     n
 }
 
-fn plan(f: &FuncSpec, code: &[u8], size: usize) -> Result<Plan, SkipReason> {
+/// Plans the patch of the function `code[..size]` (free padding after it), leaving its first
+/// instructions decoded in `head` for the relocation.
+fn plan(f: &FuncSpec, code: &[u8], size: usize, head: &mut Head) -> Result<Plan, SkipReason> {
     let avail = code.len();
-    let refs = |len: usize| {
-        relocator::find_reference_into(&code[..size], f.addr, f.addr + 1..f.addr + len as u64)
-    };
-    let first = match relocator::can_relocate(code, f.addr, 5) {
-        Ok(scan) => match refs(scan.len) {
+    // One decode of the entry serves both patch forms and the relocation; the sweep for
+    // references into the patch goes only as far into the function as each answer needs.
+    let mut refs = RefSweep::new(&code[..size], f.addr);
+    head.decode(code, f.addr, &mut refs);
+    let first = match head.scan(5) {
+        Ok(scan) => match refs.first_ref(scan.len) {
             None => return Ok(Plan { scan, slot: None }),
             Some(from) => SkipReason::BranchIntoPatch { from },
         },
         Err(e) => e.into(),
     };
     // The 2-byte hop into padding.
-    if let Ok(scan) = relocator::can_relocate(code, f.addr, 2) {
+    if let Ok(scan) = head.scan(2) {
         let slot_off = scan.len.max(size);
-        if slot_off + 5 <= avail && slot_off - 2 <= 127 && refs(scan.len).is_none() {
+        if slot_off + 5 <= avail && slot_off - 2 <= 127 && refs.first_ref(scan.len).is_none() {
             return Ok(Plan {
                 scan,
                 slot: Some(f.addr + slot_off as u64),
@@ -802,7 +805,8 @@ impl Interceptor {
         if entered_after_first_byte(code) {
             return Err(SkipReason::ReturnTarget);
         }
-        let p = plan(f, code, size)?;
+        let mut head = Head::default();
+        let p = plan(f, code, size, &mut head)?;
 
         // Build at the arena cursor; retry once in a fresh arena if it does not fit.
         let mut fresh = false;
@@ -810,7 +814,7 @@ impl Interceptor {
             let ai = self.arena_for(mem, f.addr, fresh)?;
             let pc = align16(self.arenas[ai].base + self.arenas[ai].used as u64);
             let mut w = Writer::reusing(pc, core::mem::take(&mut buf.tramp));
-            let emitted = self.emit_trampoline(&mut w, f, code, &p.scan);
+            let emitted = self.emit_trampoline(&mut w, f, code, &head, &p.scan);
             let end = w.pc();
             let tramp = w.into_code();
             let (reloc_start, moved) = match emitted {
@@ -1248,8 +1252,9 @@ impl Interceptor {
         w: &mut Writer,
         f: &FuncSpec,
         code: &[u8],
+        head: &Head,
         scan: &Scan,
-    ) -> Result<(u64, Vec<Moved>), SkipReason> {
+    ) -> Result<(u64, MovedList), SkipReason> {
         let cookie = i32::try_from(f.cookie as i64).ok();
         // The displacement is from R, at most a body's length further than here.
         let disp_ok = |r: u64| i32::try_from(f.addr.wrapping_sub(r) as i64).is_ok();
@@ -1281,7 +1286,7 @@ impl Interceptor {
             _ => self.emit_head(w, f.addr, f.cookie),
         }
         let reloc_start = w.pc();
-        let moved = relocator::relocate(code, f.addr, scan, w)?;
+        let moved = head.relocate(code, scan, w)?;
         if !scan.ends_block {
             w.put_jmp(f.addr + scan.live_len as u64);
         }
@@ -1327,7 +1332,7 @@ impl Interceptor {
                 .filter(|h| h.active)
         };
         let ranges = hooks()
-            .map(|h| (h.reloc_start, h.reloc_end, h.addr, h.moved.clone()))
+            .map(|h| (h.reloc_start, h.reloc_end, h.addr, h.moved))
             .collect();
         let slots = hooks()
             .filter_map(|h| h.slot.map(|(s, _, _)| (s, h.addr)))

@@ -112,7 +112,7 @@ pub struct Scan {
 }
 
 /// One relocated instruction: where it was and where its copy starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
     /// Offset of the original instruction from the function's address.
     pub orig_offset: u32,
@@ -145,37 +145,51 @@ pub fn can_relocate(code: &[u8], addr: u64, min_bytes: usize) -> Result<Scan, Re
                 _ => RelocError::Undecodable { offset: off },
             });
         }
-        let unreloc = |kind| RelocError::Unrelocatable { offset: off, kind };
-        let end = off + ins.len();
-        if matches!(
-            ins.code(),
-            Code::Syscall | Code::Sysenter | Code::Int_imm8 | Code::Int3 | Code::Into
-        ) {
-            return Err(unreloc(Unrelocatable::SystemCallOrInterrupt));
-        }
-        match ins.flow_control() {
-            FlowControl::Interrupt => return Err(unreloc(Unrelocatable::SystemCallOrInterrupt)),
-            FlowControl::XbeginXabortXend => return Err(unreloc(Unrelocatable::Transactional)),
-            FlowControl::Call | FlowControl::IndirectCall => {
-                if end < min_bytes {
-                    return Err(unreloc(Unrelocatable::CallInsidePatch));
-                }
-                ends_block = true;
-            }
-            FlowControl::UnconditionalBranch
-            | FlowControl::IndirectBranch
-            | FlowControl::Return
-            | FlowControl::Exception => ends_block = true,
-            FlowControl::Next | FlowControl::ConditionalBranch => {}
-        }
-        off = end;
+        ends_block = classify(&ins, off, min_bytes)?;
+        off += ins.len();
         if ends_block {
             break;
         }
     }
-    let live_len = off;
+    finish_scan(off, ends_block, min_bytes, code.len())
+}
+
+/// Whether a decoded instruction at `off` may be displaced when `min_bytes` are: `Ok(true)`
+/// when it ends the block (nothing after it runs).
+fn classify(ins: &Instruction, off: usize, min_bytes: usize) -> Result<bool, RelocError> {
+    let unreloc = |kind| RelocError::Unrelocatable { offset: off, kind };
+    if matches!(
+        ins.code(),
+        Code::Syscall | Code::Sysenter | Code::Int_imm8 | Code::Int3 | Code::Into
+    ) {
+        return Err(unreloc(Unrelocatable::SystemCallOrInterrupt));
+    }
+    match ins.flow_control() {
+        FlowControl::Interrupt => Err(unreloc(Unrelocatable::SystemCallOrInterrupt)),
+        FlowControl::XbeginXabortXend => Err(unreloc(Unrelocatable::Transactional)),
+        FlowControl::Call | FlowControl::IndirectCall => {
+            if off + ins.len() < min_bytes {
+                return Err(unreloc(Unrelocatable::CallInsidePatch));
+            }
+            Ok(true)
+        }
+        FlowControl::UnconditionalBranch
+        | FlowControl::IndirectBranch
+        | FlowControl::Return
+        | FlowControl::Exception => Ok(true),
+        FlowControl::Next | FlowControl::ConditionalBranch => Ok(false),
+    }
+}
+
+/// The [`Scan`] once the live instructions end at `live_len`.
+fn finish_scan(
+    live_len: usize,
+    ends_block: bool,
+    min_bytes: usize,
+    code_len: usize,
+) -> Result<Scan, RelocError> {
     let len = live_len.max(min_bytes);
-    if len > code.len() {
+    if len > code_len {
         return Err(RelocError::Truncated);
     }
     Ok(Scan {
@@ -214,6 +228,246 @@ pub fn relocate(
             .map_err(|kind| RelocError::Unrelocatable { offset: off, kind })?;
     }
     Ok(moved)
+}
+
+/// Bytes an entry patch displaces at most before the instruction that crosses them: the
+/// head [`Head::decode`] keeps covers every [`Head::scan`] with `min_bytes` up to this.
+pub const HEAD_BYTES: usize = 5;
+/// Most instructions in a head: each starts below [`HEAD_BYTES`].
+const MAX_HEAD: usize = HEAD_BYTES;
+/// Offsets from the entry that [`RefSweep`] keeps track of: a displaced range ends before
+/// the last head instruction's end, at most `HEAD_BYTES - 1 + 15`.
+const REF_SPAN: usize = HEAD_BYTES + 15;
+const _: () = assert!(REF_SPAN < 32, "RefSweep::seen is a u32");
+
+/// Where the relocated instructions of one function went (see [`Moved`]): at most one per
+/// displaced instruction, kept inline so that a hook allocates nothing for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MovedList {
+    n: u8,
+    items: [Moved; MAX_HEAD],
+}
+
+impl core::ops::Deref for MovedList {
+    type Target = [Moved];
+    fn deref(&self) -> &[Moved] {
+        &self.items[..self.n as usize]
+    }
+}
+
+/// The first instructions of a function, decoded once for every use the planner has:
+/// [`Head::scan`] (the dry run, for each patch size tried) and [`Head::relocate`] give the
+/// same results as [`can_relocate`] and [`relocate`] on the same bytes, which decode again
+/// each time.
+///
+/// Decoding starts with the decoder of the function's [`RefSweep`] (over the function's own
+/// bytes), so the instructions are decoded once for both; an instruction that does not fit
+/// in the function (which the sweep sees as undecodable) is decoded again over the padding.
+#[derive(Clone, Debug)]
+pub struct Head {
+    ins: [Instruction; MAX_HEAD],
+    n: usize,
+    /// Why decoding stopped, for a scan that needs bytes after the last instruction.
+    stop: RelocError,
+    /// Bytes that may be displaced: the function and its free padding.
+    code_len: usize,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self {
+            ins: [Instruction::default(); MAX_HEAD],
+            n: 0,
+            stop: RelocError::Truncated,
+            code_len: 0,
+        }
+    }
+}
+
+impl Head {
+    /// Decodes the first instructions of `code` (running at `addr`; the function is
+    /// `refs`'s bytes, a prefix of `code`, the rest free padding), up to [`HEAD_BYTES`] or an
+    /// instruction that ends the block or cannot be displaced. Overwrites what `self` held
+    /// (heads are big enough that the planner keeps one and decodes into it in place).
+    pub fn decode(&mut self, code: &[u8], addr: u64, refs: &mut RefSweep<'_>) {
+        let head = self;
+        let sweep = refs;
+        debug_assert!(sweep.dec.position() == 0 && sweep.addr == addr);
+        head.n = 0;
+        head.stop = RelocError::Truncated;
+        head.code_len = code.len();
+        let mut off = 0;
+        // The sweep's decoder sees the same instruction as one over all of `code` when it
+        // decodes one (every byte it read lies in the function); anything else is decoded
+        // again by `own`, over the padding too.
+        let mut own: Option<Decoder<'_>> = None;
+        while off < HEAD_BYTES {
+            let ins = &mut head.ins[head.n];
+            let shared = own.is_none() && sweep.dec.can_decode() && {
+                sweep.dec.decode_out(ins);
+                !ins.is_invalid()
+            };
+            if shared {
+                sweep.note(ins);
+            } else {
+                let dec = own.get_or_insert_with(|| decoder(&code[off..], addr + off as u64));
+                if !dec.can_decode() {
+                    head.stop = RelocError::Truncated;
+                    break;
+                }
+                dec.decode_out(ins);
+                if ins.is_invalid() {
+                    head.stop = match dec.last_error() {
+                        DecoderError::NoMoreBytes => RelocError::Truncated,
+                        _ => RelocError::Undecodable { offset: off },
+                    };
+                    break;
+                }
+            }
+            let ins = &head.ins[head.n];
+            head.n += 1;
+            off += ins.len();
+            // Nothing after a transfer or a refused instruction is displaced by any scan.
+            if !matches!(
+                ins.flow_control(),
+                FlowControl::Next | FlowControl::ConditionalBranch
+            ) || matches!(
+                ins.code(),
+                Code::Syscall | Code::Sysenter | Code::Int_imm8 | Code::Int3 | Code::Into
+            ) {
+                break;
+            }
+        }
+    }
+
+    /// Dry run: can at least `min_bytes` (at most [`HEAD_BYTES`]) be moved? The same answer
+    /// as [`can_relocate`] on the bytes given to [`Head::decode`].
+    pub fn scan(&self, min_bytes: usize) -> Result<Scan, RelocError> {
+        debug_assert!(min_bytes <= HEAD_BYTES);
+        let mut off = 0usize;
+        let mut ends_block = false;
+        let mut decoded = self.ins[..self.n].iter();
+        while off < min_bytes {
+            let Some(ins) = decoded.next() else {
+                return Err(self.stop);
+            };
+            ends_block = classify(ins, off, min_bytes)?;
+            off += ins.len();
+            if ends_block {
+                break;
+            }
+        }
+        finish_scan(off, ends_block, min_bytes, self.code_len)
+    }
+
+    /// Re-emits the live instructions found by [`Head::scan`] at `w.pc()`, as [`relocate`]
+    /// does; `code` holds the bytes given to [`Head::decode`].
+    pub fn relocate(
+        &self,
+        code: &[u8],
+        scan: &Scan,
+        w: &mut Writer,
+    ) -> Result<MovedList, RelocError> {
+        let mut moved = MovedList::default();
+        let start = w.pc();
+        let mut off = 0usize;
+        for ins in &self.ins[..self.n] {
+            if off >= scan.live_len {
+                break;
+            }
+            moved.items[moved.n as usize] = Moved {
+                orig_offset: off as u32,
+                new_offset: (w.pc() - start) as u32,
+            };
+            moved.n += 1;
+            let end = off + ins.len();
+            relocate_one(ins, &code[off..end], w)
+                .map_err(|kind| RelocError::Unrelocatable { offset: off, kind })?;
+            off = end;
+        }
+        Ok(moved)
+    }
+}
+
+/// The linear sweep of [`find_reference_into`] over a function, decoded once and asked
+/// about several ranges `addr+1 .. addr+len` (one per patch size tried), going only as far
+/// into the function as each answer needs. [`Head::decode`] decodes the first instructions
+/// with it.
+pub struct RefSweep<'a> {
+    dec: Decoder<'a>,
+    addr: u64,
+    /// Bit `k`: an instruction swept so far refers to `addr+k`.
+    seen: u32,
+    /// `first[k]`: address of the first instruction swept so far that refers to `addr+k`
+    /// (when bit `k` of `seen` is set).
+    first: [u64; REF_SPAN],
+    /// The whole function was swept.
+    done: bool,
+}
+
+impl<'a> RefSweep<'a> {
+    /// A sweep of the function `code` running at `addr`, nothing decoded yet.
+    #[inline]
+    pub fn new(code: &'a [u8], addr: u64) -> Self {
+        Self {
+            dec: decoder(code, addr),
+            addr,
+            seen: 0,
+            first: [0; REF_SPAN],
+            done: false,
+        }
+    }
+
+    /// Records where a swept (valid) instruction refers, when within the tracked span;
+    /// returns the offset.
+    fn note(&mut self, ins: &Instruction) -> Option<usize> {
+        let k = reference_target(ins)?.wrapping_sub(self.addr);
+        if k == 0 || k >= REF_SPAN as u64 {
+            return None;
+        }
+        let k = k as usize;
+        if self.seen & (1 << k) == 0 {
+            self.seen |= 1 << k;
+            self.first[k] = ins.ip();
+        }
+        Some(k)
+    }
+
+    /// The address of the first instruction of the function that branches or refers into
+    /// `addr+1 .. addr+len` (`len` at most [`HEAD_BYTES`] + 14): what [`find_reference_into`]
+    /// answers for that range.
+    pub fn first_ref(&mut self, len: usize) -> Option<u64> {
+        debug_assert!(len <= REF_SPAN);
+        let len = len.min(REF_SPAN);
+        if len <= 1 {
+            return None; // an empty range
+        }
+        // Everything before a recorded instruction was swept: the earliest one is the first.
+        let mut hits = self.seen & ((1u32 << len) - 2);
+        if hits != 0 {
+            let mut ip = u64::MAX;
+            while hits != 0 {
+                ip = ip.min(self.first[hits.trailing_zeros() as usize]);
+                hits &= hits - 1;
+            }
+            return Some(ip);
+        }
+        if self.done {
+            return None;
+        }
+        let mut ins = Instruction::default();
+        while self.dec.can_decode() {
+            self.dec.decode_out(&mut ins);
+            if ins.is_invalid() {
+                continue;
+            }
+            if self.note(&ins).is_some_and(|k| k < len) {
+                return Some(ins.ip());
+            }
+        }
+        self.done = true;
+        None
+    }
 }
 
 fn cc_nibble(cc: ConditionCode) -> u8 {
@@ -387,33 +641,38 @@ pub fn find_reference_into(code: &[u8], addr: u64, range: Range<u64>) -> Option<
         if ins.is_invalid() {
             continue;
         }
-        let t = if ins.is_ip_rel_memory_operand() {
-            Some(ins.ip_rel_memory_address())
-        } else if matches!(
-            ins.flow_control(),
-            FlowControl::UnconditionalBranch
-                | FlowControl::ConditionalBranch
-                | FlowControl::Call
-                | FlowControl::XbeginXabortXend
-        ) && ins.op_count() > 0
-            && matches!(
-                ins.op0_kind(),
-                iced_x86::OpKind::NearBranch64
-                    | iced_x86::OpKind::NearBranch32
-                    | iced_x86::OpKind::NearBranch16
-            )
-        {
-            Some(ins.near_branch_target())
-        } else {
-            None
-        };
-        if let Some(t) = t
+        if let Some(t) = reference_target(&ins)
             && range.contains(&t)
         {
             return Some(ins.ip());
         }
     }
     None
+}
+
+/// Where a valid instruction branches or refers to: its `[rip+X]` operand or its direct
+/// branch target (`jmp`, `jcc`, `call`, `loop`, `xbegin`).
+fn reference_target(ins: &Instruction) -> Option<u64> {
+    if ins.is_ip_rel_memory_operand() {
+        Some(ins.ip_rel_memory_address())
+    } else if matches!(
+        ins.flow_control(),
+        FlowControl::UnconditionalBranch
+            | FlowControl::ConditionalBranch
+            | FlowControl::Call
+            | FlowControl::XbeginXabortXend
+    ) && ins.op_count() > 0
+        && matches!(
+            ins.op0_kind(),
+            iced_x86::OpKind::NearBranch64
+                | iced_x86::OpKind::NearBranch32
+                | iced_x86::OpKind::NearBranch16
+        )
+    {
+        Some(ins.near_branch_target())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -655,6 +914,126 @@ mod tests {
             can_relocate(&[0x06, 0, 0, 0, 0, 0], FUNC, 5),
             Err(RelocError::Undecodable { offset: 0 })
         );
+    }
+
+    /// A tiny xorshift generator: the same sequences on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Function bytes built from instructions that entries often start with, branches and
+    /// IP-relative operands aimed at the first bytes, refused instructions, invalid and cut
+    /// encodings, and random bytes.
+    fn random_code(rng: &mut Rng) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            &[0x55],                                        // push rbp
+            &[0x48, 0x89, 0xe5],                            // mov rbp, rsp
+            &[0xf3, 0x0f, 0x1e, 0xfa],                      // endbr64
+            &[0x41, 0x57],                                  // push r15
+            &[0x48, 0x83, 0xec, 0x18],                      // sub rsp, 0x18
+            &[0x31, 0xc0],                                  // xor eax, eax
+            &[0xc3],                                        // ret
+            &[0x90],                                        // nop
+            &[0xcc],                                        // int3
+            &[0x0f, 0x05],                                  // syscall
+            &[0x0f, 0x0b],                                  // ud2
+            &[0x06],                                        // invalid in 64-bit mode
+            &[0x48],                                        // a lone REX prefix
+            &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0],             // mov rax, [rip+0x10]
+            &[0x48, 0x8d, 0x3d, 0xf0, 0xff, 0xff, 0xff],    // lea rdi, [rip-0x10]
+            &[0x8b, 0x05, 0xf8, 0xff, 0xff, 0xff],          // mov eax, [rip-8]
+            &[0xff, 0x25, 0, 0, 0, 0],                      // jmp [rip]
+            &[0xff, 0x15, 0x20, 0, 0, 0],                   // call [rip+0x20]
+            &[0xe8, 0x10, 0, 0, 0],                         // call +0x10
+            &[0xff, 0xd0],                                  // call rax
+            &[0xff, 0x54, 0x24, 0x08],                      // call [rsp+8]
+            &[0xe9, 0x00, 0x01, 0, 0],                      // jmp +0x100
+            &[0xc7, 0xf8, 0x10, 0, 0, 0],                   // xbegin +0x10
+            &[0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0], // mov rax, fs:[0x28]
+            &[0x0f, 0x1f, 0x44, 0, 0],                      // nop dword [rax+rax]
+        ];
+        let mut code = Vec::new();
+        for _ in 0..rng.below(12) + 1 {
+            match rng.below(8) {
+                // A short branch, back or forward by a little (often into the first bytes).
+                0 => {
+                    let op = [0xeb, 0x74, 0x75, 0xe2, 0xe3][rng.below(5)];
+                    code.extend_from_slice(&[op, (rng.below(40) as u8).wrapping_sub(24)]);
+                }
+                // A near branch or rip-relative load aimed at one of the first 24 bytes.
+                1 => {
+                    let (ins, len): (&[u8], usize) = match rng.below(3) {
+                        0 => (&[0x0f, 0x85], 6),
+                        1 => (&[0xe9], 5),
+                        _ => (&[0x8b, 0x05], 6),
+                    };
+                    let end = (code.len() + len) as i32;
+                    let disp = rng.below(24) as i32 - end;
+                    code.extend_from_slice(ins);
+                    code.extend_from_slice(&disp.to_le_bytes());
+                }
+                2 => code.push(rng.next() as u8),
+                _ => code.extend_from_slice(PIECES[rng.below(PIECES.len())]),
+            }
+        }
+        code
+    }
+
+    /// What the planner asks of a [`Head`] and its [`RefSweep`], against the one-shot
+    /// functions, which decode on their own.
+    fn check_head_matches(code: &[u8], size: usize, lens: &[usize]) {
+        let mut refs = RefSweep::new(&code[..size], FUNC);
+        let mut head = Head::default();
+        head.decode(code, FUNC, &mut refs);
+        let ctx = || format!("code {code:02x?} size {size}");
+        for min in 1..=HEAD_BYTES {
+            let scan = head.scan(min);
+            assert_eq!(scan, can_relocate(code, FUNC, min), "scan {min}: {}", ctx());
+            let Ok(scan) = scan else { continue };
+            for at in [TRAMP, FUNC + (3 << 30)] {
+                let (mut w1, mut w2) = (Writer::new(at), Writer::new(at));
+                let got = head.relocate(code, &scan, &mut w1);
+                let want = relocate(code, FUNC, &scan, &mut w2);
+                assert_eq!(got.map(|m| m.to_vec()), want, "relocate {min}: {}", ctx());
+                assert_eq!(w1.code(), w2.code(), "relocated {min}: {}", ctx());
+            }
+        }
+        for &len in lens {
+            let want = find_reference_into(&code[..size], FUNC, FUNC + 1..FUNC + len as u64);
+            assert_eq!(
+                refs.first_ref(len),
+                want,
+                "refs {len} of {lens:?}: {}",
+                ctx()
+            );
+        }
+    }
+
+    #[test]
+    fn head_and_sweep_match_the_one_shot_functions() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut code = random_code(&mut rng);
+            let size = rng.below(code.len()) + 1;
+            // Free padding after the function, or bytes the head must not run into.
+            for _ in 0..rng.below(8) {
+                code.push([0xcc, 0x90, 0x0f, 0x48][rng.below(4)]);
+            }
+            let mut lens: Vec<usize> = (0..rng.below(4)).map(|_| rng.below(REF_SPAN) + 1).collect();
+            lens.extend([5, 2, 19, 1, 0]);
+            check_head_matches(&code, size, &lens);
+        }
     }
 
     #[test]
