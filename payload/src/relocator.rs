@@ -475,6 +475,23 @@ fn cc_nibble(cc: ConditionCode) -> u8 {
 }
 
 fn relocate_one(ins: &Instruction, bytes: &[u8], w: &mut Writer) -> Result<(), Unrelocatable> {
+    // The common case first: no branch (every form handled below transfers control) and
+    // nothing IP-relative, so the bytes work anywhere.
+    if copies_as_is(ins) {
+        w.put_bytes(bytes);
+        return Ok(());
+    }
+    relocate_other(ins, bytes, w)
+}
+
+/// Whether an instruction needs no change to run elsewhere, as [`relocate_other`] would
+/// find after testing for every form it rewrites, all of which transfer control or are
+/// IP-relative.
+fn copies_as_is(ins: &Instruction) -> bool {
+    ins.flow_control() == FlowControl::Next && !ins.is_ip_rel_memory_operand()
+}
+
+fn relocate_other(ins: &Instruction, bytes: &[u8], w: &mut Writer) -> Result<(), Unrelocatable> {
     let code = ins.code();
     if code.is_jmp_short_or_near() {
         w.put_jmp(ins.near_branch_target());
@@ -1034,6 +1051,30 @@ mod tests {
             lens.extend([5, 2, 19, 1, 0]);
             check_head_matches(&code, size, &lens);
         }
+    }
+
+    #[test]
+    fn instructions_copied_as_is_are_what_the_general_path_copies() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut copied = 0;
+        for _ in 0..20_000 {
+            let code = random_code(&mut rng);
+            let mut dec = decoder(&code, FUNC);
+            let mut ins = Instruction::default();
+            while dec.can_decode() {
+                let off = dec.position();
+                dec.decode_out(&mut ins);
+                if ins.is_invalid() || !copies_as_is(&ins) {
+                    continue;
+                }
+                let bytes = &code[off..off + ins.len()];
+                let mut w = Writer::new(TRAMP);
+                assert_eq!(relocate_other(&ins, bytes, &mut w), Ok(()), "{bytes:02x?}");
+                assert_eq!(w.code(), bytes);
+                copied += 1;
+            }
+        }
+        assert!(copied > 10_000, "only {copied} instructions tried");
     }
 
     #[test]
