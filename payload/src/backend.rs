@@ -113,7 +113,6 @@
 //! shadow stack (CET SHSTK, not enabled by Linux for ordinary processes today) its `ret` would
 //! fault.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 use core::mem::offset_of;
@@ -465,6 +464,64 @@ fn hook_fixup(h: &Hook, ip: u64) -> Option<IpFixup> {
     })
 }
 
+/// Every hook the interceptor made (active or retired), sorted by function address: a
+/// sorted `Vec` rather than a map, so that the first (large) batch is moved in as it is,
+/// with no copy of its `Hook`s and no new memory (a `BTreeMap` built from 10 000 hooks cost
+/// ~0.5 µs per hook in the target, page faults included).
+#[derive(Default)]
+struct Hooks(Vec<Hook>);
+
+impl Hooks {
+    fn find(&self, addr: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&addr, |h| h.addr)
+    }
+
+    fn get(&self, addr: &u64) -> Option<&Hook> {
+        self.find(*addr).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, addr: &u64) -> Option<&mut Hook> {
+        self.find(*addr).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Adds `new` (sorted by address, no address twice); a hook for an address already
+    /// present (a retired one) is replaced.
+    fn merge(&mut self, new: Vec<Hook>) {
+        if self.0.is_empty() {
+            self.0 = new;
+            return;
+        }
+        if new.len() * 8 < self.0.len() {
+            for h in new {
+                match self.find(h.addr) {
+                    Ok(i) => self.0[i] = h,
+                    Err(i) => self.0.insert(i, h),
+                }
+            }
+            return;
+        }
+        let old = core::mem::take(&mut self.0);
+        let mut out = Vec::with_capacity(old.len() + new.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
+        loop {
+            let take_new = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(x), Some(y)) => {
+                    if x.addr == y.addr {
+                        a.next(); // replaced by the new one
+                        continue;
+                    }
+                    y.addr < x.addr
+                }
+            };
+            out.extend(if take_new { b.next() } else { a.next() });
+        }
+        self.0 = out;
+    }
+}
+
 /// Hooks selected for removal.
 pub struct UnhookBatch {
     /// (reloc_start, reloc_end, addr, moved) of each hook.
@@ -530,7 +587,7 @@ pub struct Interceptor {
     opts: HookOptions,
     vec: VecSave,
     arenas: Vec<Arena>,
-    hooks: BTreeMap<u64, Hook>,
+    hooks: Hooks,
     template: Option<Template>,
     /// Shared bodies written so far (an entry may be stale when its trampoline was not
     /// written after all; see [`Self::body_near`]).
@@ -691,7 +748,7 @@ impl Interceptor {
             vec,
             arenas: Vec::new(),
             template: None,
-            hooks: BTreeMap::new(),
+            hooks: Hooks::default(),
             bodies: Vec::new(),
             buf: Buffers::default(),
         }
@@ -705,7 +762,8 @@ impl Interceptor {
     /// Addresses of every hooked function.
     pub fn hooked(&self) -> Vec<u64> {
         self.hooks
-            .values()
+            .0
+            .iter()
             .filter(|h| h.active)
             .map(|h| h.addr)
             .collect()
@@ -1316,10 +1374,11 @@ impl Interceptor {
         }
         write_batch(mem, &writes)?;
         let n = batch.planned.len();
-        for mut h in batch.planned {
+        let mut planned = batch.planned;
+        for h in &mut planned {
             h.active = true;
-            self.hooks.insert(h.addr, h);
         }
+        self.hooks.merge(planned);
         Ok(n)
     }
 
@@ -1450,5 +1509,61 @@ mod cpu {
             );
         }
         xcr0 & 6 == 6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(addr: u64, cookie: u64) -> Hook {
+        let p = PatchBytes::filled(0xcc, 5).unwrap();
+        Hook {
+            addr,
+            cookie,
+            reloc_start: 0,
+            reloc_end: 0,
+            moved: MovedList::default(),
+            original: p,
+            patch: p,
+            slot: None,
+            active: true,
+        }
+    }
+
+    fn contents(h: &Hooks) -> Vec<(u64, u64)> {
+        h.0.iter().map(|h| (h.addr, h.cookie)).collect()
+    }
+
+    #[test]
+    fn hooks_stay_sorted_and_new_ones_replace_retired_ones() {
+        let mut h = Hooks::default();
+        h.merge((0..40).map(|i| hook(100 * i, 0)).collect());
+        assert_eq!(h.0.len(), 40);
+        // Large batch (6 * 8 >= 40): merged in one pass; 500 and 1000 replaced, four added.
+        let big = [500, 550, 1000, 5000, 5100, 5200];
+        h.merge(big.iter().map(|&a| hook(a, 1)).collect());
+        // Small batch: inserted one by one.
+        h.merge(vec![hook(0, 2), hook(1, 2)]);
+        let c = contents(&h);
+        assert!(
+            c.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, no address twice"
+        );
+        assert_eq!(c.len(), 45);
+        for (addr, cookie) in [
+            (0, 2),
+            (1, 2),
+            (500, 1),
+            (550, 1),
+            (1000, 1),
+            (5000, 1),
+            (600, 0),
+        ] {
+            assert_eq!(h.get(&addr).map(|h| h.cookie), Some(cookie), "{addr}");
+        }
+        assert!(h.get(&650).is_none());
+        h.get_mut(&600).unwrap().active = false;
+        assert!(!h.get(&600).unwrap().active);
     }
 }
