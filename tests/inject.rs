@@ -216,7 +216,10 @@ fn thread_layout_seen(t: &Target) -> (i32, i32) {
         let h = s.header();
         (
             h.rseq_cpu_id_off.load(Ordering::Acquire),
-            h.tcb_tid_off.load(Ordering::Acquire),
+            match h.probe_flags & xcover_abi::PROBE_TCB_TID {
+                0 => 0,
+                _ => xcover_abi::GLIBC_TCB_TID_OFF as i32,
+            },
             h.agent_base.load(Ordering::Acquire),
         )
     };
@@ -262,6 +265,43 @@ fn rseq_cpu_id_and_tcb_tid_are_found_in_every_thread() {
     );
     assert_eq!(thread_layout_seen(&t), (0, tcb), "no thread has rseq");
     assert_eq!(t.stop(), want);
+}
+
+/// A kept session whose target died (SIGKILL) is shown as stale, and `xcover detach` turns
+/// it into a report of what was counted before and removes it: nothing left in /dev/shm.
+#[test]
+fn stale_session_of_a_dead_target_is_reported_and_removed() {
+    let mut t = Target::start("loop-O2-pie", &[]);
+    let pid = t.pid();
+    let ps = pid.to_string();
+    xcover_ok(&["attach", &ps, "--no-tui", "--keep"]);
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill has no memory-safety preconditions; pid is our child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let _ = t.child.wait();
+    let st = xcover_ok(&["status", &ps]);
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("target gone: stale"), "{st}");
+    let report = std::env::temp_dir().join(format!("xcover-stale-{pid}.json"));
+    let out = xcover_ok(&["detach", &ps, "--report", report.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was already gone; session removed"), "{err}");
+    assert!(!support::session_path(pid).exists());
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    let hits: u64 = r["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["hits"].as_u64().unwrap())
+        .sum();
+    assert!(
+        hits > 0,
+        "the hits counted before the kill are in the report"
+    );
+    let again = support::run_xcover(&["status", &ps]);
+    assert_eq!(again.status.code(), Some(2), "no session any more");
 }
 
 #[test]

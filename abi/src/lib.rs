@@ -180,14 +180,6 @@ pub struct SessionHeader {
     pub scratch_addr: AtomicU64,
     /// Size of that scratch memory.
     pub scratch_size: AtomicU64,
-    /// `%fs`-relative offset of the thread id in every thread's TCB (glibc's
-    /// `struct pthread::tid`, [`GLIBC_TCB_TID_OFF`]), when xcover found each stopped
-    /// thread's own id there; 0 otherwise (then the probe's `bpf_get_current_pid_tgid` takes
-    /// the agent's tid cache). Written by xcover while the target is stopped, before the
-    /// agent compiles the probe.
-    pub tcb_tid_off: AtomicI32,
-    /// Reserved, zero.
-    pub _pad2: u32,
 }
 
 /// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
@@ -208,6 +200,11 @@ pub struct ModuleEntry {
 /// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
 /// are not JIT-ed by xcover, which preserves them itself).
 pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
+/// [`SessionHeader::probe_flags`]: every thread's own id is at `%fs` +
+/// [`GLIBC_TCB_TID_OFF`] (xcover checked each stopped thread at attach), so the probe's
+/// `bpf_get_current_pid_tgid` may read it there instead of going through the agent's tid
+/// cache. Set by xcover while the target is stopped, before the agent compiles the probe.
+pub const PROBE_TCB_TID: u32 = 2;
 
 /// One mapping the agent made in the target.
 #[repr(C)]

@@ -432,14 +432,22 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
 }
 
 /// Tells the agent, before its first hook call compiles the probe, where every thread's
-/// CPU number and thread id are (see [`StoppedProcess::rseq_cpu_id_offset`] and
-/// [`StoppedProcess::tcb_tid_offset`]); 0 when not in every thread.
-fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) {
+/// CPU number is (see [`StoppedProcess::rseq_cpu_id_offset`]; 0 when not in every thread)
+/// and whether every thread's id is in its TCB ([`StoppedProcess::tcb_tid_offset`],
+/// `PROBE_TCB_TID`).
+fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) -> Result<()> {
     let h = session.header();
     let cpu = sp.rseq_cpu_id_offset().unwrap_or(0);
     h.rseq_cpu_id_off.store(cpu, Ordering::Release);
-    let tid = sp.tcb_tid_offset().unwrap_or(0);
-    h.tcb_tid_off.store(tid, Ordering::Release);
+    let tcb = sp.tcb_tid_offset() == i32::try_from(xcover_abi::GLIBC_TCB_TID_OFF).ok();
+    let flags = match tcb {
+        true => h.probe_flags | xcover_abi::PROBE_TCB_TID,
+        false => h.probe_flags & !xcover_abi::PROBE_TCB_TID,
+    };
+    session.write_at(
+        std::mem::offset_of!(xcover_abi::SessionHeader, probe_flags) as u64,
+        &flags.to_le_bytes(),
+    )
 }
 
 /// Loads the agent, maps the session, runs init, then hooks every function of the table
@@ -457,7 +465,7 @@ fn load_and_init(
     let commit = image.export(AGENT_COMMIT)?;
     let unhook = image.export(AGENT_UNHOOK)?;
     let fini = image.export(AGENT_FINI)?;
-    note_thread_layout(sp, session);
+    note_thread_layout(sp, session)?;
     let scratch = Scratch::map(sp, tid, session)?;
     let h = session.header();
     let mut agent_base = 0;
@@ -1079,7 +1087,7 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    note_thread_layout(&sp, session);
+    note_thread_layout(&sp, session)?;
     let scratch = Scratch::map(&mut sp, tid, session)?;
     let r = check_identity(&sp, &image, session, base)
         .and_then(|()| hook_with_threads(&mut sp, tid, &scratch, base, entries, session));
@@ -1140,7 +1148,8 @@ impl Attached {
 }
 
 /// Detaches a session left by `attach --keep` (or by an xcover that died): unloads the
-/// agent and removes the session file.
+/// agent and removes the session file. A session whose target is gone is only read (for
+/// the reports) and removed; [`Stats::gone`] says so.
 pub fn detach(pid: i32, agent: &[u8]) -> Result<Stats> {
     detach_with(pid, agent, |_| {})
 }
@@ -1161,9 +1170,13 @@ pub fn detach_with(pid: i32, agent: &[u8], last_read: impl FnOnce(&SessionFile))
     match procfs::stat(pid) {
         Ok(st) if st.start_time == h.target_start_time => {}
         _ => {
-            // The target is gone: nothing to unload, only the file to remove.
+            // The target is gone: nothing to unload, only the stale file to remove.
+            last_read(&session);
             session.remove()?;
-            return Err(Error::NoSuchProcess { pid });
+            return Ok(Stats {
+                gone: Some("was already gone"),
+                ..Stats::default()
+            });
         }
     }
     procfs::check_target(pid)?;

@@ -14,8 +14,8 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
 use xcover_abi::{
-    FuncStatus, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF, PROBE_SAVE_VECTOR_REGS, REGION_HEAP,
-    REGION_JIT,
+    FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
+    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, REGION_HEAP, REGION_JIT,
 };
 use xcover_bpf::ctx_use;
 use xcover_bpf::env::{Env, InlineMap};
@@ -141,7 +141,7 @@ fn build(near: u64) -> Result<State, i64> {
         map_value_addrs: &value_addrs,
         map_inline: &map_inline,
         rseq_cpu_id: nonzero(h.rseq_cpu_id_off.load(Ordering::Acquire)),
-        tcb_tid: nonzero(h.tcb_tid_off.load(Ordering::Acquire)),
+        tcb_tid: (h.probe_flags & PROBE_TCB_TID != 0).then_some(GLIBC_TCB_TID_OFF as i32),
         ..Env::default()
     };
     if let Err(e) = verifier::verify(&insns, &env, &VerifierOptions::default()) {

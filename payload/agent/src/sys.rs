@@ -111,7 +111,14 @@ fn open(path: &[u8], mode: u64) -> i64 {
     unsafe {
         syscall6(
             SYS_OPENAT,
-            [AT_FDCWD as u64, path.as_ptr() as u64, mode | O_CLOEXEC, 0, 0, 0],
+            [
+                AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                mode | O_CLOEXEC,
+                0,
+                0,
+                0,
+            ],
         )
     }
 }
@@ -122,7 +129,14 @@ pub fn read(fd: i64, buf: &mut [u8]) -> i64 {
     unsafe {
         syscall6(
             SYS_READ,
-            [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
+            [
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+                0,
+                0,
+                0,
+            ],
         )
     }
 }
@@ -138,7 +152,14 @@ pub unsafe fn pwrite(fd: i64, bytes: &[u8], offset: u64) -> i64 {
     unsafe {
         syscall6(
             SYS_PWRITE64,
-            [fd as u64, bytes.as_ptr() as u64, bytes.len() as u64, offset, 0, 0],
+            [
+                fd as u64,
+                bytes.as_ptr() as u64,
+                bytes.len() as u64,
+                offset,
+                0,
+                0,
+            ],
         )
     }
 }
