@@ -442,7 +442,7 @@ fn elf_loader_on_the_real_agent() {
 }
 
 fn agent_file() -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("xcover-agent-{}.so", std::process::id()));
+    let p = support::build_dir().join("xcover-agent.so");
     std::fs::write(&p, AGENT).unwrap();
     p
 }

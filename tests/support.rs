@@ -47,10 +47,56 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("libdso.so", "dso.c", &["-O2", "-shared", "-fPIC"]),
 ];
 
+/// Per-run entries the tests make in the temporary directory, `<prefix><pid>` (directories,
+/// or report files named after a target's pid).
+const RUN_PREFIXES: &[&str] = &[
+    "xcover-targets-",
+    "xcover-faults-",
+    "xcover-go-",
+    "xcover-e2e-bin-",
+    "xcover-e2e-",
+    "xcover-payload-",
+    "xcover-bpf-rebuild-",
+    "xcover-agent-",
+];
+
+/// Removes what earlier test runs left in the temporary directory: entries named
+/// `<prefix><pid>` (plus an extension) whose process is gone. A run cannot clean up after
+/// itself (the test harness has no hook at its end), so each run sweeps its predecessors';
+/// a run still going keeps its files. Once per run.
+pub fn sweep_earlier_runs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(rest) = RUN_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
+                continue;
+            };
+            let digits = rest.split('.').next().unwrap_or("");
+            let Ok(pid) = digits.parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let path = e.path();
+            let _ = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+        }
+    });
+}
+
 /// The directory holding every built target.
 pub fn targets_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        sweep_earlier_runs();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets");
         let dir = std::env::temp_dir().join(format!("xcover-targets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create targets dir");
@@ -239,6 +285,7 @@ pub fn assert_clean(pid: i32, agent_base: u64) {
 /// The per-run directory [`targets_dir`] builds into, created but without building anything
 /// in it: for targets built on demand by [`build_once`].
 pub fn build_dir() -> PathBuf {
+    sweep_earlier_runs();
     let dir = std::env::temp_dir().join(format!("xcover-targets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create targets dir");
     dir
