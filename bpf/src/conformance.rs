@@ -9,7 +9,7 @@
 //! Programs run in an [`Env`] whose helper 5 is the uBPF "unwind" helper: it returns its
 //! first argument, and when that is 0 the program ends with `r0 = 0`.
 //!
-//! Every program is checked by the [`verifier`](crate::verifier) first, with back-edges
+//! Every program is checked by the [`crate::verifier`] first, with back-edges
 //! allowed: the suite has loops (`prime.data`), and bounded-loop analysis is not implemented,
 //! so loops are only accepted where a caller asks for it, as here.
 
@@ -166,7 +166,7 @@ impl TestCase {
     }
 }
 
-/// Verifies and runs a program on a copy of `mem` with the conformance [`env`].
+/// Verifies and runs a program on a copy of `mem` with the conformance [`env()`].
 pub fn run_program(insns: &[Insn], mem: &[u8], backend: Backend) -> Result<u64, String> {
     let env = env();
     let opts = VerifierOptions {

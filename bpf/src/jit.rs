@@ -1048,19 +1048,17 @@ impl Compiler<'_> {
                     e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
                 }
             }
+            let mut cold = None;
             if rseq.is_some() || m.ncpus < 0x1000 {
                 let ncpus = m.ncpus.max(1);
                 e.alu_imm(false, 7, R10, ncpus as i32); // cmp r10d, ncpus
                 let jcc = e.jcc(0x3);
                 let back = e.pos();
-                self.cold.push(match rseq {
+                cold = Some(match rseq {
                     Some(_) => Cold::CpuRseq { jcc, back, ncpus },
                     None => Cold::CpuMod { jcc, back, ncpus },
                 });
             }
-        }
-        if percpu {
-            let e = &mut self.e;
             match i32::try_from(m.cpu_stride) {
                 Ok(st) => {
                     e.inst(&[], true, false, &[0x69], R10, Rm::Reg(R10)); // imul r10, r10, st
@@ -1071,6 +1069,7 @@ impl Compiler<'_> {
                     e.inst(&[], true, false, &[0x0f, 0xaf], R10, Rm::Reg(R9));
                 }
             }
+            self.cold.extend(cold);
         }
         let e = &mut self.e;
         e.mov_imm64(RAX, m.values_addr);
@@ -1894,9 +1893,11 @@ impl Compiler<'_> {
         Some(slow)
     }
 
-    /// `bpf_get_current_pid_tgid()` from the caches of [`crate::sys::gettid_cached`] and
-    /// [`crate::sys::getpid_cached`] (see [`crate::sys::TidCacheLayout`]): the home slot
-    /// only; a miss, a stale entry or no pid yet goes to the helper.
+    /// `bpf_get_current_pid_tgid()`: the tid from the TCB at [`Env::tcb_tid`] when set,
+    /// else from the cache of [`crate::sys::gettid_cached`] (see
+    /// [`crate::sys::TidCacheLayout`]; the home slot only), and the pid from
+    /// [`crate::sys::getpid_cached`]'s. A tid of 0, a miss, a stale entry or no pid yet goes
+    /// to the helper.
     fn inline_pid_tgid(&mut self) -> Option<Vec<usize>> {
         if let Some(off) = self.env.tcb_tid {
             let e = &mut self.e;

@@ -249,7 +249,7 @@ unsafe fn tcb_tid(fs: u64) -> u32 {
 
 /// [`gettid`], cached per thread in a lock-free table keyed by the thread's `%fs` base
 /// (read with `rdfsbase`, which never faults, when the kernel allows it). An entry is only
-/// trusted while glibc's TCB still holds the same tid (see [`GLIBC_TID_OFF`]): a thread that
+/// trusted while glibc's TCB still holds the same tid (see [`xcover_abi::GLIBC_TCB_TID_OFF`]): a thread that
 /// got a dead thread's TCB back refreshes it, and a thread without a glibc TCB (Go without
 /// cgo, musl) is never entered and takes the system call every time. For informational uses
 /// only (see the module doc's fork caveat); code that acts on the tid must use [`gettid`].
