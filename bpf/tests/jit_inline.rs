@@ -855,6 +855,15 @@ none:
     exit
 ";
 
+/// Verifies a program that takes two arguments (`r1`, `r2`).
+fn verify_two_inputs(p: &[Insn], env: &Env) {
+    let opts = VerifierOptions {
+        inputs: 2,
+        ..Default::default()
+    };
+    verify(p, env, &opts).unwrap();
+}
+
 fn reserve_submit_program() -> Vec<Insn> {
     // r7 = the reserve flags (r2 at entry), kept across the first instructions.
     let text = format!("mov %r7, %r2\n{RESERVE_SUBMIT}");
@@ -890,12 +899,8 @@ fn inline_ringbuf_reserve_submit_match_the_helpers() {
     let jm = Maps::new(&defs, 1);
     let im = Maps::new(&defs, 1);
     let p = reserve_submit_program();
-    let opts = VerifierOptions {
-        inputs: 2,
-        ..Default::default()
-    };
     let jenv = jm.env(true);
-    verify(&p, &jenv, &opts).unwrap();
+    verify_two_inputs(&p, &jenv);
     for vec_regs in [false, true] {
         let o = JitOptions {
             preserve_vector_regs: vec_regs,
@@ -946,15 +951,7 @@ fn inline_ringbuf_submit_rejects_foreign_pointers() {
         "mov %r6, %r1\nmov %r7, %r2\nlddw %r1, map0\nmov %r1, %r6\nmov %r2, %r7\ncall 132\nexit",
     );
     let env = m.env(true);
-    verify(
-        &p,
-        &env,
-        &VerifierOptions {
-            inputs: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    verify_two_inputs(&p, &env);
     let code = jit(&p, &env);
     // A fake record: header word naming a "map" 64 bytes before it, which is no ring.
     let mut fake = [0u64; 16];
@@ -992,15 +989,7 @@ fn inline_ringbuf_is_consistent_under_concurrent_producers() {
     let (code_bytes, addr) = {
         let g = m.lock().unwrap();
         let env = g.env(true);
-        verify(
-            &p,
-            &env,
-            &VerifierOptions {
-                inputs: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        verify_two_inputs(&p, &env);
         let b = jit::compile(&p, &env, &opts()).unwrap();
         assert!(has_inline_reserve(&b));
         (b, g.mem.as_ptr() as usize)
