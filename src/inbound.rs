@@ -20,7 +20,7 @@ use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 /// Offsets `1..=SPAN` of a function are tracked: an entry patch displaces at most 19 bytes.
 pub const SPAN: u64 = 20;
 
-/// Modules with less code than this are scanned by one thread.
+/// Modules with less code than this are swept by one thread.
 const SPLIT_BYTES: usize = 256 * 1024;
 
 /// Where another function's branch enters a function inside its first bytes.
@@ -112,25 +112,17 @@ pub fn scan(code: &[Code<'_>], resync: &[u64], funcs: &[Func]) -> Vec<Option<Inb
         sorted = order.iter().map(|&i| funcs[i]).collect();
         &sorted
     };
-    let chunks = chunks(code, resync, funcs);
-    let total: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+    let points = cut_points(resync, funcs);
+    let spans = spans(code, &points);
+    let total: usize = spans.iter().map(|s| s.code.bytes.len()).sum();
     let heads = Heads::new(funcs);
     let hits = if total < SPLIT_BYTES {
-        sweep(&chunks, &heads)
+        sweep(&spans, &heads)
     } else {
-        // Two halves of about the same number of bytes.
-        let mut acc = 0;
-        let mid = chunks
-            .iter()
-            .position(|c| {
-                acc += c.bytes.len();
-                acc >= total / 2
-            })
-            .map_or(chunks.len(), |i| i + 1);
-        let (a, b) = chunks.split_at(mid);
+        let (a, b) = halves(&spans, total);
         std::thread::scope(|s| {
-            let other = s.spawn(|| sweep(b, &heads));
-            let mut hits = sweep(a, &heads);
+            let other = s.spawn(|| sweep(&b, &heads));
+            let mut hits = sweep(&a, &heads);
             hits.extend(
                 other
                     .join()
@@ -148,8 +140,8 @@ pub fn scan(code: &[Code<'_>], resync: &[u64], funcs: &[Func]) -> Vec<Option<Inb
     out
 }
 
-/// Cuts `code` at every resync point and function start.
-fn chunks<'a>(code: &[Code<'a>], resync: &[u64], funcs: &[Func]) -> Vec<Code<'a>> {
+/// Every resync point and function start, sorted, once each.
+fn cut_points(resync: &[u64], funcs: &[Func]) -> Vec<u64> {
     // Both lists are sorted (the resync points usually hold every start already): merge them.
     let mut points = Vec::with_capacity(resync.len().max(funcs.len()));
     let (mut a, mut b) = (
@@ -178,25 +170,68 @@ fn chunks<'a>(code: &[Code<'a>], resync: &[u64], funcs: &[Func]) -> Vec<Code<'a>
         points.sort_unstable();
         points.dedup();
     }
-    let mut out = Vec::with_capacity(points.len() + code.len());
-    for c in code {
-        let end = c.vaddr.saturating_add(c.bytes.len() as u64);
-        let first = points.partition_point(|&p| p <= c.vaddr);
-        let mut at = c.vaddr;
-        for &p in points[first..].iter().take_while(|&&p| p < end) {
-            out.push(Code {
-                vaddr: at,
-                bytes: &c.bytes[(at - c.vaddr) as usize..(p - c.vaddr) as usize],
+    points
+}
+
+/// Contiguous code and the points inside it where decoding starts again.
+#[derive(Clone, Copy, Debug)]
+struct Span<'a, 'p> {
+    code: Code<'a>,
+    /// Sorted addresses strictly inside `code`.
+    cuts: &'p [u64],
+}
+
+/// One span per code range, with the cut points that fall inside it.
+fn spans<'a, 'p>(code: &[Code<'a>], points: &'p [u64]) -> Vec<Span<'a, 'p>> {
+    code.iter()
+        .filter(|c| !c.bytes.is_empty())
+        .map(|c| {
+            let end = c.vaddr.saturating_add(c.bytes.len() as u64);
+            let first = points.partition_point(|&p| p <= c.vaddr);
+            let last = points.partition_point(|&p| p < end).max(first);
+            Span {
+                code: *c,
+                cuts: &points[first..last],
+            }
+        })
+        .collect()
+}
+
+/// Splits `spans` (holding `total` bytes) into two lists of about the same number of
+/// bytes, cutting the span in the middle at one of its cut points.
+fn halves<'a, 'p>(spans: &[Span<'a, 'p>], total: usize) -> (Vec<Span<'a, 'p>>, Vec<Span<'a, 'p>>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut acc = 0;
+    for s in spans {
+        let len = s.code.bytes.len();
+        if acc >= total / 2 {
+            b.push(*s);
+        } else if acc + len <= total / 2 || s.cuts.is_empty() {
+            a.push(*s);
+        } else {
+            // Cut this one at its first point past the middle (or its last point).
+            let mid = s.code.vaddr + (total / 2 - acc) as u64;
+            let i = s.cuts.partition_point(|&p| p < mid).min(s.cuts.len() - 1);
+            let at = (s.cuts[i] - s.code.vaddr) as usize;
+            let (head, tail) = s.code.bytes.split_at(at);
+            a.push(Span {
+                code: Code {
+                    vaddr: s.code.vaddr,
+                    bytes: head,
+                },
+                cuts: &s.cuts[..i],
             });
-            at = p;
+            b.push(Span {
+                code: Code {
+                    vaddr: s.cuts[i],
+                    bytes: tail,
+                },
+                cuts: &s.cuts[i + 1..],
+            });
         }
-        out.push(Code {
-            vaddr: at,
-            bytes: &c.bytes[(at - c.vaddr) as usize..],
-        });
+        acc += len;
     }
-    out.retain(|c| !c.bytes.is_empty());
-    out
+    (a, b)
 }
 
 /// The functions' first bytes, with a bitmap of the addresses that lie in some function's
@@ -270,15 +305,38 @@ fn set_bits(bits: &mut [u64], from: usize, to: usize) {
     }
 }
 
-/// Decodes each chunk and returns `(function index, offset, source)` for every branch that
-/// enters a function's first bytes from outside it.
-fn sweep(chunks: &[Code<'_>], heads: &Heads<'_>) -> Vec<(usize, u8, u64)> {
+/// Decodes each span and returns `(function index, offset, source)` for every branch that
+/// enters a function's first bytes from outside it. One decoder runs over a whole span: an
+/// instruction that would cross a cut point is dropped and decoding starts again at the
+/// point, as if each run between two points were decoded on its own.
+fn sweep(spans: &[Span<'_, '_>], heads: &Heads<'_>) -> Vec<(usize, u8, u64)> {
     let mut hits = Vec::new();
     let mut ins = Instruction::default();
-    for c in chunks {
-        let mut dec = Decoder::with_ip(64, c.bytes, c.vaddr, DecoderOptions::NONE);
+    for s in spans {
+        let base = s.code.vaddr;
+        let end = base + s.code.bytes.len() as u64;
+        let mut dec = Decoder::with_ip(64, s.code.bytes, base, DecoderOptions::NONE);
+        let mut cuts = s.cuts.iter().copied();
+        let mut next = cuts.next().unwrap_or(end);
         while dec.can_decode() {
             dec.decode_out(&mut ins);
+            if ins.len() == 0 {
+                break; // no progress: the decoder is done
+            }
+            let ins_end = ins.next_ip();
+            if ins_end > next {
+                // Runs over a symbol (data before it, or code the decode lost step with):
+                // not an instruction of either side.
+                if dec.set_position((next - base) as usize).is_err() {
+                    break;
+                }
+                dec.set_ip(next);
+                next = cuts.next().unwrap_or(end);
+                continue;
+            }
+            if ins_end == next {
+                next = cuts.next().unwrap_or(end);
+            }
             // In 64-bit code every direct near branch has one of these as its first operand
             // (an invalid instruction has none).
             if matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32) {
@@ -439,5 +497,93 @@ mod tests {
             };
             assert_eq!(*got, Some(Inbound { at: 1, from }), "function {i}");
         }
+    }
+
+    #[test]
+    fn one_decoder_per_span_finds_what_a_decoder_per_run_finds_in_libc() {
+        // This process's libc, cut at its dynamic symbols (and a cut every 4 KiB, mostly
+        // inside instructions): the sweep (one decoder per section, two threads) must give
+        // what decoding every run between two cuts on its own gives, by brute force.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let path = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("/libc.so"))
+            .expect("libc mapped");
+        let bytes = std::fs::read(path).unwrap();
+        let elf = Elf::parse(&bytes).unwrap();
+        let code = code_ranges(&elf, &bytes);
+        let mut starts: Vec<(u64, u64)> = elf
+            .dynsyms
+            .iter()
+            .filter(|s| s.is_function() && s.st_value != 0 && s.st_size != 0)
+            .map(|s| (s.st_value, s.st_size))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup_by_key(|s| s.0);
+        let funcs: Vec<Func> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &(start, size))| Func {
+                start,
+                size,
+                next: starts.get(i + 1).map_or(start + size, |n| n.0),
+            })
+            .collect();
+        let (lo, hi) = (code[0].vaddr, code[code.len() - 1].vaddr + 0x10_0000);
+        let resync: Vec<u64> = (lo..hi).step_by(4096).collect();
+        let got = scan(&code, &resync, &funcs);
+
+        let mut cuts: Vec<u64> = resync
+            .iter()
+            .copied()
+            .chain(starts.iter().map(|s| s.0))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut want = vec![None::<Inbound>; funcs.len()];
+        let mut branches = 0;
+        for c in &code {
+            let end = c.vaddr + c.bytes.len() as u64;
+            let mut at = c.vaddr;
+            while at < end {
+                let stop = cuts
+                    .iter()
+                    .copied()
+                    .find(|&p| p > at)
+                    .unwrap_or(end)
+                    .min(end);
+                let run = &c.bytes[(at - c.vaddr) as usize..(stop - c.vaddr) as usize];
+                for ins in Decoder::with_ip(64, run, at, DecoderOptions::NONE) {
+                    if ins.op0_kind() != OpKind::NearBranch64 {
+                        continue;
+                    }
+                    branches += 1;
+                    let (t, from) = (ins.near_branch_target(), ins.ip());
+                    // Every function whose first SPAN bytes may hold `t` (starts are sorted).
+                    let first = funcs.partition_point(|f| f.start + SPAN < t);
+                    let last = funcs.partition_point(|f| f.start < t);
+                    for (j, f) in funcs.iter().enumerate().take(last).skip(first) {
+                        let inside = (f.start..f.start + f.size).contains(&from);
+                        if t > f.start && t <= f.start + SPAN && t < f.next && !inside {
+                            let hit = Inbound {
+                                at: (t - f.start) as u8,
+                                from,
+                            };
+                            if want[j].is_none_or(|w| (hit.at, hit.from) < (w.at, w.from)) {
+                                want[j] = Some(hit);
+                            }
+                        }
+                    }
+                }
+                at = stop;
+            }
+        }
+        assert!(branches > 10_000, "libc has branches: {branches}");
+        assert!(
+            want.iter().any(Option::is_some),
+            "some function is entered inside"
+        );
+        assert_eq!(got, want);
     }
 }
