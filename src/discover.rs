@@ -61,6 +61,19 @@ pub struct Function {
     pub next_start: u64,
     /// Index into [`Discovery::modules`].
     pub module: usize,
+    /// Another function's direct branch that lands in this one's first bytes, if any: an
+    /// entry patch must not cover that byte.
+    pub entered: Option<Entered>,
+}
+
+/// Where code outside a function branches into its first bytes (see [`crate::inbound`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entered {
+    /// Offset of the lowest such target from the entry, `1..=`[`crate::inbound::SPAN`].
+    pub at: u8,
+    /// Where the first branch there is: `name` or `name+0x12` when it lies in a function,
+    /// `module+0x1234` (file offset) otherwise.
+    pub from: String,
 }
 
 /// Everything discovery found.
@@ -227,8 +240,14 @@ pub fn list(a: crate::cli::FunctionsArgs) -> Result<std::process::ExitCode> {
         } else {
             String::new()
         };
+        // A function other code enters inside its first bytes cannot take every patch.
+        let entered = f
+            .entered
+            .as_ref()
+            .map(|e| format!("  (entered at +{} from {})", e.at, e.from))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "{:#014x} {:6} {module}{}\n",
+            "{:#014x} {:6} {module}{}{entered}\n",
             f.addr,
             f.size,
             f.demangled.as_deref().unwrap_or(&f.name)
@@ -447,6 +466,8 @@ fn module_functions(
         .collect();
 
     let mut funcs = Vec::new();
+    // Link-time end of each function's padding, for the branch scan.
+    let mut next_vaddrs = Vec::new();
     for (vaddr, mut group) in by_addr {
         group.sort_by(|a, b| {
             let rank = |s: &RawSym| match s.bind {
@@ -494,8 +515,11 @@ fn module_functions(
             vaddr,
             next_start,
             module: index,
+            entered: None,
         });
+        next_vaddrs.push(vaddr + (next_start - runtime));
     }
+    find_inbound(path, &elf, bytes, &starts, &mut funcs, &next_vaddrs);
     if funcs.is_empty() && index == 0 && maps.is_empty() {
         bail!("no executable mapping of the main executable");
     }
@@ -506,6 +530,67 @@ fn module_functions(
         },
         funcs,
     ))
+}
+
+/// Scans the module's code for branches from outside a function into its first bytes and
+/// records the first one in [`Function::entered`]. `funcs` are sorted by address, with
+/// `next_vaddrs[i]` the link-time end of `funcs[i]`'s padding.
+fn find_inbound(
+    path: &Path,
+    elf: &Elf,
+    bytes: &[u8],
+    starts: &[(u64, usize)],
+    funcs: &mut [Function],
+    next_vaddrs: &[u64],
+) {
+    let code = crate::inbound::code_ranges(elf, bytes);
+    let resync: Vec<u64> = starts.iter().map(|s| s.0).collect();
+    let scan_funcs: Vec<crate::inbound::Func> = funcs
+        .iter()
+        .zip(next_vaddrs)
+        .map(|(f, &next)| crate::inbound::Func {
+            start: f.vaddr,
+            // The planner sweeps a function's own branches over its first MiB only: past
+            // that, they count as coming from elsewhere.
+            size: f.size.min(1 << 20),
+            next,
+        })
+        .collect();
+    let found = crate::inbound::scan(&code, &resync, &scan_funcs);
+    let loads: Vec<_> = elf
+        .program_headers
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD)
+        .collect();
+    for i in 0..funcs.len() {
+        let Some(hit) = found[i] else { continue };
+        let from = source_name(funcs, hit.from).unwrap_or_else(|| {
+            // Not in any function: name it by its file offset in the module.
+            let off = loads
+                .iter()
+                .find(|p| hit.from >= p.p_vaddr && hit.from < p.p_vaddr + p.p_filesz)
+                .map_or(hit.from, |p| hit.from - p.p_vaddr + p.p_offset);
+            format!("{}+{off:#x}", file_name(path))
+        });
+        funcs[i].entered = Some(Entered { at: hit.at, from });
+    }
+}
+
+/// `name` or `name+0x12` of the innermost function of `funcs` (sorted by address) that
+/// holds the link-time address `addr`.
+fn source_name(funcs: &[Function], addr: u64) -> Option<String> {
+    let i = funcs.partition_point(|f| f.vaddr <= addr);
+    // Nested symbols: the closest start that still holds `addr` is the innermost one.
+    let f = funcs[..i]
+        .iter()
+        .rev()
+        .take(64)
+        .find(|f| addr < f.vaddr + f.size)?;
+    let name = f.demangled.as_deref().unwrap_or(&f.name);
+    Some(match addr - f.vaddr {
+        0 => name.to_string(),
+        d => format!("{name}+{d:#x}"),
+    })
 }
 
 #[cfg(test)]
@@ -534,6 +619,7 @@ mod tests {
             vaddr: 0x1000,
             next_start: 0x1010,
             module: 0,
+            entered: None,
         };
         let o = |inc: Option<&str>, exc: Option<&str>| Options {
             include: inc.map(|s| Regex::new(s).unwrap()),
@@ -595,5 +681,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.downcast_ref::<BadInput>().is_some());
+    }
+
+    #[test]
+    fn libc_memcpy_is_entered_at_3_by_mempcpy() {
+        // glibc's __mempcpy_*_unaligned_erms end in `jmp __memcpy_*_unaligned_erms+3`. Its
+        // local symbols come from the separate debug file (libc6-dbg, which
+        // scripts/setup.sh installs).
+        let pid = std::process::id() as i32;
+        let t = std::time::Instant::now();
+        let d = discover(
+            pid,
+            &Options {
+                modules: vec!["libc.so.6".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let took = t.elapsed();
+        let libc: Vec<&Function> = d.functions.iter().filter(|f| f.module == 1).collect();
+        let entered: Vec<_> = libc.iter().filter(|f| f.entered.is_some()).collect();
+        eprintln!(
+            "libc: {} functions, {} entered inside their first bytes from elsewhere \
+             (discovery {took:?})",
+            libc.len(),
+            entered.len()
+        );
+        for f in &entered {
+            let e = f.entered.as_ref().unwrap();
+            eprintln!("  {} entered at +{} from {}", f.name, e.at, e.from);
+        }
+        let memcpy: Vec<_> = libc
+            .iter()
+            .filter(|f| {
+                let memcpy = |n: &str| {
+                    n.starts_with("__memcpy_")
+                        && !n.starts_with("__memcpy_chk")
+                        && (n.ends_with("_unaligned_erms") || n.ends_with("_unaligned_erms_rtm"))
+                };
+                memcpy(&f.name) || f.aliases.iter().any(|a| memcpy(a))
+            })
+            .collect();
+        assert!(
+            memcpy.len() >= 2,
+            "libc's __memcpy_*_unaligned_erms are discovered (is libc6-dbg installed?)"
+        );
+        for f in memcpy {
+            let e = f
+                .entered
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} not flagged", f.name));
+            assert_eq!(e.at, 3, "{}", f.name);
+            assert!(
+                e.from.starts_with("__mempcpy_") && e.from.ends_with("+0x6"),
+                "{} entered from {}",
+                f.name,
+                e.from
+            );
+        }
     }
 }

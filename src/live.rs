@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use xcover_abi::{FuncStatus, skip_reason_text};
+use xcover_abi::FuncStatus;
 use xcover_injector::SessionFile;
 use xcover_ui::{Event, Function, Snapshot, Source};
 
@@ -200,7 +200,7 @@ impl Source for Live<'_> {
             {
                 snap.events.push(Event::Skipped {
                     name: crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone()),
-                    reason: skip_reason_text(f.entry.skip_reason).to_string(),
+                    reason: f.skip_reason().unwrap_or_default(),
                 });
             }
             self.skipped_told = true;

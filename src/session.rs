@@ -135,6 +135,16 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
     for f in &d.functions {
         let name_off = u32::try_from(strings.len()).context("names exceed 4 GiB")?;
         strings.extend_from_slice(f.name.as_bytes());
+        // What enters the function inside its first bytes: the offset for the agent, the
+        // source's name (right after the function's) for whoever reports the skip.
+        let entered = match &f.entered {
+            Some(e) => {
+                let from = &e.from.as_bytes()[..e.from.len().min(4096)];
+                strings.extend_from_slice(from);
+                FuncEntry::pack_entered(e.at, from.len() as u32)
+            }
+            None => 0,
+        };
         funcs.push(FuncEntry {
             addr: f.addr,
             size: f.size,
@@ -144,7 +154,7 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
             module: f.module as u32,
             status: FuncStatus::Pending as u32,
             skip_reason: 0,
-            _pad: 0,
+            entered,
             pad_end: f.next_start,
             vaddr: f.vaddr,
         });
@@ -269,6 +279,26 @@ pub struct FuncView {
     pub entry: FuncEntry,
     /// Hits so far.
     pub hits: u64,
+    /// Where another function's branch enters this one inside its first bytes (`name` or
+    /// `name+0x12`), when xcover found one.
+    pub entered_from: Option<String>,
+}
+
+impl FuncView {
+    /// Why the function was skipped, when it was: the interceptor's reason, with the
+    /// branch's source named for one entered inside its patch by other code.
+    pub fn skip_reason(&self) -> Option<String> {
+        if self.entry.status != FuncStatus::Skipped as u32 {
+            return None;
+        }
+        let code = self.entry.skip_reason;
+        Some(match &self.entered_from {
+            Some(from) if code == xcover_abi::SKIP_ENTERED_INSIDE => {
+                format!("entered at +{} from {from}", self.entry.entered_at())
+            }
+            _ => xcover_abi::skip_reason_text(code).to_string(),
+        })
+    }
 }
 
 /// A reading of a live session.
@@ -384,10 +414,20 @@ pub fn view(s: &SessionFile) -> Result<View> {
     let counts = hits(s)?;
     let mut funcs = Vec::with_capacity(entries.len());
     for (e, hits) in entries.into_iter().zip(counts) {
+        let from_len = e.entered_from_len();
+        let entered_from = if from_len == 0 {
+            None
+        } else {
+            let off = e.name_off.checked_add(e.name_len).with_context(|| {
+                format!("session {}: name outside the string section", s.path())
+            })?;
+            Some(string_at(s, off, from_len)?)
+        };
         funcs.push(FuncView {
             name: string_at(s, e.name_off, e.name_len)?,
             entry: e,
             hits,
+            entered_from,
         });
     }
     Ok(View {
@@ -415,8 +455,7 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
         .map(|f| {
             let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
-            r.skipped = (f.entry.status == xcover_abi::FuncStatus::Skipped as u32)
-                .then(|| xcover_abi::skip_reason_text(f.entry.skip_reason).to_string());
+            r.skipped = f.skip_reason();
             r
         })
         .collect();

@@ -1,7 +1,9 @@
 //! Real programs under `xcover attach`: C at -O0/-O2/-O3 (and -O2 non-PIE with `endbr64` at
 //! every entry), C++ with exceptions, threads and the standard library, a Rust binary (std
-//! and all, thousands of functions) and an 8-thread C target attached and detached while its
-//! threads spin. Sources in `tests/targets/real/`, built at test time with `-g`.
+//! and all, thousands of functions), an 8-thread C target attached and detached while its
+//! threads spin, and a C target copying memory in threads with all of glibc hooked (linked
+//! statically, and with `--module libc.so.6`). Sources in `tests/targets/real/`, built at
+//! test time with `-g`.
 //!
 //! For each target, a run without xcover gives the reference transcript; a run with the real
 //! `xcover` binary attached while the target does its work must print exactly the same and
@@ -98,6 +100,20 @@ fn rust() -> PathBuf {
         ],
     )
 }
+/// `memwork.c`, linked as `flags` say (`-static`, or against libc.so.6).
+fn memwork(name: &str, flags: &[&str]) -> PathBuf {
+    let file = src("memwork.c");
+    let mut args = vec!["-O2", "-g", "-Wall", "-pthread"];
+    args.extend_from_slice(flags);
+    args.push(&file);
+    support::build_once(name, "cc", &args)
+}
+fn memwork_static() -> PathBuf {
+    memwork("real-memwork-static", &["-static"])
+}
+fn memwork_dynamic() -> PathBuf {
+    memwork("real-memwork", &[])
+}
 fn tight() -> PathBuf {
     let file = src("tight.c");
     support::build_once(
@@ -118,6 +134,8 @@ fn warm_up() {
         std::thread::spawn(|| {
             cxx();
             tight();
+            memwork_static();
+            memwork_dynamic();
             c_o2_cet_nopie();
             c_o3();
         });
@@ -304,9 +322,15 @@ struct Attached {
 impl Attached {
     /// Runs `xcover attach <pid> --no-tui …` and waits until it says it attached.
     fn start(pid: i32, how: Detach, report: &Path) -> Attached {
+        Self::start_with(pid, how, report, &[])
+    }
+
+    /// [`Attached::start`] with more arguments for `attach` (`--module …`).
+    fn start_with(pid: i32, how: Detach, report: &Path, extra: &[&str]) -> Attached {
         let _ = std::fs::remove_file(report);
         let mut cmd = support::xcover();
         cmd.args(["attach", &pid.to_string(), "--no-tui"]);
+        cmd.args(extra);
         match how {
             Detach::Timer(secs) => cmd.args(["--duration", &secs.to_string()]),
             Detach::Interrupt => cmd.args(["--duration", "120"]),
@@ -957,4 +981,185 @@ fn tight_8_threads_attach_detach_while_running() {
         got.join("\n")
     );
     assert_same_transcript(name, &want, &got);
+}
+
+// ---------------------------------------------------------------------------------------
+// All of libc, entered from elsewhere
+
+/// Entry bytes of glibc's copy functions (`__mempcpy_*`, `__memcpy_*`, `__memmove_*`) in
+/// `pid`, by name: runtime address and first 16 bytes, where `xcover functions` finds them
+/// (in `module`, when given, else in the executable).
+fn copy_entries(pid: i32, module: Option<&str>) -> BTreeMap<String, (u64, [u8; 16])> {
+    let ps = pid.to_string();
+    let mut args = vec!["functions", &ps, "--include", "^__mem(p?cpy|move)_"];
+    if let Some(m) = module {
+        args.extend(["--module", m]);
+    }
+    let out = support::run_xcover(&args);
+    assert!(
+        out.status.success(),
+        "xcover functions {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut entries = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(_size), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+        let name = name.rsplit('!').next().unwrap().to_string();
+        let mut b = [0u8; 16];
+        mem.read_exact_at(&mut b, addr)
+            .unwrap_or_else(|e| panic!("read {name} at {addr:#x}: {e}"));
+        entries.insert(name, (addr, b));
+    }
+    entries
+}
+
+/// Pairs `(__mempcpy_X, __memcpy_X, k)` where `__mempcpy_X` is glibc's
+/// `mov %rdi,%rax; add %rdx,%rax; jmp __memcpy_X+k` (k > 0), read from the code itself.
+fn mempcpy_jumps(entries: &BTreeMap<String, (u64, [u8; 16])>) -> Vec<(String, String, u64)> {
+    let mut pairs = Vec::new();
+    for (name, (addr, b)) in entries {
+        let Some(x) = name.strip_prefix("__mempcpy_") else {
+            continue;
+        };
+        if b[..6] != [0x48, 0x89, 0xf8, 0x48, 0x01, 0xd0] {
+            continue;
+        }
+        let target = match b[6] {
+            0xeb => (addr + 8).wrapping_add(b[7] as i8 as u64),
+            0xe9 => {
+                (addr + 11).wrapping_add(i32::from_le_bytes(b[7..11].try_into().unwrap()) as u64)
+            }
+            _ => continue,
+        };
+        let memcpy = format!("__memcpy_{x}");
+        if let Some((m, _)) = entries.get(&memcpy)
+            && target > *m
+            && target < m + 14
+        {
+            pairs.push((name.clone(), memcpy, target - m));
+        }
+    }
+    pairs
+}
+
+/// Every function of the executable and (with `module`) of libc.so.6 hooked, while 4
+/// threads copy with `mempcpy`/`memcpy`/`memmove` and format with `snprintf`/`fprintf` in
+/// rounds 2 and 3: the output is the unattached run's, the process exits 0, every
+/// `__memcpy_X` that its `__mempcpy_X` enters at `+k` keeps bytes `k..k+2` while attached
+/// (skipped, with the reason naming the `__mempcpy_X`, or hooked by a patch that stops
+/// before them), and the `__mempcpy_*` this CPU uses was hit while hooked.
+fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>) {
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    let want = reference(&exe);
+
+    let mut p = Proc::start(&exe);
+    let pid = p.pid();
+    p.round(1);
+    let before = snapshot(pid, &exe);
+    let copies_before = copy_entries(pid, module);
+    let pairs = mempcpy_jumps(&copies_before);
+    assert!(
+        pairs.len() >= 2,
+        "{name}: glibc's __mempcpy_* -> __memcpy_*+k jumps are found (libc6-dbg installed?): \
+         {:?}",
+        copies_before.keys().collect::<Vec<_>>()
+    );
+    let report = report_path(&name);
+    let extra: Vec<&str> = module.map(|m| vec!["--module", m]).unwrap_or_default();
+    let att = Attached::start_with(pid, how, &report, &extra);
+    let unpatched = report_patched(&name, &before, pid, &exe);
+    let copies_during = copy_entries(pid, module);
+    for (mempcpy, memcpy, k) in &pairs {
+        let k = *k as usize;
+        let (was, now) = (&copies_before[memcpy].1, &copies_during[memcpy].1);
+        assert_eq!(
+            was[k..k + 2],
+            now[k..k + 2],
+            "{name}: {memcpy} patched over its +{k}, where {mempcpy} jumps in"
+        );
+    }
+    p.round(2);
+    p.round(3);
+    att.detach();
+    let after = snapshot(pid, &exe);
+    assert_unchanged(&name, &before, &after);
+    assert_eq!(
+        copy_entries(pid, module),
+        copies_before,
+        "{name}: copy functions restored"
+    );
+    p.round(4);
+    let (st, got) = p.finish();
+    assert!(
+        st.success(),
+        "{name}: exit with xcover: {st}\n{}",
+        got.join("\n")
+    );
+    assert_same_transcript(&name, &want, &got);
+    check_report(&name, &report, &["work", "thread"], &[], &unpatched);
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let funcs = v["functions"].as_array().unwrap();
+    let find = |n: &str| funcs.iter().find(|f| f["name"].as_str() == Some(n));
+    let mut used = Vec::new();
+    for (mempcpy, memcpy, k) in &pairs {
+        let f = find(memcpy).unwrap_or_else(|| panic!("{name}: {memcpy} not in the report"));
+        // Skipped: for being entered from outside (or a reason of its own); hooked: by a
+        // patch that stops before +k (checked above).
+        if let Some(why) = f["skipped"].as_str()
+            && why.starts_with("entered at")
+        {
+            assert_eq!(
+                why,
+                format!("entered at +{k} from {mempcpy}+0x6"),
+                "{name}: {memcpy}"
+            );
+        }
+        let hits = find(mempcpy).and_then(|f| f["hits"].as_u64()).unwrap_or(0);
+        if hits > 0 {
+            used.push(mempcpy.clone());
+        }
+    }
+    assert!(
+        !used.is_empty(),
+        "{name}: none of the checked __mempcpy_* was hit while hooked: {pairs:?}"
+    );
+    let entered: Vec<_> = funcs
+        .iter()
+        .filter(|f| {
+            f["skipped"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("entered at +3 from __mempcpy_"))
+        })
+        .collect();
+    assert!(
+        !entered.is_empty(),
+        "{name}: no __memcpy_* skipped for a branch from its __mempcpy_*"
+    );
+    eprintln!(
+        "{name}: {} functions reported, {} skipped for an entry from __mempcpy_*; this CPU's \
+         mempcpy: {used:?}",
+        funcs.len(),
+        entered.len()
+    );
+}
+
+/// `gcc -static`: its own libc is in the main executable, so a plain attach hooks it all.
+#[test]
+fn memwork_static_libc_in_the_executable() {
+    warm_up();
+    memwork_all_of_libc(memwork_static(), Detach::Keep, None);
+}
+
+/// Against libc.so.6, attached with `--module libc.so.6`: every function of both.
+#[test]
+fn memwork_dynamic_with_module_libc() {
+    warm_up();
+    memwork_all_of_libc(memwork_dynamic(), Detach::Interrupt, Some("libc.so.6"));
 }

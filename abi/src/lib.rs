@@ -296,14 +296,51 @@ pub struct FuncEntry {
     pub status: u32,
     /// When skipped: the interceptor's reason code (see [`skip_reason_text`]).
     pub skip_reason: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Whether code outside the function branches into its first bytes, as xcover found by
+    /// decoding the module: 0 when not (and in sessions written before this field was
+    /// used: it was reserved, zero). Otherwise bits 0..8 hold the lowest such offset from the
+    /// entry, which no entry patch may displace, and bits 8..32 the length of a text naming
+    /// the first branch there, stored in the string section right after the name. See
+    /// [`FuncEntry::entered_at`] and [`FuncEntry::entered_from_len`].
+    pub entered: u32,
     /// Where the next symbol (or the section) starts: `addr + size .. pad_end` is padding
     /// the interceptor may use for a short function's jump.
     pub pad_end: u64,
     /// Link-time address of the entry (the symbol's value), for DWARF line lookups.
     pub vaddr: u64,
 }
+
+// The table's layout is fixed: sessions written by earlier versions stay readable.
+const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
+const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
+
+impl FuncEntry {
+    /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
+    /// function's branch enters, and the length of the text naming it (below 2^24).
+    pub fn pack_entered(at: u8, from_len: u32) -> u32 {
+        u32::from(at) | from_len.min(0xff_ffff) << 8
+    }
+
+    /// The lowest offset from the entry that code outside the function branches to, 0 when
+    /// none is known.
+    pub fn entered_at(&self) -> u8 {
+        self.entered as u8
+    }
+
+    /// Length of the text (after the name in the string section) that names the first
+    /// branch at [`FuncEntry::entered_at`]; 0 when there is none.
+    pub fn entered_from_len(&self) -> u32 {
+        if self.entered_at() == 0 {
+            0
+        } else {
+            self.entered >> 8
+        }
+    }
+}
+
+/// [`FuncEntry::skip_reason`] of a function that another function's branch enters inside
+/// the bytes every entry patch would cover.
+pub const SKIP_ENTERED_INSIDE: u32 = 11;
 
 /// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
 pub fn skip_reason_text(code: u32) -> &'static str {
@@ -318,6 +355,7 @@ pub fn skip_reason_text(code: u32) -> &'static str {
         8 => "code not readable",
         9 => "a thread is stopped inside the patched bytes",
         10 => "entered at its second byte (a top frame's call)",
+        SKIP_ENTERED_INSIDE => "entered inside the patched bytes by another function's branch",
         _ => "unknown reason",
     }
 }

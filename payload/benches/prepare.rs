@@ -49,6 +49,7 @@ fn main() {
                 size: 10,
                 next: a + 16,
                 cookie: i as u64,
+                entered_at: 0,
             }
         })
         .collect();

@@ -14,8 +14,9 @@
 //! 3. Otherwise the function is skipped with a [`SkipReason`].
 //!
 //! Any branch or IP-relative reference from inside the function to bytes `1..len` of the
-//! displaced range refuses that patch form. Displaced bytes not covered by the jump are filled
-//! with `int3`.
+//! displaced range refuses that patch form, and so does a branch from other code of the
+//! module ([`FuncSpec::entered_at`], which the caller finds). Displaced bytes not covered by
+//! the jump are filled with `int3`.
 //!
 //! # Trampolines
 //!
@@ -194,6 +195,10 @@ pub struct FuncSpec {
     pub next: u64,
     /// The attach cookie put into [`ProbeCtx::cookie`].
     pub cookie: u64,
+    /// The lowest offset from `addr` (1..) that code outside the function branches to, 0
+    /// when none is known: the caller finds these (xcover decodes the whole module), the
+    /// planner only sees the function's own bytes. No patch displaces that byte.
+    pub entered_at: u8,
 }
 
 /// Why a function was not hooked.
@@ -231,6 +236,12 @@ pub enum SkipReason {
     /// The code is entered at its second byte by design (`nop; call`: a top frame whose
     /// call others return to, like Go's `runtime.goexit`).
     ReturnTarget,
+    /// Code outside the function branches into the bytes every patch form would displace
+    /// ([`FuncSpec::entered_at`]).
+    EnteredInside {
+        /// Offset of the branch target from the entry.
+        at: u8,
+    },
 }
 
 impl SkipReason {
@@ -247,6 +258,7 @@ impl SkipReason {
             Self::Unreadable => 8,
             Self::ThreadInPatch => 9,
             Self::ReturnTarget => 10,
+            Self::EnteredInside { .. } => xcover_abi::SKIP_ENTERED_INSIDE,
         }
     }
 }
@@ -268,6 +280,9 @@ impl fmt::Display for SkipReason {
             Self::Unreadable => f.write_str("code not readable"),
             Self::ThreadInPatch => f.write_str("a thread is stopped inside the patched bytes"),
             Self::ReturnTarget => f.write_str("entered at its second byte (a top frame's call)"),
+            Self::EnteredInside { at } => {
+                write!(f, "entered at +{at} by another function's branch")
+            }
         }
     }
 }
@@ -711,8 +726,12 @@ fn plan(f: &FuncSpec, code: &[u8], size: usize, head: &mut Head) -> Result<Plan,
     // references into the patch goes only as far into the function as each answer needs.
     let mut refs = RefSweep::new(&code[..size], f.addr);
     head.decode(code, f.addr, &mut refs);
+    // A branch from elsewhere into bytes 1..len of the displaced range, as for the
+    // function's own branches.
+    let entered = |len: usize| f.entered_at != 0 && usize::from(f.entered_at) < len;
     let first = match head.scan(5) {
         Ok(scan) => match refs.first_ref(scan.len) {
+            None if entered(scan.len) => SkipReason::EnteredInside { at: f.entered_at },
             None => return Ok(Plan { scan, slot: None }),
             Some(from) => SkipReason::BranchIntoPatch { from },
         },
@@ -721,7 +740,11 @@ fn plan(f: &FuncSpec, code: &[u8], size: usize, head: &mut Head) -> Result<Plan,
     // The 2-byte hop into padding.
     if let Ok(scan) = head.scan(2) {
         let slot_off = scan.len.max(size);
-        if slot_off + 5 <= avail && slot_off - 2 <= 127 && refs.first_ref(scan.len).is_none() {
+        if slot_off + 5 <= avail
+            && slot_off - 2 <= 127
+            && !entered(scan.len)
+            && refs.first_ref(scan.len).is_none()
+        {
             return Ok(Plan {
                 scan,
                 slot: Some(f.addr + slot_off as u64),
@@ -1565,5 +1588,42 @@ mod tests {
         assert!(h.get(&650).is_none());
         h.get_mut(&600).unwrap().active = false;
         assert!(!h.get(&600).unwrap().active);
+    }
+
+    #[test]
+    fn a_branch_from_elsewhere_refuses_the_forms_that_displace_its_target() {
+        // mov rax, rdi ; mov rcx, rdx ; ret ; 8 bytes of int3 padding.
+        let code = [
+            0x48, 0x89, 0xf8, 0x48, 0x89, 0xd1, 0xc3, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+            0xcc,
+        ];
+        let addr = 0x40_1000;
+        let try_plan = |entered_at: u8| {
+            let f = FuncSpec {
+                addr,
+                size: 7,
+                next: addr + code.len() as u64,
+                cookie: 0,
+                entered_at,
+            };
+            plan(&f, &code, 7, &mut Head::default()).map(|p| (p.scan.len, p.slot))
+        };
+        // Nothing enters inside, or the target is past the 6 bytes the 5-byte jump displaces.
+        for at in [0, 6, 7, 20] {
+            assert_eq!(try_plan(at), Ok((6, None)), "entered at +{at}");
+        }
+        // +3 to +5 are inside the jump's 6 bytes, not inside the hop's 3 (the first `mov`).
+        for at in [3, 4, 5] {
+            assert_eq!(try_plan(at), Ok((3, Some(addr + 7))), "entered at +{at}");
+        }
+        // +1 and +2 are inside every form.
+        for at in [1, 2] {
+            assert_eq!(
+                try_plan(at),
+                Err(SkipReason::EnteredInside { at }),
+                "entered at +{at}"
+            );
+        }
+        assert_eq!(SkipReason::EnteredInside { at: 3 }.code(), 11);
     }
 }

@@ -248,6 +248,7 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
                 size: f.size,
                 next: f.pad_end,
                 cookie: i as u64,
+                entered_at: f.entered_at(),
             }
         })
         .collect();

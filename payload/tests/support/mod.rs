@@ -138,6 +138,7 @@ impl Lib {
                         size,
                         next: addr + next,
                         cookie: i as u64,
+                        entered_at: 0,
                     },
                 )
             })
