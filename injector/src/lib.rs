@@ -27,6 +27,7 @@
 //! # Modules
 //! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
 //! - [`procfs`]: read-only checks of a pid before it is touched;
+//! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
 //! - `remote`: remote system calls and calls (methods of [`StoppedProcess`]);
 //! - [`elf`]: the agent image;
@@ -37,6 +38,7 @@
 pub mod elf;
 mod error;
 mod park;
+pub mod proc_events;
 pub mod procfs;
 mod remote;
 mod sections;
