@@ -86,19 +86,10 @@ impl Outputs {
         Ok(())
     }
 
+    /// Checks every output path before the target is touched.
     fn check(&self) -> Result<()> {
         for p in [&self.report, &self.lcov].into_iter().flatten() {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Some(d) = dir
-                && !d.is_dir()
-            {
-                return Err(BadInput(format!(
-                    "{}: directory {} does not exist",
-                    p.display(),
-                    d.display()
-                ))
-                .into());
-            }
+            crate::report::check_writable(p)?;
         }
         Ok(())
     }
