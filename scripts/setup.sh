@@ -12,6 +12,7 @@ command -v genhtml >/dev/null || need+=(lcov)
 command -v tmux >/dev/null || need+=(tmux)
 command -v go >/dev/null || need+=(golang-go)
 command -v readelf >/dev/null || need+=(binutils)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ "${XCOVER_BENCH:-0}" = 1 ]; then
   command -v bpftrace >/dev/null || need+=(bpftrace)
 fi

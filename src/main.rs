@@ -9,6 +9,7 @@ mod attach;
 mod cli;
 mod demo;
 mod discover;
+mod ending;
 mod live;
 mod report;
 mod session;
