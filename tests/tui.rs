@@ -7,16 +7,23 @@ use std::time::{Duration, Instant};
 
 use crate::support::session_path;
 
-/// A tmux server of our own (`-L`), so the test never touches a user's sessions.
+/// A tmux server of our own (`-L`), so the test never touches a user's sessions, nor
+/// another test's.
 struct Tmux {
     socket: String,
 }
 
 impl Tmux {
     fn new() -> Option<Tmux> {
+        // One server per test: tests run in parallel, and each kills its server at the end.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         Command::new("tmux").arg("-V").output().ok()?;
         Some(Tmux {
-            socket: format!("xcover-test-{}", std::process::id()),
+            socket: format!(
+                "xcover-test-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         })
     }
 
