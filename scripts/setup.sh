@@ -15,6 +15,7 @@ command -v readelf >/dev/null || need+=(binutils)
 # glibc's local symbols (__memcpy_avx_unaligned_erms and the like), for the tests that hook
 # all of libc.so.6.
 dpkg-query -W -f='${Status}' libc6-dbg 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dbg)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ "${XCOVER_BENCH:-0}" = 1 ]; then
   command -v bpftrace >/dev/null || need+=(bpftrace)
 fi

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xcover_abi::{FLAG_KEEP, SessionState};
+use xcover_injector::session::Owner;
 use xcover_injector::{self as injector, AttachOptions, SessionFile};
 
 use crate::cli::{AttachArgs, BadInput, DetachArgs, StatusArgs};
+use crate::ending::{self, Watch};
 use crate::live::Live;
 use crate::{discover, session};
 
@@ -67,51 +69,66 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// Writes the reports from a session's last reading; errors are reported, not fatal, so
-    /// a failed write never keeps the hooks in the target.
-    fn write(&self, s: &SessionFile) -> Result<()> {
+    /// Writes the reports from a reading of the session: its last one (`snapshot` false), or
+    /// one taken while it keeps counting. Both are tried; the first failure is returned.
+    fn write(&self, s: &SessionFile, snapshot: bool) -> Result<()> {
         if self.report.is_none() && self.lcov.is_none() {
             return Ok(());
         }
         let v = session::view(s)?;
         let r = session::report(s, &v);
-        if let Some(p) = &self.report {
-            r.write_json(p)?;
-            eprintln!("xcover: wrote {}", p.display());
+        let note = if snapshot {
+            " (a snapshot: the session stays live and keeps counting)"
+        } else {
+            ""
+        };
+        let mut first_err = None;
+        for (p, json) in [(&self.report, true), (&self.lcov, false)] {
+            let Some(p) = p else { continue };
+            let w = if json {
+                r.write_json(p)
+            } else {
+                r.write_lcov(p)
+            };
+            match w {
+                Ok(()) => eprintln!("xcover: wrote {}{note}", p.display()),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        if let Some(p) = &self.lcov {
-            r.write_lcov(p)?;
-            eprintln!("xcover: wrote {}", p.display());
-        }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
+    /// Checks every output path before the target is touched.
     fn check(&self) -> Result<()> {
         for p in [&self.report, &self.lcov].into_iter().flatten() {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Some(d) = dir
-                && !d.is_dir()
-            {
-                return Err(BadInput(format!(
-                    "{}: directory {} does not exist",
-                    p.display(),
-                    d.display()
-                ))
-                .into());
-            }
+            crate::report::check_writable(p)?;
         }
         Ok(())
     }
 }
 
+/// The error of a session whose reports could not be written: its counts are held in the
+/// session file, and the message says where and how to get them.
+fn held(e: anyhow::Error, pid: i32, path: &str) -> anyhow::Error {
+    e.context(format!(
+        "pid {pid}: a report could not be written; the counts are kept in {path} \
+         (`xcover detach {pid} --report <file>` writes them and removes it)"
+    ))
+}
+
 /// How a watch ended.
 enum Ended {
-    /// Detach now (time is up, Ctrl-C, `q`).
+    /// `q` in the TUI: detach.
     Detach,
+    /// The time is up (`timed_out`), or Ctrl-C or a signal: the session's owner detaches,
+    /// the watcher of a kept session leaves it kept.
+    Stopped { timed_out: bool },
     /// Leave the hooks in place (`K` in the TUI).
     Keep,
-    /// The target exited.
-    TargetGone,
+    /// The target is gone: what [`injector::target_gone`] said.
+    TargetGone(&'static str),
 }
 
 /// Watches a live session until it should end: the TUI when stdout is a terminal, a status
@@ -124,17 +141,20 @@ fn watch(
     stop: &Arc<AtomicBool>,
     report_path: PathBuf,
 ) -> Result<Ended> {
+    let gone = || injector::target_gone(pid, s);
     let mut live = Live::new(s, pid, report_path);
     if tui {
         let alive = live.alive_check();
         // The time limit reaches the TUI through the same flag as the signals.
         let done = Arc::new(AtomicBool::new(false));
+        let timed_out = Arc::new(AtomicBool::new(false));
         let timer = limit.map(|l| {
-            let (stop, done) = (stop.clone(), done.clone());
+            let (stop, done, timed_out) = (stop.clone(), done.clone(), timed_out.clone());
             std::thread::spawn(move || {
                 let start = Instant::now();
                 while !done.load(Ordering::Acquire) {
                     if start.elapsed() >= l {
+                        timed_out.store(true, Ordering::Release);
                         stop.store(true, Ordering::Release);
                         return;
                     }
@@ -152,14 +172,17 @@ fn watch(
             let _ = t.join();
         }
         return Ok(match outcome? {
-            xcover_ui::Outcome::Detach | xcover_ui::Outcome::Stopped => Ended::Detach,
+            xcover_ui::Outcome::Detach => Ended::Detach,
+            xcover_ui::Outcome::Stopped => Ended::Stopped {
+                timed_out: timed_out.load(Ordering::Acquire),
+            },
             xcover_ui::Outcome::KeepLive => Ended::Keep,
             xcover_ui::Outcome::SourceEnded(why) => {
-                eprintln!("xcover: {why}");
                 if alive() {
+                    eprintln!("xcover: {why}");
                     Ended::Detach
                 } else {
-                    Ended::TargetGone
+                    Ended::TargetGone(gone().unwrap_or(injector::GONE_EXITED))
                 }
             }
         });
@@ -169,14 +192,13 @@ fn watch(
     loop {
         let elapsed = start.elapsed();
         if limit.is_some_and(|l| elapsed >= l) {
-            return Ok(Ended::Detach);
+            return Ok(Ended::Stopped { timed_out: true });
         }
         if stop.load(Ordering::Acquire) {
-            eprintln!("xcover: signal received: detaching");
-            return Ok(Ended::Detach);
+            return Ok(Ended::Stopped { timed_out: false });
         }
-        if !live.target_alive() {
-            return Ok(Ended::TargetGone);
+        if let Some(what) = gone() {
+            return Ok(Ended::TargetGone(what));
         }
         if elapsed >= next_status {
             match live.status_line() {
@@ -191,6 +213,75 @@ fn watch(
         }
         std::thread::sleep(nap);
     }
+}
+
+/// The end of a session whose target is gone (`gone`, from [`injector::target_gone`]):
+/// says how it ended, writes the reports from the session's counts, and removes the
+/// session, or holds it if a report could not be written. Exit code 1 when a signal
+/// killed the target.
+fn target_ended(
+    pid: i32,
+    s: &SessionFile,
+    watch: Option<&Watch>,
+    gone: &str,
+    outputs: &Outputs,
+) -> Result<ExitCode> {
+    let end = ending::explain(pid, s, watch, gone);
+    if let Err(e) = outputs.write(s, false) {
+        s.hold().map_err(cli_error)?;
+        eprintln!("xcover: {}", end.message(pid));
+        return Err(held(e, pid, s.path()));
+    }
+    s.remove().map_err(cli_error)?;
+    eprintln!("xcover: {}; session removed", end.message(pid));
+    Ok(end.exit_code())
+}
+
+/// Takes the hooks out with `detach` (which calls its closure once they are out, with the
+/// session, and holds the session when it returns false), writing the reports; says what
+/// happened. A target found gone meanwhile is explained with `watch`.
+fn detach_and_report(
+    pid: i32,
+    watch: Option<&Watch>,
+    outputs: &Outputs,
+    detach: impl FnOnce(&mut dyn FnMut(&SessionFile) -> bool) -> Result<injector::Stats>,
+) -> Result<ExitCode> {
+    let mut written: Result<()> = Ok(());
+    let mut end = None;
+    let mut path = String::new();
+    let st = detach(&mut |s| {
+        path = s.path().to_string();
+        // How a target that is gone ended, before its zombie is reaped.
+        if !s.is_held()
+            && let Some(what) = injector::target_gone(pid, s)
+        {
+            end = Some(ending::explain(pid, s, watch, what));
+        }
+        written = outputs.write(s, false);
+        written.is_ok()
+    })?;
+    let code = end.as_ref().map_or(ExitCode::SUCCESS, |e| e.exit_code());
+    let said = match (&st.gone, &end) {
+        (_, Some(end)) => end.message(pid),
+        (Some(what), None) => format!("pid {pid} {what}"),
+        (None, None) => format!(
+            "detached from pid {pid} (target stopped {:.2} ms)",
+            ms(st.stopped)
+        ),
+    };
+    if st.held {
+        eprintln!("xcover: {said}");
+        let e = written
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("a report failed"));
+        return Err(held(e, pid, &path));
+    }
+    if st.gone.is_some() || end.is_some() {
+        eprintln!("xcover: {said}; session removed");
+    } else {
+        eprintln!("xcover: {said}");
+    }
+    Ok(code)
 }
 
 fn validate_duration(d: Option<f64>) -> Result<Option<Duration>> {
@@ -261,6 +352,8 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     let prepared = t1.elapsed();
 
     let stop = stop_signals()?;
+    // Before the target is touched, so that however it ends later is seen.
+    let watcher = (!a.keep).then(|| Watch::start(a.pid));
     let prepare = |s: &SessionFile| session::write(s, &contents).map_err(|e| format!("{e:#}"));
     let opts = AttachOptions {
         keep: a.keep,
@@ -289,50 +382,55 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         att.leave();
         eprintln!(
             "xcover: the hooks stay in pid {}; `xcover attach {}` watches them again, \
-             `xcover detach {}` takes them out",
-            a.pid, a.pid, a.pid
+             `xcover detach {}` takes them out{}",
+            a.pid,
+            a.pid,
+            a.pid,
+            if outputs.report.is_some() || outputs.lcov.is_some() {
+                " (and writes the reports: give it --report/--lcov)"
+            } else {
+                ""
+            }
         );
         return Ok(ExitCode::SUCCESS);
     }
     let ended = watch(att.session(), a.pid, tui, limit, &stop, report_path)?;
     match ended {
-        Ended::TargetGone => {
-            let r = outputs.write(att.session());
-            let what = injector::target_gone(a.pid, att.session()).unwrap_or("exited");
-            let _ = att.session().remove();
-            eprintln!("xcover: pid {} {what}; session removed", a.pid);
-            r?;
-            Ok(ExitCode::SUCCESS)
+        Ended::TargetGone(what) => {
+            target_ended(a.pid, att.session(), watcher.as_ref(), what, &outputs)
         }
         Ended::Keep => {
+            let written = outputs.write(att.session(), true);
             att.leave();
-            eprintln!(
-                "xcover: the hooks stay in pid {}; `xcover detach {}` takes them out",
-                a.pid, a.pid
-            );
-            Ok(ExitCode::SUCCESS)
+            left_kept(a.pid, "", written)
         }
-        Ended::Detach => {
-            let mut written = Ok(());
-            let st = att
-                .detach_with(AGENT, |s| written = outputs.write(s))
-                .map_err(cli_error)
-                .with_context(|| format!("detach from pid {}", a.pid))?;
-            match st.gone {
-                Some(what) => eprintln!("xcover: pid {} {what}; session removed", a.pid),
-                None => eprintln!(
-                    "xcover: detached from pid {} (target stopped {:.2} ms)",
-                    a.pid,
-                    ms(st.stopped)
-                ),
+        Ended::Detach | Ended::Stopped { .. } => {
+            if matches!(ended, Ended::Stopped { timed_out: false }) {
+                eprintln!("xcover: signal received: detaching");
             }
-            written?;
-            Ok(ExitCode::SUCCESS)
+            detach_and_report(a.pid, watcher.as_ref(), &outputs, |last_read| {
+                att.detach_with(AGENT, last_read)
+                    .map_err(cli_error)
+                    .with_context(|| format!("detach from pid {}", a.pid))
+            })
         }
     }
 }
 
-/// `xcover attach` on a pid that already has a session.
+/// The end of a watch that leaves the session kept (`why`: what ended the watch), once the
+/// reports asked for were written as a snapshot of the counts so far (`written`).
+fn left_kept(pid: i32, why: &str, written: Result<()>) -> Result<ExitCode> {
+    eprintln!(
+        "xcover: {why}the hooks stay in pid {pid} (a kept session); `xcover detach {pid}` \
+         takes them out"
+    );
+    written?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `xcover attach` on a pid that already has a session: a kept one (watched, and left kept
+/// unless `q` in the TUI asks for a detach), or one whose xcover is gone (watched, and
+/// detached at the end as that xcover would have).
 fn reopen(
     pid: i32,
     s: SessionFile,
@@ -341,61 +439,74 @@ fn reopen(
     outputs: &Outputs,
     report_path: PathBuf,
 ) -> Result<ExitCode> {
-    let h = s.header();
-    let owner = h.owner_pid.load(Ordering::Acquire);
-    if owner != 0 && owner != std::process::id() && injector::procfs::stat(owner as i32).is_ok() {
-        return Err(BadInput(format!("pid {pid}: already attached by xcover pid {owner}")).into());
-    }
-    let alive = injector::procfs::stat(pid).is_ok_and(|st| st.start_time == h.target_start_time);
-    if !alive {
-        s.remove().map_err(cli_error)?;
+    if s.is_held() {
         return Err(BadInput(format!(
-            "pid {pid}: no such process (stale session removed)"
+            "pid {pid}: {} holds the counts of a session whose report could not be written; \
+             `xcover detach {pid} --report <file>` writes them and removes it",
+            s.path()
         ))
         .into());
     }
-    h.owner_pid.store(std::process::id(), Ordering::Release);
-    eprintln!("xcover: pid {pid}: watching the kept session");
+    let h = s.header();
+    let left_by = match s.owner() {
+        Owner::Alive(owner) => {
+            return Err(
+                BadInput(format!("pid {pid}: already attached by xcover pid {owner}")).into(),
+            );
+        }
+        Owner::Gone(owner) => Some(owner),
+        Owner::None => None,
+    };
+    if let Some(what) = injector::target_gone(pid, &s) {
+        return Err(BadInput(format!(
+            "pid {pid}: its session is stale (the target {what}); `xcover detach {pid}` removes \
+             it, with --report writing its counts first"
+        ))
+        .into());
+    }
+    let kept = h.flags & FLAG_KEEP != 0;
     let stop = stop_signals()?;
+    let watcher = Watch::start(pid);
+    h.owner_pid.store(std::process::id(), Ordering::Release);
+    match left_by {
+        _ if kept => eprintln!(
+            "xcover: pid {pid}: watching the kept session (it stays kept at the end: `q` in \
+             the TUI or `xcover detach {pid}` takes the hooks out)"
+        ),
+        Some(owner) => eprintln!(
+            "xcover: pid {pid}: watching the session xcover pid {owner} left (it is gone)"
+        ),
+        None => eprintln!("xcover: pid {pid}: watching its session"),
+    }
     let ended = watch(&s, pid, tui, limit, &stop, report_path);
+    let give_up = || h.owner_pid.store(0, Ordering::Release);
+    let keep = |why: &str| {
+        let written = outputs.write(&s, true);
+        give_up();
+        left_kept(pid, why, written)
+    };
     match ended {
-        Ok(Ended::Keep) => {
-            h.owner_pid.store(0, Ordering::Release);
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Ended::TargetGone) => {
-            let r = outputs.write(&s);
-            let what = injector::target_gone(pid, &s).unwrap_or("exited");
-            let _ = s.remove();
-            eprintln!("xcover: pid {pid} {what}; session removed");
-            r?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Ended::Detach) => {
+        Ok(Ended::Keep) => keep(""),
+        Ok(Ended::Stopped { timed_out: true }) if kept => keep("time is up: "),
+        Ok(Ended::Stopped { timed_out: false }) if kept => keep("signal received: "),
+        Ok(Ended::TargetGone(what)) => target_ended(pid, &s, Some(&watcher), what, outputs),
+        Ok(Ended::Detach | Ended::Stopped { .. }) => {
             drop(s);
-            detach_pid(pid, outputs)
+            detach_pid(pid, Some(&watcher), outputs)
         }
         Err(e) => {
-            h.owner_pid.store(0, Ordering::Release);
+            give_up();
             Err(e)
         }
     }
 }
 
-fn detach_pid(pid: i32, outputs: &Outputs) -> Result<ExitCode> {
-    let mut written = Ok(());
-    let st = injector::detach_with(pid, AGENT, |s| written = outputs.write(s))
-        .map_err(cli_error)
-        .with_context(|| format!("detach from pid {pid}"))?;
-    match st.gone {
-        Some(what) => eprintln!("xcover: pid {pid} {what}; session removed"),
-        None => eprintln!(
-            "xcover: detached from pid {pid} (target stopped {:.2} ms)",
-            ms(st.stopped)
-        ),
-    }
-    written?;
-    Ok(ExitCode::SUCCESS)
+fn detach_pid(pid: i32, watch: Option<&Watch>, outputs: &Outputs) -> Result<ExitCode> {
+    detach_and_report(pid, watch, outputs, |last_read| {
+        injector::detach_with(pid, AGENT, last_read)
+            .map_err(cli_error)
+            .with_context(|| format!("detach from pid {pid}"))
+    })
 }
 
 /// `xcover detach`.
@@ -405,7 +516,72 @@ pub fn detach(a: DetachArgs) -> Result<ExitCode> {
         lcov: a.lcov,
     };
     outputs.check()?;
-    detach_pid(a.pid, &outputs)
+    detach_pid(a.pid, None, &outputs)
+}
+
+/// One line of `xcover status` for the session of `pid`.
+fn status_line(pid: i32, s: &SessionFile) -> String {
+    let h = s.header();
+    let exe =
+        String::from_utf8_lossy(&h.exe_path[..(h.exe_path_len as usize).min(h.exe_path.len())])
+            .into_owned();
+    let cov = match session::view(s) {
+        Ok(v) => format!(
+            "{} hooked, {} skipped, {} hit ({:.1}%)",
+            v.hooked,
+            v.skipped,
+            v.hit_funcs(),
+            v.coverage()
+        ),
+        Err(e) => format!("unreadable: {e:#}"),
+    };
+    let kept = if h.flags & FLAG_KEEP != 0 {
+        " kept"
+    } else {
+        ""
+    };
+    let (state, owner, hint) = if s.is_held() {
+        (
+            "detached, counts held (a report could not be written)".to_string(),
+            "none".to_string(),
+            format!("`xcover detach {pid} --report <file>` writes them and removes the session"),
+        )
+    } else if let Some(what) = injector::target_gone(pid, s) {
+        let state = if what == injector::GONE_EXEC {
+            "stale: the target exec'd (its new program has no hooks)".to_string()
+        } else {
+            format!("stale: the target {what}")
+        };
+        (
+            state,
+            owner_text(s),
+            format!("`xcover detach {pid}` removes the session (--report writes its counts)"),
+        )
+    } else {
+        let state = format!("{}{kept}", state_name(h.state.load(Ordering::Acquire)));
+        match s.owner() {
+            Owner::Gone(o) => (
+                state,
+                format!("owner {o} gone"),
+                format!("recoverable with `xcover detach {pid}` or `xcover attach {pid}`"),
+            ),
+            _ => (state, owner_text(s), String::new()),
+        }
+    };
+    let hint = if hint.is_empty() {
+        hint
+    } else {
+        format!("; {hint}")
+    };
+    format!("pid {pid}: {state}, {cov}, owner {owner}, {exe}{hint}")
+}
+
+fn owner_text(s: &SessionFile) -> String {
+    match s.owner() {
+        Owner::None => "none".into(),
+        Owner::Alive(o) => o.to_string(),
+        Owner::Gone(o) => format!("{o} gone"),
+    }
 }
 
 /// `xcover status`.
@@ -421,47 +597,11 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
         println!("no sessions");
         return Ok(ExitCode::SUCCESS);
     }
-    for (pid, path) in sessions {
+    for (pid, _path) in sessions {
         match SessionFile::open(pid) {
-            Ok(s) => {
-                let h = s.header();
-                let alive = injector::procfs::stat(pid)
-                    .is_ok_and(|st| st.start_time == h.target_start_time);
-                let exe = String::from_utf8_lossy(
-                    &h.exe_path[..(h.exe_path_len as usize).min(h.exe_path.len())],
-                )
-                .into_owned();
-                let owner = h.owner_pid.load(Ordering::Acquire);
-                let cov = match session::view(&s) {
-                    Ok(v) => format!(
-                        "{} hooked, {} skipped, {} hit ({:.1}%)",
-                        v.hooked,
-                        v.skipped,
-                        v.hit_funcs(),
-                        v.coverage()
-                    ),
-                    Err(e) => format!("unreadable: {e:#}"),
-                };
-                println!(
-                    "pid {pid}: {}{}{}, {cov}, owner {}, {}",
-                    state_name(h.state.load(Ordering::Acquire)),
-                    if h.flags & FLAG_KEEP != 0 {
-                        " kept"
-                    } else {
-                        ""
-                    },
-                    if alive { "" } else { " (target gone: stale)" },
-                    if owner == 0 {
-                        "none".to_string()
-                    } else {
-                        owner.to_string()
-                    },
-                    exe
-                );
-            }
+            Ok(s) => println!("{}", status_line(pid, &s)),
             // The error names the file already.
             Err(e) if a.pid.is_some() => {
-                let _ = path;
                 return Err(cli_error(e)).with_context(|| format!("status of pid {pid}"));
             }
             Err(e) => println!("pid {pid}: {e}"),

@@ -9,6 +9,7 @@ mod attach;
 mod cli;
 mod demo;
 mod discover;
+mod ending;
 mod inbound;
 mod live;
 mod report;

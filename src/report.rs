@@ -260,10 +260,85 @@ fn lcov_name(f: &FuncReport) -> String {
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<()> {
-    // Write next to the destination, then rename: a reader never sees half a report.
+    use std::io::Write as _;
+    // A device or a pipe (`/dev/stdout`) is written in place: renaming over it would
+    // replace it.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return f
+            .write_all(contents.as_bytes())
+            .and_then(|()| f.flush())
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
+    // Written next to the destination, flushed to the disk (a full disk or a quota shows as
+    // late as that), then renamed: a reader never sees half a report, and an existing
+    // report is only replaced by a complete one.
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+    })
+}
+
+/// Checks, before anything is done, that a report can be written at `path` later: not a
+/// directory, in an existing directory where a file can be created (one is, and removed);
+/// or an existing device or pipe that opens for writing. An existing report is left as it
+/// is until the new one replaces it.
+pub fn check_writable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |why: String| anyhow::Error::new(BadInput(format!("{}: {why}", path.display())));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(bad("is a directory".into())),
+        Ok(m) if !m.is_file() => {
+            // Non-blocking, so a pipe without a reader fails instead of hanging.
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map(drop)
+                .map_err(|e| bad(format!("cannot be written: {e}")));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad(format!("{} is not a directory", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!("directory {} does not exist", dir.display())));
+        }
+        Err(e) => return Err(bad(format!("{}: {e}", dir.display()))),
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let probe = dir.join(format!(".{name}.xcover-check.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)
+        .map_err(|e| bad(format!("cannot create a file in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// The kernel release (`uname -r`).

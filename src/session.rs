@@ -369,6 +369,26 @@ pub fn hits(s: &SessionFile) -> Result<Vec<u64>> {
     Ok(counts)
 }
 
+/// The regions the agent mapped in the target (heap, JIT-ed code, trampoline arenas), from
+/// the session's region table.
+pub fn regions(s: &SessionFile) -> Result<Vec<Region>> {
+    use std::sync::atomic::Ordering;
+    let h = s.header();
+    let size = size_of::<Region>() as u64;
+    // Bounded by the file, whatever the (shared, writable) header says.
+    let n = h
+        .regions_count
+        .load(Ordering::Acquire)
+        .min(h.regions_cap)
+        .min(s.len().saturating_sub(h.regions_off) / size);
+    let mut raw = vec![0u8; (n * size) as usize];
+    s.read_at(h.regions_off, &mut raw)?;
+    Ok(raw
+        .chunks_exact(size as usize)
+        .map(bytemuck::pod_read_unaligned)
+        .collect())
+}
+
 /// Events dropped by the probe's maps.
 pub fn dropped(s: &SessionFile) -> Result<u64> {
     let h = s.header();

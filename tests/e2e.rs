@@ -93,7 +93,7 @@ impl Drop for Counts {
 }
 
 /// Runtime addresses of the named functions: `nm` values plus the load bias of the PIE.
-fn func_addrs(pid: i32, exe: &Path, names: &[&str]) -> Vec<u64> {
+pub fn func_addrs(pid: i32, exe: &Path, names: &[&str]) -> Vec<u64> {
     let nm = Command::new("nm")
         .arg("--defined-only")
         .arg(exe)
@@ -119,7 +119,7 @@ fn func_addrs(pid: i32, exe: &Path, names: &[&str]) -> Vec<u64> {
         .collect()
 }
 
-fn code_bytes(pid: i32, addrs: &[u64]) -> Vec<Vec<u8>> {
+pub fn code_bytes(pid: i32, addrs: &[u64]) -> Vec<Vec<u8>> {
     let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     addrs
         .iter()
@@ -148,11 +148,11 @@ fn ok(args: &[&str]) -> String {
     err + &String::from_utf8_lossy(&o.stdout)
 }
 
-fn read_report(p: &Path) -> serde_json::Value {
+pub fn read_report(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
+pub fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
     let f = r["functions"]
         .as_array()
         .unwrap()

@@ -128,9 +128,21 @@ impl Xcover {
 
     /// [`spawn`](Self::spawn) with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Xcover {
+        Xcover::spawn_cmd(support::xcover(), args, env)
+    }
+
+    /// [`spawn`](Self::spawn) run by `wrapper` (`wrapper… xcover args…`), e.g. to drop a
+    /// capability.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> Xcover {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_xcover"));
+        Xcover::spawn_cmd(cmd, args, &[])
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Xcover {
         let err_path = tmp_path("stderr");
         let err = File::create(&err_path).unwrap();
-        let child = support::xcover()
+        let child = cmd
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -236,7 +248,7 @@ fn target_exits_during_attach_live_and_detach() {
             "session left after the target exited (xcover exit {code}): {err}"
         );
         let kind = match code {
-            0 if err.contains("exited; session removed") => "exited while live",
+            0 if err.contains("exited with status 0; session removed") => "exited while live",
             0 => "detached before the exit",
             1 | 2 => {
                 assert_eq!(

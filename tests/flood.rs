@@ -324,19 +324,22 @@ fn flood_without_reader_counts_every_drop() {
     assert_eq!(recs.consumed as u64, cap / (RECORD as u64 + 8));
     drop(s);
 
-    // The real binary reports the drops: reopen the kept session for a status line, then
-    // detach (time is up) and write the report.
+    // The real binary reports the drops: reopen the kept session for a status line (it
+    // stays kept when the time is up), then detach and write the report.
     let report = tmp_report("noreader", pid);
+    let out = xcover(&["attach", &pid.to_string(), "--no-tui", "--duration", "2.5"]);
+    let err = assert_ok("xcover attach (reopen) --duration", &out);
+    assert!(
+        session_path(pid).exists(),
+        "a kept session stays kept: {err}"
+    );
     let out = xcover(&[
-        "attach",
+        "detach",
         &pid.to_string(),
-        "--no-tui",
-        "--duration",
-        "2.5",
         "--report",
         report.to_str().unwrap(),
     ]);
-    let err = assert_ok("xcover attach (reopen) --duration", &out);
+    assert_ok("xcover detach --report", &out);
     let status = err
         .lines()
         .rfind(|l| l.ends_with(" dropped"))

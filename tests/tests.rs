@@ -9,6 +9,7 @@ mod golang;
 mod hook;
 mod hostile;
 mod inject;
+mod lifecycle;
 mod maps;
 mod realprog;
 mod security;

@@ -7,16 +7,23 @@ use std::time::{Duration, Instant};
 
 use crate::support::session_path;
 
-/// A tmux server of our own (`-L`), so the test never touches a user's sessions.
+/// A tmux server of our own (`-L`), so the test never touches a user's sessions, nor
+/// another test's.
 struct Tmux {
     socket: String,
 }
 
 impl Tmux {
     fn new() -> Option<Tmux> {
+        // One server per test: tests run in parallel, and each kills its server at the end.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         Command::new("tmux").arg("-V").output().ok()?;
         Some(Tmux {
-            socket: format!("xcover-test-{}", std::process::id()),
+            socket: format!(
+                "xcover-test-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         })
     }
 
@@ -156,4 +163,73 @@ fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
                 .is_ok_and(|s| s.contains(") Z")),
         "demo target still running"
     );
+}
+
+/// Runs `xcover attach <pid>` (the TUI) in a fresh tmux session `t`, waits for the table,
+/// presses `key`, and returns what the pane showed once xcover exited.
+fn tui_attach_then(tmux: &Tmux, pid: i32, key: &str) -> String {
+    tmux.run(&["kill-session", "-t", "t"]);
+    let cmd = format!(
+        "{} attach {pid}; echo XCOVER_EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_xcover")
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    tmux.wait_for(30, "the function table", |s| {
+        s.contains("hooked") && s.contains(" f3 ")
+    });
+    tmux.keys(&[key]);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = tmux.history();
+        if h.contains("XCOVER_EXIT=") {
+            return h;
+        }
+        assert!(
+            Instant::now() < end,
+            "xcover did not exit after {key}:\n{h}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The TUI on a kept session: Ctrl-C (like SIGINT) and `K` leave it kept, `q` detaches.
+#[test]
+fn tui_on_a_kept_session_keeps_it_unless_q() {
+    let tmux = Tmux::new().expect("tmux (scripts/setup.sh installs it)");
+    let t = crate::support::Target::start("loop-O2-pie", &[]);
+    let pid = t.pid();
+    let out = crate::support::run_xcover(&["attach", &pid.to_string(), "--no-tui", "--keep"]);
+    assert!(out.status.success(), "{out:?}");
+    for key in ["C-c", "K"] {
+        let h = tui_attach_then(&tmux, pid, key);
+        assert!(h.contains("XCOVER_EXIT=0"), "{key}: {h}");
+        assert!(
+            h.contains(&format!("the hooks stay in pid {pid}")),
+            "{key}: {h}"
+        );
+        let s = xcover_injector::SessionFile::open(pid).expect("still kept");
+        let base = s
+            .header()
+            .agent_base
+            .load(std::sync::atomic::Ordering::Acquire);
+        assert!(crate::support::mapped(pid, base), "{key}: the agent is out");
+    }
+    let h = tui_attach_then(&tmux, pid, "q");
+    assert!(h.contains("XCOVER_EXIT=0"), "{h}");
+    assert!(h.contains(&format!("detached from pid {pid}")), "{h}");
+    crate::support::assert_clean(pid, 0);
+    let (code, _) = t.stop();
+    assert_eq!(code, 0);
 }

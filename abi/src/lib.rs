@@ -262,6 +262,11 @@ pub mod entry {
 
 /// [`SessionHeader::flags`]: the session outlives the xcover process (`--keep`).
 pub const FLAG_KEEP: u32 = 1;
+/// [`SessionHeader::flags`]: the target holds nothing of this session any more (its agent
+/// was unloaded, or it is gone), and the file is kept only for its counts, because a report
+/// asked for could not be written: `xcover detach <pid> --report …` writes them and removes
+/// the file. Such a file is never removed as stale.
+pub const FLAG_HELD: u32 = 2;
 
 /// Status of one function in the table.
 #[repr(u32)]

@@ -27,6 +27,7 @@
 //! # Modules
 //! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
 //! - [`procfs`]: read-only checks of a pid before it is touched;
+//! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
 //! - `remote`: remote system calls and calls (methods of [`StoppedProcess`]);
 //! - [`elf`]: the agent image;
@@ -37,6 +38,7 @@
 pub mod elf;
 mod error;
 mod park;
+pub mod proc_events;
 pub mod procfs;
 mod remote;
 mod sections;
@@ -294,7 +296,15 @@ pub struct Stats {
     /// Set when detach found the target gone (see [`target_gone`]): nothing was left to
     /// unload, only the session to remove.
     pub gone: Option<&'static str>,
+    /// Set when the session file was kept for its counts instead of removed (the reports
+    /// could not be written: see [`SessionFile::hold`]).
+    pub held: bool,
 }
+
+/// What [`target_gone`] says of a target that exited (or whose pid names another process).
+pub const GONE_EXITED: &str = "exited";
+/// What [`target_gone`] says of a target that replaced its program.
+pub const GONE_EXEC: &str = "replaced its program (exec)";
 
 /// Whether the target of `session` is gone, and how: `"exited"` (or its pid now names
 /// another process), or `"replaced its program (exec)"` when it still runs but no longer
@@ -321,7 +331,7 @@ pub fn target_gone_at(
 ) -> Option<&'static str> {
     let zombie = match procfs::stat(pid) {
         Ok(st) if st.start_time == start_time => matches!(st.state, 'Z' | 'X'),
-        _ => return Some("exited"),
+        _ => return Some(GONE_EXITED),
     };
     if zombie {
         // Every thread a zombie (or gone): the process has exited, whatever its mappings
@@ -332,7 +342,7 @@ pub fn target_gone_at(
             })
         });
         if all_dead {
-            return Some("exited");
+            return Some(GONE_EXITED);
         }
     }
     if map_addr == 0 && !zombie {
@@ -342,8 +352,8 @@ pub fn target_gone_at(
         Ok(m) if !m.is_empty() => m,
         // A process that has exited has no mappings left (a leader that is a zombie while
         // other threads run still has them).
-        Ok(_) => return Some("exited"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("exited"),
+        Ok(_) => return Some(GONE_EXITED),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(GONE_EXITED),
         // Unreadable (e.g. permissions changed): assume it still runs.
         Err(_) => return None,
     };
@@ -357,7 +367,7 @@ pub fn target_gone_at(
     {
         None
     } else {
-        Some("replaced its program (exec)")
+        Some(GONE_EXEC)
     }
 }
 
@@ -400,6 +410,7 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
             funcs: funcs as u64,
             retries: 0,
             gone: None,
+            held: false,
         })
     })();
     if r.is_err()
@@ -1065,6 +1076,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
         funcs: unhooked.0 as u64,
         retries,
         gone: None,
+        held: false,
     })
 }
 
@@ -1106,6 +1118,7 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
         funcs: funcs as u64,
         retries: 0,
         gone: None,
+        held: false,
     })
 }
 
@@ -1122,17 +1135,21 @@ impl Attached {
 
     /// Unloads the agent and removes the session.
     pub fn detach(self, agent: &[u8]) -> Result<Stats> {
-        self.detach_with(agent, |_| {})
+        self.detach_with(agent, |_| true)
     }
 
     /// Unloads the agent, lets `last_read` read the session one last time (every hook is out,
-    /// so its counts are final), then removes the session.
-    pub fn detach_with(self, agent: &[u8], last_read: impl FnOnce(&SessionFile)) -> Result<Stats> {
+    /// so its counts are final), then removes the session, unless `last_read` returns false
+    /// (its reports could not be written): then the session is held for its counts
+    /// ([`SessionFile::hold`]) and [`Stats::held`] is set.
+    pub fn detach_with(
+        self,
+        agent: &[u8],
+        last_read: impl FnOnce(&SessionFile) -> bool,
+    ) -> Result<Stats> {
         let image = AgentImage::parse(agent)?;
         let stats = unload(self.pid, &image, &self.session)?;
-        last_read(&self.session);
-        self.session.remove()?;
-        Ok(stats)
+        finish(&self.session, stats, last_read)
     }
 
     /// Leaves the agent in the target for a later [`detach`]: the session has no owner
@@ -1148,41 +1165,73 @@ impl Attached {
 }
 
 /// Detaches a session left by `attach --keep` (or by an xcover that died): unloads the
-/// agent and removes the session file. A session whose target is gone is only read (for
-/// the reports) and removed; [`Stats::gone`] says so.
+/// agent and removes the session file. A session whose target is gone, or one held for its
+/// counts ([`SessionFile::hold`]), is only read (for the reports) and removed; [`Stats::gone`]
+/// says so.
 pub fn detach(pid: i32, agent: &[u8]) -> Result<Stats> {
-    detach_with(pid, agent, |_| {})
+    detach_with(pid, agent, |_| true)
 }
 
 /// [`detach`], letting `last_read` read the session after the agent is out and before the
-/// file is removed.
-pub fn detach_with(pid: i32, agent: &[u8], last_read: impl FnOnce(&SessionFile)) -> Result<Stats> {
+/// file is removed; when it returns false (its reports could not be written) the file is
+/// held for its counts instead ([`SessionFile::hold`], [`Stats::held`]).
+pub fn detach_with(
+    pid: i32,
+    agent: &[u8],
+    last_read: impl FnOnce(&SessionFile) -> bool,
+) -> Result<Stats> {
     let image = AgentImage::parse(agent)?;
     let session = SessionFile::open(pid)?;
     let h = session.header();
-    let owner = h.owner_pid.load(Ordering::Acquire);
-    if owner != 0 && owner != std::process::id() && procfs::stat(owner as i32).is_ok() {
+    if let session::Owner::Alive(owner) = session.owner()
+        && owner != std::process::id()
+    {
         return Err(Error::AlreadyAttached {
             pid,
             detail: format!("xcover pid {owner} owns the session; stop it instead"),
         });
     }
+    if session.is_held() {
+        // Nothing of it is left in any process: only the counts, to write and remove.
+        let stats = Stats {
+            gone: Some(HELD),
+            ..Stats::default()
+        };
+        return finish(&session, stats, last_read);
+    }
     match procfs::stat(pid) {
         Ok(st) if st.start_time == h.target_start_time => {}
         _ => {
             // The target is gone: nothing to unload, only the stale file to remove.
-            last_read(&session);
-            session.remove()?;
-            return Ok(Stats {
+            let stats = Stats {
                 gone: Some("was already gone"),
                 ..Stats::default()
-            });
+            };
+            return finish(&session, stats, last_read);
         }
     }
     procfs::check_target(pid)?;
     h.owner_pid.store(std::process::id(), Ordering::Release);
     let stats = unload(pid, &image, &session)?;
-    last_read(&session);
-    session.remove()?;
+    finish(&session, stats, last_read)
+}
+
+/// What [`Stats::gone`] says of a session that was held for its counts: its agent was
+/// already out of the target.
+pub const HELD: &str = "was already detached (its counts were held)";
+
+/// The end of a detach, once the target holds nothing of the session: the last reading,
+/// then the file removed, or held if `last_read` says its reports could not be written.
+fn finish(
+    session: &SessionFile,
+    mut stats: Stats,
+    last_read: impl FnOnce(&SessionFile) -> bool,
+) -> Result<Stats> {
+    if last_read(session) {
+        session.remove()?;
+    } else {
+        session.hold()?;
+        stats.held = true;
+    }
     Ok(stats)
 }

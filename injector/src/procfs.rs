@@ -40,6 +40,20 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
 }
 
+/// The wait status of `pid` while it is a zombie its parent has not reaped yet (field 52 of
+/// `/proc/<pid>/stat`, as `waitpid` would report it), if `pid` still names the process that
+/// started at `start_time`. `None` for a process still running or already reaped.
+pub fn zombie_status(pid: i32, start_time: u64) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let st = parse_stat(&text)?;
+    if st.start_time != start_time || st.state != 'Z' {
+        return None;
+    }
+    let rest = &text[text.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the comm: field 52 is the 50th.
+    rest.split_whitespace().nth(49)?.parse().ok()
+}
+
 /// Reads `/proc/<pid>/task/<tid>/stat`.
 pub fn task_stat(pid: i32, tid: i32) -> io::Result<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
@@ -306,6 +320,26 @@ mod tests {
         assert_eq!(st.state, 'S');
         assert_eq!(st.flags, 4194560);
         assert_eq!(st.start_time, 12345);
+    }
+
+    /// A real zombie, not yet reaped, shows its wait status; a reaped one shows nothing.
+    #[test]
+    fn zombie_status_of_a_real_process() {
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "kill -ILL $$"])
+            .spawn()
+            .unwrap();
+        let pid = c.id() as i32;
+        let start = stat(pid).map(|s| s.start_time);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = None;
+        while seen.is_none() && std::time::Instant::now() < deadline {
+            seen = start.as_ref().ok().and_then(|&s| zombie_status(pid, s));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(seen.map(|s| s & 0x7f), Some(libc::SIGILL));
+        c.wait().unwrap();
+        assert_eq!(zombie_status(pid, *start.as_ref().unwrap()), None);
     }
 
     #[test]

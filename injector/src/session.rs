@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
 use xcover_abi::{
-    FLAG_KEEP, SESSION_MAGIC, SESSION_PREFIX, SESSION_VERSION, SessionHeader, SessionState,
-    session_file_name,
+    FLAG_HELD, FLAG_KEEP, SESSION_MAGIC, SESSION_PREFIX, SESSION_VERSION, SessionHeader,
+    SessionState, session_file_name,
 };
 
 use crate::procfs::{self, TargetInfo};
@@ -128,7 +128,8 @@ impl SessionFile {
             .open(path)
     }
 
-    /// Refuses when an existing session file belongs to the live target.
+    /// Refuses when an existing session file belongs to the live target, or holds counts
+    /// not yet written (whatever process it names: see [`SessionFile::hold`]).
     fn check_existing(target: &TargetInfo, path: &str) -> Result<()> {
         let pid = target.pid;
         let Ok(old) = Self::open_path(pid, path) else {
@@ -136,18 +137,26 @@ impl SessionFile {
             return Ok(());
         };
         let h = old.header();
+        if old.is_held() {
+            return Err(Error::AlreadyAttached {
+                pid,
+                detail: format!(
+                    "{path} holds the counts of an earlier session whose report could not be \
+                     written; `xcover detach {pid} --report <file>` writes them and removes it"
+                ),
+            });
+        }
         if h.target_pid != pid as u32 || h.target_start_time != target.start_time {
             return Ok(());
         }
-        let owner = h.owner_pid.load(Ordering::Acquire);
-        let detail = if owner != 0 && procfs::stat(owner as i32).is_ok() {
-            format!("xcover pid {owner} owns the session {path}")
-        } else if h.flags & FLAG_KEEP != 0 {
-            format!("a kept session exists ({path}); run `xcover detach {pid}` first")
-        } else {
-            format!(
+        let detail = match old.owner() {
+            Owner::Alive(owner) => format!("xcover pid {owner} owns the session {path}"),
+            _ if h.flags & FLAG_KEEP != 0 => {
+                format!("a kept session exists ({path}); run `xcover detach {pid}` first")
+            }
+            _ => format!(
                 "a session left by an xcover that died exists ({path}); run `xcover detach {pid}`"
-            )
+            ),
         };
         Err(Error::AlreadyAttached { pid, detail })
     }
@@ -266,6 +275,80 @@ impl SessionFile {
             source,
         })
     }
+
+    /// Keeps the file for its counts once the target holds nothing of the session any more
+    /// (its agent unloaded, or the target gone) but a report could not be written: marks it
+    /// Detached, held ([`FLAG_HELD`]) and without owner. It is never removed as stale; a later
+    /// `xcover detach` writes the reports from it and removes it.
+    pub fn hold(&self) -> Result<()> {
+        let h = self.header();
+        let flags = h.flags | FLAG_HELD;
+        self.write_at(
+            std::mem::offset_of!(SessionHeader, flags) as u64,
+            &flags.to_le_bytes(),
+        )?;
+        h.state
+            .store(SessionState::Detached as u32, Ordering::Release);
+        h.owner_pid.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the file is only kept for its counts ([`SessionFile::hold`]).
+    pub fn is_held(&self) -> bool {
+        self.header().flags & FLAG_HELD != 0
+    }
+
+    /// The xcover process that owns the session, as far as can be told.
+    ///
+    /// An owner keeps the session file open for as long as it owns it, so a recorded owner
+    /// that has exited, or whose pid now names a process without the file open (a reused
+    /// pid), is [`Owner::Gone`]: its session is for the taking.
+    pub fn owner(&self) -> Owner {
+        use std::os::unix::fs::MetadataExt;
+        let pid = self.header().owner_pid.load(Ordering::Acquire);
+        if pid == 0 {
+            return Owner::None;
+        }
+        if pid == std::process::id() {
+            return Owner::Alive(pid);
+        }
+        let Ok(me) = self.file.metadata() else {
+            return Owner::Alive(pid);
+        };
+        let alive = procfs::stat(pid as i32).is_ok_and(|st| !matches!(st.state, 'Z' | 'X'));
+        if !alive {
+            return Owner::Gone(pid);
+        }
+        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(rd) => {
+                let holds = rd.flatten().any(|e| {
+                    // Follows the link to the open file itself.
+                    std::fs::metadata(e.path())
+                        .is_ok_and(|m| m.ino() == me.ino() && m.dev() == me.dev())
+                });
+                if holds {
+                    Owner::Alive(pid)
+                } else {
+                    Owner::Gone(pid)
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Owner::Gone(pid),
+            // Not ours to look at (another user's process): assume it is the owner.
+            Err(_) => Owner::Alive(pid),
+        }
+    }
+}
+
+/// Who owns a session ([`SessionFile::owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Nobody: a kept session, or one whose owner gave it up.
+    None,
+    /// This xcover process watches it.
+    Alive(u32),
+    /// The recorded owner exited (or its pid was reused): the session can be recovered
+    /// with `xcover detach` or `xcover attach`.
+    Gone(u32),
 }
 
 /// Removes the private files of sessions for `pid` that an xcover killed before it published

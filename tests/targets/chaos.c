@@ -16,6 +16,9 @@
  *                   first instruction (inside its trampoline while hooked), and the SIGSEGV
  *                   handler points rdi at a good value, sleeps 150 ms and returns to retry
  *                   it; prints "trap ok" (a detach meanwhile must wait for that return)
+ *   crash           works; a line on stdin ends it: "segv" stores through NULL in crash_store(),
+ *                   "ill" executes ud2 in crash_ill() (both past the first bytes, which a hook
+ *                   relocates), "exit3" exits with status 3; nothing handles the signals
  *   xmm             the main thread keeps known values in xmm0-15, x87 and MXCSR across a
  *                   spin loop written in assembly, and checks them after every spin: a tracer
  *                   that borrows this thread must give its FP state back unchanged */
@@ -52,6 +55,23 @@ static void on_rt(int sig) {
 }
 
 __attribute__((noinline)) uint64_t deref(volatile uint64_t *p) { return *p * 3 + 1; }
+
+/* The faulting store comes after a few instructions of arithmetic, so it is in the
+ * function's own bytes, not among the first ones a hook copies into its trampoline. */
+__attribute__((noinline)) uint64_t crash_store(volatile uint64_t *p, uint64_t v) {
+    uint64_t x = v * 2654435761u;
+    x ^= x >> 13;
+    x *= 0x9e3779b97f4a7c15ull;
+    *p = x;
+    return x;
+}
+
+__attribute__((noinline)) uint64_t crash_ill(uint64_t v) {
+    uint64_t x = v * 2654435761u;
+    x ^= x >> 13;
+    if (x != 12345) __asm__ volatile("ud2");
+    return x;
+}
 static uint64_t good_value = 7;
 
 static void on_segv(int sig, siginfo_t *si, void *ctx) {
@@ -206,8 +226,12 @@ int main(int argc, char **argv) {
         rounds++;
         if (deadline && now_ms() >= deadline) { printf("exit by itself\n"); return 0; }
         char line[32];
-        if ((!strcmp(mode, "fork") || !strcmp(mode, "exec") || !strcmp(mode, "trap")) &&
+        if ((!strcmp(mode, "fork") || !strcmp(mode, "exec") || !strcmp(mode, "trap") ||
+             !strcmp(mode, "crash")) &&
             stdin_line(line, sizeof line)) {
+            if (!strcmp(line, "segv")) crash_store(NULL, rounds);
+            if (!strcmp(line, "ill")) crash_ill(rounds);
+            if (!strcmp(line, "exit3")) exit(3);
             if (!strcmp(line, "trap")) {
                 printf("trap %s\n", deref(NULL) == 22 ? "ok" : "BAD");
                 fflush(stdout);

@@ -455,7 +455,8 @@ fn right<'a>(s: String) -> Cell<'a> {
 }
 
 const HELP: &[(&str, &str)] = &[
-    ("q  Ctrl-C", "quit and detach (every hook removed)"),
+    ("q", "quit and detach (every hook removed)"),
+    ("Ctrl-C", "detach, but a kept session stays kept"),
     ("K", "quit and keep the session live"),
     ("", "  (xcover attach <pid> reopens it)"),
     ("↑ ↓  j k", "move"),

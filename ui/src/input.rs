@@ -2,7 +2,8 @@
 //!
 //! | key | does |
 //! |---|---|
-//! | `q`, Ctrl-C | quit and detach |
+//! | `q` | quit and detach |
+//! | Ctrl-C | stop, as SIGINT would outside the TUI ([`Outcome::Stopped`]): the caller detaches its own session and leaves a kept one kept |
 //! | `K` | quit and keep the session live |
 //! | `↑`/`k`, `↓`/`j`, PgUp, PgDn, Home/`g`, End/`G` | move |
 //! | `h`, `s`, `n`, `f` | sort by hits, hits/s, name, first hit (again: reverse) |
@@ -35,7 +36,8 @@ impl App {
             return Command::None;
         }
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            return self.quit(Outcome::Detach);
+            // Raw mode turns Ctrl-C into a key: it means what SIGINT means outside the TUI.
+            return self.quit(Outcome::Stopped);
         }
         match self.mode {
             Mode::Help => {
@@ -166,7 +168,7 @@ mod tests {
         assert_eq!(a.handle_key(key('q')), Command::Quit(Outcome::Detach));
         assert_eq!(a.handle_key(key('K')), Command::Quit(Outcome::KeepLive));
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
-        assert_eq!(a.handle_key(ctrl_c), Command::Quit(Outcome::Detach));
+        assert_eq!(a.handle_key(ctrl_c), Command::Quit(Outcome::Stopped));
         assert_eq!(a.handle_key(key('r')), Command::WriteReport);
     }
 

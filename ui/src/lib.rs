@@ -19,7 +19,7 @@
 //! match xcover_ui::run(session, opts)? {
 //!     xcover_ui::Outcome::Detach => { /* take the hooks out */ }
 //!     xcover_ui::Outcome::KeepLive => { /* leave them, mark the session kept */ }
-//!     xcover_ui::Outcome::Stopped => { /* the caller set `stop` */ }
+//!     xcover_ui::Outcome::Stopped => { /* the caller set `stop`, or Ctrl-C */ }
 //!     xcover_ui::Outcome::SourceEnded(why) => eprintln!("{why}"),
 //! }
 //! # Ok::<(), xcover_ui::Error>(())
@@ -99,11 +99,12 @@ fn color_wanted(no_color: Option<&std::ffi::OsStr>) -> bool {
 /// How the TUI ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The user pressed `q` (or Ctrl-C): detach, removing the instrumentation.
+    /// The user pressed `q`: detach, removing the instrumentation.
     Detach,
     /// The user pressed `K`: leave the session live for a later attach or detach.
     KeepLive,
-    /// [`Options::stop`] was set.
+    /// [`Options::stop`] was set, or the user pressed Ctrl-C (what SIGINT would do outside
+    /// the TUI's raw mode): the caller decides, as for a signal.
     Stopped,
     /// The source failed (for example the target exited); the message it gave. The user saw
     /// it and then left.
