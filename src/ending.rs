@@ -48,7 +48,7 @@ struct Seen {
 }
 
 /// Watches for the end of one target: started before the target is touched, asked
-/// [`Watch::ending`] once it is gone.
+/// [`explain`] once it is gone.
 pub struct Watch {
     seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
