@@ -24,6 +24,8 @@ fn main() {
         "payload/agent/build.rs",
         "payload/src",
         "payload/Cargo.toml",
+        "rt/src",
+        "rt/Cargo.toml",
         "abi/src",
         "abi/Cargo.toml",
         "bpf/src",

@@ -18,7 +18,7 @@ use xcover_abi::ProbeCtx;
 
 use crate::env::HelperFn;
 use crate::maps::{self, MapPtr};
-use crate::sys;
+use xcover_rt as sys;
 
 /// `BPF_FUNC_map_lookup_elem`.
 pub const MAP_LOOKUP_ELEM: u32 = 1;

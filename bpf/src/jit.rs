@@ -43,7 +43,7 @@
 //!   records (the protocol of [`crate::maps::ringbuf_reserve`]; a full ring, a padding
 //!   record, a lost race or odd arguments call the helper, which counts drops);
 //! - `bpf_get_current_pid_tgid` from the tid cache's home slot
-//!   ([`crate::sys::TidCacheLayout`]);
+//!   ([`xcover_rt::TidCacheLayout`]);
 //! - `bpf_ktime_get_ns` / `bpf_ktime_get_coarse_ns` as a direct call of the vDSO's
 //!   `clock_gettime`, which leaves the vector registers alone.
 //!
@@ -472,7 +472,7 @@ struct Compiler<'a> {
 /// Compiles a verified program for any load address.
 pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, JitError> {
     let rdpid =
-        !env.map_inline.is_empty() && crate::sys::cpu_id_method() == crate::sys::CpuIdMethod::Rdpid;
+        !env.map_inline.is_empty() && xcover_rt::cpu_id_method() == xcover_rt::CpuIdMethod::Rdpid;
     compile_with(insns, env, opts, rdpid)
 }
 
@@ -1746,10 +1746,10 @@ impl Compiler<'_> {
             h::RINGBUF_SUBMIT if is(h::ringbuf_submit) => self.inline_ringbuf_submit(),
             h::GET_CURRENT_PID_TGID if is(h::get_current_pid_tgid) => self.inline_pid_tgid(),
             h::KTIME_GET_NS if is(h::ktime_get_ns) => {
-                self.inline_vdso_clock(crate::sys::CLOCK_MONOTONIC)
+                self.inline_vdso_clock(xcover_rt::CLOCK_MONOTONIC)
             }
             h::KTIME_GET_COARSE_NS if is(h::ktime_get_coarse_ns) => {
-                self.inline_vdso_clock(crate::sys::CLOCK_MONOTONIC_COARSE)
+                self.inline_vdso_clock(xcover_rt::CLOCK_MONOTONIC_COARSE)
             }
             _ => None,
         }
@@ -1869,11 +1869,11 @@ impl Compiler<'_> {
 
     /// `bpf_ktime_get_ns` / `bpf_ktime_get_coarse_ns`: a direct call of the vDSO's
     /// `clock_gettime(clock)`, which leaves the vector registers alone (checked by
-    /// [`crate::sys::vdso_clock_gettime_without_vector_regs`]), so neither the save of
+    /// [`xcover_rt::vdso_clock_gettime_without_vector_regs`]), so neither the save of
     /// `xmm0`-`xmm15` nor the helper's wrapper is needed; the helper (which falls back to the
     /// system call) only runs if the vDSO call fails.
     fn inline_vdso_clock(&mut self, clock: usize) -> Option<Vec<usize>> {
-        let f = crate::sys::vdso_clock_gettime_without_vector_regs(clock as u32)?;
+        let f = xcover_rt::vdso_clock_gettime_without_vector_regs(clock as u32)?;
         // Below the red-zone stack (as any call), plus a timespec; rsp stays 16-aligned.
         let sub = if self.saved { 0 } else { self.frame.call_sub } + 16;
         let e = &mut self.e;
@@ -1894,9 +1894,9 @@ impl Compiler<'_> {
     }
 
     /// `bpf_get_current_pid_tgid()`: the tid from the TCB at [`Env::tcb_tid`] when set,
-    /// else from the cache of [`crate::sys::gettid_cached`] (see
-    /// [`crate::sys::TidCacheLayout`]; the home slot only), and the pid from
-    /// [`crate::sys::getpid_cached`]'s. A tid of 0, a miss, a stale entry or no pid yet goes
+    /// else from the cache of [`xcover_rt::gettid_cached`] (see
+    /// [`xcover_rt::TidCacheLayout`]; the home slot only), and the pid from
+    /// [`xcover_rt::getpid_cached`]'s. A tid of 0, a miss, a stale entry or no pid yet goes
     /// to the helper.
     fn inline_pid_tgid(&mut self) -> Option<Vec<usize>> {
         if let Some(off) = self.env.tcb_tid {
@@ -1905,7 +1905,7 @@ impl Compiler<'_> {
             e.load32_fs(RAX, off); // eax = the TCB's tid
             e.rr(false, 0x85, RAX, RAX);
             slow.push(e.jcc(CC_E));
-            e.mov_imm64(R11, crate::sys::pid_cache_addr());
+            e.mov_imm64(R11, xcover_rt::pid_cache_addr());
             e.load(false, R11, R11, 0); // r11d = cached pid
             e.rr(false, 0x85, R11, R11);
             slow.push(e.jcc(CC_E));
@@ -1913,7 +1913,7 @@ impl Compiler<'_> {
             e.rr(true, 0x09, RAX, R11); // rax = pid << 32 | tid
             return Some(slow);
         }
-        let l = crate::sys::tid_cache_layout()?;
+        let l = xcover_rt::tid_cache_layout()?;
         if !l.nslots.is_power_of_two() || l.slots == 0 || l.pid == 0 {
             return None;
         }

@@ -45,5 +45,4 @@ pub mod maps;
 #[cfg(feature = "std")]
 pub mod object;
 pub mod program;
-pub mod sys;
 pub mod verifier;

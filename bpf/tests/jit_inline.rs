@@ -10,7 +10,8 @@ use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::{Arena, ArenaLayout};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
-use xcover_bpf::{asm, interp, sys};
+use xcover_bpf::{asm, interp};
+use xcover_rt as sys;
 
 /// An 8-aligned arena in a `Vec<u64>`, with the `Env` tables for its maps.
 struct Maps {

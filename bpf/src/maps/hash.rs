@@ -23,7 +23,7 @@
 use core::sync::atomic::{Ordering, fence};
 
 use super::{BPF_EXIST, BPF_NOEXIST, MAX_KEY_SIZE, MapPtr};
-use crate::sys;
+use xcover_rt as sys;
 
 /// Bytes before the key in an entry.
 pub(super) const ENTRY_HDR: u64 = 16;

@@ -41,7 +41,7 @@ pub use mem::MapPtr;
 pub use ringbuf::{RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
 use crate::program::{MapDef, MapType};
-use crate::sys;
+use xcover_rt as sys;
 
 /// `"XMAP"`, the first four bytes of every map header.
 pub const MAP_MAGIC: u32 = u32::from_le_bytes(*b"XMAP");

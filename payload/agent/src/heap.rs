@@ -20,7 +20,8 @@ use talc::lock_api::{GuardSend, RawMutex};
 use talc::source::Source;
 use xcover_abi::REGION_HEAP;
 
-use crate::{session, sys};
+use crate::session;
+use xcover_rt::mm as sys;
 
 /// Smallest growth step.
 pub const HEAP_CHUNK: u64 = 1 << 20;

@@ -26,9 +26,10 @@ use xcover_bpf::maps::Arena;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_payload::backend::{FuncSpec, HookBatch, HookOptions, Interceptor, IpFixup};
 
+use crate::heap;
 use crate::memory::{self, AgentMemory};
 use crate::session::{self, set_error};
-use crate::{heap, sys};
+use xcover_rt::mm as sys;
 
 /// An entry point failed: the session's `agent_error` says why.
 pub const E_PROBE: i64 = -10;
@@ -324,7 +325,7 @@ pub unsafe fn commit() -> i64 {
     h.funcs_hooked.fetch_add(hooked, Ordering::AcqRel);
     h.funcs_skipped.fetch_add(skipped, Ordering::AcqRel);
     h.hooked_at_ns
-        .store(xcover_bpf::sys::monotonic_ns(), Ordering::Release);
+        .store(xcover_rt::monotonic_ns(), Ordering::Release);
     hooked as i64
 }
 

@@ -29,7 +29,6 @@
 //! `agent_error`.
 //!
 //! # Modules
-//! - `sys`: the raw system calls (mmap, mprotect, munmap);
 //! - `heap`: the global allocator (talc over recorded mmap regions);
 //! - `session`: access to the shared session mapping;
 //! - `memory`: the interceptor's `Memory` (mappings near functions, code writes);
@@ -45,7 +44,6 @@ mod heap;
 mod hook;
 mod memory;
 mod session;
-mod sys;
 
 use core::sync::atomic::Ordering;
 

@@ -16,7 +16,8 @@ use alloc::vec::Vec;
 
 use xcover_payload::backend::{MemError, Memory, Protection, write_code_protecting};
 
-use crate::{session, sys};
+use crate::session;
+use xcover_rt::mm as sys;
 
 /// How far from the function a mapping may start or end: ±2 GiB less a margin (the
 /// interceptor itself accepts up to 2 GiB − 16 MiB).

@@ -1,6 +1,6 @@
-//! The system calls the agent itself needs (mappings, `/proc/self` files): it imports
-//! nothing, so they go through the runtime's one `syscall` instruction,
-//! [`xcover_bpf::sys::syscall6`].
+//! Mappings and files: the system calls the agent itself needs (mmap, mprotect, munmap,
+//! `/proc/self` files), through the runtime's one `syscall` instruction,
+//! [`crate::syscall6`].
 
 /// `PROT_READ`.
 pub const PROT_READ: u64 = 1;
@@ -37,13 +37,13 @@ pub fn page_up(v: u64) -> u64 {
 /// One system call; returns `rax` (a negative errno on failure).
 ///
 /// # Safety
-/// As [`xcover_bpf::sys::syscall6`]: the arguments must be valid for system call `nr`; any
+/// As [`crate::syscall6`]: the arguments must be valid for system call `nr`; any
 /// memory the call changes (a mapping removed or re-protected) must not be in use in a way
 /// the change would break.
 unsafe fn syscall6(nr: u64, a: [u64; 6]) -> i64 {
     let a = a.map(|v| v as usize);
     // SAFETY: forwarded caller contract.
-    unsafe { xcover_bpf::sys::syscall6(nr as usize, a) }
+    unsafe { crate::syscall::syscall6(nr as usize, a) }
 }
 
 /// Maps `len` bytes of fresh anonymous read+write memory. With `at != 0` the mapping must
