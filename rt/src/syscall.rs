@@ -78,13 +78,13 @@ pub unsafe fn syscall6(nr: usize, a: [usize; 6]) -> i64 {
     ret as i64
 }
 
-/// `getpid()`: the thread group id (a system call every time; see [`getpid_cached`]).
+/// `getpid()`: the thread group id (a system call every time; see [`crate::getpid_cached`]).
 pub fn getpid() -> u32 {
     // SAFETY: getpid takes no argument and touches no memory.
     unsafe { syscall6(SYS_GETPID, [0; 6]) as u32 }
 }
 
-/// `gettid()`: the calling thread's id (a system call every time; see [`gettid_cached`]).
+/// `gettid()`: the calling thread's id (a system call every time; see [`crate::gettid_cached`]).
 pub fn gettid() -> u32 {
     // SAFETY: gettid takes no argument and touches no memory.
     unsafe { syscall6(SYS_GETTID, [0; 6]) as u32 }

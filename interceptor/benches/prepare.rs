@@ -2,10 +2,10 @@
 //! (writing the entry patches) for many small functions in this process: most of what the
 //! agent does while the target is stopped.
 //!
-//!     cargo bench -p xcover-payload --bench prepare [-- N]
+//!     cargo bench -p xcover-interceptor --bench prepare [-- N]
 use std::time::Instant;
 
-use xcover_payload::backend::{FuncSpec, HookOptions, Interceptor};
+use xcover_interceptor::{HookOptions, Interceptor, Site};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -41,15 +41,10 @@ fn main() {
         // SAFETY: 16 bytes at 16 * i < len, inside the mapping.
         unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), code.add(16 * i), 16) };
     }
-    let specs: Vec<FuncSpec> = (0..n)
+    let specs: Vec<Site> = (0..n)
         .map(|i| {
             let a = code as u64 + 16 * i as u64;
-            FuncSpec {
-                addr: a,
-                size: 10,
-                next: a + 16,
-                cookie: i as u64,
-            }
+            Site::function(a, 10, a + 16, i as u64)
         })
         .collect();
     // The probe address only has to be within reach of the trampolines' calls.

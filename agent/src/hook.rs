@@ -24,7 +24,7 @@ use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::Arena;
 use xcover_bpf::verifier::{self, VerifierOptions};
-use xcover_payload::backend::{FuncSpec, HookBatch, HookOptions, Interceptor, IpFixup};
+use xcover_interceptor::{HookBatch, HookOptions, Interceptor, IpFixup, Site};
 
 use crate::heap;
 use crate::memory::{self, AgentMemory};
@@ -240,16 +240,11 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     let Some(s) = st.as_mut() else {
         return E_PROBE;
     };
-    let specs: Vec<FuncSpec> = pending
+    let specs: Vec<Site> = pending
         .iter()
         .map(|&i| {
             let f = session::func(i);
-            FuncSpec {
-                addr: f.addr,
-                size: f.size,
-                next: f.pad_end,
-                cookie: i as u64,
-            }
+            Site::function(f.addr, f.size, f.pad_end, i as u64)
         })
         .collect();
     let mut mem = AgentMemory;

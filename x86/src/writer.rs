@@ -1,4 +1,4 @@
-//! A tiny x86-64 code writer.
+//! The x86-64 code writer.
 //!
 //! The writer appends machine code to a byte buffer that will *run* at another address, `pc`
 //! (the code is assembled here and copied there later, possibly by another process). Every
@@ -105,9 +105,12 @@ impl Writer {
     }
 
     /// Overwrites bytes already written, from offset `off` (for filling in fields of code
-    /// copied from a template).
+    /// copied from a template). A range past the end writes nothing: callers patch only
+    /// bytes they wrote.
     pub fn patch(&mut self, off: usize, bytes: &[u8]) {
-        self.code[off..off + bytes.len()].copy_from_slice(bytes);
+        if let Some(to) = self.code.get_mut(off..off + bytes.len()) {
+            to.copy_from_slice(bytes);
+        }
     }
 
     /// Run address of the next byte to be written.

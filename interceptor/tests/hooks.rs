@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use support::{Lib, LibcMemory, peek};
 use xcover_abi::ProbeCtx;
-use xcover_payload::backend::{FuncSpec, HookOptions, Interceptor, IpFixup, SkipReason};
+use xcover_interceptor::{HookOptions, Interceptor, IpFixup, Site, SkipReason};
 
 const N: u64 = 1000;
 
@@ -105,7 +105,7 @@ fn hits(lib: &Lib) -> Vec<u64> {
         .collect()
 }
 
-fn snapshot(specs: &[(String, FuncSpec)]) -> Vec<Vec<u8>> {
+fn snapshot(specs: &[(String, Site)]) -> Vec<Vec<u8>> {
     specs
         .iter()
         .map(|(_, f)| peek(f.addr, (f.next - f.addr) as usize))
@@ -136,7 +136,7 @@ fn shapes_roundtrip(copy: &str, opts: HookOptions, probe: &str) {
     // SAFETY: xc_use_avx is a 4-byte int in the library's .data.
     unsafe { *(lib.sym("xc_use_avx") as *mut u32) = has_avx as u32 };
     let table = lib.table();
-    let specs: Vec<FuncSpec> = table.iter().map(|(_, f)| *f).collect();
+    let specs: Vec<Site> = table.iter().map(|(_, f)| *f).collect();
     let before = snapshot(&table);
     let mut mem = LibcMemory;
     let mut ic = Interceptor::new(lib.sym(probe), opts);
@@ -232,7 +232,7 @@ fn probe_sees_pt_regs_and_registers_survive_in_every_mode() {
             light_ctx: false,
         };
         let mut ic = Interceptor::new(record_probe as *const () as u64, opts);
-        let f = FuncSpec {
+        let f = Site {
             cookie: 42,
             ..regs_fn
         };
@@ -318,7 +318,7 @@ fn light_body_passes_cookie_and_function_and_keeps_registers() {
             light_ctx: true,
         };
         let mut ic = Interceptor::new(light_probe as *const () as u64, opts);
-        let f = FuncSpec { cookie, ..regs_fn };
+        let f = Site { cookie, ..regs_fn };
         let b = ic.prepare_hooks(&mut mem, &[f]);
         assert!(b.outcomes().iter().all(|o| o.1.is_ok()));
         // SAFETY: single-threaded use of this library copy.
@@ -373,7 +373,7 @@ fn eight_threads_survive_100_hook_unhook_cycles() {
         "f_doubles",
         "f_jmp8",
     ];
-    let specs: Vec<FuncSpec> = table
+    let specs: Vec<Site> = table
         .iter()
         .filter(|(n, _)| wanted.contains(&n.as_str()))
         .map(|(_, f)| *f)
@@ -512,7 +512,7 @@ fn ns_per_call(f: F1, n: u64) -> f64 {
 }
 
 /// Not a timed assertion: prints the added cost per hit of an empty probe.
-/// `cargo test -p xcover-payload --release --test hooks bench -- --nocapture`
+/// `cargo test -p xcover-interceptor --release --test hooks bench -- --nocapture`
 #[test]
 fn bench_added_cost_per_hit() {
     let _excl = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());

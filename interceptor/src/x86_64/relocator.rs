@@ -31,6 +31,12 @@
 //! the patch but not relocated. The caller checks that nothing branches there.
 //!
 //! Everything here is safe code working on byte slices.
+//!
+//! Indexing: the offsets into `code` are sums of lengths the decoder reported for
+//! instructions it decoded from that same slice, and indices into a head are bounded by
+//! `MAX_HEAD` checks, so they are in range by construction; this module is the one place
+//! of the crate that still indexes (converting it to checked accesses is left to do).
+#![allow(clippy::indexing_slicing)]
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -41,7 +47,9 @@ use iced_x86::{
     InstructionInfoFactory, Register,
 };
 
-use crate::writer::{Reg, Writer, fits_rel32};
+use xcover_x86::{Reg, Writer, fits_rel32};
+
+use crate::core::{Moved, MovedList};
 
 /// Why instructions cannot be relocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,15 +117,6 @@ pub struct Scan {
     pub live_len: usize,
     /// The last live instruction never falls through (`jmp`, `ret`, `call`, …): no jump back.
     pub ends_block: bool,
-}
-
-/// One relocated instruction: where it was and where its copy starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// Offset of the original instruction from the function's address.
-    pub orig_offset: u32,
-    /// Offset of its relocated sequence from the writer's `pc` when relocation started.
-    pub new_offset: u32,
 }
 
 fn decoder(code: &[u8], addr: u64) -> Decoder<'_> {
@@ -239,21 +238,10 @@ const MAX_HEAD: usize = HEAD_BYTES;
 /// the last head instruction's end, at most `HEAD_BYTES - 1 + 15`.
 const REF_SPAN: usize = HEAD_BYTES + 15;
 const _: () = assert!(REF_SPAN < 32, "RefSweep::seen is a u32");
-
-/// Where the relocated instructions of one function went (see [`Moved`]): at most one per
-/// displaced instruction, kept inline so that a hook allocates nothing for it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MovedList {
-    n: u8,
-    items: [Moved; MAX_HEAD],
-}
-
-impl core::ops::Deref for MovedList {
-    type Target = [Moved];
-    fn deref(&self) -> &[Moved] {
-        &self.items[..self.n as usize]
-    }
-}
+const _: () = assert!(
+    MAX_HEAD <= crate::core::MAX_MOVED,
+    "a MovedList holds a head"
+);
 
 /// The first instructions of a function, decoded once for every use the planner has:
 /// [`Head::scan`] (the dry run, for each patch size tried) and [`Head::relocate`] give the
@@ -375,11 +363,10 @@ impl Head {
             if off >= scan.live_len {
                 break;
             }
-            moved.items[moved.n as usize] = Moved {
+            moved.push(Moved {
                 orig_offset: off as u32,
                 new_offset: (w.pc() - start) as u32,
-            };
-            moved.n += 1;
+            });
             let end = off + ins.len();
             relocate_one(ins, &code[off..end], w)
                 .map_err(|kind| RelocError::Unrelocatable { offset: off, kind })?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use xcover_payload::backend::{FuncSpec, MemError, Memory, Protection};
+use xcover_interceptor::{MemError, Memory, Protection, Site};
 
 /// [`Memory`] for this very process, on libc.
 pub struct LibcMemory;
@@ -93,7 +93,7 @@ impl Lib {
     /// Assembles `tests/asm/prologues.S` into a fresh shared object and loads it.
     pub fn build(tag: &str) -> Lib {
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/asm/prologues.S");
-        let dir = std::env::temp_dir().join(format!("xcover-payload-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("xcover-interceptor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("libprologues-{tag}.so"));
         let st = Command::new("cc")
@@ -121,7 +121,7 @@ impl Lib {
 
     /// The table of functions `{addr, size, next}` in the assembly file, with names found
     /// back through `dladdr`.
-    pub fn table(&self) -> Vec<(String, FuncSpec)> {
+    pub fn table(&self) -> Vec<(String, Site)> {
         let t = self.sym("xc_table") as *const u64;
         // SAFETY: xc_table_len and xc_table are laid out by the assembly file as u64s.
         let n = unsafe { *(self.sym("xc_table_len") as *const u64) } as usize;
@@ -131,15 +131,7 @@ impl Lib {
                 let (addr, size, next) =
                     unsafe { (*t.add(3 * i), *t.add(3 * i + 1), *t.add(3 * i + 2)) };
                 let name = sym_name(addr);
-                (
-                    name,
-                    FuncSpec {
-                        addr,
-                        size,
-                        next: addr + next,
-                        cookie: i as u64,
-                    },
-                )
+                (name, Site::function(addr, size, addr + next, i as u64))
             })
             .collect()
     }

@@ -14,7 +14,7 @@
 
 use alloc::vec::Vec;
 
-use xcover_payload::backend::{MemError, Memory, Protection, write_code_protecting};
+use xcover_interceptor::{MemError, Memory, Protection, write_code_protecting};
 
 use crate::session;
 use xcover_rt::mm as sys;
