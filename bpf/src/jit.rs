@@ -3,7 +3,8 @@
 //! [`compile`] turns a verified program into position-independent machine code callable as
 //! `extern "C" fn(r1: u64, r2: u64) -> u64`: jumps inside the code are pc-relative and helpers
 //! are called through absolute addresses (`mov rax, imm64; call rax`), so the bytes can be
-//! copied anywhere (another process included) and run there. It only emits bytes;
+//! copied anywhere (another process included) and run there. It only emits bytes, through
+//! the x86-64 encoder it shares with the interceptor's trampolines ([`xcover_x86::Writer`]);
 //! [`crate::exec`] maps them locally.
 //!
 //! # Register and frame layout
@@ -55,6 +56,9 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+
+use xcover_x86::Writer as Emitter;
+use xcover_x86::modrm::*;
 
 use crate::env::{Env, InlineKind};
 use crate::insn::*;
@@ -128,249 +132,8 @@ pub enum JitError {
 // A small x86-64 emitter.
 // ---------------------------------------------------------------------------------------------
 
-const RAX: u8 = 0;
-const RCX: u8 = 1;
-const RDX: u8 = 2;
-const RBX: u8 = 3;
-const RSP: u8 = 4;
-const RBP: u8 = 5;
-const RSI: u8 = 6;
-const RDI: u8 = 7;
-const R8: u8 = 8;
-const R9: u8 = 9;
-const R10: u8 = 10;
-const R11: u8 = 11;
-const R12: u8 = 12;
-const R13: u8 = 13;
-const R14: u8 = 14;
-const R15: u8 = 15;
-
 /// eBPF register -> x86 register.
 const MAP: [u8; 11] = [RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP];
-
-/// Condition codes (low nibble of `0F 8x` / `7x`).
-const CC_B: u8 = 0x2;
-const CC_E: u8 = 0x4;
-const CC_NE: u8 = 0x5;
-const CC_A: u8 = 0x7;
-
-/// The second operand of an instruction: a register or `[base + disp32]`.
-#[derive(Clone, Copy)]
-enum Rm {
-    Reg(u8),
-    Mem(u8, i32),
-}
-
-struct Emitter {
-    buf: Vec<u8>,
-}
-
-impl Emitter {
-    fn byte(&mut self, b: u8) {
-        self.buf.push(b);
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-    }
-
-    fn imm32(&mut self, v: i32) {
-        self.bytes(&v.to_le_bytes());
-    }
-
-    fn pos(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// One instruction: `[prefix] [REX] opcode ModRM [SIB] [disp32]`.
-    ///
-    /// `byte_regs` forces a REX prefix so register numbers 4–7 mean `spl/bpl/sil/dil`.
-    fn inst(&mut self, prefix: &[u8], w: bool, byte_regs: bool, opc: &[u8], reg: u8, rm: Rm) {
-        self.bytes(prefix);
-        let base = match rm {
-            Rm::Reg(r) | Rm::Mem(r, _) => r,
-        };
-        let rex = 0x40 | (w as u8) << 3 | (reg >> 3 & 1) << 2 | (base >> 3 & 1);
-        let needs_byte_rex = byte_regs && ((4..8).contains(&reg) || matches!(rm, Rm::Reg(4..=7)));
-        if rex != 0x40 || needs_byte_rex {
-            self.byte(rex);
-        }
-        self.bytes(opc);
-        match rm {
-            Rm::Reg(r) => self.byte(0xc0 | (reg & 7) << 3 | (r & 7)),
-            Rm::Mem(b, disp) => {
-                // mod 00 (no displacement) is RIP-relative for base 5 (rbp, r13), so those
-                // keep a disp8 of 0.
-                let short = i8::try_from(disp).ok();
-                let md = match short {
-                    Some(0) if b & 7 != RBP => 0x00,
-                    Some(_) => 0x40,
-                    None => 0x80,
-                };
-                self.byte(md | (reg & 7) << 3 | (b & 7));
-                if b & 7 == RSP {
-                    self.byte(0x24);
-                }
-                match md {
-                    0x00 => {}
-                    0x40 => self.byte(disp as u8),
-                    _ => self.imm32(disp),
-                }
-            }
-        }
-    }
-
-    /// `op rm, reg` with a one-byte opcode (add, sub, mov, cmp, test, ...).
-    fn rr(&mut self, w: bool, opc: u8, dst: u8, src: u8) {
-        self.inst(&[], w, false, &[opc], src, Rm::Reg(dst));
-    }
-
-    /// `mov dst, src` (64 or 32 bits; the 32-bit form zero-extends).
-    fn mov(&mut self, w: bool, dst: u8, src: u8) {
-        self.rr(w, 0x89, dst, src);
-    }
-
-    /// Group-1 operation with an immediate: `81 /ext imm32` or `83 /ext imm8`.
-    fn alu_imm(&mut self, w: bool, ext: u8, dst: u8, imm: i32) {
-        if let Ok(b) = i8::try_from(imm) {
-            self.inst(&[], w, false, &[0x83], ext, Rm::Reg(dst));
-            self.byte(b as u8);
-        } else {
-            self.inst(&[], w, false, &[0x81], ext, Rm::Reg(dst));
-            self.imm32(imm);
-        }
-    }
-
-    /// `mov dst, imm` sign-extended (64) or `mov dst32, imm32` (32).
-    fn mov_imm(&mut self, w: bool, dst: u8, imm: i32) {
-        if imm == 0 {
-            self.rr(false, 0x31, dst, dst); // xor r32, r32
-        } else if w && imm < 0 {
-            self.inst(&[], true, false, &[0xc7], 0, Rm::Reg(dst));
-            self.imm32(imm);
-        } else {
-            // mov r32, imm32 (B8+r) zero-extends, which equals sign extension for imm >= 0.
-            if dst >= 8 {
-                self.byte(0x41);
-            }
-            self.byte(0xb8 + (dst & 7));
-            self.imm32(imm);
-        }
-    }
-
-    /// `mov dst, imm64`.
-    fn mov_imm64(&mut self, dst: u8, imm: u64) {
-        self.byte(0x48 | (dst >> 3 & 1));
-        self.byte(0xb8 + (dst & 7));
-        self.bytes(&imm.to_le_bytes());
-    }
-
-    fn push(&mut self, r: u8) {
-        if r >= 8 {
-            self.byte(0x41);
-        }
-        self.byte(0x50 + (r & 7));
-    }
-
-    fn pop(&mut self, r: u8) {
-        if r >= 8 {
-            self.byte(0x41);
-        }
-        self.byte(0x58 + (r & 7));
-    }
-
-    /// `lea dst, [base + disp]`.
-    fn lea(&mut self, dst: u8, base: u8, disp: i32) {
-        self.inst(&[], true, false, &[0x8d], dst, Rm::Mem(base, disp));
-    }
-
-    /// `lea dst, [base + index * scale]` (64-bit; `scale` is 1, 2, 4 or 8; `index` is not
-    /// `rsp`).
-    fn lea_sib(&mut self, dst: u8, base: u8, index: u8, scale: u8) {
-        let ss = match scale {
-            1 => 0,
-            2 => 1,
-            4 => 2,
-            _ => 3,
-        };
-        self.byte(0x48 | (dst >> 3 & 1) << 2 | (index >> 3 & 1) << 1 | (base >> 3 & 1));
-        self.byte(0x8d);
-        // Base 5 (rbp, r13) needs mod 01 with a zero disp8.
-        let md = if base & 7 == RBP { 0x40 } else { 0x00 };
-        self.byte(md | (dst & 7) << 3 | 0b100);
-        self.byte(ss << 6 | (index & 7) << 3 | (base & 7));
-        if md == 0x40 {
-            self.byte(0);
-        }
-    }
-
-    /// `mov dst32, fs:[disp]` (absolute `%fs`-relative 32-bit load).
-    fn load32_fs(&mut self, dst: u8, disp: i32) {
-        self.byte(0x64);
-        if dst >= 8 {
-            self.byte(0x44);
-        }
-        // mod 00, rm 100 (SIB); SIB: no index, base 101 = disp32 only.
-        self.bytes(&[0x8b, (dst & 7) << 3 | 0b100, 0x25]);
-        self.imm32(disp);
-    }
-
-    /// `rdpid r64`: `IA32_TSC_AUX` (Linux: `node << 12 | cpu`).
-    fn rdpid(&mut self, dst: u8) {
-        self.byte(0xf3);
-        if dst >= 8 {
-            self.byte(0x41);
-        }
-        self.bytes(&[0x0f, 0xc7, 0xf8 | (dst & 7)]);
-    }
-
-    /// `shl`/`shr dst, imm8` (64-bit; `ext` 4 = shl, 5 = shr).
-    fn shift_imm(&mut self, ext: u8, dst: u8, imm: u8) {
-        self.inst(&[], true, false, &[0xc1], ext, Rm::Reg(dst));
-        self.byte(imm);
-    }
-
-    /// `mov dst, [base + disp]` (64 or 32 bits).
-    fn load(&mut self, w: bool, dst: u8, base: u8, disp: i32) {
-        self.inst(&[], w, false, &[0x8b], dst, Rm::Mem(base, disp));
-    }
-
-    /// `mov [base + disp], src` (64 bits).
-    fn store(&mut self, base: u8, disp: i32, src: u8) {
-        self.inst(&[], true, false, &[0x89], src, Rm::Mem(base, disp));
-    }
-
-    /// `rdfsbase r64`.
-    fn rdfsbase(&mut self, dst: u8) {
-        self.inst(&[0xf3], true, false, &[0x0f, 0xae], 0, Rm::Reg(dst));
-    }
-
-    /// `jcc rel32` with the target patched later; returns the position of the rel32.
-    fn jcc(&mut self, cc: u8) -> usize {
-        self.bytes(&[0x0f, 0x80 | cc]);
-        self.imm32(0);
-        self.pos() - 4
-    }
-
-    /// `jmp rel32` with the target patched later; returns the position of the rel32.
-    fn jmp(&mut self) -> usize {
-        self.byte(0xe9);
-        self.imm32(0);
-        self.pos() - 4
-    }
-
-    /// Points the rel32 at `at` to `target`.
-    fn patch(&mut self, at: usize, target: usize) {
-        let rel = target as i64 - (at as i64 + 4);
-        self.buf[at..at + 4].copy_from_slice(&(rel as i32).to_le_bytes());
-    }
-
-    /// Points the rel32 at `at` to the current position.
-    fn patch_here(&mut self, at: usize) {
-        let here = self.pos();
-        self.patch(at, here);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The compiler.
@@ -547,9 +310,7 @@ fn compile_pass(
     let frame = plan_frame(insns, &tail, env, multi, red_zone);
 
     let mut c = Compiler {
-        e: Emitter {
-            buf: Vec::with_capacity(len * 8 + 64),
-        },
+        e: Emitter::reusing(0, Vec::with_capacity(len * 8 + 64)),
         env,
         opts,
         fixups: Vec::new(),
@@ -638,10 +399,10 @@ fn compile_pass(
             Target::Epilogue => epilogue,
             Target::SavedEpilogue => saved_epilogue,
         };
-        c.e.patch(at, to);
+        c.e.patch_rel32(at, to);
     }
     let fits = c.frame.fp_less && !multi && !c.stack_escapes && -c.low_stack <= RED_ZONE;
-    Ok((c.e.buf, fits))
+    Ok((c.e.into_code(), fits))
 }
 
 /// Decides the main frame: the registers to save and whether `r10` needs `rbp`.
@@ -1098,29 +859,29 @@ impl Compiler<'_> {
         for c in core::mem::take(&mut self.cold) {
             match c {
                 Cold::Null { jcc, to } => {
-                    self.e.patch_here(jcc);
+                    self.e.patch_rel32_here(jcc);
                     self.e.rr(false, 0x31, RAX, RAX);
                     let j = self.e.jmp();
                     match to {
-                        ColdTo::Pos(p) => self.e.patch(j, p),
+                        ColdTo::Pos(p) => self.e.patch_rel32(j, p),
                         ColdTo::Insn(pc) => self.jump_to(j, Target::Insn(pc)),
                     }
                 }
                 Cold::CpuRseq { jcc, back, ncpus } => {
                     let e = &mut self.e;
-                    e.patch_here(jcc);
+                    e.patch_rel32_here(jcc);
                     if self.rdpid {
                         e.rdpid(R10);
                         e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
                         e.alu_imm(false, 7, R10, ncpus as i32); // cmp r10d, ncpus
                         let j = e.jcc(0x2); // jb back
-                        e.patch(j, back);
+                        e.patch_rel32(j, back);
                     }
                     // rax (r0) is being computed and rdx (r3) dies at the call.
                     Self::cpu_mod(e, ncpus, back);
                 }
                 Cold::CpuMod { jcc, back, ncpus } => {
-                    self.e.patch_here(jcc);
+                    self.e.patch_rel32_here(jcc);
                     Self::cpu_mod(&mut self.e, ncpus, back);
                 }
             }
@@ -1136,7 +897,7 @@ impl Compiler<'_> {
         e.inst(&[], false, false, &[0xf7], 6, Rm::Reg(R10)); // div r10d
         e.mov(false, R10, RDX);
         let j = e.jmp();
-        e.patch(j, back);
+        e.patch_rel32(j, back);
     }
 
     fn lddw(&mut self, pc: usize, i: Insn, next: Insn) -> Result<(), JitError> {
@@ -1430,7 +1191,7 @@ impl Compiler<'_> {
                 e.inst(&[], w, false, &[0xf7], 3, Rm::Reg(d)); // neg
             }
             to_done.push(e.jmp());
-            e.patch_here(normal);
+            e.patch_rel32_here(normal);
         }
         e.mov(true, R9, RAX);
         e.mov(true, R10, RDX);
@@ -1457,14 +1218,14 @@ impl Compiler<'_> {
         e.mov(true, RDX, R10);
         e.mov(true, d, R11);
         to_done.push(e.jmp());
-        e.patch_here(to_zero);
+        e.patch_rel32_here(to_zero);
         if !is_mod {
             e.rr(false, 0x31, d, d);
         } else if !w {
             e.mov(false, d, d);
         }
         for j in to_done {
-            e.patch_here(j);
+            e.patch_rel32_here(j);
         }
     }
 
@@ -1507,7 +1268,7 @@ impl Compiler<'_> {
                 e.rr(w, opc, R11, val);
                 e.inst(LOCK, w, false, &[0x0f, 0xb1], R11, Rm::Mem(R10, 0));
                 let back = e.jcc(CC_NE);
-                e.patch(back, top);
+                e.patch_rel32(back, top);
                 if s == RAX {
                     if !w {
                         e.mov(false, RAX, RAX);
@@ -1587,7 +1348,7 @@ impl Compiler<'_> {
         let cont = e.jcc(CC_NE);
         // In the split layout, any helper call leaves the registers saved.
         self.leave_from_anywhere(self.split);
-        self.e.patch_here(cont);
+        self.e.patch_rel32_here(cont);
     }
 
     /// After a helper call of the unsaved copy at `pc`: the vector registers are saved, so
@@ -1674,12 +1435,12 @@ impl Compiler<'_> {
                             };
                             let done = slow.as_ref().map(|_| self.e.jmp());
                             for &j in slow.iter().flatten() {
-                                self.e.patch_here(j);
+                                self.e.patch_rel32_here(j);
                             }
                             self.call_helper(id, f as usize as u64);
                             self.continue_saved(pc);
                             if let Some(d) = done {
-                                self.e.patch_here(d);
+                                self.e.patch_rel32_here(d);
                             }
                         }
                     }
@@ -1857,7 +1618,7 @@ impl Compiler<'_> {
             }
         }
         for j in found {
-            e.patch_here(j);
+            e.patch_rel32_here(j);
         }
         let busy = RINGBUF_BUSY_BIT.trailing_zeros() as u8;
         e.inst(&[], true, false, &[0x0f, 0xba], 6, Rm::Reg(R9)); // btr r9, busy
@@ -1979,12 +1740,12 @@ impl Compiler<'_> {
             let next = self.e.jcc(CC_NE);
             self.call_helper(id, f as usize as u64);
             done.push(self.e.jmp());
-            self.e.patch_here(next);
+            self.e.patch_rel32_here(next);
         }
         self.e.rr(false, 0x31, RAX, RAX);
         self.leave_from_anywhere(self.split && self.saved);
         for j in done {
-            self.e.patch_here(j);
+            self.e.patch_rel32_here(j);
         }
     }
 }

@@ -3,9 +3,14 @@
 //!
 //! [`Writer`] appends machine code to a byte buffer that will *run* at another address, its
 //! `pc`: code is assembled in one place and copied to another (another process, a mapping
-//! made later), so every relative form is computed against the run address. The `put_*`
-//! methods take [`Reg`]s and pick the shortest form that reaches (`rel8`, `rel32`, an
-//! absolute form): what trampolines and relocated code need.
+//! made later), so every relative form is computed against the run address. Two families of
+//! methods share the buffer:
+//!
+//! - the `put_*` methods ([`writer`]) take [`Reg`]s and pick the shortest form that
+//!   reaches (`rel8`, `rel32`, an absolute form): what trampolines and relocated code need;
+//! - the ModRM-level methods ([`modrm`]) take hardware register numbers (0-15) and emit one
+//!   instruction each in a fixed form, with forward branches patched later by offset: what
+//!   the JIT needs to translate eBPF instructions one by one.
 //!
 //! # Invariants
 //! - Emitting never fails and never panics: the buffer grows; a branch that cannot reach is
@@ -22,6 +27,8 @@
     clippy::indexing_slicing
 )]
 extern crate alloc;
+
+pub mod modrm;
 
 pub mod writer;
 
