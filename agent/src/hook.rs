@@ -149,9 +149,12 @@ fn build(near: u64) -> Result<State, i64> {
         set_error(format_args!("probe rejected by the verifier: {e}"));
         return Err(E_PROBE);
     }
+    // The probe runs here, so it may use what this CPU has.
     let opts = JitOptions {
         preserve_vector_regs: true,
         inline_ctx_helpers: true,
+        rdpid: xcover_rt::cpu_id_method() == xcover_rt::CpuIdMethod::Rdpid,
+        fsgsbase: xcover_rt::auxv::auxv().fsgsbase,
     };
     let code = match jit::compile(&insns, &env, &opts) {
         Ok(c) => c,

@@ -143,6 +143,7 @@ fn cover_probe(c: &mut Criterion) {
     let opts = jit::JitOptions {
         inline_ctx_helpers: true,
         preserve_vector_regs: false,
+        ..jit::JitOptions::for_this_cpu()
     };
     let code = exec::JitCode::new(&jit::compile(&prog.insns, &env, &opts).unwrap()).unwrap();
     let counts = m

@@ -70,7 +70,7 @@ impl Compiler<'_> {
         };
         let rseq = self.env.rseq_cpu_id;
         if m.kind == InlineKind::Ringbuf
-            || (m.kind == InlineKind::PerCpuArray && !self.rdpid && rseq.is_none())
+            || (m.kind == InlineKind::PerCpuArray && !self.opts.rdpid && rseq.is_none())
         {
             return Ok(false);
         }
@@ -159,7 +159,7 @@ impl Compiler<'_> {
                 Cold::CpuRseq { jcc, back, ncpus } => {
                     let e = &mut self.e;
                     e.patch_rel32_here(jcc);
-                    if self.rdpid {
+                    if self.opts.rdpid {
                         e.rdpid(R10);
                         e.alu_imm(false, 4, R10, 0xfff); // and r10d, 0xfff
                         e.alu_imm(false, 7, R10, ncpus as i32); // cmp r10d, ncpus
@@ -417,6 +417,9 @@ impl Compiler<'_> {
             e.shift_imm(4, R11, 32);
             e.rr(true, 0x09, RAX, R11); // rax = pid << 32 | tid
             return Some(slow);
+        }
+        if !self.opts.fsgsbase {
+            return None;
         }
         let l = xcover_rt::tid_cache_layout()?;
         if !l.nslots.is_power_of_two() || l.slots == 0 || l.pid == 0 {

@@ -53,7 +53,13 @@ pub const HELPER_GET_FUNC_IP: u32 = 173;
 /// Helper id of `bpf_get_attach_cookie`.
 pub const HELPER_GET_ATTACH_COOKIE: u32 = 174;
 
-/// How to compile.
+/// How to compile, and the CPU features the code may use.
+///
+/// `Default` asks for nothing and assumes only baseline x86-64 (no `rdpid`, no
+/// `rdfsbase`): the code then runs on any x86-64 CPU, calling the helper where a faster
+/// instruction would do. [`JitOptions::for_this_cpu`] fills the CPU features from the
+/// machine it runs on, which is right when the code will run on that same machine (the
+/// agent JIT-compiles the probe inside the target, so it fills them from `xcover_rt`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JitOptions {
     /// Save and restore `xmm0`–`xmm15` around every helper call that is not inlined (the
@@ -62,6 +68,26 @@ pub struct JitOptions {
     /// Inline `bpf_get_attach_cookie` and `bpf_get_func_ip` (when the [`Env`] registers
     /// them) as loads from the [`xcover_abi::ProbeCtx`] in `r1`.
     pub inline_ctx_helpers: bool,
+    /// The CPU has `rdpid` ([`xcover_rt::CpuIdMethod::Rdpid`]): PERCPU_ARRAY lookups are
+    /// inlined even when the [`Env`] gives no rseq CPU number, and a thread without rseq
+    /// takes `rdpid`'s. `false` never emits `rdpid`.
+    pub rdpid: bool,
+    /// User space may run `rdfsbase` (CPU support and the kernel's `HWCAP2_FSGSBASE`,
+    /// [`xcover_rt::auxv::Auxv::fsgsbase`]): `bpf_get_current_pid_tgid` is inlined from the tid
+    /// cache when the [`Env`] gives no TCB offset. `false` never emits `rdfsbase`.
+    pub fsgsbase: bool,
+}
+
+impl JitOptions {
+    /// No option set, with the CPU features of the machine this runs on (from
+    /// `xcover_rt`'s detection): for code that will run here.
+    pub fn for_this_cpu() -> Self {
+        JitOptions {
+            rdpid: xcover_rt::cpu_id_method() == xcover_rt::CpuIdMethod::Rdpid,
+            fsgsbase: xcover_rt::auxv::auxv().fsgsbase,
+            ..JitOptions::default()
+        }
+    }
 }
 
 /// Why a program could not be compiled. The verifier rejects all of these first.
@@ -152,8 +178,6 @@ struct Compiler<'a> {
     vsave: VectorSave,
     /// Cold stubs of inlined lookups, emitted after the epilogue.
     cold: Vec<Cold>,
-    /// `rdpid` is available, so PERCPU_ARRAY lookups can be inlined.
-    rdpid: bool,
 }
 
 /// What the compiler knows about the eBPF registers in straight-line code.
@@ -201,24 +225,13 @@ struct VectorSave {
 }
 
 /// Compiles a verified program for any load address.
+///
+/// Pure: the CPU features the code may use come from `opts` ([`JitOptions::rdpid`],
+/// [`JitOptions::fsgsbase`]), never from the machine `compile` runs on.
 pub fn compile(insns: &[Insn], env: &Env, opts: &JitOptions) -> Result<Vec<u8>, JitError> {
-    let rdpid =
-        !env.map_inline.is_empty() && xcover_rt::cpu_id_method() == xcover_rt::CpuIdMethod::Rdpid;
-    compile_with(insns, env, opts, rdpid)
-}
-
-/// [`compile`], with `rdpid` availability given instead of detected (`false` never inlines
-/// PERCPU_ARRAY lookups: the helper picks the CPU its own way).
-#[doc(hidden)]
-pub fn compile_with(
-    insns: &[Insn],
-    env: &Env,
-    opts: &JitOptions,
-    rdpid: bool,
-) -> Result<Vec<u8>, JitError> {
-    let (code, red_zone_ok) = compile_pass(insns, env, opts, rdpid, false)?;
+    let (code, red_zone_ok) = compile_pass(insns, env, opts, false)?;
     if !red_zone_ok {
         return Ok(code);
     }
-    Ok(compile_pass(insns, env, opts, rdpid, true)?.0)
+    Ok(compile_pass(insns, env, opts, true)?.0)
 }

@@ -31,7 +31,6 @@ pub(super) fn compile_pass(
     insns: &[Insn],
     env: &Env,
     opts: &JitOptions,
-    rdpid: bool,
     red_zone: bool,
 ) -> Result<(Vec<u8>, bool), JitError> {
     let len = insns.len();
@@ -90,7 +89,6 @@ pub(super) fn compile_pass(
             transitions: vec![false; len + 1],
         },
         cold: Vec::new(),
-        rdpid,
     };
     let mut insn_off = vec![0usize; 2 * (len + 1)];
     let mut func_off = vec![0usize; len + 1];
