@@ -229,13 +229,13 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
         s.planned = None;
     }
     let pending: Vec<usize> = (0..session::funcs_count())
-        .filter(|&i| session::func(i).status == FuncStatus::Pending as u32)
+        .filter(|&i| session::func(i).is_some_and(|f| f.status == FuncStatus::Pending as u32))
         .collect();
-    if pending.is_empty() {
+    let Some(first) = pending.first().and_then(|&i| session::func(i)) else {
         return 0;
-    }
+    };
     if st.is_none() {
-        match build(session::func(pending[0]).addr) {
+        match build(first.addr) {
             Ok(s) => *st = Some(s),
             Err(e) => return e,
         }
@@ -245,9 +245,9 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     };
     let specs: Vec<Site> = pending
         .iter()
-        .map(|&i| {
-            let f = session::func(i);
-            Site::function(f.addr, f.size, f.pad_end, i as u64)
+        .filter_map(|&i| {
+            let f = session::func(i)?;
+            Some(Site::function(f.addr, f.size, f.pad_end, i as u64))
         })
         .collect();
     let mut mem = AgentMemory;
@@ -256,13 +256,13 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     // trampoline, cancels that function; recompute until every thread has its answer.
     loop {
         let mut cancelled = false;
-        for (i, &ip) in ips.iter().enumerate() {
+        for (mv, &ip) in moves.iter_mut().zip(ips) {
             match batch.fixup(ip) {
-                IpFixup::Untouched => moves[i] = 0,
-                IpFixup::MoveTo(to) => moves[i] = to,
+                IpFixup::Untouched => *mv = 0,
+                IpFixup::MoveTo(to) => *mv = to,
                 IpFixup::Blocked(addr) => {
                     batch.cancel(addr);
-                    moves[i] = 0;
+                    *mv = 0;
                     cancelled = true;
                 }
             }
@@ -355,8 +355,8 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     s.planned = None;
     let addrs = s.interceptor.hooked();
     let batch = s.interceptor.prepare_unhooks(&addrs);
-    for (i, &ip) in ips.iter().enumerate() {
-        moves[i] = match batch.fixup(ip) {
+    for (mv, &ip) in moves.iter_mut().zip(ips) {
+        *mv = match batch.fixup(ip) {
             IpFixup::MoveTo(to) => to,
             IpFixup::Untouched | IpFixup::Blocked(_) => 0,
         };
@@ -373,7 +373,7 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
         }
     };
     for i in 0..session::funcs_count() {
-        if session::func(i).status == FuncStatus::Hooked as u32 {
+        if session::func(i).is_some_and(|f| f.status == FuncStatus::Hooked as u32) {
             session::set_func_status(i, FuncStatus::Pending as u32, 0);
         }
     }
@@ -409,7 +409,9 @@ pub unsafe fn fini() -> i64 {
     let mut failed = 0u64;
     for heap_pass in [false, true] {
         for i in 0..n {
-            let r = session::region(i);
+            let Some(r) = session::region(i) else {
+                continue;
+            };
             if (r.kind == REGION_HEAP) != heap_pass || r.len == 0 {
                 continue;
             }

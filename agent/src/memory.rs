@@ -164,7 +164,7 @@ fn code_mappings() -> Option<Vec<CodeMapping>> {
             }
             break;
         }
-        text.extend_from_slice(&chunk[..n as usize]);
+        text.extend_from_slice(chunk.get(..n as usize).unwrap_or(&[]));
     }
     let mut out = Vec::new();
     for line in text.split(|&b| b == b'\n') {
@@ -173,7 +173,10 @@ fn code_mappings() -> Option<Vec<CodeMapping>> {
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if perms.len() < 3 || perms[2] != b'x' {
+        let [r, w, x, ..] = *perms else {
+            continue;
+        };
+        if x != b'x' {
             continue;
         }
         let mut ends = range.split(|&b| b == b'-');
@@ -181,10 +184,10 @@ fn code_mappings() -> Option<Vec<CodeMapping>> {
             continue;
         };
         let mut prot = sys::PROT_EXEC;
-        if perms[0] == b'r' {
+        if r == b'r' {
             prot |= sys::PROT_READ;
         }
-        if perms[1] == b'w' {
+        if w == b'w' {
             prot |= sys::PROT_WRITE;
         }
         out.push(CodeMapping {
@@ -231,7 +234,7 @@ fn write_code_whole_mappings(writes: &[(u64, &[u8])]) -> bool {
         // thread is stopped; nothing relies on it being read-only meanwhile.
         let r = unsafe { sys::mprotect(m.start, m.end - m.start, m.prot | sys::PROT_WRITE) };
         if r < 0 {
-            for m in &touched[..k] {
+            for m in touched.iter().take(k) {
                 // SAFETY: back to the protection it had a moment ago.
                 unsafe { sys::mprotect(m.start, m.end - m.start, m.prot) };
             }

@@ -92,23 +92,30 @@ pub fn funcs_count() -> usize {
     header().map_or(0, |h| h.funcs_count as usize)
 }
 
-fn func_ptr(i: usize) -> *mut FuncEntry {
-    let h = header().expect("session set");
-    assert!(i < h.funcs_count as usize);
+/// Entry `i` of the function table; `None` without a session or when `i` is past its end.
+fn func_ptr(i: usize) -> Option<*mut FuncEntry> {
+    let h = header()?;
+    if i >= h.funcs_count as usize {
+        return None;
+    }
     // SAFETY: check_layout proved the table fits the mapping; i < funcs_count.
-    unsafe { base().add(h.funcs_off as usize + i * size_of::<FuncEntry>()) as *mut FuncEntry }
+    Some(unsafe { base().add(h.funcs_off as usize + i * size_of::<FuncEntry>()) as *mut FuncEntry })
 }
 
-/// A copy of function `i`'s entry.
-pub fn func(i: usize) -> FuncEntry {
-    // SAFETY: func_ptr points inside the table; FuncEntry is plain data, read unaligned-safe
-    // and volatile because xcover may read (never write) it concurrently.
-    unsafe { func_ptr(i).read_volatile() }
+/// A copy of function `i`'s entry (`None` when `i` is not below [`funcs_count`]).
+pub fn func(i: usize) -> Option<FuncEntry> {
+    let p = func_ptr(i)?;
+    // SAFETY: p points inside the table; FuncEntry is plain data, read unaligned-safe and
+    // volatile because xcover may read (never write) it concurrently.
+    Some(unsafe { p.read_volatile() })
 }
 
-/// Sets function `i`'s status and skip reason.
+/// Sets function `i`'s status and skip reason (nothing when `i` is not below
+/// [`funcs_count`]).
 pub fn set_func_status(i: usize, status: u32, reason: u32) {
-    let p = func_ptr(i);
+    let Some(p) = func_ptr(i) else {
+        return;
+    };
     // SAFETY: p points at entry i inside the mapping; the agent is the only writer of these
     // two fields once the session is live.
     unsafe {
@@ -187,15 +194,17 @@ pub fn record_region(start: u64, len: u64, kind: u32) -> bool {
     true
 }
 
-/// Region record `i` (below `regions_count`).
-pub fn region(i: u64) -> Region {
-    let h = header().expect("session set");
-    assert!(i < h.regions_count.load(Ordering::Acquire));
+/// Region record `i` (`None` without a session or when `i` is not below `regions_count`).
+pub fn region(i: u64) -> Option<Region> {
+    let h = header()?;
+    if i >= h.regions_count.load(Ordering::Acquire) {
+        return None;
+    }
     // SAFETY: i < regions_count <= regions_cap, inside the table.
-    unsafe {
+    Some(unsafe {
         (base().add(h.regions_off as usize + i as usize * size_of::<Region>()) as *const Region)
             .read_volatile()
-    }
+    })
 }
 
 /// A `fmt::Write` into a fixed buffer, truncating (never allocates).
@@ -216,12 +225,15 @@ impl ErrText {
 
 impl fmt::Write for ErrText {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = self.buf.len() - self.len;
+        let room = self.buf.len().saturating_sub(self.len);
         let mut n = s.len().min(room);
         while !s.is_char_boundary(n) {
             n -= 1;
         }
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + n), s.get(..n)) else {
+            return Ok(());
+        };
+        dst.copy_from_slice(src.as_bytes());
         self.len += n;
         Ok(())
     }
@@ -235,10 +247,12 @@ pub fn set_error(args: fmt::Arguments<'_>) {
     if p.is_null() {
         return;
     }
-    let h = header().expect("session set");
+    let Some(h) = header() else {
+        return;
+    };
     h.agent_error_len.store(0, Ordering::Release);
     let dst = offset_of!(SessionHeader, agent_error);
-    for (i, b) in t.buf[..t.len].iter().enumerate() {
+    for (i, b) in t.buf.iter().take(t.len).enumerate() {
         // SAFETY: dst + i is inside the header's 256-byte agent_error array (t.len <= 256);
         // only the agent writes it.
         unsafe { p.add(dst + i).write_volatile(*b) };
