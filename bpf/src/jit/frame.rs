@@ -41,7 +41,7 @@ use alloc::vec::Vec;
 
 use xcover_x86::modrm::*;
 
-use super::{Compiler, Target};
+use super::{Compiler, Target, flag, set};
 use crate::env::Env;
 use crate::insn::*;
 
@@ -84,12 +84,12 @@ pub(super) fn plan_frame(
     // r10 may live as `rsp + top` when it is only a memory base or copied by `mov64`.
     let mut r10_simple = true;
     for (pc, i) in insns.iter().enumerate() {
-        if tail[pc] {
+        if flag(tail, pc) {
             continue;
         }
-        used[i.dst.min(10) as usize] = true;
+        set(&mut used, i.dst.min(10) as usize, true);
         if !i.is_lddw() && i.op != BPF_JMP | BPF_CALL {
-            used[i.src.min(10) as usize] = true;
+            set(&mut used, i.src.min(10) as usize, true);
         }
         let class = i.class();
         if i.op == BPF_JMP | BPF_CALL {
@@ -126,11 +126,11 @@ pub(super) fn plan_frame(
     }
     let mut saved = Vec::new();
     for (b, x) in [(6, RBX), (7, R13), (8, R14), (9, R15)] {
-        if used[b] {
+        if flag(&used, b) {
             saved.push(x);
         }
     }
-    let stack = used[10];
+    let stack = flag(&used, 10);
     let fp_less = !stack || r10_simple;
     if stack && !fp_less {
         saved.push(RBP);
@@ -171,8 +171,8 @@ impl Compiler<'_> {
     }
 
     pub(super) fn main_prologue(&mut self) {
-        for i in 0..self.frame.saved.len() {
-            self.e.push(self.frame.saved[i]);
+        for &r in &self.frame.saved {
+            self.e.push(r);
         }
         if self.frame.size != 0 {
             self.e.alu_imm(true, 5, RSP, self.frame.size); // sub rsp, size
@@ -189,8 +189,8 @@ impl Compiler<'_> {
         if self.frame.size != 0 {
             self.e.alu_imm(true, 0, RSP, self.frame.size); // add rsp, size
         }
-        for i in (0..self.frame.saved.len()).rev() {
-            self.e.pop(self.frame.saved[i]);
+        for &r in self.frame.saved.iter().rev() {
+            self.e.pop(r);
         }
         self.e.byte(0xc3);
     }
@@ -316,7 +316,7 @@ impl Compiler<'_> {
     /// the run goes on in the saved copy.
     pub(super) fn continue_saved(&mut self, pc: usize) {
         if self.vsave.split && !self.vsave.saved {
-            self.vsave.transitions[pc] = true;
+            set(&mut self.vsave.transitions, pc, true);
             let j = self.e.jmp();
             self.fixups
                 .push((j, Target::Insn(self.vsave.transitions.len() + pc + 1)));

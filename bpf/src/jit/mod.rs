@@ -142,6 +142,26 @@ pub enum JitError {
 /// eBPF register -> x86 register.
 const MAP: [u8; 11] = [RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP];
 
+/// The x86 register of eBPF register `r`. Every instruction's registers are checked to be
+/// at most `r10` before it is compiled ([`JitError::BadRegister`]); a larger number, never
+/// passed, gives the scratch `r11`.
+fn x86(r: u8) -> u8 {
+    MAP.get(r as usize).copied().unwrap_or(R11)
+}
+
+/// `v[i]`, false past the end (the compile pass's per-instruction flags have a slot for
+/// every instruction and one past the last).
+fn flag(v: &[bool], i: usize) -> bool {
+    v.get(i).copied().unwrap_or(false)
+}
+
+/// `v[i] = x`, nothing past the end (see [`flag`]).
+fn set<T>(v: &mut [T], i: usize, x: T) {
+    if let Some(s) = v.get_mut(i) {
+        *s = x;
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Target {
     /// An instruction of the unsaved copy (`pc`) or of the saved copy (`len + 1 + pc`).
@@ -197,6 +217,16 @@ impl Regs {
             pending: [false; 11],
             for_call: false,
         }
+    }
+
+    /// What is known about eBPF register `r` (nothing past `r10`).
+    fn known(&self, r: u8) -> Known {
+        self.known.get(r as usize).copied().unwrap_or(Known::No)
+    }
+
+    /// Whether `r` holds a known value not yet written to its x86 register.
+    fn pending(&self, r: u8) -> bool {
+        flag(&self.pending, r as usize)
     }
 }
 

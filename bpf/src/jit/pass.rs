@@ -20,7 +20,9 @@ use xcover_x86::Writer as Emitter;
 use xcover_x86::modrm::*;
 
 use super::frame::{RED_ZONE, plan_frame};
-use super::{Compiler, JitError, JitOptions, Known, MAP, Regs, StackUse, Target, VectorSave};
+use super::{
+    Compiler, JitError, JitOptions, Known, Regs, StackUse, Target, VectorSave, flag, set, x86,
+};
 use crate::env::Env;
 use crate::insn::*;
 
@@ -37,15 +39,15 @@ pub(super) fn compile_pass(
     // Function entries: 0 and every local-call target; lddw second halves.
     let mut entry = vec![false; len + 1];
     let mut tail = vec![false; len + 1];
-    entry[0] = true;
+    set(&mut entry, 0, true);
     let mut pc = 0;
     while pc < len {
-        let i = insns[pc];
+        let Some(&i) = insns.get(pc) else { break };
         if i.is_lddw() {
             if pc + 1 >= len {
                 return Err(JitError::IncompleteLddw { pc });
             }
-            tail[pc + 1] = true;
+            set(&mut tail, pc + 1, true);
             pc += 2;
             continue;
         }
@@ -54,23 +56,23 @@ pub(super) fn compile_pass(
             if t < 0 || t >= len as i64 {
                 return Err(JitError::BadJump { pc, target: t });
             }
-            entry[t as usize] = true;
+            set(&mut entry, t as usize, true);
         }
         pc += 1;
     }
     let mut is_target = vec![false; len + 1];
     for (pc, i) in insns.iter().enumerate() {
-        if tail[pc] {
+        if flag(&tail, pc) {
             continue;
         }
         if let Some(t) = i.jump_target(pc) {
-            if t < 0 || t >= len as i64 || tail[t as usize] {
+            if t < 0 || t >= len as i64 || flag(&tail, t as usize) {
                 return Err(JitError::BadJump { pc, target: t });
             }
-            is_target[t as usize] = true;
+            set(&mut is_target, t as usize, true);
         }
     }
-    let multi = entry[1..].iter().any(|&e| e);
+    let multi = entry.iter().skip(1).any(|&e| e);
     let frame = plan_frame(insns, &tail, env, multi, red_zone);
 
     let mut c = Compiler {
@@ -96,42 +98,42 @@ pub(super) fn compile_pass(
     let mut in_main = true;
     let mut pc = 0;
     while pc < len {
-        if is_target[pc] || entry[pc] {
+        if flag(&is_target, pc) || flag(&entry, pc) {
             c.flush_all();
             c.forget_all();
         }
-        if entry[pc] && pc != 0 {
+        if flag(&entry, pc) && pc != 0 {
             in_main = false;
-            func_off[pc] = c.e.pos();
+            set(&mut func_off, pc, c.e.pos());
             c.sub_prologue();
         }
-        insn_off[pc] = c.e.pos();
-        let i = insns[pc];
+        set(&mut insn_off, pc, c.e.pos());
+        let Some(&i) = insns.get(pc) else { break };
         if i.dst > 10 || i.src > 10 {
             return Err(JitError::BadRegister { pc });
         }
         if i.is_lddw() {
-            c.lddw(pc, i, insns[pc + 1])?;
-            insn_off[pc + 1] = c.e.pos();
+            c.lddw(pc, i, lddw_tail(insns, pc)?)?;
+            set(&mut insn_off, pc + 1, c.e.pos());
             pc += 2;
             continue;
         }
         if c.try_fused_add(insns, pc, &is_target) {
-            insn_off[pc + 1] = c.e.pos();
-            insn_off[pc + 2] = c.e.pos();
+            set(&mut insn_off, pc + 1, c.e.pos());
+            set(&mut insn_off, pc + 2, c.e.pos());
             pc += 3;
             continue;
         }
         // A `jeq r0, 0, L` right after an inlined lookup folds into the lookup's range check.
         let next = insns
             .get(pc + 1)
-            .filter(|n| !is_target[pc + 1] && n.op == BPF_JMP | BPF_JEQ | BPF_K)
+            .filter(|n| !flag(&is_target, pc + 1) && n.op == BPF_JMP | BPF_JEQ | BPF_K)
             .filter(|n| n.dst == 0 && n.imm == 0)
             .and_then(|n| n.jump_target(pc + 1))
             .map(|t| t as usize);
         if i.op == BPF_JMP | BPF_CALL && i.src == 0 && c.try_inline_lookup(pc, i, next)? {
             if next.is_some() {
-                insn_off[pc + 1] = c.e.pos();
+                set(&mut insn_off, pc + 1, c.e.pos());
                 pc += 1;
             }
             pc += 1;
@@ -156,10 +158,14 @@ pub(super) fn compile_pass(
     c.emit_cold();
     for &(at, t) in &c.fixups {
         let to = match t {
-            Target::Insn(pc) => insn_off[pc],
-            Target::Func(pc) => func_off[pc],
-            Target::Epilogue => epilogue,
-            Target::SavedEpilogue => saved_epilogue,
+            Target::Insn(pc) => insn_off.get(pc).copied(),
+            Target::Func(pc) => func_off.get(pc).copied(),
+            Target::Epilogue => Some(epilogue),
+            Target::SavedEpilogue => Some(saved_epilogue),
+        };
+        // Every target was checked against the program's length above.
+        let Some(to) = to else {
+            return Err(JitError::BadJump { pc: 0, target: -1 });
         };
         c.e.patch_rel32(at, to);
     }
@@ -232,57 +238,62 @@ impl Compiler<'_> {
         let len = insns.len();
         let mut reach = vec![false; len + 1];
         let mut work: Vec<usize> = (0..len)
-            .filter(|&pc| self.vsave.transitions[pc])
+            .filter(|&pc| flag(&self.vsave.transitions, pc))
             .map(|pc| pc + 1)
             .collect();
         while let Some(pc) = work.pop() {
-            if pc >= len || reach[pc] || tail[pc] {
+            if pc >= len || flag(&reach, pc) || flag(tail, pc) {
                 continue;
             }
-            reach[pc] = true;
-            work.extend(successors(insns[pc], pc).into_iter().flatten());
+            set(&mut reach, pc, true);
+            if let Some(&i) = insns.get(pc) {
+                work.extend(successors(i, pc).into_iter().flatten());
+            }
         }
         self.vsave.saved = true;
         self.vsave.base = len + 1;
         let mut pc = 0;
         let mut prev_emitted = false;
         while pc < len {
-            if !reach[pc] {
+            if !flag(&reach, pc) {
                 prev_emitted = false;
                 pc += 1;
                 continue;
             }
-            if is_target[pc] || !prev_emitted || self.vsave.transitions[pc.saturating_sub(1)] {
+            if flag(is_target, pc)
+                || !prev_emitted
+                || flag(&self.vsave.transitions, pc.saturating_sub(1))
+            {
                 self.flush_all();
                 self.forget_all();
             }
             prev_emitted = true;
-            insn_off[self.vsave.base + pc] = self.e.pos();
-            let i = insns[pc];
+            set(insn_off, self.vsave.base + pc, self.e.pos());
+            let Some(&i) = insns.get(pc) else { break };
             if i.is_lddw() {
-                self.lddw(pc, i, insns[pc + 1])?;
-                insn_off[self.vsave.base + pc + 1] = self.e.pos();
+                self.lddw(pc, i, lddw_tail(insns, pc)?)?;
+                set(insn_off, self.vsave.base + pc + 1, self.e.pos());
                 pc += 2;
                 continue;
             }
             if reach.get(pc + 2).copied().unwrap_or(false)
                 && self.try_fused_add(insns, pc, is_target)
             {
-                insn_off[self.vsave.base + pc + 1] = self.e.pos();
-                insn_off[self.vsave.base + pc + 2] = self.e.pos();
+                set(insn_off, self.vsave.base + pc + 1, self.e.pos());
+                set(insn_off, self.vsave.base + pc + 2, self.e.pos());
                 pc += 3;
                 continue;
             }
             // Never fold a `jeq` the unsaved copy enters (after its own call at `pc`).
             let next = insns
                 .get(pc + 1)
-                .filter(|n| !is_target[pc + 1] && n.op == BPF_JMP | BPF_JEQ | BPF_K)
-                .filter(|n| n.dst == 0 && n.imm == 0 && !self.vsave.transitions[pc])
+                .filter(|n| !flag(is_target, pc + 1) && n.op == BPF_JMP | BPF_JEQ | BPF_K)
+                .filter(|n| n.dst == 0 && n.imm == 0 && !flag(&self.vsave.transitions, pc))
                 .and_then(|n| n.jump_target(pc + 1))
                 .map(|t| t as usize);
             if i.op == BPF_JMP | BPF_CALL && i.src == 0 && self.try_inline_lookup(pc, i, next)? {
                 if next.is_some() {
-                    insn_off[self.vsave.base + pc + 1] = self.e.pos();
+                    set(insn_off, self.vsave.base + pc + 1, self.e.pos());
                     pc += 1;
                 }
                 pc += 1;
@@ -299,14 +310,14 @@ impl Compiler<'_> {
         // a deferred one only update what the compiler knows.
         let dr = i.dst as usize;
         if i.op == BPF_ALU64 | BPF_MOV | BPF_X && i.off == 0 && i.src == 10 && i.dst != 10 {
-            self.regs.known[dr] = Known::Stack(0);
-            self.regs.pending[dr] = true;
+            set(&mut self.regs.known, dr, Known::Stack(0));
+            set(&mut self.regs.pending, dr, true);
             return Ok(());
         }
         if (i.op == BPF_ALU64 | BPF_ADD | BPF_K || i.op == BPF_ALU64 | BPF_SUB | BPF_K)
             && i.off == 0
-            && self.regs.pending[dr]
-            && let Known::Stack(o) = self.regs.known[dr]
+            && self.regs.pending(i.dst)
+            && let Known::Stack(o) = self.regs.known(i.dst)
         {
             let delta = if i.op & OP_MASK == BPF_ADD {
                 Some(i.imm)
@@ -314,7 +325,7 @@ impl Compiler<'_> {
                 i.imm.checked_neg()
             };
             if let Some(n) = delta.and_then(|d| o.checked_add(d)) {
-                self.regs.known[dr] = Known::Stack(n);
+                set(&mut self.regs.known, dr, Known::Stack(n));
                 return Ok(());
             }
         }
@@ -387,8 +398,7 @@ impl Compiler<'_> {
         // The register gets the new value, unless the code overwrites it first.
         if !overwritten_before_use(insns, pc + 3, l.dst) {
             let m = self.mem(l.src, l.off as i32);
-            self.e
-                .inst(&[], true, false, &[0x8b], MAP[l.dst as usize], m);
+            self.e.inst(&[], true, false, &[0x8b], x86(l.dst), m);
         }
         self.forget(l.dst);
         true
@@ -403,28 +413,30 @@ impl Compiler<'_> {
             let moved = if self.vsave.saved { self.save_sub() } else { 0 };
             Rm::Mem(RSP, moved + self.frame.top + off)
         } else {
-            Rm::Mem(MAP[reg as usize], off)
+            Rm::Mem(x86(reg), off)
         }
     }
 
     /// Writes a deferred known value into its register.
     pub(super) fn flush(&mut self, r: u8) {
-        let r = r as usize;
-        if !self.regs.pending[r] {
+        let Some(pending) = self.regs.pending.get_mut(r as usize) else {
+            return;
+        };
+        if !*pending {
             return;
         }
-        self.regs.pending[r] = false;
-        match self.regs.known[r] {
+        *pending = false;
+        match self.regs.known(r) {
             Known::Map(idx) => {
                 let v = self.env.map_addrs.get(idx as usize).copied().unwrap_or(0);
-                self.e.mov_imm64(MAP[r], v);
+                self.e.mov_imm64(x86(r), v);
             }
             Known::Stack(off) => {
                 if !(self.regs.for_call && (1..=5).contains(&r)) {
                     self.stack.escapes = true;
                 }
                 if let Rm::Mem(b, d) = self.mem(10, off) {
-                    self.e.lea(MAP[r], b, d);
+                    self.e.lea(x86(r), b, d);
                 }
             }
             Known::No => {}
@@ -444,7 +456,15 @@ impl Compiler<'_> {
 
     /// Forgets what `r` held (it was just written); any deferred value is dropped.
     pub(super) fn forget(&mut self, r: u8) {
-        self.regs.known[r as usize] = Known::No;
-        self.regs.pending[r as usize] = false;
+        set(&mut self.regs.known, r as usize, Known::No);
+        set(&mut self.regs.pending, r as usize, false);
     }
+}
+
+/// The second half of the `lddw` at `pc` (the first pass checked it is there).
+fn lddw_tail(insns: &[Insn], pc: usize) -> Result<Insn, JitError> {
+    insns
+        .get(pc + 1)
+        .copied()
+        .ok_or(JitError::IncompleteLddw { pc })
 }

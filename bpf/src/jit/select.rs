@@ -6,12 +6,12 @@ use alloc::vec::Vec;
 
 use xcover_x86::modrm::*;
 
-use super::{Compiler, JitError, Known, MAP, Target};
+use super::{Compiler, JitError, Known, Target, set, x86};
 use crate::insn::*;
 
 impl Compiler<'_> {
     pub(super) fn lddw(&mut self, pc: usize, i: Insn, next: Insn) -> Result<(), JitError> {
-        let d = MAP[i.dst as usize];
+        let d = x86(i.dst);
         let idx = i.imm as u32;
         let missing = JitError::UnknownMap { pc, index: idx };
         let v = match i.src {
@@ -19,8 +19,8 @@ impl Compiler<'_> {
             PSEUDO_MAP_FD => {
                 self.env.map_addrs.get(idx as usize).ok_or(missing)?;
                 // Deferred: an inlined lookup never needs the address in a register.
-                self.regs.known[i.dst as usize] = Known::Map(idx);
-                self.regs.pending[i.dst as usize] = true;
+                set(&mut self.regs.known, i.dst as usize, Known::Map(idx));
+                set(&mut self.regs.pending, i.dst as usize, true);
                 return Ok(());
             }
             PSEUDO_MAP_VALUE => self
@@ -37,8 +37,8 @@ impl Compiler<'_> {
     }
 
     pub(super) fn emit(&mut self, pc: usize, i: Insn, in_main: bool) -> Result<(), JitError> {
-        let d = MAP[i.dst as usize];
-        let s = MAP[i.src as usize];
+        let d = x86(i.dst);
+        let s = x86(i.src);
         let bad = JitError::UnknownOpcode { pc, op: i.op };
         let x = i.op & SRC_MASK == BPF_X;
         match i.class() {
