@@ -32,11 +32,10 @@
 //!
 //! Everything here is safe code working on byte slices.
 //!
-//! Indexing: the offsets into `code` are sums of lengths the decoder reported for
-//! instructions it decoded from that same slice, and indices into a head are bounded by
-//! `MAX_HEAD` checks, so they are in range by construction; this module is the one place
-//! of the crate that still indexes (converting it to checked accesses is left to do).
-#![allow(clippy::indexing_slicing)]
+//! No indexing: the offsets into `code` are sums of lengths the decoder reported for
+//! instructions it decoded from that same slice, and a head never holds more than
+//! `MAX_HEAD` instructions, but every access is still checked (an impossible miss is a
+//! [`RelocError::Truncated`] or [`Unrelocatable::EncodeFailed`], never a panic).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -208,7 +207,8 @@ pub fn relocate(
     scan: &Scan,
     w: &mut Writer,
 ) -> Result<Vec<Moved>, RelocError> {
-    let mut dec = decoder(&code[..scan.live_len], addr);
+    let live = code.get(..scan.live_len).ok_or(RelocError::Truncated)?;
+    let mut dec = decoder(live, addr);
     let mut ins = Instruction::default();
     let mut moved = Vec::with_capacity(scan.live_len.min(8));
     let start = w.pc();
@@ -222,7 +222,9 @@ pub fn relocate(
             orig_offset: off as u32,
             new_offset: (w.pc() - start) as u32,
         });
-        let bytes = &code[off..off + ins.len()];
+        let bytes = live
+            .get(off..off + ins.len())
+            .ok_or(RelocError::Truncated)?;
         relocate_one(&ins, bytes, w)
             .map_err(|kind| RelocError::Unrelocatable { offset: off, kind })?;
     }
@@ -290,7 +292,9 @@ impl Head {
         // again by `own`, over the padding too.
         let mut own: Option<Decoder<'_>> = None;
         while off < HEAD_BYTES {
-            let ins = &mut head.ins[head.n];
+            let Some(ins) = head.ins.get_mut(head.n) else {
+                break; // never: each instruction takes a byte of the HEAD_BYTES
+            };
             let shared = own.is_none() && sweep.dec.can_decode() && {
                 sweep.dec.decode_out(ins);
                 !ins.is_invalid()
@@ -298,7 +302,9 @@ impl Head {
             if shared {
                 sweep.note(ins);
             } else {
-                let dec = own.get_or_insert_with(|| decoder(&code[off..], addr + off as u64));
+                let dec = own.get_or_insert_with(|| {
+                    decoder(code.get(off..).unwrap_or(&[]), addr + off as u64)
+                });
                 if !dec.can_decode() {
                     head.stop = RelocError::Truncated;
                     break;
@@ -312,7 +318,7 @@ impl Head {
                     break;
                 }
             }
-            let ins = &head.ins[head.n];
+            let ins: &Instruction = ins;
             head.n += 1;
             off += ins.len();
             // Nothing after a transfer or a refused instruction is displaced by any scan.
@@ -334,7 +340,7 @@ impl Head {
         debug_assert!(min_bytes <= HEAD_BYTES);
         let mut off = 0usize;
         let mut ends_block = false;
-        let mut decoded = self.ins[..self.n].iter();
+        let mut decoded = self.ins.iter().take(self.n);
         while off < min_bytes {
             let Some(ins) = decoded.next() else {
                 return Err(self.stop);
@@ -359,7 +365,7 @@ impl Head {
         let mut moved = MovedList::default();
         let start = w.pc();
         let mut off = 0usize;
-        for ins in &self.ins[..self.n] {
+        for ins in self.ins.iter().take(self.n) {
             if off >= scan.live_len {
                 break;
             }
@@ -368,7 +374,8 @@ impl Head {
                 new_offset: (w.pc() - start) as u32,
             });
             let end = off + ins.len();
-            relocate_one(ins, &code[off..end], w)
+            let bytes = code.get(off..end).ok_or(RelocError::Truncated)?;
+            relocate_one(ins, bytes, w)
                 .map_err(|kind| RelocError::Unrelocatable { offset: off, kind })?;
             off = end;
         }
@@ -413,9 +420,11 @@ impl<'a> RefSweep<'a> {
             return None;
         }
         let k = k as usize;
-        if self.seen & (1 << k) == 0 {
+        if self.seen & (1 << k) == 0
+            && let Some(first) = self.first.get_mut(k)
+        {
             self.seen |= 1 << k;
-            self.first[k] = ins.ip();
+            *first = ins.ip();
         }
         Some(k)
     }
@@ -434,7 +443,8 @@ impl<'a> RefSweep<'a> {
         if hits != 0 {
             let mut ip = u64::MAX;
             while hits != 0 {
-                ip = ip.min(self.first[hits.trailing_zeros() as usize]);
+                let first = self.first.get(hits.trailing_zeros() as usize);
+                ip = ip.min(first.copied().unwrap_or(u64::MAX));
                 hits &= hits - 1;
             }
             return Some(ip);
@@ -491,7 +501,10 @@ fn relocate_other(ins: &Instruction, bytes: &[u8], w: &mut Writer) -> Result<(),
     if code.is_loop() || code.is_loopcc() || code.is_jcx_short() {
         // loop +2 ; jmp short +n ; jmp target   — keeps the prefixes and the counter size.
         let target = ins.near_branch_target();
-        w.put_bytes(&bytes[..bytes.len() - 1]);
+        let Some((_, head)) = bytes.split_last() else {
+            return Err(Unrelocatable::EncodeFailed);
+        };
+        w.put_bytes(head);
         w.put_u8(2);
         let after_hop = w.pc() + 2;
         let far_len = if fits_rel32(after_hop + 5, target) {
@@ -581,8 +594,8 @@ fn emit_maybe_rip(ins: &Instruction, w: &mut Writer) -> Result<(), Unrelocatable
         match u.register().full_register() {
             Register::RSP => return Err(Unrelocatable::FarRipRelativeWithStack),
             r => {
-                if let Some(g) = gpr(r) {
-                    uses[g as usize] = true;
+                if let Some(u) = gpr(r).and_then(|g| uses.get_mut(g as usize)) {
+                    *u = true;
                 }
             }
         }
@@ -592,10 +605,11 @@ fn emit_maybe_rip(ins: &Instruction, w: &mut Writer) -> Result<(), Unrelocatable
     }
     let scratch = Reg::ALL
         .into_iter()
-        .find(|r| *r != Reg::Rsp && !uses[*r as usize])
+        .find(|r| *r != Reg::Rsp && uses.get(*r as usize) == Some(&false))
         .ok_or(Unrelocatable::EncodeFailed)?;
     let mut m = *ins;
-    m.set_memory_base(REGS64[scratch as usize]);
+    let base = REGS64.get(scratch as usize).copied();
+    m.set_memory_base(base.ok_or(Unrelocatable::EncodeFailed)?);
     m.set_memory_displacement64(0);
     m.set_memory_displ_size(0);
     let mut enc = Encoder::new(64);
@@ -631,7 +645,8 @@ const REGS64: [Register; 16] = [
 ];
 
 fn gpr(r: Register) -> Option<Reg> {
-    REGS64.iter().position(|x| *x == r).map(|i| Reg::ALL[i])
+    let i = REGS64.iter().position(|x| *x == r)?;
+    Reg::ALL.get(i).copied()
 }
 
 /// Linear sweep of a whole function: the address of the first instruction whose branch
