@@ -1,4 +1,4 @@
-//! Build script: builds the agent (`payload/agent`) and embeds it in the `xcover` binary.
+//! Build script: builds the agent (`agent/`) and embeds it in the `xcover` binary.
 //!
 //! The agent is a `no_std` `cdylib` that must be built with `panic = "abort"` and its own
 //! link flags, which a workspace member cannot have under `cargo test`; so it has its own
@@ -18,12 +18,16 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
     for p in [
-        "payload/agent/src",
-        "payload/agent/Cargo.toml",
-        "payload/agent/Cargo.lock",
-        "payload/agent/build.rs",
-        "payload/src",
-        "payload/Cargo.toml",
+        "agent/src",
+        "agent/Cargo.toml",
+        "agent/Cargo.lock",
+        "agent/build.rs",
+        "interceptor/src",
+        "interceptor/Cargo.toml",
+        "x86/src",
+        "x86/Cargo.toml",
+        "rt/src",
+        "rt/Cargo.toml",
         "abi/src",
         "abi/Cargo.toml",
         "bpf/src",
@@ -41,10 +45,10 @@ fn main() {
 
     let mut cmd = Command::new(&cargo);
     cmd.args(["build", "--release", "--manifest-path"])
-        .arg(root.join("payload/agent/Cargo.toml"))
+        .arg(root.join("agent/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
-        .current_dir(root.join("payload/agent"));
+        .current_dir(root.join("agent"));
     // Nothing of the outer build may leak into the nested one: its flags, its target dir,
     // its jobserver, its wrappers (clippy-driver under `cargo clippy`).
     for (k, _) in env::vars_os() {
@@ -81,7 +85,7 @@ fn main() {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cargo} to build the agent: {e}"));
-    assert!(status.success(), "building payload/agent failed ({status})");
+    assert!(status.success(), "building agent failed ({status})");
 
     let so = target_dir.join("release/libxcover_agent.so");
     copy(&so, &out.join("xcover_agent.so"));

@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
-(cd payload/agent && cargo fmt -- --check)
+(cd agent && cargo fmt -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
-(cd payload/agent && cargo clippy -- -D warnings)
+(cd agent && cargo clippy -- -D warnings)
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${XCOVER_TEST_THREADS:-2}"

@@ -60,7 +60,7 @@ fn maps_child_runs_probe() {
         ..Env::default()
     };
     verifier::verify(&prog.insns, &env, &Default::default()).unwrap();
-    let code = jit::compile(&prog.insns, &env, &Default::default()).unwrap();
+    let code = jit::compile(&prog.insns, &env, &jit::JitOptions::for_this_cpu()).unwrap();
     let code = exec::JitCode::new(&code).unwrap();
     for f in 0..FUNCS {
         let ctx = xcover_abi::ProbeCtx {

@@ -55,7 +55,7 @@ const RUN_PREFIXES: &[&str] = &[
     "xcover-go-",
     "xcover-e2e-bin-",
     "xcover-e2e-",
-    "xcover-payload-",
+    "xcover-interceptor-",
     "xcover-bpf-rebuild-",
     "xcover-agent-",
 ];

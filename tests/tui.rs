@@ -167,8 +167,11 @@ fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
 
 /// Runs `xcover attach <pid>` (the TUI) in a fresh tmux session `t`, waits for the table,
 /// presses `key`, and returns what the pane showed once xcover exited.
-fn tui_attach_then(tmux: &Tmux, pid: i32, key: &str) -> String {
-    tmux.run(&["kill-session", "-t", "t"]);
+/// `xcover attach <pid>` in a tmux server of its own (a fresh one each time: killing the
+/// last session of a server and starting another races with that server's exit), then
+/// `key`; returns the pane's history once xcover has exited.
+fn tui_attach_then(pid: i32, key: &str) -> String {
+    let tmux = Tmux::new().expect("tmux (scripts/setup.sh installs it)");
     let cmd = format!(
         "{} attach {pid}; echo XCOVER_EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_xcover")
@@ -207,13 +210,12 @@ fn tui_attach_then(tmux: &Tmux, pid: i32, key: &str) -> String {
 /// The TUI on a kept session: Ctrl-C (like SIGINT) and `K` leave it kept, `q` detaches.
 #[test]
 fn tui_on_a_kept_session_keeps_it_unless_q() {
-    let tmux = Tmux::new().expect("tmux (scripts/setup.sh installs it)");
     let t = crate::support::Target::start("loop-O2-pie", &[]);
     let pid = t.pid();
     let out = crate::support::run_xcover(&["attach", &pid.to_string(), "--no-tui", "--keep"]);
     assert!(out.status.success(), "{out:?}");
     for key in ["C-c", "K"] {
-        let h = tui_attach_then(&tmux, pid, key);
+        let h = tui_attach_then(pid, key);
         assert!(h.contains("XCOVER_EXIT=0"), "{key}: {h}");
         assert!(
             h.contains(&format!("the hooks stay in pid {pid}")),
@@ -226,7 +228,7 @@ fn tui_on_a_kept_session_keeps_it_unless_q() {
             .load(std::sync::atomic::Ordering::Acquire);
         assert!(crate::support::mapped(pid, base), "{key}: the agent is out");
     }
-    let h = tui_attach_then(&tmux, pid, "q");
+    let h = tui_attach_then(pid, "q");
     assert!(h.contains("XCOVER_EXIT=0"), "{h}");
     assert!(h.contains(&format!("detached from pid {pid}")), "{h}");
     crate::support::assert_clean(pid, 0);

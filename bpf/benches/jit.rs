@@ -141,6 +141,7 @@ fn bench(c: &mut Criterion) {
     let opts = JitOptions {
         preserve_vector_regs: true,
         inline_ctx_helpers: true,
+        ..JitOptions::for_this_cpu()
     };
     let ctx = xcover_abi::ProbeCtx {
         cookie: 17,

@@ -16,7 +16,8 @@ use xcover_bpf::env::Env;
 use xcover_bpf::helpers::{self, standard_helpers};
 use xcover_bpf::maps::{Arena, ArenaLayout};
 use xcover_bpf::program::{MapDef, MapType};
-use xcover_bpf::{exec, interp, jit, object, sys, verifier};
+use xcover_bpf::{exec, interp, jit, object, verifier};
+use xcover_rt as sys;
 
 /// Calls a helper. Every call site passes live maps of a bench arena (which outlives the
 /// benchmark) and keys, values and records of the map's sizes.
@@ -142,6 +143,7 @@ fn cover_probe(c: &mut Criterion) {
     let opts = jit::JitOptions {
         inline_ctx_helpers: true,
         preserve_vector_regs: false,
+        ..jit::JitOptions::for_this_cpu()
     };
     let code = exec::JitCode::new(&jit::compile(&prog.insns, &env, &opts).unwrap()).unwrap();
     let counts = m

@@ -186,7 +186,7 @@ pub fn run_program(insns: &[Insn], mem: &[u8], backend: Backend) -> Result<u64, 
         // conformance suite promises; the only helper is the pure unwind helper.
         Backend::Interp => unsafe { interp::run(insns, &env, r1, r2) }.map_err(|e| e.to_string()),
         Backend::Jit => {
-            let code = jit::compile(insns, &env, &JitOptions::default())
+            let code = jit::compile(insns, &env, &JitOptions::for_this_cpu())
                 .map_err(|e| format!("jit: {e}"))?;
             let code = exec::JitCode::new(&code).map_err(|e| format!("mapping code: {e}"))?;
             // SAFETY: as for the interpreter; the code was just compiled from that program.

@@ -38,7 +38,7 @@ pub fn ctx_slots_read(insns: &[Insn], cookie_off: usize, func_ip_off: usize) -> 
     let mut pc = 0;
     while held != 0 {
         let i = *insns.get(pc)?;
-        if is_target[pc] {
+        if is_target.get(pc).copied().unwrap_or(false) {
             return None;
         }
         let has = |r: u8| r < 16 && held & (1 << r) != 0;

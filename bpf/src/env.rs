@@ -62,7 +62,7 @@ pub enum InlineKind {
 /// helpers on a RINGBUF, see [`InlineKind::Ringbuf`]): the lookup becomes
 /// `key < max_entries ? values_addr + cpu_slot * cpu_stride + key * value_stride : 0`,
 /// the same address [`crate::maps::lookup`] computes (layout `[cpu][entry]`, CPU slot
-/// `cpu < ncpus ? cpu : cpu % ncpus` with `cpu` from [`crate::sys::cpu_id`]).
+/// `cpu < ncpus ? cpu : cpu % ncpus` with `cpu` from [`xcover_rt::cpu_id`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InlineMap {
     /// Array or per-CPU array.

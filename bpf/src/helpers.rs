@@ -18,7 +18,7 @@ use xcover_abi::ProbeCtx;
 
 use crate::env::HelperFn;
 use crate::maps::{self, MapPtr};
-use crate::sys;
+use xcover_rt as sys;
 
 /// `BPF_FUNC_map_lookup_elem`.
 pub const MAP_LOOKUP_ELEM: u32 = 1;
@@ -394,7 +394,7 @@ impl LogRing {
     pub fn write(&self, bytes: &[u8]) {
         let n = (bytes.len() as u64).min(self.size);
         let pos = self.head().fetch_add(n, Ordering::AcqRel);
-        for (i, &b) in bytes[..n as usize].iter().enumerate() {
+        for (i, &b) in bytes.iter().take(n as usize).enumerate() {
             let at = (pos + i as u64) & (self.size - 1);
             // SAFETY: at < size; the constructor guarantees the range is mapped.
             unsafe { self.base.add(at as usize).write_volatile(b) };
@@ -458,8 +458,8 @@ struct Buf {
 
 impl Buf {
     fn push(&mut self, c: u8) {
-        if self.n < self.b.len() {
-            self.b[self.n] = c;
+        if let Some(slot) = self.b.get_mut(self.n) {
+            *slot = c;
             self.n += 1;
         }
     }
@@ -467,17 +467,21 @@ impl Buf {
         if neg {
             self.push(b'-');
         }
+        // Digits least significant first (at most 20: u64::MAX in base 10), then reversed.
         let mut d = [0u8; 20];
-        let mut i = d.len();
-        loop {
-            i -= 1;
-            d[i] = b"0123456789abcdef"[(v % base) as usize];
+        let mut n = 0;
+        for slot in d.iter_mut() {
+            *slot = b"0123456789abcdef"
+                .get((v % base) as usize)
+                .copied()
+                .unwrap_or(b'?');
+            n += 1;
             v /= base;
             if v == 0 {
                 break;
             }
         }
-        for &c in &d[i..] {
+        for &c in d.iter().take(n).rev() {
             self.push(c);
         }
     }
@@ -499,21 +503,20 @@ pub unsafe extern "C" fn trace_printk(fmt: u64, fmt_size: u64, a: u64, b: u64, c
     if unsafe { probe_read_user(f.as_mut_ptr() as u64, fmt_size, fmt, 0, 0) } != 0 {
         return err(sys::EINVAL);
     }
-    let f = &f[..fmt_size as usize];
-    let f = &f[..f.iter().position(|&x| x == 0).unwrap_or(f.len())];
+    let f = f.get(..fmt_size as usize).unwrap_or(&[]);
+    let f = f.split(|&x| x == 0).next().unwrap_or(&[]);
     let args = [a, b, c];
     let mut next = 0;
     let mut out = Buf { b: [0; 256], n: 0 };
     let mut i = 0;
-    while i < f.len() {
-        let ch = f[i];
+    while let Some(&ch) = f.get(i) {
         i += 1;
         if ch != b'%' {
             out.push(ch);
             continue;
         }
         let mut longs = 0;
-        while i < f.len() && f[i] == b'l' {
+        while f.get(i) == Some(&b'l') {
             longs += 1;
             i += 1;
         }
@@ -525,10 +528,9 @@ pub unsafe extern "C" fn trace_printk(fmt: u64, fmt_size: u64, a: u64, b: u64, c
             out.push(b'%');
             continue;
         }
-        if next >= args.len() || longs > 2 {
+        let (Some(&v), 0..=2) = (args.get(next), longs) else {
             return err(sys::EINVAL);
-        }
-        let v = args[next];
+        };
         next += 1;
         let narrow = longs == 0;
         match conv {
@@ -553,7 +555,7 @@ pub unsafe extern "C" fn trace_printk(fmt: u64, fmt_size: u64, a: u64, b: u64, c
                         out.push(x);
                     }
                 } else {
-                    for &x in &s[..(r as usize).saturating_sub(1)] {
+                    for &x in s.iter().take((r as usize).saturating_sub(1)) {
                         out.push(x);
                     }
                 }
@@ -561,13 +563,16 @@ pub unsafe extern "C" fn trace_printk(fmt: u64, fmt_size: u64, a: u64, b: u64, c
             _ => return err(sys::EINVAL),
         }
     }
+    let last = out.n.checked_sub(1).and_then(|l| out.b.get(l)).copied();
     if out.n == out.b.len() {
-        out.b[out.n - 1] = b'\n';
-    } else if out.n == 0 || out.b[out.n - 1] != b'\n' {
+        if let Some(l) = out.b.last_mut() {
+            *l = b'\n';
+        }
+    } else if last != Some(b'\n') {
         out.push(b'\n');
     }
     if let Some(sink) = log_sink() {
-        sink.write(&out.b[..out.n]);
+        sink.write(out.b.get(..out.n).unwrap_or(&[]));
     }
     out.n as u64
 }

@@ -51,7 +51,7 @@ impl Insn {
         Some(
             bytes
                 .chunks_exact(8)
-                .map(|c| Insn::decode(c.try_into().expect("chunk of 8")))
+                .filter_map(|c| c.try_into().ok().map(Insn::decode))
                 .collect(),
         )
     }

@@ -18,6 +18,16 @@
 //! Everything but `object`, `exec`, `asm` and `conformance` is `no_std` + `alloc`, because
 //! the agent inside the target JIT-compiles the probe and runs the helpers there.
 //!
+//! # Where each module runs
+//!
+//! The agent verifies and JIT-compiles the probe inside the target and runs the helpers and
+//! map operations there, so [`insn`], [`program`], [`env`](mod@env), [`ctx_use`], [`verifier`],
+//! [`jit`], [`maps`] and [`helpers`] run in the user's process, where a panic is a SIGILL.
+//! The crate denies `clippy::unwrap_used`, `expect_used`, `panic` and `indexing_slicing`;
+//! only the modules that never run in the target are exempt, each by an `allow` on its
+//! `mod` line: [`object`], [`asm`], [`conformance`], [`exec`] (xcover and tests only) and
+//! [`interp`] (the reference interpreter, which the agent does not use).
+//!
 //! # How programs meet the world
 //!
 //! A program reaches helpers and maps only through an [`env::Env`]: helper addresses by id
@@ -27,23 +37,65 @@
 //! the offset in the second instruction's `imm`.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
+// Code that runs inside the target (see "Where each module runs" above): a panic there is a
+// SIGILL in the user's process.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 extern crate alloc;
 
 #[cfg(feature = "std")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "runs only in xcover, never in the target"
+)]
 pub mod asm;
 #[cfg(feature = "std")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "runs only in xcover, never in the target"
+)]
 pub mod conformance;
 pub mod ctx_use;
 pub mod env;
 #[cfg(feature = "std")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "runs only in xcover, never in the target"
+)]
 pub mod exec;
 pub mod helpers;
 pub mod insn;
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "the reference interpreter: run by xcover and the tests, not by the agent"
+)]
 pub mod interp;
 pub mod jit;
 pub mod maps;
 #[cfg(feature = "std")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "runs only in xcover, never in the target"
+)]
 pub mod object;
 pub mod program;
-pub mod sys;
 pub mod verifier;

@@ -142,7 +142,7 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
     let mut tail = vec![false; len];
     let mut pc = 0;
     while pc < len {
-        let i = insns[pc];
+        let Some(&i) = insns.get(pc) else { break };
         check_insn(pc, i, env).map_err(|reason| VerifyError { pc, reason })?;
         if i.is_lddw() {
             let Some(next) = insns.get(pc + 1) else {
@@ -151,7 +151,9 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
             if next.op != 0 || next.dst != 0 || next.src != 0 || next.off != 0 {
                 return fail(pc, Reason::IncompleteLddw);
             }
-            tail[pc + 1] = true;
+            if let Some(t) = tail.get_mut(pc + 1) {
+                *t = true;
+            }
             pc += 2;
         } else {
             pc += 1;
@@ -160,14 +162,14 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
     // Function entries: 0 and every local-call target.
     let mut entries: Vec<usize> = vec![0];
     for (pc, i) in insns.iter().enumerate() {
-        if tail[pc] {
+        if flag(&tail, pc) {
             continue;
         }
         if let Some(t) = i.jump_target(pc) {
             if t < 0 || t >= len as i64 {
                 return fail(pc, Reason::JumpOutOfRange { target: t, len });
             }
-            if tail[t as usize] {
+            if flag(&tail, t as usize) {
                 return fail(pc, Reason::JumpIntoLddw(t as usize));
             }
             if i.is_local_call() {
@@ -187,13 +189,15 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
         let mut has_exit = false;
         let mut pc = start;
         while pc < end {
-            let i = insns[pc];
+            let Some(&i) = insns.get(pc) else { break };
             let width = if i.is_lddw() { 2 } else { 1 };
             if i.op == op::EXIT {
                 has_exit = true;
             } else if i.is_local_call() {
                 let t = i.jump_target(pc).unwrap_or(0) as usize;
-                callees[f].push((func_of(t), pc));
+                if let Some(c) = callees.get_mut(f) {
+                    c.push((func_of(t), pc));
+                }
             } else if let Some(t) = i.jump_target(pc) {
                 let t = t as usize;
                 if t < start || t >= end {
@@ -241,28 +245,31 @@ fn check_call_graph(entries: &[usize], callees: &[Vec<(usize, usize)>]) -> Resul
         colour: &mut [u8],
         depth: &mut [usize],
     ) -> Result<usize, VerifyError> {
-        colour[f] = 1;
+        if let Some(c) = colour.get_mut(f) {
+            *c = 1;
+        }
         let mut d = 1;
-        for &(c, call_pc) in &callees[f] {
-            if colour[c] == 1 {
-                return fail(call_pc, Reason::Recursion);
-            }
-            let cd = if colour[c] == 2 {
-                depth[c]
-            } else {
-                visit(c, callees, colour, depth)?
+        for &(c, call_pc) in callees.get(f).into_iter().flatten() {
+            let cd = match colour.get(c) {
+                Some(1) => return fail(call_pc, Reason::Recursion),
+                Some(2) => depth.get(c).copied().unwrap_or(0),
+                _ => visit(c, callees, colour, depth)?,
             };
             if 1 + cd > MAX_CALL_DEPTH {
                 return fail(call_pc, Reason::CallTooDeep);
             }
             d = d.max(1 + cd);
         }
-        colour[f] = 2;
-        depth[f] = d;
+        if let Some(c) = colour.get_mut(f) {
+            *c = 2;
+        }
+        if let Some(x) = depth.get_mut(f) {
+            *x = d;
+        }
         Ok(d)
     }
     for f in 0..n {
-        if colour[f] == 0 {
+        if colour.get(f) == Some(&0) {
             visit(f, callees, &mut colour, &mut depth)?;
         }
     }
@@ -505,10 +512,17 @@ fn dataflow(
     // state[pc] = registers certainly initialised before pc; None = not reached yet.
     let mut state: Vec<Option<u16>> = vec![None; end - start];
     let mut work: Vec<usize> = vec![start];
-    state[0] = Some(entry);
+    if let Some(s) = state.first_mut() {
+        *s = Some(entry);
+    }
     while let Some(pc) = work.pop() {
-        let i = insns[pc];
-        let Some(init) = state[pc - start] else {
+        let Some(&i) = insns.get(pc) else { continue };
+        let Some(init) = pc
+            .checked_sub(start)
+            .and_then(|k| state.get(k))
+            .copied()
+            .flatten()
+        else {
             continue;
         };
         let (uses, defs, clobbers) = use_def(i);
@@ -531,8 +545,10 @@ fn dataflow(
         }
         for t in succ.into_iter().flatten() {
             // Pass 2 proved every successor lies inside [start, end) and is no lddw tail.
-            debug_assert!(t >= start && t < end && !tail[t]);
-            let slot = &mut state[t - start];
+            debug_assert!(t >= start && t < end && !flag(tail, t));
+            let Some(slot) = t.checked_sub(start).and_then(|k| state.get_mut(k)) else {
+                continue;
+            };
             let new = match *slot {
                 None => out,
                 Some(old) => old & out,
@@ -544,4 +560,9 @@ fn dataflow(
         }
     }
     Ok(())
+}
+
+/// `v[i]`, false past the end (the per-instruction flags have a slot per instruction).
+fn flag(v: &[bool], i: usize) -> bool {
+    v.get(i).copied().unwrap_or(false)
 }

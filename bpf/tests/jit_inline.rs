@@ -10,7 +10,8 @@ use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::{Arena, ArenaLayout};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
-use xcover_bpf::{asm, interp, sys};
+use xcover_bpf::{asm, interp};
+use xcover_rt as sys;
 
 /// An 8-aligned arena in a `Vec<u64>`, with the `Env` tables for its maps.
 struct Maps {
@@ -108,6 +109,7 @@ fn opts() -> JitOptions {
     JitOptions {
         preserve_vector_regs: false,
         inline_ctx_helpers: true,
+        ..JitOptions::for_this_cpu()
     }
 }
 
@@ -533,6 +535,7 @@ fn vector_registers_survive_helper_calls() {
         let o = JitOptions {
             preserve_vector_regs: preserve,
             inline_ctx_helpers: true,
+            ..JitOptions::for_this_cpu()
         };
         let code = JitCode::new(&jit::compile(&p, &env, &o).unwrap()).unwrap();
         let (out, r0) = call_with_xmm(code.as_ptr(), &input);
@@ -639,6 +642,7 @@ fn vector_registers_survive_many_helper_calls_per_run() {
         let o = JitOptions {
             preserve_vector_regs: true,
             inline_ctx_helpers: true,
+            ..JitOptions::for_this_cpu()
         };
         let code = JitCode::new(&jit::compile(&p, &env, &o).unwrap()).unwrap();
         for &r1 in r1s {
@@ -756,6 +760,7 @@ fn coverage_probe_disassembly() {
     let o = JitOptions {
         preserve_vector_regs: true,
         inline_ctx_helpers: true,
+        ..JitOptions::for_this_cpu()
     };
     let bytes = jit::compile(&p, &env, &o).unwrap();
     println!("coverage probe: {} bytes", bytes.len());
@@ -818,6 +823,7 @@ fn stack_survives_helper_calls_in_every_frame_layout() {
             let o = JitOptions {
                 preserve_vector_regs: preserve,
                 inline_ctx_helpers: true,
+                ..JitOptions::for_this_cpu()
             };
             let code = JitCode::new(&jit::compile(&p, &env, &o).unwrap()).unwrap();
             // SAFETY: verified program; the helper only touches its own frame.
@@ -905,6 +911,7 @@ fn inline_ringbuf_reserve_submit_match_the_helpers() {
         let o = JitOptions {
             preserve_vector_regs: vec_regs,
             inline_ctx_helpers: true,
+            ..JitOptions::for_this_cpu()
         };
         let bytes = jit::compile(&p, &jenv, &o).unwrap();
         assert!(has_inline_reserve(&bytes), "reserve not inlined");
@@ -1182,6 +1189,7 @@ fn inline_ktime_matches_the_clocks_and_keeps_stack_and_vector_registers() {
                 let o = JitOptions {
                     preserve_vector_regs: vec_regs,
                     inline_ctx_helpers: true,
+                    ..JitOptions::for_this_cpu()
                 };
                 let bytes = jit::compile(&p, &env, &o).unwrap();
                 assert_eq!(calls_vdso_clock(&bytes), vdso, "{text}");
@@ -1281,4 +1289,49 @@ fn counter_increment_is_one_instruction_and_loses_nothing() {
         let want = unsafe { interp::run(&q, &env, &mut b as *mut u64 as u64, 0) }.unwrap();
         assert_eq!((got, a), (want, b));
     }
+}
+
+/// The JIT takes the CPU's features from [`JitOptions`], not from the machine it runs on:
+/// `rdpid` and `rdfsbase` are emitted exactly when the options say the CPU has them
+/// (compiled only, never run, so this holds on any machine).
+#[test]
+fn cpu_features_come_from_the_options() {
+    const RDPID_R10: [u8; 4] = [0xf3, 0x41, 0x0f, 0xc7];
+    const RDFSBASE_R9: [u8; 4] = [0xf3, 0x49, 0x0f, 0xae];
+    let has = |code: &[u8], pat: [u8; 4]| code.windows(4).any(|w| w == pat);
+    let m = Maps::new(&[MapDef::new("hits", MapType::PercpuArray, 4, 8, 8)], 4);
+    let p = assemble("stw [%r10-4], 3\nlddw %r1, map0\nmov %r2, %r10\nadd %r2, -4\ncall 1\nexit");
+    let env = m.env(true);
+    verify(&p, &env, &VerifierOptions::default()).unwrap();
+    for rdpid in [false, true] {
+        let o = JitOptions {
+            rdpid,
+            ..JitOptions::default()
+        };
+        let bytes = jit::compile(&p, &env, &o).unwrap();
+        assert_eq!(
+            has(&bytes, RDPID_R10),
+            rdpid,
+            "rdpid r10 with rdpid: {rdpid}"
+        );
+        assert_eq!(
+            calls_lookup(&bytes),
+            !rdpid,
+            "lookup inlined with rdpid: {rdpid}"
+        );
+    }
+    let p = assemble("call 14\nexit");
+    verify(&p, &env, &VerifierOptions::default()).unwrap();
+    let o = JitOptions {
+        fsgsbase: false,
+        ..JitOptions::for_this_cpu()
+    };
+    assert!(!has(&jit::compile(&p, &env, &o).unwrap(), RDFSBASE_R9));
+    let o = JitOptions {
+        fsgsbase: true,
+        ..JitOptions::default()
+    };
+    let inlined = has(&jit::compile(&p, &env, &o).unwrap(), RDFSBASE_R9);
+    // The tid cache is the runtime's: it only exists where the kernel allows rdfsbase.
+    assert_eq!(inlined, sys::tid_cache_layout().is_some());
 }

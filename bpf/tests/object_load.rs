@@ -232,7 +232,7 @@ fn cover_probe_runs_jitted() {
     verifier::verify(&p.insns, &env, &Default::default()).unwrap();
     let opts = jit::JitOptions {
         inline_ctx_helpers: true,
-        ..Default::default()
+        ..jit::JitOptions::for_this_cpu()
     };
     let code = exec::JitCode::new(&jit::compile(&p.insns, &env, &opts).unwrap()).unwrap();
     let counts = l

@@ -231,7 +231,7 @@ proptest! {
         let p = build(&init, &ops);
         verify(&p, &env(), &VerifierOptions::default()).expect("generated program verifies");
         let want = run_interp(&p);
-        let opts = JitOptions { preserve_vector_regs: preserve, inline_ctx_helpers: false };
+        let opts = JitOptions { preserve_vector_regs: preserve, ..JitOptions::for_this_cpu() };
         prop_assert_eq!(run_jit(&p, &opts), want, "program {:?}", ops);
     }
 }
@@ -279,7 +279,7 @@ proptest! {
         let vm = rbpf::EbpfVmNoData::new(Some(&bytes)).expect("rbpf accepts");
         let got = vm.execute_program().expect("rbpf runs");
         prop_assert_eq!(got, want, "program {:?}", ops);
-        prop_assert_eq!(run_jit(&p, &JitOptions::default()), want);
+        prop_assert_eq!(run_jit(&p, &JitOptions::for_this_cpu()), want);
     }
 }
 
@@ -310,6 +310,7 @@ fn inline_ctx_helpers_read_the_probe_ctx() {
         let opts = JitOptions {
             preserve_vector_regs: true,
             inline_ctx_helpers: inline,
+            ..JitOptions::for_this_cpu()
         };
         let code = JitCode::new(&jit::compile(&p, &env, &opts).unwrap()).unwrap();
         // SAFETY: r1 points to a live ProbeCtx; the helpers are pure.
@@ -324,7 +325,7 @@ fn jit_code_runs_anywhere() {
     let p =
         asm::assemble("mov %r0, 1\ncall local f\nadd %r0, 1\nexit\nf:\nmov %r0, 41\nexit").unwrap();
     verify(&p, &env(), &VerifierOptions::default()).unwrap();
-    let bytes = jit::compile(&p, &env(), &JitOptions::default()).unwrap();
+    let bytes = jit::compile(&p, &env(), &JitOptions::for_this_cpu()).unwrap();
     let a = JitCode::new(&bytes).unwrap();
     let b = JitCode::new(&bytes).unwrap();
     assert_ne!(a.as_ptr(), b.as_ptr());

@@ -2,7 +2,7 @@
 //!
 //! It stops every thread of a target with ptrace ([`StoppedProcess`]), reads and writes its
 //! memory, makes remote system calls and remote function calls in a stopped thread, and
-//! loads the agent (the `payload/agent` shared object) into the target with its own ELF
+//! loads the agent (the `agent/` shared object) into the target with its own ELF
 //! loader ([`elf`]).
 //!
 //! # Why our own loader, and not the target's `dlopen`

@@ -1,7 +1,7 @@
 # Hand-written functions, one per prologue shape the interceptor must survive (or refuse).
 # Each returns a known value. Padding between functions is explicit (`PAD n` = n int3 bytes),
 # so the table at the end gives the test exact symbol boundaries: {addr, size, next - addr}.
-# Built by payload/tests/hooks.rs with `cc -shared -fPIC`.
+# Built by interceptor/tests/hooks.rs with `cc -shared -fPIC`.
         .intel_syntax noprefix
 
         .macro FN name

@@ -23,7 +23,7 @@
 use core::sync::atomic::{Ordering, fence};
 
 use super::{BPF_EXIST, BPF_NOEXIST, MAX_KEY_SIZE, MapPtr};
-use crate::sys;
+use xcover_rt as sys;
 
 /// Bytes before the key in an entry.
 pub(super) const ENTRY_HDR: u64 = 16;
@@ -86,7 +86,7 @@ unsafe fn load_key(map: MapPtr, key: *const u8) -> Key {
         core::ptr::copy_nonoverlapping(key, k.words.as_mut_ptr() as *mut u8, h.key_size as usize)
     };
     let mut x: u64 = 0x243F_6A88_85A3_08D3 ^ h.key_size as u64;
-    for w in &k.words[..k.n] {
+    for w in k.words.iter().take(k.n) {
         x = (x ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x ^= x >> 32;
     }
@@ -95,10 +95,10 @@ unsafe fn load_key(map: MapPtr, key: *const u8) -> Key {
 }
 
 fn key_eq(map: MapPtr, e: u64, k: &Key) -> bool {
-    (0..k.n).all(|i| {
+    k.words.iter().take(k.n).enumerate().all(|(i, &w)| {
         map.u64_at(e + ENTRY_HDR + 8 * i as u64)
             .load(Ordering::Relaxed)
-            == k.words[i]
+            == w
     })
 }
 
@@ -240,9 +240,9 @@ pub(super) unsafe fn update(map: MapPtr, key: *const u8, value: *const u8, flags
     // Order the key stores after the delete that freed this entry (see find_key's fence).
     fence(Ordering::Release);
     map.u32_at(e + 8).store(k.hash, Ordering::Relaxed);
-    for i in 0..k.n {
+    for (i, &w) in k.words.iter().take(k.n).enumerate() {
         map.u64_at(e + ENTRY_HDR + 8 * i as u64)
-            .store(k.words[i], Ordering::Relaxed);
+            .store(w, Ordering::Relaxed);
     }
     map.zero(value_off(map, e, 0), (h.value_stride * h.ncpus) as usize);
     // SAFETY: as above.

@@ -41,7 +41,7 @@ pub use mem::MapPtr;
 pub use ringbuf::{RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
 use crate::program::{MapDef, MapType};
-use crate::sys;
+use xcover_rt as sys;
 
 /// `"XMAP"`, the first four bytes of every map header.
 pub const MAP_MAGIC: u32 = u32::from_le_bytes(*b"XMAP");
@@ -241,7 +241,15 @@ impl ArenaLayout {
             let p = unsafe {
                 let p = base.add(*off as usize);
                 mem::write_header(p, hdr);
-                MapPtr::from_addr(p as u64).expect("header just written")
+                MapPtr::from_addr(p as u64)
+            };
+            // Never None: the header was just written at an 8-aligned, non-null address.
+            let Some(p) = p else {
+                return Err(MapError::BadArena {
+                    addr: base as u64,
+                    len,
+                    need: self.size,
+                });
             };
             if !def.initial_data.is_empty() {
                 let n = def.initial_data.len().min(h.value_size as usize);
@@ -292,7 +300,9 @@ fn bad(d: &MapDef, reason: &'static str) -> MapError {
 fn plan(d: &MapDef, ncpus: u32) -> Result<MapHeader, MapError> {
     let mut name = [0u8; 32];
     let n = d.name.len().min(31);
-    name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+    for (dst, &src) in name.iter_mut().zip(d.name.as_bytes()).take(n) {
+        *dst = src;
+    }
     let percpu = d.map_type.is_percpu();
     let slots = if percpu { ncpus } else { 1 };
     let mut h = MapHeader {
@@ -602,8 +612,8 @@ impl MapView<'_> {
     /// The map's name.
     pub fn name(&self) -> &str {
         let n = &self.map.hdr().name;
-        let len = n.iter().position(|&b| b == 0).unwrap_or(n.len());
-        core::str::from_utf8(&n[..len]).unwrap_or("")
+        let name = n.split(|&b| b == 0).next().unwrap_or(&[]);
+        core::str::from_utf8(name).unwrap_or("")
     }
 
     /// Copies value `idx` of an ARRAY (or slot `cpu` of a PERCPU_ARRAY) into `out` (at most
@@ -617,8 +627,10 @@ impl MapView<'_> {
             return false;
         }
         let n = out.len().min(h.value_size as usize);
-        self.map
-            .copy_out(self.map.array_off(idx, cpu as u64), &mut out[..n]);
+        let Some(out) = out.get_mut(..n) else {
+            return false;
+        };
+        self.map.copy_out(self.map.array_off(idx, cpu as u64), out);
         true
     }
 

@@ -23,7 +23,7 @@
 use core::sync::atomic::Ordering;
 
 use super::MapPtr;
-use crate::sys;
+use xcover_rt as sys;
 
 /// Record header bit: reserved, not yet submitted.
 pub const RINGBUF_BUSY_BIT: u32 = 1 << 31;
