@@ -255,7 +255,11 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         }
         None => session::COVER_PROBE.to_vec(),
     };
-    let prog = session::load_probe(&probe, d.functions.len())?;
+    let source = match &a.probe {
+        Some(p) => session::ProbeSource::File(p),
+        None => session::ProbeSource::Builtin,
+    };
+    let prog = session::load_probe(&probe, source, d.functions.len())?;
     session::verify_probe(&prog)?;
     let contents = session::prepare(&d, &prog, session::possible_cpus())?;
     let prepared = t1.elapsed();

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
 use xcover_bpf::env::Env;
 use xcover_bpf::maps::ArenaLayout;
-use xcover_bpf::program::{MapType, Program};
+use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
 
@@ -32,14 +32,38 @@ fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Loads the probe object and sizes its per-function maps for `funcs` functions.
-pub fn load_probe(object: &[u8], funcs: usize) -> Result<Program> {
+/// The maps of the built-in coverage probe (`bpf/cover.bpf.c`) that are indexed by cookie:
+/// xcover gives them one entry per hooked function.
+pub const COVER_PER_FUNCTION_MAPS: [&str; 2] = ["counts", "seen"];
+
+/// Which probe a session runs.
+#[derive(Clone, Copy, Debug)]
+pub enum ProbeSource<'a> {
+    /// The built-in coverage probe ([`COVER_PROBE`]).
+    Builtin,
+    /// A user's object given with `--probe`.
+    File(&'a std::path::Path),
+}
+
+/// Loads the probe object. The built-in coverage probe's cookie-indexed maps
+/// ([`COVER_PER_FUNCTION_MAPS`]) are sized for `funcs` functions; every map of a user's
+/// object keeps the `max_entries` the object gives it (a lookup past it returns NULL, as in
+/// the kernel); the loader refuses a map of 0 entries.
+pub fn load_probe(object: &[u8], source: ProbeSource<'_>, funcs: usize) -> Result<Program> {
+    let what = match source {
+        ProbeSource::Builtin => "the built-in coverage probe object".to_string(),
+        ProbeSource::File(p) => format!("probe object {}", p.display()),
+    };
     let mut prog = xcover_bpf::object::load_program(object, None)
-        .map_err(|e| BadInput(format!("probe object: {e}")))?;
-    let n = u32::try_from(funcs.max(1)).context("too many functions")?;
-    // Maps keyed by cookie get one entry per function, as libbpf's set_max_entries would.
-    for m in &mut prog.maps {
-        if matches!(m.map_type, MapType::Array | MapType::PercpuArray) && !m.name.starts_with('.') {
+        .map_err(|e| BadInput(format!("{what}: {e}")))?;
+    if let ProbeSource::Builtin = source {
+        let n = u32::try_from(funcs.max(1)).context("too many functions")?;
+        for name in COVER_PER_FUNCTION_MAPS {
+            let m = prog
+                .maps
+                .iter_mut()
+                .find(|m| m.name == name)
+                .with_context(|| format!("{what} has no map `{name}`"))?;
             m.max_entries = n;
         }
     }

@@ -445,3 +445,95 @@ fn stripped_target_gets_names_and_lines_from_its_debug_file() {
         "no source lines from the debug file: {lcov}"
     );
 }
+
+/// The names of a live session's functions, in cookie order.
+fn cookie_names(s: &xcover_injector::SessionFile) -> Vec<String> {
+    let h = s.header();
+    s.funcs()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let mut b = vec![0u8; f.name_len as usize];
+            s.read_at(h.strings_off + u64::from(f.name_off), &mut b)
+                .unwrap();
+            String::from_utf8(b).unwrap()
+        })
+        .collect()
+}
+
+/// (max_entries, the u64 of each entry) of the probe map `name` of a live session.
+fn array_map(s: &xcover_injector::SessionFile, name: &str) -> (u32, Vec<u64>) {
+    let h = s.header();
+    for i in 0..h.maps_count {
+        let off = s.read_u64(h.maps_off + i * 8).unwrap();
+        let found = s
+            .with_arena(|a| {
+                let m = a.map(off).unwrap();
+                (m.name() == name).then(|| (m.header().max_entries, m.array_u64_all()))
+            })
+            .unwrap()
+            .expect("the session has an arena");
+        if let Some(v) = found {
+            return v;
+        }
+    }
+    panic!("no map `{name}` in the session");
+}
+
+/// A `--probe` object's arrays keep the sizes the object gives them, whatever the number of
+/// hooked functions (3 here): `wide` (1000 entries) counts at key 999 and at key = cookie,
+/// `narrow` (1 entry) only for cookie 0. Before, xcover resized both to 3 entries: key 999
+/// had no slot and `narrow` counted cookies 1 and 2. A map of 0 entries is refused (exit 2).
+#[test]
+fn custom_probe_maps_keep_their_max_entries() {
+    let probe = crate::support::build_probe("map_sizes.bpf.c", "map_sizes.bpf.o", &[]);
+    let zero = crate::support::build_probe("map_sizes.bpf.c", "map_sizes0.bpf.o", &["-DNARROW=0"]);
+    let mut t = Counts::start();
+    let ps = t.pid().to_string();
+    let select = ["--include", "^f[0-9]$"];
+
+    let mut args = vec!["attach", &ps, "--no-tui", "--keep", "--probe"];
+    args.push(zero.to_str().unwrap());
+    args.extend(select);
+    let o = run_xcover(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("map `narrow`: max_entries must be > 0") && err.contains("map_sizes0.bpf.o"),
+        "{err}"
+    );
+    assert!(!session_path(t.pid()).exists());
+
+    let mut args = vec!["attach", &ps, "--no-tui", "--keep", "--probe"];
+    args.push(probe.to_str().unwrap());
+    args.extend(select);
+    ok(&args);
+    t.round();
+    let s = xcover_injector::SessionFile::open(t.pid()).unwrap();
+    let names = cookie_names(&s);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let cookie = |n: &str| names.iter().position(|x| x == n).unwrap();
+    let (wide_n, wide) = array_map(&s, "wide");
+    let (narrow_n, narrow) = array_map(&s, "narrow");
+    assert_eq!((wide_n, narrow_n), (1000, 1), "max_entries changed");
+    assert_eq!(wide[999], 1007, "hits counted at key 999");
+    assert_eq!(wide[cookie("f1")], 1000);
+    assert_eq!(wide[cookie("f3")], 7);
+    assert_eq!(wide[cookie("f2")], 0);
+    let want0 = [1000, 0, 7][["f1", "f2", "f3"]
+        .iter()
+        .position(|n| *n == names[0])
+        .unwrap()];
+    assert_eq!(
+        narrow,
+        vec![want0],
+        "narrow counts only cookie 0 ({})",
+        names[0]
+    );
+    drop(s);
+    ok(&["detach", &ps]);
+    assert!(!session_path(t.pid()).exists());
+    assert!(tracer_pids(t.pid()).iter().all(|&p| p == 0));
+    let (_, code) = t.finish();
+    assert_eq!(code, 0);
+}
