@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use crate::support::{run_xcover, session_path, tracer_pids, xcover};
 
-fn counts_exe() -> PathBuf {
+pub(crate) fn counts_exe() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/counts.c");
@@ -31,15 +31,20 @@ fn counts_exe() -> PathBuf {
 }
 
 /// The counts target: SIGUSR2 runs a round (f1 × 1000, f3 × 7), SIGUSR1 ends it.
-struct Counts {
+pub(crate) struct Counts {
     child: Child,
     out: BufReader<ChildStdout>,
     lines: Vec<String>,
 }
 
 impl Counts {
-    fn start() -> Counts {
-        let mut child = Command::new(counts_exe())
+    pub(crate) fn start() -> Counts {
+        Counts::spawn(Command::new(counts_exe()))
+    }
+
+    /// Starts the target with `cmd` (a copy of [`counts_exe`], maybe run as another user).
+    pub(crate) fn spawn(mut cmd: Command) -> Counts {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -55,7 +60,7 @@ impl Counts {
         }
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
@@ -65,7 +70,7 @@ impl Counts {
     }
 
     /// Runs one round and returns its output line.
-    fn round(&mut self) -> String {
+    pub(crate) fn round(&mut self) -> String {
         self.signal(libc::SIGUSR2);
         let mut l = String::new();
         self.out.read_line(&mut l).unwrap();
@@ -75,7 +80,7 @@ impl Counts {
     }
 
     /// Ends the target; returns its whole output and exit code.
-    fn finish(mut self) -> (Vec<String>, i32) {
+    pub(crate) fn finish(mut self) -> (Vec<String>, i32) {
         self.signal(libc::SIGUSR1);
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
@@ -141,18 +146,18 @@ fn exec_maps(pid: i32) -> Vec<String> {
         .collect()
 }
 
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let o = run_xcover(args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "xcover {args:?} failed: {err}");
     err + &String::from_utf8_lossy(&o.stdout)
 }
 
-fn read_report(p: &Path) -> serde_json::Value {
+pub(crate) fn read_report(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
+pub(crate) fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
     let f = r["functions"]
         .as_array()
         .unwrap()
@@ -162,7 +167,7 @@ fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
     (f["hits"].as_u64().unwrap(), f["hit"].as_bool().unwrap())
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(crate) fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("xcover-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
