@@ -241,12 +241,9 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         }
     })?;
     if d.functions.is_empty() {
-        return Err(BadInput(format!(
-            "pid {}: no function to hook (no symbols, or --include/--exclude left none)",
-            a.pid
-        ))
-        .into());
+        return Err(discover::nothing_to_hook(a.pid, &d));
     }
+    discover::warn_stripped(a.pid, &d);
     let discovered = t0.elapsed();
     let t1 = Instant::now();
     let probe = match &a.probe {

@@ -149,11 +149,15 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
     let mut modules = Vec::new();
     for m in &d.modules {
         let p = m.path.to_string_lossy();
+        let alias = m.alias.as_deref().unwrap_or("");
         modules.push(ModuleEntry {
             path_off: strings.len() as u32,
             path_len: p.len() as u32,
+            alias_off: (strings.len() + p.len()) as u32,
+            alias_len: alias.len() as u32,
         });
         strings.extend_from_slice(p.as_bytes());
+        strings.extend_from_slice(alias.as_bytes());
     }
     let mut funcs = Vec::with_capacity(d.functions.len());
     for f in &d.functions {
@@ -300,6 +304,8 @@ pub struct FuncView {
 pub struct View {
     /// Module paths, main executable first.
     pub modules: Vec<String>,
+    /// The name the user gave each module (`--module`), when not its file name.
+    pub module_aliases: Vec<Option<String>>,
     /// Every function, in table (cookie) order.
     pub funcs: Vec<FuncView>,
     /// Functions hooked.
@@ -311,6 +317,20 @@ pub struct View {
 }
 
 impl View {
+    /// The alias of module `i`, if it has one.
+    pub fn module_name_alias(&self, i: usize) -> Option<&str> {
+        self.module_aliases.get(i).and_then(|a| a.as_deref())
+    }
+
+    /// Module `i` as reports and the TUI show it: its alias, else its file name.
+    pub fn module_name(&self, i: usize) -> String {
+        match (self.module_name_alias(i), self.modules.get(i)) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(p)) => crate::discover::file_name(std::path::Path::new(p)),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Functions hit at least once.
     pub fn hit_funcs(&self) -> usize {
         self.funcs.iter().filter(|f| f.hits > 0).count()
@@ -381,6 +401,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
     use std::sync::atomic::Ordering;
     let h = s.header();
     let mut modules = Vec::new();
+    let mut module_aliases = Vec::new();
     // Sizes come from a file another process writes: check them before allocating.
     let bytes = usize::try_from(h.modules_count)
         .ok()
@@ -403,6 +424,10 @@ pub fn view(s: &SessionFile) -> Result<View> {
     for m in raw.chunks_exact(size_of::<ModuleEntry>()) {
         let m: ModuleEntry = bytemuck::pod_read_unaligned(m);
         modules.push(string_at(s, m.path_off, m.path_len)?);
+        module_aliases.push(match m.alias_len {
+            0 => None,
+            n => Some(string_at(s, m.alias_off, n)?),
+        });
     }
     let entries = s.funcs()?;
     let counts = hits(s)?;
@@ -416,6 +441,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
     }
     Ok(View {
         modules,
+        module_aliases,
         funcs,
         hooked: h.funcs_hooked.load(Ordering::Relaxed),
         skipped: h.funcs_skipped.load(Ordering::Relaxed),
@@ -430,9 +456,10 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
     let modules: Vec<ModuleLines> = v
         .modules
         .iter()
-        .map(|p| ModuleLines::open(std::path::Path::new(p)))
+        .enumerate()
+        .map(|(i, p)| ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i)))
         .collect();
-    let unknown = ModuleLines::open(std::path::Path::new(""));
+    let unknown = ModuleLines::open(std::path::Path::new(""), None);
     let functions = v
         .funcs
         .iter()
