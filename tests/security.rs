@@ -289,3 +289,118 @@ fn setuid_targets_run_by_nobody_are_attached_and_counted() {
         assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
     }
 }
+
+/// SECURITY.md's table of the helpers a probe is granted is the verifier's table: the same
+/// ids, no more, no fewer. (It used to say that no `probe_read` helper was granted while
+/// four were.)
+#[test]
+fn security_md_lists_the_granted_helpers() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let mut listed: Vec<u32> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `bpf_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            cells[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("no helper id in {l:?}"))
+        })
+        .collect();
+    listed.sort_unstable();
+    let mut granted: Vec<u32> = xcover_bpf::helpers::standard_helpers()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    granted.sort_unstable();
+    assert_eq!(listed, granted, "SECURITY.md's helper table");
+    for id in [
+        xcover_bpf::helpers::PROBE_READ,
+        xcover_bpf::helpers::PROBE_READ_USER,
+    ] {
+        assert!(granted.contains(&id));
+    }
+    assert!(
+        !doc.contains("no `probe_read` helper is granted"),
+        "SECURITY.md still denies the probe_read helpers"
+    );
+}
+
+/// What SECURITY.md says of `bpf_probe_read_user`: a probe reads target memory with it (the
+/// hooked function's first bytes, as patched, equal to what /proc/<pid>/mem shows), and a
+/// bad address gives -EFAULT with the destination zeroed while the target runs on unharmed.
+#[test]
+fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
+    use std::os::unix::fs::FileExt;
+    let probe = support::build_probe("read_user.bpf.c", "read_user.bpf.o", &[]);
+    let mut t = crate::e2e::Counts::start();
+    let pid = t.pid();
+    let ps = pid.to_string();
+    crate::e2e::ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--include",
+        "^f1$",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    t.round();
+    let s = xcover_injector::SessionFile::open(pid).unwrap();
+    assert_eq!(crate::e2e::cookie_names(&s), ["f1"]);
+    let f1 = s.funcs().unwrap()[0].addr;
+    let (_, out) = crate::e2e::array_map(&s, "out");
+    drop(s);
+    let mut code = [0u8; 8];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .unwrap()
+        .read_exact_at(&mut code, f1)
+        .unwrap();
+    assert_eq!(
+        out[0],
+        u64::from_le_bytes(code),
+        "the probe read f1's entry"
+    );
+    assert_eq!(out[1], 0, "bpf_probe_read_user of f1's entry failed");
+    assert_eq!(out[2] as i64, -14, "reading address 8 did not give -EFAULT");
+    assert_eq!(
+        out[3], 0,
+        "the destination of the failed read was not zeroed"
+    );
+    crate::e2e::ok(&["detach", &ps]);
+    support::assert_clean(pid, 0);
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
+}
+
+/// What SECURITY.md says of a direct load: the verifier does not track pointers, so a probe
+/// that loads from address 8 is accepted and the target dies of SIGSEGV on the first hit.
+/// When the verifier learns pointer types this must change, and SECURITY.md with it.
+#[test]
+fn a_direct_load_from_a_bad_address_kills_the_target() {
+    use std::os::unix::process::ExitStatusExt;
+    let probe = support::build_probe("bad_load.bpf.c", "bad_load.bpf.o", &[]);
+    let t = crate::e2e::Counts::start();
+    let pid = t.pid();
+    let ps = pid.to_string();
+    crate::e2e::ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--include",
+        "^f1$",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    let st = t.kill_with_round();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGSEGV),
+        "the target survived a probe's load from address 8: {st:?}; update SECURITY.md"
+    );
+    // Its session is stale now: a detach removes it.
+    let (_, err) = xcover_run(&["detach", &ps], LIMIT);
+    assert!(!session_path(pid).exists(), "{err}");
+}
