@@ -850,3 +850,30 @@ fn module_named_by_its_soname_keeps_that_name() {
     assert_eq!(func(&r, "ver_a")["module"], "libver.so.1");
     assert!(!session_path(pid).exists());
 }
+
+/// A `--probe` object without any map attaches, runs on every hit and detaches cleanly.
+/// Before, laying out its empty arena failed ("arena of 0 bytes at 0x1", exit 1).
+#[test]
+fn custom_probe_without_maps_attaches() {
+    let probe = crate::support::build_probe("no_maps.bpf.c", "no_maps.bpf.o", &[]);
+    let reference = reference_output();
+    let mut t = Counts::start();
+    let ps = t.pid().to_string();
+    let err = ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(err.contains("functions hooked"), "{err}");
+    t.round();
+    t.round();
+    ok(&["detach", &ps]);
+    assert!(!session_path(t.pid()).exists());
+    assert!(tracer_pids(t.pid()).iter().all(|&p| p == 0));
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines, reference);
+}
