@@ -332,12 +332,9 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         }
     })?;
     if d.functions.is_empty() {
-        return Err(BadInput(format!(
-            "pid {}: no function to hook (no symbols, or --include/--exclude left none)",
-            a.pid
-        ))
-        .into());
+        return Err(discover::nothing_to_hook(a.pid, &d));
     }
+    discover::warn_stripped(a.pid, &d);
     let discovered = t0.elapsed();
     let t1 = Instant::now();
     let probe = match &a.probe {
@@ -346,7 +343,11 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
         }
         None => session::COVER_PROBE.to_vec(),
     };
-    let prog = session::load_probe(&probe, d.functions.len())?;
+    let source = match &a.probe {
+        Some(p) => session::ProbeSource::File(p),
+        None => session::ProbeSource::Builtin,
+    };
+    let prog = session::load_probe(&probe, source, d.functions.len())?;
     session::verify_probe(&prog)?;
     let contents = session::prepare(&d, &prog, session::possible_cpus())?;
     let prepared = t1.elapsed();

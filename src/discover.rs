@@ -22,12 +22,42 @@ pub struct Module {
     pub path: PathBuf,
     /// Build-id, when the file has one.
     pub build_id: Option<Vec<u8>>,
+    /// The name the user gave it with `--module`, when that is not its file name: a soname
+    /// (`libsqlite3.so.0` for the file `libsqlite3.so.0.8.6`) or a symlink's name. Reports,
+    /// the listing and the TUI show the module by this name.
+    pub alias: Option<String>,
+    /// Whether the file has no symbol table (`.symtab`), its `.dynsym` defines no function
+    /// and no separate debug file was found: it was stripped, and nothing in it can be
+    /// named.
+    pub stripped: bool,
 }
 
 impl Module {
-    /// The file name, as reports show it.
+    /// The module's name as reports show it: the user's name for it, else its file name.
     pub fn name(&self) -> String {
-        file_name(&self.path)
+        self.alias.clone().unwrap_or_else(|| file_name(&self.path))
+    }
+
+    /// Why this module gives no function, and what the user can do: for a stripped file,
+    /// where its debug symbols would be looked for.
+    pub fn no_symbols_reason(&self) -> String {
+        let path = self.path.display();
+        if !self.stripped {
+            return format!("{path} defines no function symbol");
+        }
+        let by_id = match self.build_id.as_deref() {
+            Some(id) if id.len() >= 2 => {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..])
+            }
+            _ => "/usr/lib/debug/<its path>".to_string(),
+        };
+        format!(
+            "{path} has no symbol table (stripped), and no debug file was found for it; \
+             install its debug symbols (the distribution's -dbgsym/-debuginfo package, or a \
+             debug file at {by_id}, or one named by its .gnu_debuglink beside it), or run \
+             an unstripped build"
+        )
     }
 }
 
@@ -83,6 +113,8 @@ pub struct Discovery {
     pub modules: Vec<Module>,
     /// Functions, sorted by address.
     pub functions: Vec<Function>,
+    /// Functions found before `--include`/`--exclude` chose among them.
+    pub found: usize,
 }
 
 /// What to look for.
@@ -141,38 +173,39 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
         .with_context(|| format!("pid {pid}: cannot resolve /proc/{pid}/exe"))?;
     let exe = clean_path(&exe);
 
-    // Modules in order: the main executable, then the requested ones by first mapping.
-    let mut wanted: Vec<PathBuf> = vec![exe.clone()];
+    // Modules in order: the main executable, then the requested ones by first mapping, each
+    // with the name the user gave it.
+    let mut wanted: Vec<(PathBuf, Option<String>)> = vec![(exe.clone(), None)];
     let mut seen_paths: Vec<PathBuf> = maps.iter().map(|m| clean_path(&m.path)).collect();
     seen_paths.dedup();
     for spec in &opts.modules {
-        let found = seen_paths.iter().find(|p| {
-            *p == Path::new(spec)
-                || p.file_name().is_some_and(|n| n.to_string_lossy() == *spec)
-                || p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{spec}.")))
-        });
-        match found {
-            Some(p) if !wanted.contains(p) => wanted.push(p.clone()),
-            Some(_) => {}
-            None => {
-                return Err(BadInput(format!(
-                    "pid {pid}: no executable mapping of a module named {spec:?}"
-                ))
-                .into());
-            }
+        let Some(p) = find_module(pid, &seen_paths, spec) else {
+            return Err(BadInput(format!(
+                "pid {pid}: no executable mapping of a module named {spec:?}"
+            ))
+            .into());
+        };
+        if wanted.iter().any(|(w, _)| *w == p) {
+            continue;
         }
+        // A path names the module by its last component (a symlink's name, say).
+        let given = Path::new(spec)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.clone());
+        let alias = (given != file_name(&p)).then_some(given);
+        wanted.push((p, alias));
     }
     if opts.all_modules {
         for p in &seen_paths {
-            if !wanted.contains(p) {
-                wanted.push(p.clone());
+            if !wanted.iter().any(|(w, _)| w == p) {
+                wanted.push((p.clone(), None));
             }
         }
     }
 
     let mut out = Discovery::default();
-    for path in wanted {
+    for (path, alias) in wanted {
         let is_main = out.modules.is_empty();
         // Read through /proc/<pid>/exe or /proc/<pid>/root so a replaced file or another
         // mount namespace still gives the bytes the target runs.
@@ -189,16 +222,70 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
             .filter(|m| clean_path(&m.path) == path)
             .collect();
         let index = out.modules.len();
-        let (module, funcs) = module_functions(&path, &bytes, &module_maps, index)
+        let (mut module, funcs) = module_functions(&path, &bytes, &module_maps, index)
             .with_context(|| format!("pid {pid}: {}", path.display()))?;
+        module.alias = alias;
         out.modules.push(module);
         out.functions.extend(funcs);
     }
 
+    out.found = out.functions.len();
     out.functions.retain(|f| keep(f, opts));
     out.functions.sort_by_key(|f| f.addr);
     out.functions.dedup_by_key(|f| f.addr);
     Ok(out)
+}
+
+/// The mapped file `spec` names (`--module`): its path, its file name, its file name less
+/// a version suffix (`libc.so` for `libc.so.6`, `libsqlite3.so.0` for
+/// `libsqlite3.so.0.8.6`), or a path that resolves to it (a symlink such as
+/// `/usr/lib/x86_64-linux-gnu/libsqlite3.so.0`, read in the target's file system).
+fn find_module(pid: i32, seen: &[PathBuf], spec: &str) -> Option<PathBuf> {
+    let found = seen.iter().find(|p| {
+        *p == Path::new(spec)
+            || p.file_name().is_some_and(|n| n.to_string_lossy() == *spec)
+            || p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{spec}.")))
+    });
+    if let Some(p) = found {
+        return Some(p.clone());
+    }
+    if !spec.starts_with('/') {
+        return None;
+    }
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let real = std::fs::canonicalize(root.join(spec.trim_start_matches('/'))).ok()?;
+    // The target's root is "/" in our namespace or a path under it: strip that prefix.
+    let target_root = std::fs::canonicalize(&root).ok()?;
+    let real = Path::new("/").join(real.strip_prefix(&target_root).ok()?);
+    seen.iter().find(|p| **p == real).cloned()
+}
+
+/// The error for a discovery that found no function to hook: says the filters left none, or
+/// names each module and why it gave none (a stripped file: where its debug symbols would be
+/// looked for). `attach` and `functions` both refuse so (exit 2).
+pub fn nothing_to_hook(pid: i32, d: &Discovery) -> anyhow::Error {
+    let why = if d.found > 0 {
+        format!(
+            "--include/--exclude left none of the {} functions found",
+            d.found
+        )
+    } else {
+        let reasons: Vec<String> = d.modules.iter().map(Module::no_symbols_reason).collect();
+        reasons.join("; ")
+    };
+    BadInput(format!("pid {pid}: no function to hook: {why}")).into()
+}
+
+/// Warns on stderr about each module that gives no function because it is stripped, when
+/// others still give some.
+pub fn warn_stripped(pid: i32, d: &Discovery) {
+    for m in d.modules.iter().filter(|m| m.stripped) {
+        eprintln!(
+            "xcover: warning: pid {pid}: none of its functions hooked: {}",
+            m.no_symbols_reason()
+        );
+    }
 }
 
 impl Options {
@@ -233,6 +320,10 @@ pub fn list(a: crate::cli::FunctionsArgs) -> Result<std::process::ExitCode> {
         return Err(BadInput(format!("pid {}: no such process", a.pid)).into());
     }
     let d = discover(a.pid, &opts)?;
+    if d.functions.is_empty() {
+        return Err(nothing_to_hook(a.pid, &d));
+    }
+    warn_stripped(a.pid, &d);
     let mut out = String::new();
     for f in &d.functions {
         let module = if d.modules.len() > 1 {
@@ -431,6 +522,7 @@ fn module_functions(
     let build_id = read_build_id(&elf, bytes);
 
     let (mut raw, mut starts) = function_syms(&elf);
+    let mut stripped = elf.syms.is_empty() && raw.is_empty();
     if elf.syms.is_empty()
         && let Some(dbg) = find_debug_file(path, &elf, bytes)
         && let Ok(dbytes) = std::fs::read(&dbg)
@@ -440,6 +532,7 @@ fn module_functions(
         if !draw.is_empty() {
             raw = draw;
             starts = dstarts;
+            stripped = false;
         }
     }
 
@@ -527,6 +620,8 @@ fn module_functions(
         Module {
             path: path.to_path_buf(),
             build_id,
+            alias: None,
+            stripped,
         },
         funcs,
     ))

@@ -181,10 +181,7 @@ impl Source for Live<'_> {
                 self.rows.insert(cookie, self.sent.len());
                 self.sent.push(cookie);
                 let module = if several {
-                    v.modules
-                        .get(f.entry.module as usize)
-                        .map(|p| crate::discover::file_name(std::path::Path::new(p)))
-                        .unwrap_or_default()
+                    v.module_name(f.entry.module as usize)
                 } else {
                     String::new()
                 };

@@ -3,8 +3,9 @@
 //! The JSON keeps every field the original xcover wrote — `schema_version`, `funcs_traced`
 //! and `funcs_ack` (raw names), `cov_by_func` (percent), `exe_path`, `build_id`, `kernel`,
 //! `xcover_version`, `generated_at`, and per function `name`, `demangled` (only when it
-//! differs), `offset`, `hit` — and adds `pid` and per function `hits` and `module`. Functions
-//! are sorted by module, offset and name so that two reports diff cleanly.
+//! differs), `offset`, `hit` — and adds `pid`, `pids` and per function `hits`, `module`,
+//! `module_file`, `file`, `line` and `skipped`. Functions are sorted by module, offset and
+//! name so that two reports diff cleanly.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,9 +35,13 @@ pub struct FuncReport {
     /// How many times it ran.
     #[serde(default)]
     pub hits: u64,
-    /// File name of the module it belongs to.
+    /// The module it belongs to, by the name the user gave it (`--module libsqlite3.so.0`),
+    /// else by its file name.
     #[serde(default)]
     pub module: String,
+    /// The module's file name, when the user named it otherwise (`libsqlite3.so.0.8.6`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module_file: Option<String>,
     /// Source file, from DWARF.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub file: Option<String>,
@@ -61,16 +66,22 @@ pub struct Report {
     pub cov_by_func: f64,
     /// Path of the main executable.
     pub exe_path: String,
-    /// Pid of the target.
+    /// Pid of the target; 0 in a merged report of several processes (see `pids`), and in
+    /// a report of the original xcover, which has none.
     #[serde(default)]
     pub pid: i64,
+    /// Pid of every process the counts come from, ascending: `[pid]` for one session, all
+    /// of them for a merged report.
+    #[serde(default)]
+    pub pids: Vec<i64>,
     /// Build-id of the main executable, hex.
     pub build_id: String,
     /// Kernel release.
     pub kernel: String,
     /// Version of xcover that wrote the report.
     pub xcover_version: String,
-    /// RFC 3339 UTC time the report was written.
+    /// RFC 3339 UTC time the report was written (to the microsecond; the original
+    /// xcover's are to the second).
     pub generated_at: String,
     /// Every function traced.
     pub functions: Vec<FuncReport>,
@@ -97,6 +108,7 @@ impl Report {
             cov_by_func: 0.0,
             exe_path,
             pid,
+            pids: if pid != 0 { vec![pid] } else { vec![] },
             build_id,
             kernel: kernel_release(),
             xcover_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -202,17 +214,50 @@ impl Report {
         write_file(path, &self.to_lcov())
     }
 
-    /// Sums reports of the same build: hits add up per (module, offset, name).
+    /// The processes the counts come from: `pids`, or `[pid]` for a report that has only
+    /// `pid` (none for the original xcover's, which has neither).
+    pub fn processes(&self) -> Vec<i64> {
+        if !self.pids.is_empty() {
+            self.pids.clone()
+        } else if self.pid != 0 {
+            vec![self.pid]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Whether `self` and `other` are the same report of one session: same processes,
+    /// same `generated_at` (and, for reports that name no process, the same functions and
+    /// counts). Summing them would count the session twice.
+    pub fn same_session(&self, other: &Report) -> bool {
+        let p = self.processes();
+        p == other.processes()
+            && self.generated_at == other.generated_at
+            && (!p.is_empty() || self.functions == other.functions)
+    }
+
+    /// The key under which merging adds a function's counts up: its module's file, its
+    /// offset and its name (so a module named by an alias in one report and by its file name
+    /// in another is still one module).
+    fn merge_key(f: &FuncReport) -> (String, u64, String) {
+        let module = f.module_file.as_ref().unwrap_or(&f.module);
+        (module.clone(), f.offset, f.name.clone())
+    }
+
+    /// Sums reports of the same build: hits add up per (module file, offset, name). The
+    /// result lists every input's processes in `pids`; its `pid` is theirs when they all
+    /// come from one process, else 0.
     pub fn merge(reports: Vec<Report>) -> Result<Report> {
         let mut it = reports.into_iter();
         let Some(mut acc) = it.next() else {
             bail!(BadInput("merge needs at least one report".into()));
         };
+        let mut pids = acc.processes();
         let mut index: BTreeMap<(String, u64, String), usize> = acc
             .functions
             .iter()
             .enumerate()
-            .map(|(i, f)| ((f.module.clone(), f.offset, f.name.clone()), i))
+            .map(|(i, f)| (Self::merge_key(f), i))
             .collect();
         for r in it {
             if r.build_id != acc.build_id {
@@ -223,8 +268,9 @@ impl Report {
                 ))
                 .into());
             }
+            pids.extend(r.processes());
             for f in r.functions {
-                let key = (f.module.clone(), f.offset, f.name.clone());
+                let key = Self::merge_key(&f);
                 match index.get(&key) {
                     Some(&i) => {
                         let g = &mut acc.functions[i];
@@ -243,6 +289,13 @@ impl Report {
             f.hits = f.hits.max(u64::from(f.hit));
             f.hit = f.hits > 0;
         }
+        pids.sort_unstable();
+        pids.dedup();
+        acc.pid = match pids[..] {
+            [one] => one,
+            _ => 0,
+        };
+        acc.pids = pids;
         acc.generated_at = now_rfc3339();
         acc.xcover_version = env!("CARGO_PKG_VERSION").to_string();
         acc.finish();
@@ -348,13 +401,16 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// The current time as RFC 3339 UTC, to the second.
+/// The current time as RFC 3339 UTC, to the microsecond: with the pid, it tells one
+/// report from another (`merge` refuses the same one twice), even two written in the same
+/// second.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
+        .unwrap_or_default();
+    let secs = rfc3339(now.as_secs());
+    let whole = secs.strip_suffix('Z').unwrap_or(&secs);
+    format!("{whole}.{:06}Z", now.subsec_micros())
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -378,17 +434,26 @@ fn rfc3339(secs: u64) -> String {
     )
 }
 
-/// One module as reports show it: its file name, and the source lines of its DWARF.
+/// One module as reports show it: its name (the one the user gave, else its file name), its
+/// file name when that differs, and the source lines of its DWARF.
 pub struct ModuleLines {
     name: String,
+    file: Option<String>,
     lines: LineTable,
 }
 
 impl ModuleLines {
-    /// Opens the module at `path` (and its DWARF, or its separate debug file's).
-    pub fn open(path: &Path) -> Self {
+    /// Opens the module at `path` (and its DWARF, or its separate debug file's), shown as
+    /// `alias` when the user named it so.
+    pub fn open(path: &Path, alias: Option<&str>) -> Self {
+        let file = crate::discover::file_name(path);
+        let (name, file) = match alias {
+            Some(a) if a != file => (a.to_string(), Some(file)),
+            _ => (file, None),
+        };
         ModuleLines {
-            name: crate::discover::file_name(path),
+            name,
+            file,
             lines: LineTable::open(path),
         }
     }
@@ -404,6 +469,7 @@ impl ModuleLines {
             hit: hits > 0,
             hits,
             module: self.name.clone(),
+            module_file: self.file.clone(),
             file: loc.as_ref().map(|l| l.0.clone()),
             line: loc.map(|l| l.1),
             skipped: None,
@@ -422,7 +488,7 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
     let modules: Vec<ModuleLines> = d
         .modules
         .iter()
-        .map(|m| ModuleLines::open(&m.path))
+        .map(|m| ModuleLines::open(&m.path, m.alias.as_deref()))
         .collect();
     let functions = d
         .functions
@@ -442,13 +508,33 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
     )
 }
 
-/// `xcover merge`: sums reports of the same build.
+/// `xcover merge`: sums reports of the same build. The same session's report given twice
+/// (under one name or two) is refused: its counts would be added twice.
 pub fn merge_command(a: crate::cli::MergeArgs) -> Result<std::process::ExitCode> {
     let reports = a
         .reports
         .iter()
         .map(|p| Report::read_json(p))
         .collect::<Result<Vec<_>>>()?;
+    for (j, r) in reports.iter().enumerate() {
+        if let Some(i) = reports[..j].iter().position(|q| q.same_session(r)) {
+            let who = match r.processes()[..] {
+                [] => "no pid".to_string(),
+                [one] => format!("pid {one}"),
+                ref many => format!("pids {many:?}"),
+            };
+            return Err(BadInput(format!(
+                "{} (argument {}) and {} (argument {}) are the same report ({who}, \
+                 generated_at {}): merging would count its hits twice",
+                a.reports[i].display(),
+                i + 1,
+                a.reports[j].display(),
+                j + 1,
+                r.generated_at
+            ))
+            .into());
+        }
+    }
     let merged = Report::merge(reports)?;
     match &a.output {
         Some(p) => merged.write_json(p)?,
@@ -458,8 +544,9 @@ pub fn merge_command(a: crate::cli::MergeArgs) -> Result<std::process::ExitCode>
         merged.write_lcov(p)?;
     }
     eprintln!(
-        "merged {} reports: {} of {} functions hit ({:.1}%)",
+        "merged {} reports of {} process(es): {} of {} functions hit ({:.1}%)",
         a.reports.len(),
+        merged.pids.len(),
         merged.funcs_ack.len(),
         merged.funcs_traced.len(),
         merged.cov_by_func
@@ -501,6 +588,7 @@ mod tests {
             hit: hits > 0,
             hits,
             module: "app".into(),
+            module_file: None,
             file: None,
             line: None,
             skipped: None,
@@ -598,6 +686,36 @@ mod tests {
                 .contains(&format!("FNDA:3,{}", f.demangled.as_ref().unwrap()))
         );
         assert_eq!(r.build_id.len() % 2, 0);
+    }
+
+    #[test]
+    fn merged_pids_and_same_session() {
+        let a = Report::new("/bin/app".into(), 7, "ab".into(), vec![f("x", 0x10, 1)]);
+        let b = Report::new("/bin/app".into(), 9, "ab".into(), vec![f("x", 0x10, 2)]);
+        assert_eq!(a.pids, [7]);
+        assert!(a.same_session(&a.clone()));
+        assert!(!a.same_session(&b));
+        let mut later = a.clone();
+        later.generated_at = "2030-01-01T00:00:00.000000Z".into();
+        assert!(!a.same_session(&later), "another report of the same pid");
+        let m = Report::merge(vec![b.clone(), a.clone()]).unwrap();
+        assert_eq!((m.pid, m.pids.clone()), (0, vec![7, 9]));
+        assert_eq!(m.functions[0].hits, 3);
+        let one = Report::merge(vec![a.clone(), later]).unwrap();
+        assert_eq!((one.pid, one.pids.clone()), (7, vec![7]));
+        // Reports that name no process (the original xcover's) are the same only if
+        // their contents are too.
+        let mut o1 = a.clone();
+        o1.pid = 0;
+        o1.pids.clear();
+        let mut o2 = o1.clone();
+        assert!(o1.same_session(&o2));
+        o2.functions[0].hits = 5;
+        assert!(!o1.same_session(&o2));
+        // Microseconds tell two reports of one second apart.
+        let t = now_rfc3339();
+        assert_eq!(t.len(), "2026-01-02T03:04:05.123456Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{t}");
     }
 
     #[test]

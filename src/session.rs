@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
 use xcover_bpf::env::Env;
 use xcover_bpf::maps::ArenaLayout;
-use xcover_bpf::program::{MapType, Program};
+use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
 
@@ -32,14 +32,38 @@ fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Loads the probe object and sizes its per-function maps for `funcs` functions.
-pub fn load_probe(object: &[u8], funcs: usize) -> Result<Program> {
+/// The maps of the built-in coverage probe (`bpf/cover.bpf.c`) that are indexed by cookie:
+/// xcover gives them one entry per hooked function.
+pub const COVER_PER_FUNCTION_MAPS: [&str; 2] = ["counts", "seen"];
+
+/// Which probe a session runs.
+#[derive(Clone, Copy, Debug)]
+pub enum ProbeSource<'a> {
+    /// The built-in coverage probe ([`COVER_PROBE`]).
+    Builtin,
+    /// A user's object given with `--probe`.
+    File(&'a std::path::Path),
+}
+
+/// Loads the probe object. The built-in coverage probe's cookie-indexed maps
+/// ([`COVER_PER_FUNCTION_MAPS`]) are sized for `funcs` functions; every map of a user's
+/// object keeps the `max_entries` the object gives it (a lookup past it returns NULL, as in
+/// the kernel); the loader refuses a map of 0 entries.
+pub fn load_probe(object: &[u8], source: ProbeSource<'_>, funcs: usize) -> Result<Program> {
+    let what = match source {
+        ProbeSource::Builtin => "the built-in coverage probe object".to_string(),
+        ProbeSource::File(p) => format!("probe object {}", p.display()),
+    };
     let mut prog = xcover_bpf::object::load_program(object, None)
-        .map_err(|e| BadInput(format!("probe object: {e}")))?;
-    let n = u32::try_from(funcs.max(1)).context("too many functions")?;
-    // Maps keyed by cookie get one entry per function, as libbpf's set_max_entries would.
-    for m in &mut prog.maps {
-        if matches!(m.map_type, MapType::Array | MapType::PercpuArray) && !m.name.starts_with('.') {
+        .map_err(|e| BadInput(format!("{what}: {e}")))?;
+    if let ProbeSource::Builtin = source {
+        let n = u32::try_from(funcs.max(1)).context("too many functions")?;
+        for name in COVER_PER_FUNCTION_MAPS {
+            let m = prog
+                .maps
+                .iter_mut()
+                .find(|m| m.name == name)
+                .with_context(|| format!("{what} has no map `{name}`"))?;
             m.max_entries = n;
         }
     }
@@ -125,11 +149,15 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
     let mut modules = Vec::new();
     for m in &d.modules {
         let p = m.path.to_string_lossy();
+        let alias = m.alias.as_deref().unwrap_or("");
         modules.push(ModuleEntry {
             path_off: strings.len() as u32,
             path_len: p.len() as u32,
+            alias_off: (strings.len() + p.len()) as u32,
+            alias_len: alias.len() as u32,
         });
         strings.extend_from_slice(p.as_bytes());
+        strings.extend_from_slice(alias.as_bytes());
     }
     let mut funcs = Vec::with_capacity(d.functions.len());
     for f in &d.functions {
@@ -306,6 +334,8 @@ impl FuncView {
 pub struct View {
     /// Module paths, main executable first.
     pub modules: Vec<String>,
+    /// The name the user gave each module (`--module`), when not its file name.
+    pub module_aliases: Vec<Option<String>>,
     /// Every function, in table (cookie) order.
     pub funcs: Vec<FuncView>,
     /// Functions hooked.
@@ -317,6 +347,20 @@ pub struct View {
 }
 
 impl View {
+    /// The alias of module `i`, if it has one.
+    pub fn module_name_alias(&self, i: usize) -> Option<&str> {
+        self.module_aliases.get(i).and_then(|a| a.as_deref())
+    }
+
+    /// Module `i` as reports and the TUI show it: its alias, else its file name.
+    pub fn module_name(&self, i: usize) -> String {
+        match (self.module_name_alias(i), self.modules.get(i)) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(p)) => crate::discover::file_name(std::path::Path::new(p)),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Functions hit at least once.
     pub fn hit_funcs(&self) -> usize {
         self.funcs.iter().filter(|f| f.hits > 0).count()
@@ -407,6 +451,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
     use std::sync::atomic::Ordering;
     let h = s.header();
     let mut modules = Vec::new();
+    let mut module_aliases = Vec::new();
     // Sizes come from a file another process writes: check them before allocating.
     let bytes = usize::try_from(h.modules_count)
         .ok()
@@ -429,6 +474,10 @@ pub fn view(s: &SessionFile) -> Result<View> {
     for m in raw.chunks_exact(size_of::<ModuleEntry>()) {
         let m: ModuleEntry = bytemuck::pod_read_unaligned(m);
         modules.push(string_at(s, m.path_off, m.path_len)?);
+        module_aliases.push(match m.alias_len {
+            0 => None,
+            n => Some(string_at(s, m.alias_off, n)?),
+        });
     }
     let entries = s.funcs()?;
     let counts = hits(s)?;
@@ -452,6 +501,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
     }
     Ok(View {
         modules,
+        module_aliases,
         funcs,
         hooked: h.funcs_hooked.load(Ordering::Relaxed),
         skipped: h.funcs_skipped.load(Ordering::Relaxed),
@@ -466,9 +516,10 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
     let modules: Vec<ModuleLines> = v
         .modules
         .iter()
-        .map(|p| ModuleLines::open(std::path::Path::new(p)))
+        .enumerate()
+        .map(|(i, p)| ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i)))
         .collect();
-    let unknown = ModuleLines::open(std::path::Path::new(""));
+    let unknown = ModuleLines::open(std::path::Path::new(""), None);
     let functions = v
         .funcs
         .iter()

@@ -3,18 +3,26 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn suite_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bpf-conformance/tests");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("note: {} does not exist; skipping", dir.display());
-        None
-    }
+/// The suite's data: `$XCOVER_CONFORMANCE_DIR`, else `../shared/bpf-conformance/tests` beside
+/// the checkout. Missing data fails the test: a conformance test that cannot run has not
+/// passed.
+fn suite_dir() -> PathBuf {
+    let dir = std::env::var_os("XCOVER_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bpf-conformance/tests")
+        });
+    assert!(
+        dir.is_dir(),
+        "the bpf_conformance data is missing: {} is not a directory (set \
+         XCOVER_CONFORMANCE_DIR to the suite's tests/ directory)",
+        dir.display()
+    );
+    dir
 }
 
 fn run_suite(mode: &str) {
-    let Some(dir) = suite_dir() else { return };
+    let dir = suite_dir();
     let out = Command::new(env!("CARGO_BIN_EXE_xcover"))
         .args(["vm", "conformance"])
         .arg(&dir)
@@ -40,6 +48,35 @@ fn conformance_interpreter() {
 #[test]
 fn conformance_jit() {
     run_suite("--jit");
+}
+
+/// The suite's tests fail, not pass, when the data is missing: this test binary, run again
+/// for one of them with the data pointed at a directory that does not exist.
+#[test]
+fn conformance_fails_without_its_data() {
+    let missing = "/nonexistent/xcover-conformance-data";
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "conformance::conformance_jit",
+            "--test-threads=1",
+        ])
+        .env("XCOVER_CONFORMANCE_DIR", missing)
+        .output()
+        .expect("run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "conformance_jit passed without its data:\n{text}"
+    );
+    assert!(
+        text.contains("1 failed") && text.contains(missing),
+        "conformance_jit did not fail on the missing data:\n{text}"
+    );
 }
 
 #[test]

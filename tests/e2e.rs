@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use crate::support::{run_xcover, session_path, tracer_pids, xcover};
 
-fn counts_exe() -> PathBuf {
+pub(crate) fn counts_exe() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/counts.c");
@@ -31,15 +31,20 @@ fn counts_exe() -> PathBuf {
 }
 
 /// The counts target: SIGUSR2 runs a round (f1 × 1000, f3 × 7), SIGUSR1 ends it.
-struct Counts {
+pub(crate) struct Counts {
     child: Child,
     out: BufReader<ChildStdout>,
     lines: Vec<String>,
 }
 
 impl Counts {
-    fn start() -> Counts {
-        let mut child = Command::new(counts_exe())
+    pub(crate) fn start() -> Counts {
+        Counts::spawn(Command::new(counts_exe()))
+    }
+
+    /// Starts the target with `cmd` (a copy of [`counts_exe`], maybe run as another user).
+    pub(crate) fn spawn(mut cmd: Command) -> Counts {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -55,7 +60,7 @@ impl Counts {
         }
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
@@ -65,7 +70,7 @@ impl Counts {
     }
 
     /// Runs one round and returns its output line.
-    fn round(&mut self) -> String {
+    pub(crate) fn round(&mut self) -> String {
         self.signal(libc::SIGUSR2);
         let mut l = String::new();
         self.out.read_line(&mut l).unwrap();
@@ -74,8 +79,18 @@ impl Counts {
         l
     }
 
+    /// Asks for a round and waits for the target to end without answering (a probe that
+    /// kills it); returns how it ended.
+    pub(crate) fn kill_with_round(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGUSR2);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        assert!(rest.is_empty(), "the target answered: {rest:?}");
+        self.child.wait().unwrap()
+    }
+
     /// Ends the target; returns its whole output and exit code.
-    fn finish(mut self) -> (Vec<String>, i32) {
+    pub(crate) fn finish(mut self) -> (Vec<String>, i32) {
         self.signal(libc::SIGUSR1);
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
@@ -89,6 +104,17 @@ impl Drop for Counts {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind
+/// (a leftover holding the test's stdout pipe would also keep a `cargo test | …` waiting).
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -141,7 +167,7 @@ fn exec_maps(pid: i32) -> Vec<String> {
         .collect()
 }
 
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let o = run_xcover(args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "xcover {args:?} failed: {err}");
@@ -162,7 +188,7 @@ pub fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
     (f["hits"].as_u64().unwrap(), f["hit"].as_bool().unwrap())
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(crate) fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("xcover-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
@@ -305,16 +331,27 @@ fn functions_lists_and_merge_sums() {
     let inventory = tmp("inventory.json");
     ok(&["functions", &ps, "--report", inventory.to_str().unwrap()]);
     let a = tmp("merge-a.json");
+    let b = tmp("merge-b.json");
     let mut t = t;
-    ok(&["attach", &ps, "--no-tui", "--keep", "--exclude", "^f3$"]);
-    t.round();
-    ok(&["detach", &ps, "--report", a.to_str().unwrap()]);
+    // Two sessions of one process, then one of another process of the same build.
+    for out in [&a, &b] {
+        ok(&["attach", &ps, "--no-tui", "--keep", "--exclude", "^f3$"]);
+        t.round();
+        ok(&["detach", &ps, "--report", out.to_str().unwrap()]);
+    }
+    let mut u = Counts::start();
+    let us = u.pid().to_string();
+    let c = tmp("merge-c.json");
+    ok(&["attach", &us, "--no-tui", "--keep"]);
+    u.round();
+    ok(&["detach", &us, "--report", c.to_str().unwrap()]);
+
     let merged = tmp("merged.json");
     ok(&[
         "merge",
         inventory.to_str().unwrap(),
         a.to_str().unwrap(),
-        a.to_str().unwrap(),
+        b.to_str().unwrap(),
         "-o",
         merged.to_str().unwrap(),
     ]);
@@ -325,8 +362,50 @@ fn functions_lists_and_merge_sums() {
         (0, false),
         "f3 was excluded from the attach"
     );
-    let (_, code) = t.finish();
-    assert_eq!(code, 0);
+    // One process: `pid` is its pid, `pids` lists it once.
+    assert_eq!(r["pid"], t.pid());
+    assert_eq!(r["pids"], serde_json::json!([t.pid()]));
+
+    ok(&[
+        "merge",
+        a.to_str().unwrap(),
+        c.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    let r = read_report(&merged);
+    assert_eq!(hits(&r, "f1"), (2000, true));
+    assert_eq!(hits(&r, "f3"), (7, true));
+    // Several processes: `pid` names none of them, `pids` all.
+    let mut pids = vec![t.pid(), u.pid()];
+    pids.sort();
+    assert_eq!(r["pid"], 0, "a merged report of two processes has pid 0");
+    assert_eq!(r["pids"], serde_json::json!(pids));
+
+    // The same session's report twice, under its name or a copy's: refused, both named.
+    let copy = tmp("merge-a-copy.json");
+    std::fs::copy(&a, &copy).unwrap();
+    for second in [&a, &copy] {
+        let o = run_xcover(&[
+            "merge",
+            inventory.to_str().unwrap(),
+            a.to_str().unwrap(),
+            second.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "merged {a:?} twice: {err}");
+        assert!(o.stdout.is_empty(), "a refused merge printed a report");
+        assert!(
+            err.contains(&format!("{} (argument 2)", a.display()))
+                && err.contains(&format!("{} (argument 3)", second.display()))
+                && err.contains(&format!("pid {}", t.pid()))
+                && err.contains("twice"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(t.finish().1, 0);
+    assert_eq!(u.finish().1, 0);
 }
 
 #[test]
@@ -444,4 +523,357 @@ fn stripped_target_gets_names_and_lines_from_its_debug_file() {
         lcov.contains("counts.c"),
         "no source lines from the debug file: {lcov}"
     );
+}
+
+/// The names of a live session's functions, in cookie order.
+pub(crate) fn cookie_names(s: &xcover_injector::SessionFile) -> Vec<String> {
+    let h = s.header();
+    s.funcs()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let mut b = vec![0u8; f.name_len as usize];
+            s.read_at(h.strings_off + u64::from(f.name_off), &mut b)
+                .unwrap();
+            String::from_utf8(b).unwrap()
+        })
+        .collect()
+}
+
+/// (max_entries, the u64 of each entry) of the probe map `name` of a live session.
+pub(crate) fn array_map(s: &xcover_injector::SessionFile, name: &str) -> (u32, Vec<u64>) {
+    let h = s.header();
+    for i in 0..h.maps_count {
+        let off = s.read_u64(h.maps_off + i * 8).unwrap();
+        let found = s
+            .with_arena(|a| {
+                let m = a.map(off).unwrap();
+                (m.name() == name).then(|| (m.header().max_entries, m.array_u64_all()))
+            })
+            .unwrap()
+            .expect("the session has an arena");
+        if let Some(v) = found {
+            return v;
+        }
+    }
+    panic!("no map `{name}` in the session");
+}
+
+/// A `--probe` object's arrays keep the sizes the object gives them, whatever the number of
+/// hooked functions (3 here): `wide` (1000 entries) counts at key 999 and at key = cookie,
+/// `narrow` (1 entry) only for cookie 0. Before, xcover resized both to 3 entries: key 999
+/// had no slot and `narrow` counted cookies 1 and 2. A map of 0 entries is refused (exit 2).
+#[test]
+fn custom_probe_maps_keep_their_max_entries() {
+    let probe = crate::support::build_probe("map_sizes.bpf.c", "map_sizes.bpf.o", &[]);
+    let zero = crate::support::build_probe("map_sizes.bpf.c", "map_sizes0.bpf.o", &["-DNARROW=0"]);
+    let mut t = Counts::start();
+    let ps = t.pid().to_string();
+    let select = ["--include", "^f[0-9]$"];
+
+    let mut args = vec!["attach", &ps, "--no-tui", "--keep", "--probe"];
+    args.push(zero.to_str().unwrap());
+    args.extend(select);
+    let o = run_xcover(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("map `narrow`: max_entries must be > 0") && err.contains("map_sizes0.bpf.o"),
+        "{err}"
+    );
+    assert!(!session_path(t.pid()).exists());
+
+    let mut args = vec!["attach", &ps, "--no-tui", "--keep", "--probe"];
+    args.push(probe.to_str().unwrap());
+    args.extend(select);
+    ok(&args);
+    t.round();
+    let s = xcover_injector::SessionFile::open(t.pid()).unwrap();
+    let names = cookie_names(&s);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let cookie = |n: &str| names.iter().position(|x| x == n).unwrap();
+    let (wide_n, wide) = array_map(&s, "wide");
+    let (narrow_n, narrow) = array_map(&s, "narrow");
+    assert_eq!((wide_n, narrow_n), (1000, 1), "max_entries changed");
+    assert_eq!(wide[999], 1007, "hits counted at key 999");
+    assert_eq!(wide[cookie("f1")], 1000);
+    assert_eq!(wide[cookie("f3")], 7);
+    assert_eq!(wide[cookie("f2")], 0);
+    let want0 = [1000, 0, 7][["f1", "f2", "f3"]
+        .iter()
+        .position(|n| *n == names[0])
+        .unwrap()];
+    assert_eq!(
+        narrow,
+        vec![want0],
+        "narrow counts only cookie 0 ({})",
+        names[0]
+    );
+    drop(s);
+    ok(&["detach", &ps]);
+    assert!(!session_path(t.pid()).exists());
+    assert!(tracer_pids(t.pid()).iter().all(|&p| p == 0));
+    let (_, code) = t.finish();
+    assert_eq!(code, 0);
+}
+
+/// A stripped executable with no debug file: `functions` and `attach` both refuse it the
+/// same way (exit 2, one line naming the file, why, and where its debug symbols would be
+/// looked for), and the target is left alone. Before, `functions` printed "0 functions" and
+/// exited 0 while `attach` said "no function to hook".
+#[test]
+fn stripped_target_without_debug_file_is_refused_alike() {
+    let dir = tmp("stripped-bare");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("counts-bare");
+    std::fs::copy(counts_exe(), &exe).unwrap();
+    let st = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = Reaper(
+        Command::new(&exe)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    assert_eq!(l, "ready\n");
+    let pid = child.0.id() as i32;
+    let ps = pid.to_string();
+    let id = {
+        let r = Command::new("readelf")
+            .args(["-n"])
+            .arg(&exe)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+            .expect("cc gave the target a build-id")
+    };
+    let debug_path = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
+    let mut errs = Vec::new();
+    for args in [
+        vec!["functions", &ps],
+        vec!["attach", &ps, "--no-tui", "--keep"],
+    ] {
+        let o = run_xcover(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?} printed functions");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for want in [
+            &format!("pid {pid}"),
+            exe.to_str().unwrap(),
+            "no symbol table (stripped)",
+            "debug symbols",
+            &debug_path,
+        ] {
+            assert!(err.contains(want), "{args:?}: {want:?} missing from {err}");
+        }
+        assert!(!session_path(pid).exists());
+        assert!(tracer_pids(pid).iter().all(|&p| p == 0));
+        errs.push(err);
+    }
+    assert_eq!(errs[0], errs[1], "functions and attach disagree");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    l.clear();
+    out.read_line(&mut l).unwrap();
+    assert!(
+        l.starts_with("round 1 "),
+        "the target did not run on: {l:?}"
+    );
+}
+
+/// `tests/targets/versioned.c`, linked against `libver.so.1`, a symlink to the library
+/// `libver.so.1.2.3` beside it: (the executable, the symlink).
+fn versioned_exe() -> (PathBuf, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets");
+    let lib = crate::support::build_once(
+        "libver.so.1.2.3",
+        "cc",
+        &[
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libver.so.1",
+            src.join("libver.c").to_str().unwrap(),
+        ],
+    );
+    let dir = lib.parent().unwrap().to_path_buf();
+    let link = dir.join("libver.so.1");
+    match std::os::unix::fs::symlink("libver.so.1.2.3", &link) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("{link:?}: {e}"),
+        _ => {}
+    }
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    let exe = crate::support::build_once(
+        "versioned",
+        "cc",
+        &[
+            "-O2",
+            src.join("versioned.c").to_str().unwrap(),
+            link.to_str().unwrap(),
+            &rpath,
+        ],
+    );
+    (exe, link)
+}
+
+/// `--module libver.so.1` (the soname, a symlink to `libver.so.1.2.3`) keeps the name the
+/// user gave: the listing, the JSON (`module`, with the file in `module_file`) and the LCOV
+/// file show `libver.so.1`; the symlink's path names it too; a report that named the module
+/// by its file merges with one that named it by its alias. Before, every report said
+/// `libver.so.1.2.3` and the symlink's path was "no executable mapping".
+#[test]
+fn module_named_by_its_soname_keeps_that_name() {
+    let (exe, link) = versioned_exe();
+    let mut child = Reaper(
+        Command::new(&exe)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    assert_eq!(l, "ready\n");
+    let pid = child.0.id() as i32;
+    let ps = pid.to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("/libver.so.1.2.3\n"),
+        "the library is not mapped by its versioned file name: {maps}"
+    );
+
+    let listing = ok(&[
+        "functions",
+        &ps,
+        "--module",
+        "libver.so.1",
+        "--include",
+        "^ver_",
+    ]);
+    for f in ["ver_a", "ver_b", "ver_never"] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.ends_with(&format!(" libver.so.1!{f}"))),
+            "{f}: {listing}"
+        );
+    }
+
+    let mut round = 0;
+    let mut session = |spec: &str, name: &str| -> (serde_json::Value, String) {
+        ok(&[
+            "attach",
+            &ps,
+            "--no-tui",
+            "--keep",
+            "--module",
+            spec,
+            "--include",
+            "^ver_",
+        ]);
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        round += 1;
+        l.clear();
+        out.read_line(&mut l).unwrap();
+        assert!(l.starts_with(&format!("round {round} ")), "{l:?}");
+        let json = tmp(&format!("{name}.json"));
+        let info = tmp(&format!("{name}.info"));
+        ok(&[
+            "detach",
+            &ps,
+            "--report",
+            json.to_str().unwrap(),
+            "--lcov",
+            info.to_str().unwrap(),
+        ]);
+        (read_report(&json), std::fs::read_to_string(&info).unwrap())
+    };
+    let func = |r: &serde_json::Value, name: &str| {
+        r["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {r}"))
+            .clone()
+    };
+    let by_soname = tmp("alias-soname.json");
+    let by_path = tmp("alias-path.json");
+    let by_file = tmp("alias-file.json");
+    for (spec, out) in [
+        ("libver.so.1", &by_soname),
+        (link.to_str().unwrap(), &by_path),
+        ("libver.so.1.2.3", &by_file),
+    ] {
+        // Writes the report to `out`.
+        let (r, lcov) = session(spec, out.file_stem().unwrap().to_str().unwrap());
+        let a = func(&r, "ver_a");
+        assert_eq!(a["hits"], 10, "{spec}: {a}");
+        assert_eq!(func(&r, "ver_b")["hits"], 3, "{spec}");
+        assert_eq!(func(&r, "ver_never")["hits"], 0, "{spec}");
+        if out == &by_file {
+            assert_eq!(a["module"], "libver.so.1.2.3", "{spec}: {a}");
+            assert!(a.get("module_file").is_none(), "{spec}: {a}");
+            assert!(lcov.contains("SF:libver.so.1.2.3\n"), "{spec}: {lcov}");
+        } else {
+            assert_eq!(a["module"], "libver.so.1", "{spec}: {a}");
+            assert_eq!(a["module_file"], "libver.so.1.2.3", "{spec}: {a}");
+            assert!(lcov.contains("SF:libver.so.1\n"), "{spec}: {lcov}");
+        }
+    }
+    // One module, whatever each report called it: counts add up, nothing is listed twice.
+    let merged = tmp("alias-merged.json");
+    ok(&[
+        "merge",
+        by_soname.to_str().unwrap(),
+        by_path.to_str().unwrap(),
+        by_file.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    let r = read_report(&merged);
+    assert_eq!(r["functions"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(func(&r, "ver_a")["hits"], 30);
+    assert_eq!(func(&r, "ver_a")["module"], "libver.so.1");
+    assert!(!session_path(pid).exists());
+}
+
+/// A `--probe` object without any map attaches, runs on every hit and detaches cleanly.
+/// Before, laying out its empty arena failed ("arena of 0 bytes at 0x1", exit 1).
+#[test]
+fn custom_probe_without_maps_attaches() {
+    let probe = crate::support::build_probe("no_maps.bpf.c", "no_maps.bpf.o", &[]);
+    let reference = reference_output();
+    let mut t = Counts::start();
+    let ps = t.pid().to_string();
+    let err = ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(err.contains("functions hooked"), "{err}");
+    t.round();
+    t.round();
+    ok(&["detach", &ps]);
+    assert!(!session_path(t.pid()).exists());
+    assert!(tracer_pids(t.pid()).iter().all(|&p| p == 0));
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines, reference);
 }

@@ -607,22 +607,7 @@ fn detach_waits_for_a_signal_handler_to_return_into_a_trampoline() {
 /// this target died of SIGSEGV within two cycles (3 runs of 10).
 #[test]
 fn detach_waits_for_a_probe_inside_the_vdso() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/ktime_every_hit.bpf.c");
-    let probe = support::build_once(
-        "ktime_every_hit.bpf.o",
-        "clang",
-        &[
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            "-mcpu=v3",
-            "-Wall",
-            "-Werror",
-            "-c",
-            src.to_str().unwrap(),
-        ],
-    );
+    let probe = support::build_probe("ktime_every_hit.bpf.c", "ktime_every_hit.bpf.o", &[]);
     let want = {
         let t = support::Target::start("threads", &[]);
         std::thread::sleep(Duration::from_millis(50));

@@ -200,3 +200,207 @@ fn other_users_cannot_detach_or_read_a_session() {
     detach_ok(&t);
     assert_eq!(t.stop(), (0, "work ok\n".to_string()));
 }
+
+/// A directory for setuid test binaries: the per-run build directory unless its file system
+/// ignores setuid bits (`nosuid`), then cargo's temporary directory for integration tests.
+fn suid_dir() -> std::path::PathBuf {
+    let ok = |d: &std::path::Path| {
+        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs writes into the zeroed struct we pass; c is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        r == 0 && st.f_flag & libc::ST_NOSUID == 0
+    };
+    let candidates = [
+        support::build_dir(),
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ];
+    let d = candidates
+        .iter()
+        .find(|d| ok(d))
+        .unwrap_or_else(|| panic!("no directory without nosuid among {candidates:?}"));
+    let d = d.join(format!("xcover-suid-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    // nobody must reach the binaries.
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// (real, effective, saved, filesystem) uids of `pid`.
+fn uids(pid: i32) -> Vec<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    l[4..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+/// A setuid program run by nobody (uid 65534), attached by root: setuid root, and setuid to
+/// uid 1000 (not root, not the runner). The target opens the session file with its effective
+/// uid, so the file is that uid's (0600); before, it was given to the real uid (nobody) and
+/// the setuid-to-1000 target's open failed with "Permission denied". Counts arrive, detach
+/// leaves nothing.
+#[test]
+fn setuid_targets_run_by_nobody_are_attached_and_counted() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test runs as root (scripts/test.sh)");
+    let dir = suid_dir();
+    for owner in [0u32, 1000] {
+        let exe = dir.join(format!("counts-setuid-{owner}"));
+        std::fs::copy(crate::e2e::counts_exe(), &exe).unwrap();
+        // chown clears the setuid bit: set it afterwards.
+        std::os::unix::fs::chown(&exe, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.uid(65534).gid(65534);
+        let mut t = crate::e2e::Counts::spawn(cmd);
+        let pid = t.pid();
+        let ps = pid.to_string();
+        assert_eq!(
+            uids(pid),
+            vec![65534, owner, owner, owner],
+            "setuid-{owner}: the target does not run as nobody with euid {owner}"
+        );
+        let (code, err) = xcover_run(
+            &["attach", &ps, "--no-tui", "--keep", "--include", "^f[0-9]$"],
+            LIMIT,
+        );
+        assert_eq!(code, 0, "setuid-{owner}: {err}");
+        let m = std::fs::symlink_metadata(session_path(pid)).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777),
+            (owner, 0o600),
+            "setuid-{owner}: session file owner and mode"
+        );
+        t.round();
+        let report = crate::e2e::tmp(&format!("setuid-{owner}.json"));
+        crate::e2e::ok(&["detach", &ps, "--report", report.to_str().unwrap()]);
+        let r = crate::e2e::read_report(&report);
+        assert_eq!(crate::e2e::hits(&r, "f1"), (1000, true), "setuid-{owner}");
+        assert_eq!(crate::e2e::hits(&r, "f3"), (7, true), "setuid-{owner}");
+        assert_eq!(crate::e2e::hits(&r, "f2"), (0, false), "setuid-{owner}");
+        support::assert_clean(pid, 0);
+        let (lines, code) = t.finish();
+        assert_eq!(code, 0, "setuid-{owner}: {lines:?}");
+        assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
+    }
+}
+
+/// SECURITY.md's table of the helpers a probe is granted is the verifier's table: the same
+/// ids, no more, no fewer. (It used to say that no `probe_read` helper was granted while
+/// four were.)
+#[test]
+fn security_md_lists_the_granted_helpers() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let mut listed: Vec<u32> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `bpf_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            cells[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("no helper id in {l:?}"))
+        })
+        .collect();
+    listed.sort_unstable();
+    let mut granted: Vec<u32> = xcover_bpf::helpers::standard_helpers()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    granted.sort_unstable();
+    assert_eq!(listed, granted, "SECURITY.md's helper table");
+    for id in [
+        xcover_bpf::helpers::PROBE_READ,
+        xcover_bpf::helpers::PROBE_READ_USER,
+    ] {
+        assert!(granted.contains(&id));
+    }
+    assert!(
+        !doc.contains("no `probe_read` helper is granted"),
+        "SECURITY.md still denies the probe_read helpers"
+    );
+}
+
+/// What SECURITY.md says of `bpf_probe_read_user`: a probe reads target memory with it (the
+/// hooked function's first bytes, as patched, equal to what /proc/<pid>/mem shows), and a
+/// bad address gives -EFAULT with the destination zeroed while the target runs on unharmed.
+#[test]
+fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
+    use std::os::unix::fs::FileExt;
+    let probe = support::build_probe("read_user.bpf.c", "read_user.bpf.o", &[]);
+    let mut t = crate::e2e::Counts::start();
+    let pid = t.pid();
+    let ps = pid.to_string();
+    crate::e2e::ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--include",
+        "^f1$",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    t.round();
+    let s = xcover_injector::SessionFile::open(pid).unwrap();
+    assert_eq!(crate::e2e::cookie_names(&s), ["f1"]);
+    let f1 = s.funcs().unwrap()[0].addr;
+    let (_, out) = crate::e2e::array_map(&s, "out");
+    drop(s);
+    let mut code = [0u8; 8];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .unwrap()
+        .read_exact_at(&mut code, f1)
+        .unwrap();
+    assert_eq!(
+        out[0],
+        u64::from_le_bytes(code),
+        "the probe read f1's entry"
+    );
+    assert_eq!(out[1], 0, "bpf_probe_read_user of f1's entry failed");
+    assert_eq!(out[2] as i64, -14, "reading address 8 did not give -EFAULT");
+    assert_eq!(
+        out[3], 0,
+        "the destination of the failed read was not zeroed"
+    );
+    crate::e2e::ok(&["detach", &ps]);
+    support::assert_clean(pid, 0);
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
+}
+
+/// What SECURITY.md says of a direct load: the verifier does not track pointers, so a probe
+/// that loads from address 8 is accepted and the target dies of SIGSEGV on the first hit.
+/// When the verifier learns pointer types this must change, and SECURITY.md with it.
+#[test]
+fn a_direct_load_from_a_bad_address_kills_the_target() {
+    use std::os::unix::process::ExitStatusExt;
+    let probe = support::build_probe("bad_load.bpf.c", "bad_load.bpf.o", &[]);
+    let t = crate::e2e::Counts::start();
+    let pid = t.pid();
+    let ps = pid.to_string();
+    crate::e2e::ok(&[
+        "attach",
+        &ps,
+        "--no-tui",
+        "--keep",
+        "--include",
+        "^f1$",
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    let st = t.kill_with_round();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGSEGV),
+        "the target survived a probe's load from address 8: {st:?}; update SECURITY.md"
+    );
+    // Its session is stale now: a detach removes it.
+    let (_, err) = xcover_run(&["detach", &ps], LIMIT);
+    assert!(!session_path(pid).exists(), "{err}");
+}

@@ -330,3 +330,17 @@ pub fn build_once(name: &str, program: &str, args: &[&str]) -> PathBuf {
         Err(e) => panic!("building {name}: {e}"),
     }
 }
+
+/// Compiles the test probe `tests/probes/<src>` with clang (`-target bpf`) into `<out>`,
+/// once per test run, with the extra arguments `extra` (`-DNAME=value`).
+pub fn build_probe(src: &str, out: &str, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/probes")
+        .join(src);
+    let mut args = vec![
+        "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["-c", src.to_str().unwrap()]);
+    build_once(out, "clang", &args)
+}

@@ -32,8 +32,9 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
 /// First eight bytes of every session file.
 pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
-/// Layout version; bumped on any incompatible change.
-pub const SESSION_VERSION: u32 = 1;
+/// Layout version; bumped on any incompatible change (2: [`ModuleEntry`] carries the
+/// module's alias).
+pub const SESSION_VERSION: u32 = 2;
 /// Prefix of session files under `/dev/shm`.
 pub const SESSION_PREFIX: &str = "xcover-";
 
@@ -195,6 +196,11 @@ pub struct ModuleEntry {
     pub path_off: u32,
     /// Length of the path.
     pub path_len: u32,
+    /// Offset of the name the user gave the module (`--module libsqlite3.so.0` for the file
+    /// `libsqlite3.so.0.8.6`) in the string section.
+    pub alias_off: u32,
+    /// Length of that name; 0 when the module goes by its file name.
+    pub alias_len: u32,
 }
 
 /// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that

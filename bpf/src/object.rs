@@ -448,7 +448,11 @@ fn map_def(name: &str, m: &Map) -> Result<MapDef, ObjectError> {
     };
     ArenaLayout::new(core::slice::from_ref(&def), 1).map_err(|e| ObjectError::BadMap {
         name: name.to_string(),
-        reason: e.to_string(),
+        // The layout's own error names the map too: keep its reason only.
+        reason: match e {
+            crate::maps::MapError::BadDef { reason, .. } => reason.to_string(),
+            e => e.to_string(),
+        },
     })?;
     Ok(def)
 }

@@ -168,6 +168,12 @@ pub struct TargetInfo {
     pub uid: u32,
     /// Real gid of the target.
     pub gid: u32,
+    /// Filesystem uid of the target: the one the kernel checks the target's `open` against
+    /// (its effective uid, unless it called `setfsuid`; uid 1000 for a program that is
+    /// setuid to uid 1000, whoever runs it).
+    pub fsuid: u32,
+    /// Filesystem gid of the target (its effective gid, as [`TargetInfo::fsuid`]).
+    pub fsgid: u32,
 }
 
 /// Checks an ELF header: only 64-bit little-endian x86-64 objects are accepted.
@@ -261,20 +267,31 @@ pub fn check_target(pid: i32) -> Result<TargetInfo> {
         std::fs::read(&exe_link).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/exe", e))?;
     check_elf_header(&bytes).map_err(|reason| Error::Unsupported { pid, reason })?;
     let build_id = build_id(&bytes).unwrap_or_default();
-    let ids = |name: &str| -> u32 {
-        status_field(&format!("/proc/{pid}/status"), name)
-            .ok()
-            .flatten()
-            .and_then(|v| v.split_whitespace().next().and_then(|x| x.parse().ok()))
-            .unwrap_or(0)
+    // "Uid:\treal\teffective\tsaved\tfilesystem" (and Gid: the same).
+    let status = format!("/proc/{pid}/status");
+    let ids = |name: &str| -> Result<[u32; 4]> {
+        let line = status_field(&status, name)
+            .map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/status", e))?
+            .unwrap_or_default();
+        let v: Vec<u32> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        <[u32; 4]>::try_from(v).map_err(|_| Error::Unsupported {
+            pid,
+            reason: format!("/proc/{pid}/status has no readable {name}: line"),
+        })
     };
+    let (uids, gids) = (ids("Uid")?, ids("Gid")?);
     Ok(TargetInfo {
         pid,
         start_time: st.start_time,
         exe_path,
         build_id,
-        uid: ids("Uid"),
-        gid: ids("Gid"),
+        uid: uids[0],
+        gid: gids[0],
+        fsuid: uids[3],
+        fsgid: gids[3],
     })
 }
 

@@ -1,7 +1,8 @@
 //! The session file `/dev/shm/xcover-<pid>`: created here, mapped here and in the target.
 //!
 //! It is created with `O_CREAT | O_EXCL | O_NOFOLLOW` and mode 0600 (and given to the
-//! target's owner when xcover runs as root for another user's process), so no other user
+//! target's effective uid and gid when xcover runs as root for a process that opens files
+//! as another user: another user's process, or a setuid program), so no other user
 //! can read it, replace it or plant one in its place: `/dev/shm` is sticky, and an existing
 //! file is never reused, only refused ("already attached") or, when it names a process that
 //! no longer exists, removed as stale.
@@ -64,10 +65,15 @@ impl SessionFile {
             e
         };
         file.set_len(size).map_err(serr).map_err(fail)?;
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } == 0 && target.uid != 0 {
-            // The target's owner must be able to open it from inside the target.
-            std::os::unix::fs::fchown(&file, Some(target.uid), Some(target.gid))
+        // The target opens it from inside (a remote openat) with its own filesystem
+        // credentials: its effective uid, which for a setuid program is not the uid of
+        // whoever ran it. Root (the only one who may trace a process of another user, or a
+        // setuid one) gives the file to that uid; it stays 0600, so one user can open it,
+        // and root keeps reading it through its capabilities.
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid == 0 && (target.fsuid, target.fsgid) != (0, 0) {
+            std::os::unix::fs::fchown(&file, Some(target.fsuid), Some(target.fsgid))
                 .map_err(serr)
                 .map_err(fail)?;
         }

@@ -227,6 +227,10 @@ impl ArenaLayout {
     /// # Safety
     /// `base` must be writable for `len` bytes that no one else uses during the call.
     pub unsafe fn init(&self, base: *mut u8, len: u64) -> Result<(), MapError> {
+        if self.size == 0 {
+            // No map: nothing to write, whatever `base` is (an empty slice's is dangling).
+            return Ok(());
+        }
         if !(base as u64).is_multiple_of(8) || len < self.size {
             return Err(MapError::BadArena {
                 addr: base as u64,
