@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -255,13 +254,10 @@ impl Ending {
         m
     }
 
-    /// 1 when a signal killed the target, 0 otherwise (an exit, whatever its status, or an
-    /// exec: the target ended by itself).
-    pub fn exit_code(&self) -> ExitCode {
-        match self.how {
-            How::Killed { .. } => ExitCode::from(1),
-            _ => ExitCode::SUCCESS,
-        }
+    /// Whether a signal killed the target (a failure: the command line exits 1), rather
+    /// than an exit, whatever its status, or an exec: the target ended by itself.
+    pub fn killed(&self) -> bool {
+        matches!(self.how, How::Killed { .. })
     }
 }
 
@@ -553,13 +549,13 @@ mod tests {
             "pid 7 was killed by SIGSEGV (segmentation fault, signal 11): segfault at ip \
              0x1234 in f+0x4 (hooked), accessing 0x0"
         );
-        assert_eq!(e.exit_code(), ExitCode::from(1));
+        assert!(e.killed());
         let e = Ending {
             how: How::Exited(3),
             fault: None,
             no_fault: None,
         };
         assert_eq!(e.message(7), "pid 7 exited with status 3");
-        assert_eq!(e.exit_code(), ExitCode::SUCCESS);
+        assert!(!e.killed());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::error::{Result, bail, chain};
 use xcover_abi::FuncStatus;
 use xcover_injector::SessionFile;
 use xcover_ui::{Event, Function, Snapshot, Source};
@@ -102,7 +102,7 @@ impl<'a> Live<'a> {
     pub fn status_line(&mut self) -> Result<String> {
         self.refresh()?;
         let Some(v) = &self.cache else {
-            anyhow::bail!("pid {}: the session could not be read", self.pid);
+            bail!("pid {}: the session could not be read", self.pid);
         };
         let total = v.total_hits();
         let now = Instant::now();
@@ -160,7 +160,7 @@ impl Source for Live<'_> {
             self.ended = Some(why.clone());
             return Err(why);
         }
-        let whole = self.refresh().map_err(|e| format!("{e:#}"))?;
+        let whole = self.refresh().map_err(|e| chain(&e))?;
         let Some(v) = &self.cache else {
             return Err("the session could not be read".into());
         };
@@ -224,10 +224,11 @@ impl Source for Live<'_> {
     }
 
     fn write_report(&mut self) -> Result<String, String> {
-        let v = session::view(self.session).map_err(|e| format!("{e:#}"))?;
+        let v = session::view(self.session).map_err(|e| chain(&e))?;
         let r = session::report(self.session, &v);
-        r.write_json(&self.report_path)
-            .map_err(|e| format!("{e:#}"))?;
+        crate::report::JSON
+            .write_to(&r, &self.report_path)
+            .map_err(|e| chain(&e))?;
         Ok(self.report_path.display().to_string())
     }
 }

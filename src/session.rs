@@ -8,7 +8,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Error, Result, bail};
 use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
 use xcover_bpf::env::Env;
 use xcover_bpf::maps::ArenaLayout;
@@ -16,7 +16,7 @@ use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
 
-use crate::cli::BadInput;
+use crate::BadInput;
 use crate::discover::Discovery;
 
 /// The coverage probe, compiled from `bpf/cover.bpf.c` by `scripts/build-bpf.sh`.
@@ -83,7 +83,7 @@ pub fn verify_probe(prog: &Program) -> Result<()> {
         ..Default::default()
     };
     verifier::verify(&prog.insns, &env, &VerifierOptions::default()).map_err(|e| {
-        anyhow::Error::new(BadInput(format!(
+        Error::from(BadInput(format!(
             "probe {:?} rejected by the verifier: {e}",
             prog.name
         )))
@@ -192,7 +192,7 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
     let mut arena = vec![0u8; arena_layout.size() as usize];
     arena_layout
         .init_slice(&mut arena)
-        .map_err(|e| anyhow::anyhow!("laying out the probe's maps: {e}"))?;
+        .map_err(|e| Error::msg(format!("laying out the probe's maps: {e}")))?;
     let map_offsets = arena_layout.offsets();
     let prog_bytes: Vec<u8> = prog.insns.iter().flat_map(|i| i.encode()).collect();
 
