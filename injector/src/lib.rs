@@ -348,7 +348,7 @@ pub fn target_gone_at(
     if map_addr == 0 && !zombie {
         return None;
     }
-    let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+    let maps = match procfs::mappings(pid) {
         Ok(m) if !m.is_empty() => m,
         // A process that has exited has no mappings left (a leader that is a zombie while
         // other threads run still has them).
@@ -360,10 +360,9 @@ pub fn target_gone_at(
     if map_addr == 0 {
         return None;
     }
-    let start = format!("{map_addr:08x}-");
     if maps
-        .lines()
-        .any(|l| l.starts_with(&start) && l.contains(path))
+        .iter()
+        .any(|m| m.start == map_addr && m.path.contains(path))
     {
         None
     } else {

@@ -67,14 +67,6 @@ fn name_of(n: u64) -> &'static str {
 const EFLAGS_TF: u64 = 0x100;
 const EFLAGS_DF: u64 = 0x400;
 
-/// Whether thread `tid` of `pid` has exited or is exiting (a zombie, or gone from /proc).
-fn thread_dead(pid: i32, tid: i32) -> bool {
-    match crate::procfs::task_stat(pid, tid) {
-        Ok(st) => matches!(st.state, 'Z' | 'X'),
-        Err(_) => true,
-    }
-}
-
 /// Finds a `syscall` instruction (`0f 05`) in the target's vDSO.
 fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
     let (start, buf) = read_vdso(sp)?;
@@ -85,14 +77,9 @@ fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
 
 /// The target's vDSO: (address, bytes).
 fn read_vdso(sp: &StoppedProcess) -> Option<(u64, Vec<u8>)> {
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", sp.pid)).ok()?;
-    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
-    let range = line.split_whitespace().next()?;
-    let (a, b) = range.split_once('-')?;
-    let (start, end) = (
-        u64::from_str_radix(a, 16).ok()?,
-        u64::from_str_radix(b, 16).ok()?,
-    );
+    let maps = crate::procfs::mappings(sp.pid).ok()?;
+    let vdso = maps.iter().find(|m| m.path == "[vdso]")?;
+    let (start, end) = (vdso.start, vdso.end);
     let mut buf = vec![0u8; (end - start) as usize];
     sp.mem.read(start, &mut buf).ok()?;
     Some((start, buf))
@@ -408,7 +395,7 @@ impl StoppedProcess {
                         // reaped. Look at its state now and then instead of waiting
                         // forever.
                         polls += 1;
-                        if polls.is_multiple_of(64) && thread_dead(pid, tid) {
+                        if polls.is_multiple_of(64) && crate::procfs::thread_dead(pid, tid) {
                             break Wait::Gone;
                         }
                         if interrupted && Instant::now() > deadline + CALL_TIMEOUT {
