@@ -92,8 +92,9 @@ impl Attached {
     pub fn session(&self) -> &SessionFile {
         &self.session
     }
-    /// Leaves the agent in the target for a later [`detach`]: the session has no owner
-    /// from now on.
+
+    /// Leaves the agent in the target for a later [`detach`](crate::detach()): the session
+    /// has no owner from now on.
     pub fn leave(self) {
         let flags = self.session.header().flags | xcover_abi::FLAG_KEEP;
         let _ = self.session.write_at(

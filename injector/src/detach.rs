@@ -430,3 +430,97 @@ fn session_leftovers(pid: i32, session: &SessionFile) -> (Vec<(u64, u64)>, Vec<i
     let fds = procfs::fds_on_inode(pid, inode).unwrap_or_default();
     (maps, fds)
 }
+
+/// Waiting threads out of the doomed ranges, driven by a scripted tracer.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use crate::procfs::TargetInfo;
+    use crate::tracer::script::Script;
+
+    const AGENT: Doomed = (0x50_0000, 0x51_0000, "the agent");
+
+    /// A session file for a pid no process can have (above the kernel's `pid_max`).
+    fn session(pid: i32) -> SessionFile {
+        let info = TargetInfo {
+            pid,
+            start_time: 1,
+            exe_path: String::new(),
+            build_id: Vec::new(),
+            uid: 0,
+            gid: 0,
+            fsuid: 0,
+            fsgid: 0,
+        };
+        SessionFile::create(&info, session::DEFAULT_SESSION_SIZE, false).unwrap()
+    }
+
+    /// One stop of the scripted target (thread 10), with scratch memory.
+    fn round(s: &Script) -> Result<Round<&Script>> {
+        let mut sp = StoppedProcess::stop_with(s, 10)?;
+        sp.syscall_gadget = Some(0x7000);
+        let scratch = Scratch {
+            addr: 0x60_0000,
+            size: 0x1000,
+            data_size: 0,
+        };
+        Ok(Round {
+            sp,
+            tid: 10,
+            scratch,
+        })
+    }
+
+    #[test]
+    fn a_thread_inside_at_the_first_check_and_out_at_the_second_is_waited_out() {
+        let s = Script::new(&[10]);
+        let session = session(2_000_000_001);
+        s.thread(10, |t| t.regs.rip = AGENT.0 + 0x100);
+        let mut waited = Waited::default();
+        let again = || {
+            // The target ran, and the thread left the agent.
+            s.thread(10, |t| t.regs.rip = 0x1234);
+            round(&s)
+        };
+        let first = round(&s).unwrap();
+        let r = wait_out(
+            first,
+            &session,
+            || Ok(vec![AGENT]),
+            again,
+            &|e| e,
+            &mut waited,
+        );
+        let last = r.unwrap();
+        assert_eq!(waited.retries, 1);
+        // The first round's scratch memory was unmapped before the target ran.
+        assert_eq!(s.logged("syscall"), [format!("syscall {}", nr::MUNMAP)]);
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+        let (u, resumed, _) = last.end(&session);
+        u.and(resumed).unwrap();
+        session.remove().unwrap();
+    }
+
+    #[test]
+    fn a_thread_that_stays_inside_fails_safe_after_the_last_try() {
+        let s = Script::new(&[10]);
+        let session = session(2_000_000_002);
+        s.thread(10, |t| t.regs.rip = AGENT.0);
+        let mut waited = Waited::default();
+        let first = round(&s).unwrap();
+        let r = wait_out(
+            first,
+            &session,
+            || Ok(vec![AGENT]),
+            || round(&s),
+            &|e| e,
+            &mut waited,
+        );
+        let e = r.err().expect("fails");
+        assert!(e.to_string().contains("stays inside the agent"), "{e}");
+        assert_eq!(waited.retries, LEAVE_TRIES);
+        // Every round let the target go.
+        assert_eq!(s.logged("detach").len(), LEAVE_TRIES as usize);
+        session.remove().unwrap();
+    }
+}

@@ -24,15 +24,52 @@
 //! straight from xcover's own binary into the target's memory: no file path is involved that
 //! another user could write. Unloading is one remote `munmap`.
 //!
+//! # Invariants
+//!
+//! - **Every operation starts and ends in a park.** A thread borrowed for remote work waits
+//!   between operations in a small piece of code placed in the target (`park.rs`): first
+//!   in the tail of the vDSO (so even the first `mmap` and the last `munmap` of a stop are
+//!   covered), then in the scratch memory. Its block holds everything the thread needs to
+//!   become itself again (registers, x87/SSE state, signal mask, held signals). No
+//!   single-step is ever used.
+//! - **What is restored if xcover dies.** The kernel detaches every thread of a dead
+//!   tracer and lets it run: a parked thread goes home by itself from its park, with its
+//!   own state and its held signals; the other threads were only stopped. What a killed
+//!   xcover leaves in the target is recorded in the session (the agent's base, the
+//!   session's mapping, the scratch memory) and taken out by the next xcover
+//!   (`scratch.rs` recovers orphan scratch memory; detach finds the rest,
+//!   even a mapping or descriptor made but not recorded). The recovery tests kill xcover
+//!   at each fault point (`faults.rs`) and check both.
+//! - **The stop guard.** [`StoppedProcess`] holds every thread stopped; its `Drop`
+//!   restores registers, x87/SSE state and signal masks, hands back every signal it held,
+//!   and detaches, so an early return or a panic never leaves the target frozen or
+//!   traced. Every attach and detach is "stop, work, let go"; a detach that finds a thread
+//!   inside what it would unmap lets the target run and stops it again, and never unmaps
+//!   under a thread.
+//! - **One way to the kernel.** Every ptrace request, wait and memory access of the stop,
+//!   remote and unload logic goes through [`tracer::Tracer`] ([`tracer::Ptrace`] is the
+//!   real one, over [`sys`]); every `/proc` file is read by [`procfs`].
+//!
 //! # Modules
-//! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
-//! - [`procfs`]: read-only checks of a pid before it is touched;
-//! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
+//! - [`attach`](crate::attach()) and `attach.rs`: check, create the session, stop, load the agent,
+//!   init, hook, let go; [`hook_pending`];
+//! - `detach.rs`: [`detach`](crate::detach()) and the unload (stop, take the hooks out,
+//!   wait threads out of the doomed ranges, fini, unmap, let go);
+//! - `agent.rs`: running the agent's entry points with the thread table;
+//! - `doomed.rs`: what detach unmaps, and whether a thread is (or returns) inside it;
+//! - `scratch.rs`: scratch memory for one stop, and the recovery of an orphan one;
+//! - `liveness.rs`: [`target_gone`] (exited, killed, execed, zombie);
+//! - `faults.rs`: the fault-injection points of the recovery tests;
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
-//! - `remote`: remote system calls and calls (methods of [`StoppedProcess`]);
+//! - `remote.rs`: remote system calls and calls (methods of [`StoppedProcess`]);
+//! - `park.rs`: the park's code and block;
+//! - [`tracer`]: the [`tracer::Tracer`] trait and its real implementation;
+//! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
+//! - [`procfs`]: everything read from `/proc` (the only parser of it in host code);
+//! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
 //! - [`elf`]: the agent image;
-//! - [`session`]: the `/dev/shm/xcover-<pid>` file;
-//! - this file: attach and detach built from those.
+//! - [`session`] (and `sections.rs`): the `/dev/shm/xcover-<pid>` file;
+//! - this file: the public types and re-exports.
 #![deny(missing_docs)]
 
 mod agent;

@@ -833,3 +833,90 @@ mod tests {
         );
     }
 }
+
+/// Remote system calls driven by a scripted tracer.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use crate::tracer::script::{self, Script};
+
+    /// A target of one thread, stopped, with a `syscall` instruction at 0x7000.
+    fn stopped(s: &Script) -> StoppedProcess<&Script> {
+        let mut sp = StoppedProcess::stop_with(s, 10).unwrap();
+        sp.syscall_gadget = Some(0x7000);
+        sp
+    }
+
+    fn same(a: &Regs, b: &Regs) -> bool {
+        (a.rip, a.rsp, a.rax, a.orig_rax, a.rdi, a.eflags)
+            == (b.rip, b.rsp, b.rax, b.orig_rax, b.rdi, b.eflags)
+    }
+
+    #[test]
+    fn a_remote_syscall_returning_eintr_fails_and_the_thread_gets_its_state_back() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(-i64::from(libc::EINTR));
+        let before = s.thread(10, |t| t.regs);
+        let mut sp = stopped(&s);
+        let e = sp.syscall(10, nr::GETPID, [0; 6]).unwrap_err();
+        assert!(
+            matches!(&e, Error::RemoteSyscall { name: "getpid", source, .. }
+                if source.raw_os_error() == Some(libc::EINTR)),
+            "{e}"
+        );
+        assert_eq!(s.logged("syscall"), [format!("syscall {}", nr::GETPID)]);
+        assert!(same(&s.thread(10, |t| t.regs), &before));
+        // Every signal blocked while borrowed; its own mask back on release.
+        assert_eq!(s.thread(10, |t| t.mask), u64::MAX);
+        sp.resume().unwrap();
+        assert_eq!(s.thread(10, |t| t.mask), 0x1234);
+        assert!(same(&s.thread(10, |t| t.regs), &before));
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_signal_during_a_remote_syscall_is_held_and_delivered_on_release() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(42);
+        s.thread(10, |t| {
+            t.on_resume.push_back(Wait::Stopped {
+                sig: libc::SIGUSR2,
+                event: 0,
+            });
+            t.siginfo = script::siginfo(libc::SIGUSR2);
+        });
+        let mut sp = stopped(&s);
+        assert_eq!(sp.syscall(10, nr::GETPID, [0; 6]).unwrap(), 42);
+        sp.resume().unwrap();
+        let usr2 = format!("detach 10 {}", libc::SIGUSR2);
+        assert_eq!(s.logged("detach"), [usr2]);
+    }
+
+    #[test]
+    fn a_group_stop_during_a_remote_syscall_is_let_run_on() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(7);
+        s.thread(10, |t| {
+            t.on_resume.push_back(Wait::Stopped {
+                sig: libc::SIGSTOP,
+                event: sys::EVENT_STOP,
+            })
+        });
+        let mut sp = stopped(&s);
+        assert_eq!(sp.syscall(10, nr::GETPID, [0; 6]).unwrap(), 7);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_thread_that_exits_during_a_remote_syscall_is_forgotten() {
+        let s = Script::new(&[10, 11]);
+        s.thread(10, |t| t.on_resume.push_back(Wait::Gone));
+        let mut sp = stopped(&s);
+        let e = sp.syscall(10, nr::GETPID, [0; 6]).unwrap_err();
+        assert!(matches!(e, Error::Unexpected { tid: 10, .. }), "{e}");
+        assert_eq!(sp.tids(), [11]);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 11 0"]);
+    }
+}

@@ -508,3 +508,79 @@ impl<T: Tracer> Drop for StoppedProcess<T> {
         let _ = self.release();
     }
 }
+
+/// The stop logic driven by a scripted tracer: the races the end-to-end tests cannot make
+/// happen on purpose.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use crate::tracer::script::{self, Script};
+
+    #[test]
+    fn a_thread_that_exits_between_interrupt_and_wait_drops_out() {
+        let s = Script::new(&[10, 11]);
+        s.thread(11, |t| t.on_interrupt.push_back(Wait::Gone));
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10]);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_thread_listed_but_gone_before_its_seize_is_left_out() {
+        let s = Script::new(&[10, 11]);
+        s.thread(11, |t| t.alive = false);
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10]);
+    }
+
+    #[test]
+    fn a_thread_that_appears_during_the_stop_is_stopped_too() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().listings.push_back(vec![10, 12]);
+        s.k.borrow_mut().threads.insert(
+            12,
+            Script::new(&[12])
+                .k
+                .into_inner()
+                .threads
+                .remove(&12)
+                .unwrap(),
+        );
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10, 12]);
+    }
+
+    #[test]
+    fn a_group_stop_instead_of_the_interrupt_stop_is_held_and_a_signal_stop_given_back() {
+        let s = Script::new(&[10, 11]);
+        let group_stop = Wait::Stopped {
+            sig: libc::SIGSTOP,
+            event: sys::EVENT_STOP,
+        };
+        s.thread(10, |t| t.on_interrupt.push_back(group_stop));
+        s.thread(11, |t| {
+            t.on_interrupt.push_back(Wait::Stopped {
+                sig: libc::SIGUSR1,
+                event: 0,
+            });
+            t.siginfo = script::siginfo(libc::SIGUSR1);
+        });
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10, 11]);
+        sp.resume().unwrap();
+        // The group-stop is re-applied by the kernel on detach: nothing to deliver. The
+        // dequeued signal is handed back, once.
+        let usr1 = format!("detach 11 {}", libc::SIGUSR1);
+        assert_eq!(s.logged("detach"), ["detach 10 0", usr1.as_str()]);
+    }
+
+    #[test]
+    fn no_thread_left_is_no_such_process() {
+        let s = Script::new(&[]);
+        assert!(matches!(
+            StoppedProcess::stop_with(&s, 10),
+            Err(Error::NoSuchProcess { pid: 10 })
+        ));
+    }
+}

@@ -14,6 +14,9 @@
 
 use std::io;
 
+#[cfg(test)]
+pub(crate) mod script;
+
 use crate::procfs::Mapping;
 use crate::sys::{self, FpRegs, Mem, Regs, SigInfo, Wait};
 use crate::{Error, Result};
