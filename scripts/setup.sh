@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Installs what xcover's tests and benchmarks need on a fresh Debian machine. Idempotent: a
-# tool already present is left alone, so a second run costs only the checks.
+# tool already present is left alone, so a second run costs only the checks. Every tool a
+# test runs is here: a test never skips for a missing tool, it fails and names this script.
 set -euo pipefail
 
 need=()
-command -v cc >/dev/null || need+=(gcc)
-command -v c++ >/dev/null || need+=(g++)
-command -v clang >/dev/null || need+=(clang)
-command -v llvm-strip >/dev/null || need+=(llvm)
-command -v genhtml >/dev/null || need+=(lcov)
-command -v tmux >/dev/null || need+=(tmux)
-command -v go >/dev/null || need+=(golang-go)
-command -v readelf >/dev/null || need+=(binutils)
+# want <command> <package>: the package, once, unless the command is on PATH.
+want() {
+  command -v "$1" >/dev/null && return
+  case " ${need[*]-} " in *" $2 "*) ;; *) need+=("$2") ;; esac
+}
+want cc gcc
+want c++ g++
+want clang clang
+want llvm-strip llvm
+want genhtml lcov
+want tmux tmux
+want go golang-go
+want strace strace
+for tool in readelf nm objdump strip; do
+  want "$tool" binutils
+done
 # glibc's local symbols (__memcpy_avx_unaligned_erms and the like), for the tests that hook
 # all of libc.so.6.
 dpkg-query -W -f='${Status}' libc6-dbg 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dbg)
-command -v setpriv >/dev/null || need+=(util-linux)
+want setpriv util-linux
 if [ "${XCOVER_BENCH:-0}" = 1 ]; then
-  command -v bpftrace >/dev/null || need+=(bpftrace)
+  want bpftrace bpftrace
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

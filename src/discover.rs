@@ -141,22 +141,16 @@ struct ExecMap {
 }
 
 fn exec_maps(pid: i32) -> Result<Vec<ExecMap>> {
-    let process = procfs::process::Process::new(pid)
-        .with_context(|| format!("pid {pid}: cannot open /proc/{pid}"))?;
-    let maps = process
-        .maps()
+    let maps = xcover_injector::procfs::mappings(pid)
         .with_context(|| format!("pid {pid}: cannot read /proc/{pid}/maps"))?;
     Ok(maps
         .into_iter()
-        .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
-        .filter_map(|m| match m.pathname {
-            procfs::process::MMapPath::Path(p) => Some(ExecMap {
-                start: m.address.0,
-                end: m.address.1,
-                offset: m.offset,
-                path: p,
-            }),
-            _ => None,
+        .filter(|m| m.exec && m.file)
+        .map(|m| ExecMap {
+            start: m.start,
+            end: m.end,
+            offset: m.offset,
+            path: PathBuf::from(m.path),
         })
         .collect())
 }

@@ -504,12 +504,12 @@ mod tests {
         // This process's libc, cut at its dynamic symbols (and a cut every 4 KiB, mostly
         // inside instructions): the sweep (one decoder per section, two threads) must give
         // what decoding every run between two cuts on its own gives, by brute force.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let path = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .find(|p| p.contains("/libc.so"))
-            .expect("libc mapped");
+        let maps = xcover_injector::procfs::own_mappings().unwrap();
+        let path = &maps
+            .iter()
+            .find(|m| m.path.contains("/libc.so"))
+            .expect("libc mapped")
+            .path;
         let bytes = std::fs::read(path).unwrap();
         let elf = Elf::parse(&bytes).unwrap();
         let code = code_ranges(&elf, &bytes);

@@ -3,31 +3,22 @@
 //! accepting the LCOV file, kept sessions, merge, and bad input.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use std::sync::OnceLock;
+use xcover_testsupport::inspect::{code_bytes, exec_maps, func_addrs};
+use xcover_testsupport::process::{Reaper, signal, spawn_ready};
+use xcover_testsupport::report::{hits, read_report};
 
-use crate::support::{run_xcover, session_path, tracer_pids, xcover};
+use crate::support::{run_xcover, session_path, tracer_pids, xcover, xcover_ok as ok};
 
 pub(crate) fn counts_exe() -> PathBuf {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/counts.c");
-        let dir = std::env::temp_dir().join(format!("xcover-e2e-bin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("counts");
-        let st = Command::new("cc")
-            .args(["-O2", "-g", "-Wall", "-o"])
-            .arg(&exe)
-            .arg(src)
-            .status()
-            .unwrap();
-        assert!(st.success(), "cc counts.c failed");
-        exe
-    })
-    .clone()
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/counts.c");
+    crate::support::build_once(
+        "counts",
+        "cc",
+        &["-O2", "-g", "-Wall", src.to_str().unwrap()],
+    )
 }
 
 /// The counts target: SIGUSR2 runs a round (f1 × 1000, f3 × 7), SIGUSR1 ends it.
@@ -44,15 +35,7 @@ impl Counts {
 
     /// Starts the target with `cmd` (a copy of [`counts_exe`], maybe run as another user).
     pub(crate) fn spawn(mut cmd: Command) -> Counts {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        assert_eq!(l, "ready\n");
+        let (child, out) = spawn_ready(cmd.stdin(Stdio::null()), "counts");
         Counts {
             child,
             out,
@@ -65,8 +48,7 @@ impl Counts {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+        signal(self.pid(), sig);
     }
 
     /// Runs one round and returns its output line.
@@ -107,91 +89,8 @@ impl Drop for Counts {
     }
 }
 
-/// A child process killed (and reaped) when dropped, so a failing test leaves none behind
-/// (a leftover holding the test's stdout pipe would also keep a `cargo test | …` waiting).
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runtime addresses of the named functions: `nm` values plus the load bias of the PIE.
-pub fn func_addrs(pid: i32, exe: &Path, names: &[&str]) -> Vec<u64> {
-    let nm = Command::new("nm")
-        .arg("--defined-only")
-        .arg(exe)
-        .output()
-        .unwrap();
-    let nm = String::from_utf8_lossy(&nm.stdout);
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let exe_name = exe.to_str().unwrap();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(exe_name) && l.split_whitespace().nth(2) == Some("00000000"))
-        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
-        .expect("base mapping of the executable");
-    names
-        .iter()
-        .map(|n| {
-            let line = nm
-                .lines()
-                .find(|l| l.split_whitespace().nth(2) == Some(*n))
-                .unwrap_or_else(|| panic!("{n} not in nm output"));
-            base + u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
-        })
-        .collect()
-}
-
-pub fn code_bytes(pid: i32, addrs: &[u64]) -> Vec<Vec<u8>> {
-    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    addrs
-        .iter()
-        .map(|&a| {
-            let mut b = vec![0u8; 16];
-            f.read_exact_at(&mut b, a).unwrap();
-            b
-        })
-        .collect()
-}
-
-/// Executable mappings of `pid` (what hooking could change).
-fn exec_maps(pid: i32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
-        .map(str::to_string)
-        .collect()
-}
-
-pub(crate) fn ok(args: &[&str]) -> String {
-    let o = run_xcover(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "xcover {args:?} failed: {err}");
-    err + &String::from_utf8_lossy(&o.stdout)
-}
-
-pub fn read_report(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-pub fn hits(r: &serde_json::Value, name: &str) -> (u64, bool) {
-    let f = r["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .unwrap_or_else(|| panic!("{name} missing from the report"));
-    (f["hits"].as_u64().unwrap(), f["hit"].as_bool().unwrap())
-}
-
 pub(crate) fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xcover-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    xcover_testsupport::tmp::run_dir("xcover-e2e-").join(name)
 }
 
 /// A reference run without xcover: two rounds, then the end.
@@ -251,24 +150,20 @@ fn exact_counts_in_json_and_lcov_bytes_restored_and_reattach() {
         for want in ["FNDA:1000,f1\n", "FNDA:7,f3\n", "FNDA:0,f2\n"] {
             assert!(lcov.contains(want), "{want:?} missing from {lcov}");
         }
-        if Command::new("genhtml").arg("--version").output().is_ok() {
-            let html = tmp(&format!("html{cycle}"));
-            let g = Command::new("genhtml")
-                .arg(&info)
-                .arg("-o")
-                .arg(&html)
-                .arg("--quiet")
-                .output()
-                .unwrap();
-            assert!(
-                g.status.success(),
-                "genhtml: {}",
-                String::from_utf8_lossy(&g.stderr)
-            );
-            assert!(html.join("index.html").is_file());
-        } else {
-            eprintln!("note: genhtml not installed (scripts/setup.sh installs lcov)");
-        }
+        let html = tmp(&format!("html{cycle}"));
+        let g = Command::new(xcover_testsupport::tools::require("genhtml", "lcov"))
+            .arg(&info)
+            .arg("-o")
+            .arg(&html)
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        assert!(
+            g.status.success(),
+            "genhtml: {}",
+            String::from_utf8_lossy(&g.stderr)
+        );
+        assert!(html.join("index.html").is_file());
 
         assert_eq!(code_bytes(pid, &addrs), before, "code bytes not restored");
         assert_eq!(exec_maps(pid), maps_before, "executable mappings changed");

@@ -4,21 +4,24 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
+
+use xcover_testsupport::inspect;
+use xcover_testsupport::process::{Reaper, spawn_ready};
 
 use crate::support::{run_xcover, session_path, tracer_pids};
 
-/// Builds `tests/targets/go/gotarget.go`, or `None` when Go is not installed.
-fn go_target() -> Option<PathBuf> {
-    static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Builds `tests/targets/go/gotarget.go` once per test run; fails the test when Go is not
+/// installed.
+fn go_target() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
-        Command::new("go").arg("version").output().ok()?;
+        let go = xcover_testsupport::tools::require("go", "golang-go");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/go/gotarget.go");
-        let dir = std::env::temp_dir().join(format!("xcover-go-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = xcover_testsupport::tmp::run_dir("xcover-go-");
         let exe = dir.join("gotarget");
-        let out = Command::new("go")
+        let out = Command::new(go)
             .args(["build", "-o"])
             .arg(&exe)
             .arg(&src)
@@ -32,30 +35,26 @@ fn go_target() -> Option<PathBuf> {
             "go build: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(exe)
+        exe
     })
     .clone()
 }
 
 struct GoTarget {
-    child: Child,
+    child: Reaper,
     stdin: ChildStdin,
     out: BufReader<ChildStdout>,
 }
 
 impl GoTarget {
     fn start(exe: &Path) -> GoTarget {
-        let mut child = Command::new(exe)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (mut child, out) = spawn_ready(Command::new(exe).stdin(Stdio::piped()), "gotarget");
         let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        assert_eq!(l, "ready\n");
-        GoTarget { child, stdin, out }
+        GoTarget {
+            child: Reaper(child),
+            stdin,
+            out,
+        }
     }
 
     fn cmd(&mut self, c: &str) -> String {
@@ -66,39 +65,15 @@ impl GoTarget {
     }
 }
 
-impl Drop for GoTarget {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The first bytes of the named functions (Go executables are not PIE here: nm values are
+/// runtime addresses).
 fn code_bytes(pid: i32, exe: &Path, names: &[&str]) -> Vec<Vec<u8>> {
-    // Go executables are not PIE here: nm values are runtime addresses.
-    let nm = Command::new("nm").arg(exe).output().unwrap();
-    let nm = String::from_utf8_lossy(&nm.stdout);
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    names
-        .iter()
-        .map(|n| {
-            let line = nm
-                .lines()
-                .find(|l| l.split_whitespace().nth(2) == Some(*n))
-                .unwrap_or_else(|| panic!("{n} not in nm output"));
-            let a = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
-            let mut b = vec![0u8; 16];
-            std::os::unix::fs::FileExt::read_exact_at(&mem, &mut b, a).unwrap();
-            b
-        })
-        .collect()
+    inspect::code_bytes(pid, &inspect::nm_addrs(exe, names))
 }
 
 #[test]
 fn go_program_with_every_function_hooked() {
-    let Some(exe) = go_target() else {
-        eprintln!("note: Go is not installed (scripts/setup.sh installs golang-go); skipping");
-        return;
-    };
+    let exe = go_target();
     let mut reference = GoTarget::start(&exe);
     let want: Vec<String> = ["run", "par", "par", "run"]
         .iter()
@@ -106,7 +81,7 @@ fn go_program_with_every_function_hooked() {
         .collect();
 
     let mut t = GoTarget::start(&exe);
-    let pid = t.child.id() as i32;
+    let pid = t.child.pid();
     let ps = pid.to_string();
     let probe = ["main.f1", "main.f3", "runtime.mallocgc", "runtime.newstack"];
     let before = code_bytes(pid, &exe, &probe);

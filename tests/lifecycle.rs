@@ -12,9 +12,10 @@ use std::time::Duration;
 use xcover_abi::{FLAG_HELD, FLAG_KEEP, SessionState};
 use xcover_injector::SessionFile;
 
-use crate::e2e::{code_bytes, func_addrs, hits, read_report};
 use crate::faults::{Chaos, Xcover, chaos_exe, tmp_path, wait_live, xcover_run};
 use crate::support::{self, session_path, tracer_pids};
+use xcover_testsupport::inspect::{code_bytes, func_addrs};
+use xcover_testsupport::report::{hits, read_report};
 
 const LIMIT: Duration = Duration::from_secs(30);
 

@@ -86,44 +86,40 @@ fn writable_by_others_foreign_or_symlinked_sessions_are_refused() {
 fn agent_is_never_loaded_from_a_file() {
     let t = Chaos::start(&["work"]);
     let ps = t.pid().to_string();
-    let have_strace = Command::new("strace").arg("-V").output().is_ok();
-    if have_strace {
-        let log = crate::faults::tmp_path("strace");
-        let out = Command::new("strace")
-            .args([
-                "-f",
-                "-qq",
-                "-e",
-                "trace=open,openat,openat2,memfd_create",
-                "-o",
-            ])
-            .arg(&log)
-            .arg(env!("CARGO_BIN_EXE_xcover"))
-            .args(["attach", &ps, "--no-tui", "--keep"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let trace = std::fs::read_to_string(&log).unwrap();
-        for l in trace.lines() {
-            assert!(!l.contains("memfd_create"), "{l}");
-            if l.contains("= -1") {
-                continue;
-            }
-            // Successful opens: xcover's own libraries, /proc, the session, the target's
-            // executable (for its symbols); never an agent file.
-            assert!(!l.contains("agent"), "{l}");
-            let so = (l.contains(".so\"") || l.contains(".so.")) && !l.contains("ld.so.cache");
-            assert!(
-                !so || l.contains("\"/lib") || l.contains("\"/usr/lib"),
-                "opened a shared object: {l}"
-            );
+    let strace = xcover_testsupport::tools::require("strace", "strace");
+    let log = crate::faults::tmp_path("strace");
+    let out = Command::new(strace)
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=open,openat,openat2,memfd_create",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_xcover"))
+        .args(["attach", &ps, "--no-tui", "--keep"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&log).unwrap();
+    for l in trace.lines() {
+        assert!(!l.contains("memfd_create"), "{l}");
+        if l.contains("= -1") {
+            continue;
         }
-    } else {
-        keep(&t);
+        // Successful opens: xcover's own libraries, /proc, the session, the target's
+        // executable (for its symbols); never an agent file.
+        assert!(!l.contains("agent"), "{l}");
+        let so = (l.contains(".so\"") || l.contains(".so.")) && !l.contains("ld.so.cache");
+        assert!(
+            !so || l.contains("\"/lib") || l.contains("\"/usr/lib"),
+            "opened a shared object: {l}"
+        );
     }
     let s = xcover_injector::SessionFile::open(t.pid()).unwrap();
     let base = s
@@ -147,10 +143,7 @@ fn agent_is_never_loaded_from_a_file() {
 /// for writing, which for a file of another user's means one it should refuse anyway.
 #[test]
 fn other_users_cannot_detach_or_read_a_session() {
-    if !std::path::Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("no setpriv; skipped");
-        return;
-    }
+    let setpriv = xcover_testsupport::tools::require("setpriv", "util-linux");
     let t = Chaos::start(&["work"]);
     let ps = t.pid().to_string();
     let path = session_path(t.pid());
@@ -163,7 +156,7 @@ fn other_users_cannot_detach_or_read_a_session() {
             vec!["status", &ps],
             vec!["attach", &ps, "--no-tui"],
         ] {
-            let out = Command::new("setpriv")
+            let out = Command::new(&setpriv)
                 .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
                 .arg(env!("CARGO_BIN_EXE_xcover"))
                 .args(&args)
@@ -278,11 +271,23 @@ fn setuid_targets_run_by_nobody_are_attached_and_counted() {
         );
         t.round();
         let report = crate::e2e::tmp(&format!("setuid-{owner}.json"));
-        crate::e2e::ok(&["detach", &ps, "--report", report.to_str().unwrap()]);
-        let r = crate::e2e::read_report(&report);
-        assert_eq!(crate::e2e::hits(&r, "f1"), (1000, true), "setuid-{owner}");
-        assert_eq!(crate::e2e::hits(&r, "f3"), (7, true), "setuid-{owner}");
-        assert_eq!(crate::e2e::hits(&r, "f2"), (0, false), "setuid-{owner}");
+        crate::support::xcover_ok(&["detach", &ps, "--report", report.to_str().unwrap()]);
+        let r = xcover_testsupport::report::read_report(&report);
+        assert_eq!(
+            xcover_testsupport::report::hits(&r, "f1"),
+            (1000, true),
+            "setuid-{owner}"
+        );
+        assert_eq!(
+            xcover_testsupport::report::hits(&r, "f3"),
+            (7, true),
+            "setuid-{owner}"
+        );
+        assert_eq!(
+            xcover_testsupport::report::hits(&r, "f2"),
+            (0, false),
+            "setuid-{owner}"
+        );
         support::assert_clean(pid, 0);
         let (lines, code) = t.finish();
         assert_eq!(code, 0, "setuid-{owner}: {lines:?}");
@@ -335,7 +340,7 @@ fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
     let mut t = crate::e2e::Counts::start();
     let pid = t.pid();
     let ps = pid.to_string();
-    crate::e2e::ok(&[
+    crate::support::xcover_ok(&[
         "attach",
         &ps,
         "--no-tui",
@@ -367,7 +372,7 @@ fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
         out[3], 0,
         "the destination of the failed read was not zeroed"
     );
-    crate::e2e::ok(&["detach", &ps]);
+    crate::support::xcover_ok(&["detach", &ps]);
     support::assert_clean(pid, 0);
     let (lines, code) = t.finish();
     assert_eq!(code, 0);
@@ -384,7 +389,7 @@ fn a_direct_load_from_a_bad_address_kills_the_target() {
     let t = crate::e2e::Counts::start();
     let pid = t.pid();
     let ps = pid.to_string();
-    crate::e2e::ok(&[
+    crate::support::xcover_ok(&[
         "attach",
         &ps,
         "--no-tui",

@@ -1,9 +1,10 @@
-//! Helpers shared by the integration tests: building the C targets in `tests/targets/`
-//! with the system `cc` (once per test run, into a temporary directory), running them with
-//! their "ready / SIGUSR1 / result line" protocol, and running the `xcover` binary.
+//! What the integration tests share beyond `xcover-testsupport`: the C targets of
+//! `tests/targets/` (built with the system `cc` once per test run, into a temporary
+//! directory) and their "ready / SIGUSR1 / result line" protocol, the `xcover` binary under
+//! test and its agent, the test probes of `tests/probes/`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -18,11 +19,12 @@ pub fn xcover() -> Command {
 
 /// Runs `xcover` with `args` and returns its output.
 pub fn run_xcover(args: &[&str]) -> Output {
-    xcover()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run xcover")
+    xcover_testsupport::xcover::run(Path::new(env!("CARGO_BIN_EXE_xcover")), args)
+}
+
+/// Runs `xcover` with `args`, asserting success; returns stderr then stdout.
+pub fn xcover_ok(args: &[&str]) -> String {
+    xcover_testsupport::xcover::ok(Path::new(env!("CARGO_BIN_EXE_xcover")), args)
 }
 
 /// Each target variant: (name, source, cc flags).
@@ -47,82 +49,23 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("libdso.so", "dso.c", &["-O2", "-shared", "-fPIC"]),
 ];
 
-/// Per-run entries the tests make in the temporary directory, `<prefix><pid>` (directories,
-/// or report files named after a target's pid).
-const RUN_PREFIXES: &[&str] = &[
-    "xcover-targets-",
-    "xcover-faults-",
-    "xcover-go-",
-    "xcover-e2e-bin-",
-    "xcover-e2e-",
-    "xcover-interceptor-",
-    "xcover-bpf-rebuild-",
-    "xcover-agent-",
-];
-
-/// Removes what earlier test runs left in the temporary directory: entries named
-/// `<prefix><pid>` (plus an extension) whose process is gone. A run cannot clean up after
-/// itself (the test harness has no hook at its end), so each run sweeps its predecessors';
-/// a run still going keeps its files. Once per run.
-pub fn sweep_earlier_runs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(rest) = RUN_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
-                continue;
-            };
-            let digits = rest.split('.').next().unwrap_or("");
-            let Ok(pid) = digits.parse::<u32>() else {
-                continue;
-            };
-            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            let path = e.path();
-            let _ = match e.file_type() {
-                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-                _ => std::fs::remove_file(&path),
-            };
-        }
-    });
-}
-
-/// The directory holding every built target.
+/// The directory holding every built target (all of [`VARIANTS`], built in parallel).
 pub fn targets_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        sweep_earlier_runs();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets");
-        let dir = std::env::temp_dir().join(format!("xcover-targets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create targets dir");
-        let builds: Vec<_> = VARIANTS
-            .iter()
-            .map(|(name, file, flags)| {
-                let child = Command::new("cc")
-                    .args(*flags)
-                    .arg("-Wall")
-                    .arg("-o")
-                    .arg(dir.join(name))
-                    .arg(src.join(file))
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("run cc");
-                (name, child)
-            })
-            .collect();
-        for (name, child) in builds {
-            let out = child.wait_with_output().expect("wait cc");
-            assert!(
-                out.status.success(),
-                "cc {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let dir = build_dir();
+        std::thread::scope(|s| {
+            for (name, file, flags) in VARIANTS {
+                let (src, dir) = (&src, &dir);
+                s.spawn(move || {
+                    let mut args = flags.to_vec();
+                    let file = src.join(file);
+                    args.extend(["-Wall", file.to_str().unwrap()]);
+                    xcover_testsupport::build::build_once(dir, name, "cc", &args)
+                });
+            }
+        });
         dir
     })
 }
@@ -149,19 +92,15 @@ impl Target {
 
     /// [`Target::start`] with extra environment variables.
     pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Target {
-        let mut child = Command::new(target_path(name))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let (mut child, stdout) = xcover_testsupport::process::spawn_ready(
+            Command::new(target_path(name))
+                .args(args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::piped())
+                .stderr(Stdio::inherit()),
+            name,
+        );
         let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read ready");
-        assert_eq!(line, "ready\n", "{name} did not say ready");
         Target {
             child,
             stdin,
@@ -176,8 +115,7 @@ impl Target {
 
     /// Sends a signal.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+        xcover_testsupport::process::signal(self.pid(), sig);
     }
 
     /// Writes to its stdin.
@@ -213,62 +151,12 @@ impl Drop for Target {
     }
 }
 
-/// `/proc/<pid>/maps`, one line per mapping.
-pub fn maps(pid: i32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Whether any mapping of `pid` contains `addr`.
-pub fn mapped(pid: i32, addr: u64) -> bool {
-    maps(pid).iter().any(|l| {
-        let r = l.split_whitespace().next().unwrap();
-        let (a, b) = r.split_once('-').unwrap();
-        let (a, b) = (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        );
-        (a..b).contains(&addr)
-    })
-}
-
-/// TracerPid of every thread of `pid`.
-pub fn tracer_pids(pid: i32) -> Vec<i32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let s = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        if let Some(l) = s.lines().find(|l| l.starts_with("TracerPid:")) {
-            v.push(l[10..].trim().parse().unwrap());
-        }
-    }
-    v
-}
-
-/// The session file path of `pid`.
-pub fn session_path(pid: i32) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/xcover-{pid}"))
-}
+pub use xcover_testsupport::inspect::{mapped, maps, session_path, tracer_pids};
 
 /// Asserts that nothing of xcover is left in `pid`: no session file, no tracer, no mapping
 /// of the session or at `agent_base`.
 pub fn assert_clean(pid: i32, agent_base: u64) {
-    assert!(!session_path(pid).exists(), "session file left for {pid}");
-    assert!(
-        tracer_pids(pid).iter().all(|&t| t == 0),
-        "pid {pid} still traced: {:?}",
-        tracer_pids(pid)
-    );
-    let m = maps(pid);
-    assert!(
-        !m.iter().any(|l| l.contains("/dev/shm/xcover-")),
-        "session still mapped in {pid}"
-    );
+    xcover_testsupport::inspect::assert_no_session(pid);
     if agent_base != 0 && mapped(pid, agent_base) {
         // The range may have been reused since (the malloc/dlopen target maps libraries all
         // the time): it must not hold the agent any more.
@@ -285,50 +173,13 @@ pub fn assert_clean(pid: i32, agent_base: u64) {
 /// The per-run directory [`targets_dir`] builds into, created but without building anything
 /// in it: for targets built on demand by [`build_once`].
 pub fn build_dir() -> PathBuf {
-    sweep_earlier_runs();
-    let dir = std::env::temp_dir().join(format!("xcover-targets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create targets dir");
-    dir
+    xcover_testsupport::tmp::run_dir("xcover-targets-")
 }
 
 /// Builds `name` in [`build_dir`] by running `program args… -o <path>` (a C or C++ compiler,
-/// or `rustc`), once per test run however many tests ask, and returns its path. Different
-/// names build in parallel; callers of the same name wait for the one build.
+/// or `rustc`), once per test run however many tests ask, and returns its path.
 pub fn build_once(name: &str, program: &str, args: &[&str]) -> PathBuf {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    type Cells = Mutex<HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>;
-    static CELLS: OnceLock<Cells> = OnceLock::new();
-    let cell = CELLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name.to_string())
-        .or_default()
-        .clone();
-    let built = cell.get_or_init(|| {
-        let out = build_dir().join(name);
-        let res = Command::new(program)
-            .args(args)
-            .arg("-o")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {program}: {e}"))?;
-        if !res.status.success() {
-            return Err(format!(
-                "{program} {}: {}\n{}",
-                args.join(" "),
-                res.status,
-                String::from_utf8_lossy(&res.stderr)
-            ));
-        }
-        Ok(out)
-    });
-    match built {
-        Ok(p) => p.clone(),
-        Err(e) => panic!("building {name}: {e}"),
-    }
+    xcover_testsupport::build::build_once(&build_dir(), name, program, args)
 }
 
 /// Compiles the test probe `tests/probes/<src>` with clang (`-target bpf`) into `<out>`,

@@ -2,77 +2,11 @@
 //! send-keys and read with capture-pane. The table fills, counts rise, `/` filters, `q`
 //! detaches, and the demo target exits cleanly with nothing left behind.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use xcover_testsupport::tmux::Tmux;
+
 use crate::support::session_path;
-
-/// A tmux server of our own (`-L`), so the test never touches a user's sessions, nor
-/// another test's.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new() -> Option<Tmux> {
-        // One server per test: tests run in parallel, and each kills its server at the end.
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        Command::new("tmux").arg("-V").output().ok()?;
-        Some(Tmux {
-            socket: format!(
-                "xcover-test-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
-        })
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let o = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "t"])
-    }
-
-    fn history(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "t", "-S", "-200"])
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "t"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// Waits until the screen satisfies `f`, up to `secs`.
-    fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.screen();
-            if f(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}; screen:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
 
 /// The hit count in the first table row (the table is sorted by hits).
 fn first_row_hits(screen: &str) -> Option<u64> {
@@ -86,27 +20,12 @@ fn first_row_hits(screen: &str) -> Option<u64> {
 
 #[test]
 fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
-    let Some(tmux) = Tmux::new() else {
-        eprintln!("note: tmux is not installed (scripts/setup.sh installs it); skipping");
-        return;
-    };
+    let tmux = Tmux::new("test");
     let cmd = format!(
         "{} demo --duration 120; echo XCOVER_EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_xcover")
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+    tmux.start(100, 30, &["sh", "-c", &cmd]);
 
     // The table fills and counts rise.
     let s = tmux.wait_for(30, "the function table", |s| {
@@ -171,24 +90,12 @@ fn demo_in_tmux_fills_filters_and_detaches_cleanly() {
 /// last session of a server and starting another races with that server's exit), then
 /// `key`; returns the pane's history once xcover has exited.
 fn tui_attach_then(pid: i32, key: &str) -> String {
-    let tmux = Tmux::new().expect("tmux (scripts/setup.sh installs it)");
+    let tmux = Tmux::new("test");
     let cmd = format!(
         "{} attach {pid}; echo XCOVER_EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_xcover")
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+    tmux.start(100, 30, &["sh", "-c", &cmd]);
     tmux.wait_for(30, "the function table", |s| {
         s.contains("hooked") && s.contains(" f3 ")
     });

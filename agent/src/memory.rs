@@ -10,7 +10,7 @@
 //! never splits it, and it costs two system calls per mapping, whatever the number of
 //! patches. When that is not possible (no `/proc`, a patch across two mappings, a refused
 //! `mprotect`), the patches go through `/proc/self/mem`, the kernel's forced-write path,
-//! one system call each (about a microsecond: 10 ms for 10 000 functions).
+//! one system call each (docs/performance.md gives what that costs).
 
 use alloc::vec::Vec;
 

@@ -26,14 +26,14 @@ pub struct Env<'a> {
     /// `%fs`-relative offset of the kernel-maintained CPU number of the running thread (the
     /// `cpu_id` field of its registered `struct rseq`), when every thread of the process has
     /// one there. The JIT then reads the CPU of an inlined PERCPU_ARRAY lookup with one load
-    /// instead of `rdpid` (~3.5 ns here); a value at or above the map's slot count (the
+    /// instead of `rdpid`; a value at or above the map's slot count (the
     /// kernel's `-1`/`-2` before or without registration) falls back to `rdpid`. `None`
     /// (the default): `rdpid` only.
     pub rseq_cpu_id: Option<i32>,
     /// `%fs`-relative offset of the thread id in every thread's TCB, when each thread of
     /// the process has its own id there (glibc). The JIT then inlines
     /// `bpf_get_current_pid_tgid` as one load of it (plus the cached pid) instead of the
-    /// tid cache, whose `rdfsbase` waits for earlier loads (~40 ns on a first hit here).
+    /// tid cache, whose `rdfsbase` waits for earlier loads (docs/performance.md).
     /// `None` (the default): the tid cache.
     pub tcb_tid: Option<i32>,
 }

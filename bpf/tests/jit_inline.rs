@@ -749,7 +749,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
     }
 }
 
-/// Prints the JIT-ed coverage probe (objdump when installed) for counting its hit path:
+/// Prints the JIT-ed coverage probe (through objdump) for counting its hit path:
 /// `cargo test -p xcover-bpf --test jit_inline coverage_probe_disassembly -- --nocapture`.
 #[test]
 fn coverage_probe_disassembly() {
@@ -766,14 +766,15 @@ fn coverage_probe_disassembly() {
     println!("coverage probe: {} bytes", bytes.len());
     let path = std::env::temp_dir().join(format!("xcover-probe-{}.bin", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
-    let out = std::process::Command::new("objdump")
+    let objdump = xcover_testsupport::tools::require("objdump", "binutils");
+    let out = std::process::Command::new(objdump)
         .args(["-D", "-b", "binary", "-mi386:x86-64", "-M", "intel"])
         .arg(&path)
-        .output();
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
-    if let Ok(o) = out {
-        println!("{}", String::from_utf8_lossy(&o.stdout));
-    }
+    assert!(out.status.success(), "objdump: {out:?}");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(!calls_lookup(&bytes));
 }
 

@@ -1,9 +1,20 @@
-//! What `/proc` says about a target: its threads, its state, its tracer, its executable.
+//! What `/proc` says about a target: its threads, its state, its tracer, its executable, its
+//! mappings.
 //!
-//! Everything here only reads files, so it is how the injector checks a pid *before*
-//! touching it: a bad pid is refused with the target untouched.
+//! This is the one place host code reads `/proc/<pid>/{stat,status,task,maps,fd}`: every
+//! file is parsed by the `procfs` crate, and this module turns its answers into the few
+//! fields xcover uses and its errors into `io::Error`s (`NotFound` for a process or thread
+//! that is gone, `PermissionDenied`, else the OS error). Everything here only reads files,
+//! so it is how the injector checks a pid *before* touching it: a bad pid is refused with
+//! the target untouched.
+//!
+//! The agent reads `/proc/self/maps` inside the target too, with raw system calls (it has
+//! no `std`): that parser, in `agent/src/memory.rs`, is the only other one.
 
 use std::io;
+
+use ::procfs::ProcError;
+use ::procfs::process::{MMPermissions, MMapPath, Process};
 
 use crate::{Error, Result};
 
@@ -18,84 +29,88 @@ pub struct Stat {
     pub start_time: u64,
 }
 
+impl From<::procfs::process::Stat> for Stat {
+    fn from(st: ::procfs::process::Stat) -> Stat {
+        Stat {
+            state: st.state,
+            flags: u64::from(st.flags),
+            start_time: st.starttime,
+        }
+    }
+}
+
 /// `PF_KTHREAD`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// `procfs`'s error as the `io::Error` it stands for.
+fn io_error(e: ProcError) -> io::Error {
+    match e {
+        ProcError::NotFound(_) => io::ErrorKind::NotFound.into(),
+        ProcError::PermissionDenied(_) => io::ErrorKind::PermissionDenied.into(),
+        ProcError::Io(e, _) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+fn process(pid: i32) -> io::Result<Process> {
+    Process::new(pid).map_err(io_error)
+}
+
 /// Parses the text of a `/proc/<pid>/stat` file.
 pub fn parse_stat(text: &str) -> Option<Stat> {
-    // The comm field may hold spaces and parentheses: everything after the last ')' is
-    // space-separated, starting with field 3 (state).
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: f.first()?.chars().next()?,
-        flags: f.get(6)?.parse().ok()?,
-        start_time: f.get(19)?.parse().ok()?,
-    })
+    use ::procfs::FromRead;
+    ::procfs::process::Stat::from_read(text.as_bytes())
+        .ok()
+        .map(Stat::from)
 }
 
 /// Reads `/proc/<pid>/stat`.
 pub fn stat(pid: i32) -> io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
+    Ok(process(pid)?.stat().map_err(io_error)?.into())
 }
 
 /// The wait status of `pid` while it is a zombie its parent has not reaped yet (field 52 of
 /// `/proc/<pid>/stat`, as `waitpid` would report it), if `pid` still names the process that
 /// started at `start_time`. `None` for a process still running or already reaped.
 pub fn zombie_status(pid: i32, start_time: u64) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let st = parse_stat(&text)?;
-    if st.start_time != start_time || st.state != 'Z' {
+    let st = process(pid).ok()?.stat().ok()?;
+    if st.starttime != start_time || st.state != 'Z' {
         return None;
     }
-    let rest = &text[text.rfind(')')? + 1..];
-    // Field 3 (state) is the first after the comm: field 52 is the 50th.
-    rest.split_whitespace().nth(49)?.parse().ok()
+    st.exit_code
 }
 
 /// Reads `/proc/<pid>/task/<tid>/stat`.
 pub fn task_stat(pid: i32, tid: i32) -> io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
+    let task = process(pid)?.task_from_tid(tid).map_err(io_error)?;
+    Ok(task.stat().map_err(io_error)?.into())
 }
 
-/// The thread ids of a process, from `/proc/<pid>/task`.
+/// Whether thread `tid` of `pid` has exited or is exiting (a zombie, or gone from `/proc`).
+pub fn thread_dead(pid: i32, tid: i32) -> bool {
+    task_stat(pid, tid).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
+}
+
+/// The thread ids of a process, from `/proc/<pid>/task`, sorted. A thread that exits while
+/// they are listed may or may not be in the list.
 pub fn tasks(pid: i32) -> io::Result<Vec<i32>> {
     let mut v = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(tid) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            v.push(tid);
-        }
+    for t in process(pid)?.tasks().map_err(io_error)? {
+        v.push(t.map_err(io_error)?.tid);
     }
     v.sort_unstable();
     Ok(v)
 }
 
-/// A `Name:\tvalue` field of `/proc/<pid>/status` (or a task's status).
-pub fn status_field(path: &str, name: &str) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    }))
-}
-
 /// The pid tracing `pid` (0 when none).
 pub fn tracer_pid(pid: i32) -> io::Result<i32> {
-    Ok(status_field(&format!("/proc/{pid}/status"), "TracerPid")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
+    Ok(process(pid)?.status().map_err(io_error)?.tracerpid)
 }
 
 /// The pid tracing thread `tid` of `pid` (0 when none).
 pub fn task_tracer_pid(pid: i32, tid: i32) -> io::Result<i32> {
-    Ok(
-        status_field(&format!("/proc/{pid}/task/{tid}/status"), "TracerPid")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    )
+    let task = process(pid)?.task_from_tid(tid).map_err(io_error)?;
+    Ok(task.status().map_err(io_error)?.tracerpid)
 }
 
 /// One line of `/proc/<pid>/maps`.
@@ -105,29 +120,55 @@ pub struct Mapping {
     pub start: u64,
     /// One past the last address.
     pub end: u64,
+    /// Offset in the mapped file.
+    pub offset: u64,
+    /// Mapped executable.
+    pub exec: bool,
     /// Inode of the mapped file (0 for anonymous memory).
     pub inode: u64,
-    /// Path of the mapped file, or a pseudo-name like `[stack]` (may end in ` (deleted)`).
+    /// Whether this maps a file (by path), rather than anonymous memory or a pseudo-name.
+    pub file: bool,
+    /// Path of the mapped file, or a pseudo-name like `[stack]` (may end in ` (deleted)`),
+    /// as the file shows it; empty for anonymous memory.
     pub path: String,
 }
 
-/// The mappings of `pid`, from `/proc/<pid>/maps`.
+impl From<::procfs::process::MemoryMap> for Mapping {
+    fn from(m: ::procfs::process::MemoryMap) -> Mapping {
+        let (file, path) = match m.pathname {
+            MMapPath::Path(p) => (true, p.to_string_lossy().into_owned()),
+            MMapPath::Heap => (false, "[heap]".into()),
+            MMapPath::Stack => (false, "[stack]".into()),
+            MMapPath::TStack(tid) => (false, format!("[stack:{tid}]")),
+            MMapPath::Vdso => (false, "[vdso]".into()),
+            MMapPath::Vvar => (false, "[vvar]".into()),
+            MMapPath::Vsyscall => (false, "[vsyscall]".into()),
+            MMapPath::Rollup => (false, "[rollup]".into()),
+            MMapPath::Anonymous => (false, String::new()),
+            MMapPath::Vsys(key) => (false, format!("/SYSV{:08x}", key as u32)),
+            MMapPath::Other(name) => (false, format!("[{name}]")),
+        };
+        Mapping {
+            start: m.address.0,
+            end: m.address.1,
+            offset: m.offset,
+            exec: m.perms.contains(MMPermissions::EXECUTE),
+            inode: m.inode,
+            file,
+            path,
+        }
+    }
+}
+
+/// The mappings of `pid`, from `/proc/<pid>/maps` (empty once the process has exited).
 pub fn mappings(pid: i32) -> io::Result<Vec<Mapping>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(6, ' ');
-            let (a, b) = f.next()?.split_once('-')?;
-            let inode = f.nth(3)?.parse().ok()?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                inode,
-                path: f.next().unwrap_or("").trim_start().to_string(),
-            })
-        })
-        .collect())
+    let maps = process(pid)?.maps().map_err(io_error)?;
+    Ok(maps.into_iter().map(Mapping::from).collect())
+}
+
+/// The mappings of the calling process.
+pub fn own_mappings() -> io::Result<Vec<Mapping>> {
+    mappings(std::process::id() as i32)
 }
 
 /// Whether `addr` lies in a mapping of `pid`.
@@ -223,13 +264,12 @@ pub fn check_target(pid: i32) -> Result<TargetInfo> {
         });
     }
     let st = stat(pid).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/stat", e))?;
+    let status = process(pid)
+        .and_then(|p| p.status().map_err(io_error))
+        .map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/status", e))?;
     // A thread id that is not a thread group leader is listed in /proc too.
-    let tgid = status_field(&format!("/proc/{pid}/status"), "Tgid")
-        .map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/status", e))?
-        .and_then(|v| v.parse::<i32>().ok());
-    if let Some(tgid) = tgid
-        && tgid != pid
-    {
+    if status.tgid != pid {
+        let tgid = status.tgid;
         return Err(Error::Unsupported {
             pid,
             reason: format!("is a thread of process {tgid}, not a process"),
@@ -247,7 +287,7 @@ pub fn check_target(pid: i32) -> Result<TargetInfo> {
             reason: "is a zombie (it has exited)".into(),
         });
     }
-    let tracer = tracer_pid(pid).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/status", e))?;
+    let tracer = status.tracerpid;
     if tracer != 0 {
         let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
         return Err(Error::Unsupported {
@@ -267,31 +307,15 @@ pub fn check_target(pid: i32) -> Result<TargetInfo> {
         std::fs::read(&exe_link).map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/exe", e))?;
     check_elf_header(&bytes).map_err(|reason| Error::Unsupported { pid, reason })?;
     let build_id = build_id(&bytes).unwrap_or_default();
-    // "Uid:\treal\teffective\tsaved\tfilesystem" (and Gid: the same).
-    let status = format!("/proc/{pid}/status");
-    let ids = |name: &str| -> Result<[u32; 4]> {
-        let line = status_field(&status, name)
-            .map_err(|e| io_to_pid_error(pid, "read /proc/<pid>/status", e))?
-            .unwrap_or_default();
-        let v: Vec<u32> = line
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        <[u32; 4]>::try_from(v).map_err(|_| Error::Unsupported {
-            pid,
-            reason: format!("/proc/{pid}/status has no readable {name}: line"),
-        })
-    };
-    let (uids, gids) = (ids("Uid")?, ids("Gid")?);
     Ok(TargetInfo {
         pid,
         start_time: st.start_time,
         exe_path,
         build_id,
-        uid: uids[0],
-        gid: gids[0],
-        fsuid: uids[3],
-        fsgid: gids[3],
+        uid: status.ruid,
+        gid: status.rgid,
+        fsuid: status.fuid,
+        fsgid: status.fgid,
     })
 }
 
@@ -332,11 +356,14 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        // A whole line as a 6.x kernel writes it (52 fields).
+        let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0 \
+                 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 9";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.state, 'S');
         assert_eq!(st.flags, 4194560);
         assert_eq!(st.start_time, 12345);
+        assert_eq!(parse_stat("42 (a) S 1"), None);
     }
 
     /// A real zombie, not yet reaped, shows its wait status; a reaped one shows nothing.

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crate::park::{self, Park, Spot};
 use crate::stop::{StopKind, StoppedProcess};
 use crate::sys::{self, Regs, Wait};
+use crate::tracer::Tracer;
 use crate::{Error, Result};
 
 /// How long a remote call may run before we interrupt it and report an error.
@@ -67,16 +68,8 @@ fn name_of(n: u64) -> &'static str {
 const EFLAGS_TF: u64 = 0x100;
 const EFLAGS_DF: u64 = 0x400;
 
-/// Whether thread `tid` of `pid` has exited or is exiting (a zombie, or gone from /proc).
-fn thread_dead(pid: i32, tid: i32) -> bool {
-    match crate::procfs::task_stat(pid, tid) {
-        Ok(st) => matches!(st.state, 'Z' | 'X'),
-        Err(_) => true,
-    }
-}
-
 /// Finds a `syscall` instruction (`0f 05`) in the target's vDSO.
-fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
+fn find_vdso_syscall<T: Tracer>(sp: &StoppedProcess<T>) -> Option<u64> {
     let (start, buf) = read_vdso(sp)?;
     buf.windows(2)
         .position(|w| w == [0x0f, 0x05])
@@ -84,17 +77,12 @@ fn find_vdso_syscall(sp: &StoppedProcess) -> Option<u64> {
 }
 
 /// The target's vDSO: (address, bytes).
-fn read_vdso(sp: &StoppedProcess) -> Option<(u64, Vec<u8>)> {
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", sp.pid)).ok()?;
-    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
-    let range = line.split_whitespace().next()?;
-    let (a, b) = range.split_once('-')?;
-    let (start, end) = (
-        u64::from_str_radix(a, 16).ok()?,
-        u64::from_str_radix(b, 16).ok()?,
-    );
+fn read_vdso<T: Tracer>(sp: &StoppedProcess<T>) -> Option<(u64, Vec<u8>)> {
+    let maps = sp.tracer.mappings(sp.pid).ok()?;
+    let vdso = maps.iter().find(|m| m.path == "[vdso]")?;
+    let (start, end) = (vdso.start, vdso.end);
     let mut buf = vec![0u8; (end - start) as usize];
-    sp.mem.read(start, &mut buf).ok()?;
+    sp.tracer.read(start, &mut buf).ok()?;
     Some((start, buf))
 }
 
@@ -107,6 +95,22 @@ enum Until {
     Trap(u64),
     /// The return of a call into the park.
     Park(Park),
+}
+
+/// One remote operation in progress.
+struct Run {
+    tid: i32,
+    /// Where it started (named in errors).
+    func: u64,
+    until: Until,
+    /// When it is interrupted as too slow.
+    deadline: Instant,
+    /// It was interrupted for being too slow.
+    interrupted: bool,
+    /// A park call's `done` flag was seen set (and the thread interrupted).
+    done_seen: bool,
+    /// The entry stop of the system call was seen.
+    in_syscall: bool,
 }
 
 /// How an operation ended.
@@ -127,7 +131,7 @@ enum Ended {
 /// bytes to put back are zeros up to the last non-zero byte), so kills do not fill the
 /// tail up. Unless a stopped thread is still inside one of them, on its way home: then
 /// they are left alone and the new park goes after them.
-fn vdso_tail(sp: &StoppedProcess, need: usize) -> Option<(u64, Vec<u8>)> {
+fn vdso_tail<T: Tracer>(sp: &StoppedProcess<T>, need: usize) -> Option<(u64, Vec<u8>)> {
     let (start, buf) = read_vdso(sp)?;
     let code = park::code();
     let end_of = |b: &[u8]| b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
@@ -154,7 +158,7 @@ fn vdso_tail(sp: &StoppedProcess, need: usize) -> Option<(u64, Vec<u8>)> {
     Some((start + at as u64, saved))
 }
 
-impl StoppedProcess {
+impl<T: Tracer> StoppedProcess<T> {
     /// Saves the thread's registers the first time we use it, and returns them.
     ///
     /// The first time a thread is borrowed for remote work, its x87/SSE state and signal
@@ -165,13 +169,13 @@ impl StoppedProcess {
     fn original_regs(&mut self, tid: i32) -> Result<Regs> {
         let pid = self.pid;
         if !self.borrowed.contains_key(&tid) && self.threads.contains_key(&tid) {
-            let fp = sys::getfpregs(tid).map_err(|source| Error::Sys {
+            let fp = self.tracer.getfpregs(tid).map_err(|source| Error::Sys {
                 pid,
                 tid,
                 call: "PTRACE_GETFPREGS",
                 source,
             })?;
-            let mask = sys::getsigmask(tid).map_err(|source| Error::Sys {
+            let mask = self.tracer.getsigmask(tid).map_err(|source| Error::Sys {
                 pid,
                 tid,
                 call: "PTRACE_GETSIGMASK",
@@ -187,7 +191,7 @@ impl StoppedProcess {
         if let Some(r) = t.saved {
             return Ok(r);
         }
-        let r = sys::getregs(tid).map_err(|source| Error::Sys {
+        let r = self.tracer.getregs(tid).map_err(|source| Error::Sys {
             pid,
             tid,
             call: "PTRACE_GETREGS",
@@ -208,12 +212,14 @@ impl StoppedProcess {
     fn block_signals(&mut self, tid: i32) -> Result<()> {
         match self.borrowed.get_mut(&tid) {
             Some((_, _, blocked)) if !*blocked => {
-                sys::setsigmask(tid, u64::MAX).map_err(|source| Error::Sys {
-                    pid: self.pid,
-                    tid,
-                    call: "PTRACE_SETSIGMASK",
-                    source,
-                })?;
+                self.tracer
+                    .setsigmask(tid, u64::MAX)
+                    .map_err(|source| Error::Sys {
+                        pid: self.pid,
+                        tid,
+                        call: "PTRACE_SETSIGMASK",
+                        source,
+                    })?;
                 *blocked = true;
                 Ok(())
             }
@@ -309,7 +315,7 @@ impl StoppedProcess {
     }
 
     fn set_live_regs(&self, tid: i32, regs: &Regs) -> Result<()> {
-        sys::setregs(tid, regs).map_err(|source| Error::Sys {
+        self.tracer.setregs(tid, regs).map_err(|source| Error::Sys {
             pid: self.pid,
             tid,
             call: "PTRACE_SETREGS",
@@ -348,198 +354,264 @@ impl StoppedProcess {
 
     /// Runs the thread with `regs` until `until`, and returns how it ended. Always leaves
     /// the thread stopped: with its original registers back, or parked.
+    ///
+    /// The steps: [`borrow`](Self::borrow) the thread, then [`go`](Self::go) and
+    /// [`next_stop`](Self::next_stop) until [`on_stop`](Self::on_stop) says the operation
+    /// ended, then [`give_back`](Self::give_back).
     fn run_to(&mut self, tid: i32, regs: &Regs, until: Until) -> Result<Ended> {
-        let pid = self.pid;
-        let orig = self.original_regs(tid)?;
-        let sys_err = |call: &'static str| {
-            move |source| Error::Sys {
-                pid,
-                tid,
-                call,
-                source,
-            }
+        let orig = self.borrow(tid, regs)?;
+        let mut run = Run {
+            tid,
+            func: regs.rip,
+            until,
+            deadline: Instant::now() + CALL_TIMEOUT,
+            interrupted: false,
+            done_seen: false,
+            in_syscall: false,
         };
-        // A signal this thread was stopped for is delivered on release, after our work.
-        {
-            let t = self
-                .threads
-                .get_mut(&tid)
-                .expect("checked by original_regs");
-            if let StopKind::Signal(si) = t.kind {
-                t.stashed.insert(0, si);
-            }
-            t.kind = StopKind::Ours;
-        }
-        self.block_signals(tid)?;
-        sys::setregs(tid, regs).map_err(sys_err("PTRACE_SETREGS"))?;
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut interrupted = false;
-        let mut done_seen = false;
-        let mut in_syscall = false;
         let result = loop {
-            let r = match until {
-                Until::SyscallExit { .. } => sys::syscall(tid),
-                _ => sys::cont(tid, 0),
-            };
-            r.map_err(sys_err(match until {
-                Until::SyscallExit { .. } => "PTRACE_SYSCALL",
-                _ => "PTRACE_CONT",
-            }))?;
-            let mut polls = 0u32;
-            let w = loop {
-                match sys::wait_tid(tid, true).map_err(sys_err("waitpid"))? {
-                    Wait::NotYet => {
-                        if let Until::Park(p) = until
-                            && !done_seen
-                        {
-                            let mut d = [0u8; 4];
-                            if self.read(p.done_at(), &mut d).is_ok() && d == [1, 0, 0, 0] {
-                                done_seen = true;
-                                sys::interrupt(tid).map_err(sys_err("PTRACE_INTERRUPT"))?;
-                            }
-                        }
-                        if !interrupted && !done_seen && Instant::now() > deadline {
-                            sys::interrupt(tid).map_err(sys_err("PTRACE_INTERRUPT"))?;
-                            interrupted = true;
-                        }
-                        // A thread killed while it runs our code (SIGKILL to the process,
-                        // another thread's exit_group) may never report: a traced group
-                        // leader stays an unreported zombie until every other thread is
-                        // reaped. Look at its state now and then instead of waiting
-                        // forever.
-                        polls += 1;
-                        if polls.is_multiple_of(64) && thread_dead(pid, tid) {
-                            break Wait::Gone;
-                        }
-                        if interrupted && Instant::now() > deadline + CALL_TIMEOUT {
-                            return Err(Error::RemoteCall {
-                                pid,
-                                tid,
-                                func: regs.rip,
-                                what: format!(
-                                    "neither returned nor stopped within {:?}",
-                                    2 * CALL_TIMEOUT
-                                ),
-                            });
-                        }
-                        std::thread::yield_now();
-                    }
-                    w => break w,
-                }
-            };
-            match w {
-                Wait::NotYet => unreachable!(),
-                Wait::Gone => {
-                    self.threads.remove(&tid);
-                    self.borrowed.remove(&tid);
-                    if self.park.is_some_and(|p| p.tid == tid) {
-                        self.park = None;
-                    }
-                    if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid) {
-                        let _ = self.remove_vdso_park();
-                    }
-                    return Err(Error::Unexpected {
-                        pid,
-                        tid,
-                        what: "thread exited during a remote operation".into(),
-                    });
-                }
-                Wait::Stopped { sig, event: 0 } if sig == sys::SYSCALL_STOP => {
-                    if let Until::SyscallExit { syscall_at } = until {
-                        if in_syscall {
-                            let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
-                            if now.rip == syscall_at + 2 {
-                                break Ok(Ended::Done(now));
-                            }
-                            break Err(Error::RemoteCall {
-                                pid,
-                                tid,
-                                func: regs.rip,
-                                what: format!("system call ended at rip {:#x}", now.rip),
-                            });
-                        }
-                        in_syscall = true;
-                    }
-                }
-                Wait::Stopped { event, .. } if event != 0 => {
-                    if event == sys::EVENT_CLONE {
-                        // Our code does not create threads; keep any such thread stopped.
-                        if let Ok(child) = sys::geteventmsg(tid) {
-                            let _ = sys::wait_tid(child as i32, false);
-                            self.threads.insert(
-                                child as i32,
-                                crate::stop::Thread {
-                                    kind: StopKind::Event,
-                                    saved: None,
-                                    stashed: Vec::new(),
-                                },
-                            );
-                        }
-                    }
-                    if done_seen && event == sys::EVENT_STOP {
-                        let Until::Park(p) = until else {
-                            unreachable!("done is only polled for park calls")
-                        };
-                        let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
-                        match p.spot(now.rip) {
-                            Spot::Waiting => break Ok(Ended::Done(now)),
-                            // Too late: it restored itself and ran on.
-                            Spot::Going | Spot::Outside => break Ok(Ended::WentHome),
-                            Spot::Syscall => {}
-                        }
-                    }
-                    if interrupted {
-                        break Err(Error::RemoteCall {
-                            pid,
-                            tid,
-                            func: regs.rip,
-                            what: format!("did not return within {CALL_TIMEOUT:?}"),
-                        });
-                    }
-                    // A pending PTRACE_INTERRUPT or a group-stop: go on.
-                }
-                Wait::Stopped { sig, .. } => {
-                    let si = sys::getsiginfo(tid).map_err(sys_err("PTRACE_GETSIGINFO"))?;
-                    let now = sys::getregs(tid).map_err(sys_err("PTRACE_GETREGS"))?;
-                    let kernel_sent = si.si_code > 0;
-                    if let Until::Trap(at) = until
-                        && sig == libc::SIGTRAP
-                        && kernel_sent
-                        && now.rip == at + 1
-                    {
-                        break Ok(Ended::Done(now));
-                    }
-                    if kernel_sent
-                        && matches!(
-                            sig,
-                            libc::SIGSEGV
-                                | libc::SIGBUS
-                                | libc::SIGILL
-                                | libc::SIGFPE
-                                | libc::SIGTRAP
-                        )
-                    {
-                        break Err(Error::RemoteCall {
-                            pid,
-                            tid,
-                            func: regs.rip,
-                            what: format!(
-                                "faulted with signal {sig} at rip {:#x} (fault address {:#x})",
-                                now.rip,
-                                sys::fault_addr(&si)
-                            ),
-                        });
-                    }
-                    // The target's own signal: hold it for release (and for the park).
-                    self.threads
-                        .get_mut(&tid)
-                        .expect("still stopped")
-                        .stashed
-                        .push(si);
-                    self.sync_park(tid)?;
-                }
+            self.go(&run)?;
+            let w = self.next_stop(&mut run)?;
+            if let Some(end) = self.on_stop(&mut run, w)? {
+                break end;
             }
         };
+        self.give_back(tid, &orig, result)
+    }
+
+    /// Takes thread `tid` for a remote operation: its own state saved, a signal it was
+    /// stopped for kept for release (after our work), every signal blocked, `regs` loaded.
+    /// Returns its original registers.
+    fn borrow(&mut self, tid: i32, regs: &Regs) -> Result<Regs> {
+        let orig = self.original_regs(tid)?;
+        let t = self
+            .threads
+            .get_mut(&tid)
+            .expect("checked by original_regs");
+        if let StopKind::Signal(si) = t.kind {
+            t.stashed.insert(0, si);
+        }
+        t.kind = StopKind::Ours;
+        self.block_signals(tid)?;
+        self.tracer
+            .setregs(tid, regs)
+            .map_err(self.sys_err(tid, "PTRACE_SETREGS"))?;
+        Ok(orig)
+    }
+
+    /// Lets the borrowed thread run: to its next system-call stop for a system call, else
+    /// until it stops.
+    fn go(&self, run: &Run) -> Result<()> {
+        let tid = run.tid;
+        match run.until {
+            Until::SyscallExit { .. } => self
+                .tracer
+                .syscall(tid)
+                .map_err(self.sys_err(tid, "PTRACE_SYSCALL")),
+            _ => self
+                .tracer
+                .cont(tid, 0)
+                .map_err(self.sys_err(tid, "PTRACE_CONT")),
+        }
+    }
+
+    /// Waits for the borrowed thread's next stop (or its end). Meanwhile it watches a park
+    /// call's `done` flag (and interrupts the thread once it is set), the deadline (and
+    /// interrupts the thread once it is past), and whether the thread was killed (a traced
+    /// group leader killed while it runs our code may never report).
+    fn next_stop(&self, run: &mut Run) -> Result<Wait> {
+        let (pid, tid) = (self.pid, run.tid);
+        let mut polls = 0u32;
+        loop {
+            match self
+                .tracer
+                .wait(tid, true)
+                .map_err(self.sys_err(tid, "waitpid"))?
+            {
+                Wait::NotYet => {}
+                w => return Ok(w),
+            }
+            if let Until::Park(p) = run.until
+                && !run.done_seen
+            {
+                let mut d = [0u8; 4];
+                if self.read(p.done_at(), &mut d).is_ok() && d == [1, 0, 0, 0] {
+                    run.done_seen = true;
+                    self.interrupt(tid)?;
+                }
+            }
+            if !run.interrupted && !run.done_seen && Instant::now() > run.deadline {
+                self.interrupt(tid)?;
+                run.interrupted = true;
+            }
+            // A thread killed while it runs our code (SIGKILL to the process, another
+            // thread's exit_group) may never report: a traced group leader stays an
+            // unreported zombie until every other thread is reaped. Look at its state now
+            // and then instead of waiting forever.
+            polls += 1;
+            if polls.is_multiple_of(64) && self.tracer.thread_dead(pid, tid) {
+                return Ok(Wait::Gone);
+            }
+            if run.interrupted && Instant::now() > run.deadline + CALL_TIMEOUT {
+                return Err(Error::RemoteCall {
+                    pid,
+                    tid,
+                    func: run.func,
+                    what: format!("neither returned nor stopped within {:?}", 2 * CALL_TIMEOUT),
+                });
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn interrupt(&self, tid: i32) -> Result<()> {
+        self.tracer
+            .interrupt(tid)
+            .map_err(self.sys_err(tid, "PTRACE_INTERRUPT"))
+    }
+
+    /// What a stop of the borrowed thread means: the end of the operation
+    /// (`Some(result)`), or `None` to let it run on.
+    fn on_stop(&mut self, run: &mut Run, w: Wait) -> Result<Option<Result<Ended>>> {
+        match w {
+            Wait::NotYet => unreachable!("next_stop waits for a stop"),
+            Wait::Gone => Err(self.lost(run.tid)),
+            Wait::Stopped { sig, event: 0 } if sig == sys::SYSCALL_STOP => {
+                self.on_syscall_stop(run)
+            }
+            Wait::Stopped { event, .. } if event != 0 => self.on_event_stop(run, event),
+            Wait::Stopped { sig, .. } => self.on_signal_stop(run, sig),
+        }
+    }
+
+    /// Forgets a thread that exited during a remote operation, and says so.
+    fn lost(&mut self, tid: i32) -> Error {
+        self.threads.remove(&tid);
+        self.borrowed.remove(&tid);
+        if self.park.is_some_and(|p| p.tid == tid) {
+            self.park = None;
+        }
+        if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid) {
+            let _ = self.remove_vdso_park();
+        }
+        Error::Unexpected {
+            pid: self.pid,
+            tid,
+            what: "thread exited during a remote operation".into(),
+        }
+    }
+
+    /// A system-call stop: the entry of ours, then its exit, which ends a system call.
+    fn on_syscall_stop(&mut self, run: &mut Run) -> Result<Option<Result<Ended>>> {
+        let Until::SyscallExit { syscall_at } = run.until else {
+            return Ok(None);
+        };
+        if !run.in_syscall {
+            run.in_syscall = true;
+            return Ok(None);
+        }
+        let now = self.live_regs(run.tid)?;
+        if now.rip == syscall_at + 2 {
+            return Ok(Some(Ok(Ended::Done(now))));
+        }
+        Ok(Some(Err(Error::RemoteCall {
+            pid: self.pid,
+            tid: run.tid,
+            func: run.func,
+            what: format!("system call ended at rip {:#x}", now.rip),
+        })))
+    }
+
+    /// An event-stop: a clone (whose new thread is kept stopped), our interrupt once a park
+    /// call is done or late, or a group-stop (let run on).
+    fn on_event_stop(&mut self, run: &mut Run, event: i32) -> Result<Option<Result<Ended>>> {
+        let tid = run.tid;
+        if event == sys::EVENT_CLONE {
+            // Our code does not create threads; keep any such thread stopped.
+            if let Ok(child) = self.tracer.geteventmsg(tid) {
+                let _ = self.tracer.wait(child as i32, false);
+                self.threads.insert(
+                    child as i32,
+                    crate::stop::Thread {
+                        kind: StopKind::Event,
+                        saved: None,
+                        stashed: Vec::new(),
+                    },
+                );
+            }
+        }
+        if run.done_seen && event == sys::EVENT_STOP {
+            let Until::Park(p) = run.until else {
+                unreachable!("done is only polled for park calls")
+            };
+            let now = self.live_regs(tid)?;
+            match p.spot(now.rip) {
+                Spot::Waiting => return Ok(Some(Ok(Ended::Done(now)))),
+                // Too late: it restored itself and ran on.
+                Spot::Going | Spot::Outside => return Ok(Some(Ok(Ended::WentHome))),
+                Spot::Syscall => {}
+            }
+        }
+        if run.interrupted {
+            return Ok(Some(Err(Error::RemoteCall {
+                pid: self.pid,
+                tid,
+                func: run.func,
+                what: format!("did not return within {CALL_TIMEOUT:?}"),
+            })));
+        }
+        // A pending PTRACE_INTERRUPT or a group-stop: go on.
+        Ok(None)
+    }
+
+    /// A signal-delivery-stop: the trap that ends a call without a park, a fault of our
+    /// code (the operation fails, the target lives on), or the target's own signal, held
+    /// for release.
+    fn on_signal_stop(&mut self, run: &mut Run, sig: i32) -> Result<Option<Result<Ended>>> {
+        let tid = run.tid;
+        let si = self
+            .tracer
+            .getsiginfo(tid)
+            .map_err(self.sys_err(tid, "PTRACE_GETSIGINFO"))?;
+        let now = self.live_regs(tid)?;
+        let kernel_sent = si.si_code > 0;
+        if let Until::Trap(at) = run.until
+            && sig == libc::SIGTRAP
+            && kernel_sent
+            && now.rip == at + 1
+        {
+            return Ok(Some(Ok(Ended::Done(now))));
+        }
+        if kernel_sent
+            && matches!(
+                sig,
+                libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+            )
+        {
+            return Ok(Some(Err(Error::RemoteCall {
+                pid: self.pid,
+                tid,
+                func: run.func,
+                what: format!(
+                    "faulted with signal {sig} at rip {:#x} (fault address {:#x})",
+                    now.rip,
+                    sys::fault_addr(&si)
+                ),
+            })));
+        }
+        // The target's own signal: hold it for release (and for the park).
+        self.threads
+            .get_mut(&tid)
+            .expect("still stopped")
+            .stashed
+            .push(si);
+        self.sync_park(tid)?;
+        Ok(None)
+    }
+
+    /// Ends a remote operation: the thread parked (or given its original registers `orig`
+    /// back), or, if it went home by itself, made a thread like any other stopped one.
+    fn give_back(&mut self, tid: i32, orig: &Regs, result: Result<Ended>) -> Result<Ended> {
         if let Ok(Ended::WentHome) = result {
             // Its registers, x87/SSE state and mask are its own again and the park handed
             // its held signals back: it is a thread like any other stopped one now.
@@ -551,11 +623,30 @@ impl StoppedProcess {
             return result;
         }
         let back = match self.idle_park(tid) {
-            Some(p) => p.idle_regs(&orig),
-            None => orig,
+            Some(p) => p.idle_regs(orig),
+            None => *orig,
         };
-        sys::setregs(tid, &back).map_err(sys_err("PTRACE_SETREGS"))?;
+        self.tracer
+            .setregs(tid, &back)
+            .map_err(self.sys_err(tid, "PTRACE_SETREGS"))?;
         result
+    }
+
+    /// The registers thread `tid` is stopped with now (not the ones it resumes with).
+    fn live_regs(&self, tid: i32) -> Result<Regs> {
+        self.tracer
+            .getregs(tid)
+            .map_err(self.sys_err(tid, "PTRACE_GETREGS"))
+    }
+
+    fn sys_err(&self, tid: i32, call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        let pid = self.pid;
+        move |source| Error::Sys {
+            pid,
+            tid,
+            call,
+            source,
+        }
     }
 
     fn gadget(&mut self, tid: i32) -> Result<u64> {
@@ -740,5 +831,92 @@ mod tests {
             after == clean,
             "the vDSO still differs from its original bytes"
         );
+    }
+}
+
+/// Remote system calls driven by a scripted tracer.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use crate::tracer::script::{self, Script};
+
+    /// A target of one thread, stopped, with a `syscall` instruction at 0x7000.
+    fn stopped(s: &Script) -> StoppedProcess<&Script> {
+        let mut sp = StoppedProcess::stop_with(s, 10).unwrap();
+        sp.syscall_gadget = Some(0x7000);
+        sp
+    }
+
+    fn same(a: &Regs, b: &Regs) -> bool {
+        (a.rip, a.rsp, a.rax, a.orig_rax, a.rdi, a.eflags)
+            == (b.rip, b.rsp, b.rax, b.orig_rax, b.rdi, b.eflags)
+    }
+
+    #[test]
+    fn a_remote_syscall_returning_eintr_fails_and_the_thread_gets_its_state_back() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(-i64::from(libc::EINTR));
+        let before = s.thread(10, |t| t.regs);
+        let mut sp = stopped(&s);
+        let e = sp.syscall(10, nr::GETPID, [0; 6]).unwrap_err();
+        assert!(
+            matches!(&e, Error::RemoteSyscall { name: "getpid", source, .. }
+                if source.raw_os_error() == Some(libc::EINTR)),
+            "{e}"
+        );
+        assert_eq!(s.logged("syscall"), [format!("syscall {}", nr::GETPID)]);
+        assert!(same(&s.thread(10, |t| t.regs), &before));
+        // Every signal blocked while borrowed; its own mask back on release.
+        assert_eq!(s.thread(10, |t| t.mask), u64::MAX);
+        sp.resume().unwrap();
+        assert_eq!(s.thread(10, |t| t.mask), 0x1234);
+        assert!(same(&s.thread(10, |t| t.regs), &before));
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_signal_during_a_remote_syscall_is_held_and_delivered_on_release() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(42);
+        s.thread(10, |t| {
+            t.on_resume.push_back(Wait::Stopped {
+                sig: libc::SIGUSR2,
+                event: 0,
+            });
+            t.siginfo = script::siginfo(libc::SIGUSR2);
+        });
+        let mut sp = stopped(&s);
+        assert_eq!(sp.syscall(10, nr::GETPID, [0; 6]).unwrap(), 42);
+        sp.resume().unwrap();
+        let usr2 = format!("detach 10 {}", libc::SIGUSR2);
+        assert_eq!(s.logged("detach"), [usr2]);
+    }
+
+    #[test]
+    fn a_group_stop_during_a_remote_syscall_is_let_run_on() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().results.push_back(7);
+        s.thread(10, |t| {
+            t.on_resume.push_back(Wait::Stopped {
+                sig: libc::SIGSTOP,
+                event: sys::EVENT_STOP,
+            })
+        });
+        let mut sp = stopped(&s);
+        assert_eq!(sp.syscall(10, nr::GETPID, [0; 6]).unwrap(), 7);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_thread_that_exits_during_a_remote_syscall_is_forgotten() {
+        let s = Script::new(&[10, 11]);
+        s.thread(10, |t| t.on_resume.push_back(Wait::Gone));
+        let mut sp = stopped(&s);
+        let e = sp.syscall(10, nr::GETPID, [0; 6]).unwrap_err();
+        assert!(matches!(e, Error::Unexpected { tid: 10, .. }), "{e}");
+        assert_eq!(sp.tids(), [11]);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 11 0"]);
     }
 }

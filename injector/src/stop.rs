@@ -28,8 +28,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::procfs;
-use crate::sys::{self, Mem, Regs, SigInfo, Wait};
+use crate::sys::{self, Regs, SigInfo, Wait};
+use crate::tracer::{Ptrace, Tracer};
 use crate::{Error, Result};
 
 /// How long we wait for a thread to report a stop before giving up on it.
@@ -57,10 +57,11 @@ pub(crate) struct Thread {
 }
 
 /// Every thread of a process, stopped under ptrace. Dropping it lets them all go.
-pub struct StoppedProcess {
+pub struct StoppedProcess<T: Tracer = Ptrace> {
     pub(crate) pid: i32,
     pub(crate) threads: BTreeMap<i32, Thread>,
-    pub(crate) mem: Mem,
+    /// Every call to the kernel goes through it.
+    pub(crate) tracer: T,
     pub(crate) started: Instant,
     /// Address of a `syscall` instruction in the target (found lazily).
     pub(crate) syscall_gadget: Option<u64>,
@@ -83,30 +84,29 @@ fn sys_err(pid: i32, tid: i32, call: &'static str) -> impl FnOnce(std::io::Error
     }
 }
 
-impl StoppedProcess {
+impl StoppedProcess<Ptrace> {
     /// Stops every thread of `pid`.
     ///
     /// Errors: [`Error::NoSuchProcess`], [`Error::PermissionDenied`] (for `PTRACE_SEIZE`), or
     /// a failed call. On error every thread already seized is released.
     pub fn stop(pid: i32) -> Result<StoppedProcess> {
         let started = Instant::now();
-        let mem = Mem::open(pid).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
-            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
-                pid,
-                call: "open /proc/<pid>/mem",
-            },
-            _ => Error::Sys {
-                pid,
-                tid: pid,
-                call: "open /proc/<pid>/mem",
-                source: e,
-            },
-        })?;
+        let tracer = Ptrace::open(pid)?;
+        StoppedProcess::stop_at(tracer, pid, started)
+    }
+}
+
+impl<T: Tracer> StoppedProcess<T> {
+    /// [`stop`](StoppedProcess::stop) through `tracer`.
+    pub fn stop_with(tracer: T, pid: i32) -> Result<StoppedProcess<T>> {
+        StoppedProcess::stop_at(tracer, pid, Instant::now())
+    }
+
+    fn stop_at(tracer: T, pid: i32, started: Instant) -> Result<StoppedProcess<T>> {
         let mut sp = StoppedProcess {
             pid,
             threads: BTreeMap::new(),
-            mem,
+            tracer,
             started,
             syscall_gadget: None,
             borrowed: BTreeMap::new(),
@@ -121,12 +121,12 @@ impl StoppedProcess {
     fn seize_all(&mut self) -> Result<()> {
         let pid = self.pid;
         // TracerPid names the tracing thread, which need not be the main one.
-        let me = nix::unistd::gettid().as_raw();
+        let me = self.tracer.me();
         // Threads seized (or auto-attached) whose stop we have not seen yet.
         let mut pending: Vec<i32> = Vec::new();
         let mut first = true;
         loop {
-            let tids = procfs::tasks(pid).map_err(|e| {
+            let tids = self.tracer.tasks(pid).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::NoSuchProcess { pid }
                 } else {
@@ -138,9 +138,13 @@ impl StoppedProcess {
                 if self.threads.contains_key(&tid) || pending.contains(&tid) {
                     continue;
                 }
-                match sys::seize(tid) {
+                match self.tracer.seize(tid) {
                     Ok(()) => {
-                        sys::interrupt(tid).map_err(sys_err(pid, tid, "PTRACE_INTERRUPT"))?;
+                        self.tracer.interrupt(tid).map_err(sys_err(
+                            pid,
+                            tid,
+                            "PTRACE_INTERRUPT",
+                        ))?;
                         pending.push(tid);
                         new = true;
                     }
@@ -149,16 +153,13 @@ impl StoppedProcess {
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                         // Auto-attached by PTRACE_O_TRACECLONE before we saw its creator's
                         // clone event: it is ours already.
-                        if !first && procfs::task_tracer_pid(pid, tid).unwrap_or(0) == me {
+                        if !first && self.tracer.task_tracer_pid(pid, tid).unwrap_or(0) == me {
                             pending.push(tid);
                             new = true;
-                        } else if !first
-                            && procfs::task_stat(pid, tid)
-                                .map_or(true, |st| matches!(st.state, 'Z' | 'X'))
-                        {
+                        } else if !first && self.tracer.thread_dead(pid, tid) {
                             // Exiting since we listed it: the kernel refuses to attach to a
                             // thread whose exit has begun with EPERM, not ESRCH.
-                        } else if procfs::tracer_pid(pid).unwrap_or(0) != 0 && first {
+                        } else if self.tracer.tracer_pid(pid).unwrap_or(0) != 0 && first {
                             return Err(Error::Unsupported {
                                 pid,
                                 reason: "is already traced by another process".into(),
@@ -195,13 +196,12 @@ impl StoppedProcess {
             let mut i = 0;
             while i < pending.len() {
                 let tid = pending[i];
-                match sys::wait_tid(tid, true) {
+                match self.tracer.wait(tid, true) {
                     Ok(Wait::NotYet) => {
                         if Instant::now() > deadline {
                             // A zombie thread (e.g. an exited leader whose other threads
                             // live on) never reports a stop: leave it out.
-                            let st = procfs::task_stat(pid, tid).map(|s| s.state);
-                            if matches!(st, Ok('Z') | Ok('X') | Err(_)) {
+                            if self.tracer.thread_dead(pid, tid) {
                                 pending.swap_remove(i);
                                 continue;
                             }
@@ -224,7 +224,7 @@ impl StoppedProcess {
                     Err(e) => return Err(sys_err(pid, tid, "waitpid")(e)),
                     Ok(Wait::Stopped { sig, event }) => {
                         if event == sys::EVENT_CLONE {
-                            let child = sys::geteventmsg(tid).map_err(sys_err(
+                            let child = self.tracer.geteventmsg(tid).map_err(sys_err(
                                 pid,
                                 tid,
                                 "PTRACE_GETEVENTMSG",
@@ -241,9 +241,13 @@ impl StoppedProcess {
                             // it finish the call and stop again on the way back to user
                             // mode, with the interrupt we queue now (the clone stop
                             // consumed the first one).
-                            let r = sys::interrupt(tid)
+                            let r = self
+                                .tracer
+                                .interrupt(tid)
                                 .map_err(|e| ("PTRACE_INTERRUPT", e))
-                                .and_then(|()| sys::cont(tid, 0).map_err(|e| ("PTRACE_CONT", e)));
+                                .and_then(|()| {
+                                    self.tracer.cont(tid, 0).map_err(|e| ("PTRACE_CONT", e))
+                                });
                             match r {
                                 Ok(()) => {}
                                 // Killed meanwhile: its exit is reaped on the next pass.
@@ -258,7 +262,7 @@ impl StoppedProcess {
                             StopKind::Event
                         } else {
                             let _ = sig;
-                            let si = sys::getsiginfo(tid).map_err(sys_err(
+                            let si = self.tracer.getsiginfo(tid).map_err(sys_err(
                                 pid,
                                 tid,
                                 "PTRACE_GETSIGINFO",
@@ -309,7 +313,7 @@ impl StoppedProcess {
 
     /// Reads target memory.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.mem.read(addr, buf).map_err(|source| Error::Memory {
+        self.tracer.read(addr, buf).map_err(|source| Error::Memory {
             pid: self.pid,
             op: "read",
             addr,
@@ -320,20 +324,25 @@ impl StoppedProcess {
 
     /// Writes target memory, read-only pages included.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        self.mem.write(addr, data).map_err(|source| Error::Memory {
-            pid: self.pid,
-            op: "write",
-            addr,
-            len: data.len(),
-            source,
-        })
+        self.tracer
+            .write(addr, data)
+            .map_err(|source| Error::Memory {
+                pid: self.pid,
+                op: "write",
+                addr,
+                len: data.len(),
+                source,
+            })
     }
 
     /// Registers of a stopped thread (as the thread will see them when resumed).
     pub fn regs(&self, tid: i32) -> Result<Regs> {
         match self.threads.get(&tid).and_then(|t| t.saved) {
             Some(r) => Ok(r),
-            None => sys::getregs(tid).map_err(sys_err(self.pid, tid, "PTRACE_GETREGS")),
+            None => self
+                .tracer
+                .getregs(tid)
+                .map_err(sys_err(self.pid, tid, "PTRACE_GETREGS")),
         }
     }
 
@@ -361,7 +370,9 @@ impl StoppedProcess {
         if self.idle_park(tid).is_some() {
             self.sync_park(tid)
         } else {
-            sys::setregs(tid, &regs).map_err(sys_err(pid, tid, "PTRACE_SETREGS"))
+            self.tracer
+                .setregs(tid, &regs)
+                .map_err(sys_err(pid, tid, "PTRACE_SETREGS"))
         }
     }
 
@@ -376,7 +387,7 @@ impl StoppedProcess {
         const RSEQ_MIN: u32 = 32;
         let mut off = None;
         for &tid in self.threads.keys() {
-            let (area, size) = sys::rseq_area(tid)?;
+            let (area, size) = self.tracer.rseq_area(tid)?;
             if size < RSEQ_MIN {
                 return None;
             }
@@ -447,8 +458,8 @@ impl StoppedProcess {
             // The FP/SSE state our code may have changed, and the signal mask we set.
             if let Some((fp, mask, _)) = borrowed.get(&tid) {
                 for (call, r) in [
-                    ("PTRACE_SETFPREGS", sys::setfpregs(tid, fp)),
-                    ("PTRACE_SETSIGMASK", sys::setsigmask(tid, *mask)),
+                    ("PTRACE_SETFPREGS", self.tracer.setfpregs(tid, fp)),
+                    ("PTRACE_SETSIGMASK", self.tracer.setsigmask(tid, *mask)),
                 ] {
                     if let Err(e) = r
                         && e.raw_os_error() != Some(libc::ESRCH)
@@ -458,7 +469,7 @@ impl StoppedProcess {
                 }
             }
             if let Some(regs) = t.saved
-                && let Err(e) = sys::setregs(tid, &regs)
+                && let Err(e) = self.tracer.setregs(tid, &regs)
                 && e.raw_os_error() != Some(libc::ESRCH)
             {
                 first_err.get_or_insert(sys_err(pid, tid, "PTRACE_SETREGS")(e));
@@ -473,13 +484,13 @@ impl StoppedProcess {
                 StopKind::Signal(si) => si.si_signo,
                 StopKind::Ours => match t.stashed.first() {
                     Some(si) => {
-                        let _ = sys::setsiginfo(tid, si);
+                        let _ = self.tracer.setsiginfo(tid, si);
                         si.si_signo
                     }
                     None => 0,
                 },
             };
-            if let Err(e) = sys::detach(tid, sig)
+            if let Err(e) = self.tracer.detach(tid, sig)
                 && e.raw_os_error() != Some(libc::ESRCH)
             {
                 first_err.get_or_insert(sys_err(pid, tid, "PTRACE_DETACH")(e));
@@ -492,8 +503,84 @@ impl StoppedProcess {
     }
 }
 
-impl Drop for StoppedProcess {
+impl<T: Tracer> Drop for StoppedProcess<T> {
     fn drop(&mut self) {
         let _ = self.release();
+    }
+}
+
+/// The stop logic driven by a scripted tracer: the races the end-to-end tests cannot make
+/// happen on purpose.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use crate::tracer::script::{self, Script};
+
+    #[test]
+    fn a_thread_that_exits_between_interrupt_and_wait_drops_out() {
+        let s = Script::new(&[10, 11]);
+        s.thread(11, |t| t.on_interrupt.push_back(Wait::Gone));
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10]);
+        sp.resume().unwrap();
+        assert_eq!(s.logged("detach"), ["detach 10 0"]);
+    }
+
+    #[test]
+    fn a_thread_listed_but_gone_before_its_seize_is_left_out() {
+        let s = Script::new(&[10, 11]);
+        s.thread(11, |t| t.alive = false);
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10]);
+    }
+
+    #[test]
+    fn a_thread_that_appears_during_the_stop_is_stopped_too() {
+        let s = Script::new(&[10]);
+        s.k.borrow_mut().listings.push_back(vec![10, 12]);
+        s.k.borrow_mut().threads.insert(
+            12,
+            Script::new(&[12])
+                .k
+                .into_inner()
+                .threads
+                .remove(&12)
+                .unwrap(),
+        );
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10, 12]);
+    }
+
+    #[test]
+    fn a_group_stop_instead_of_the_interrupt_stop_is_held_and_a_signal_stop_given_back() {
+        let s = Script::new(&[10, 11]);
+        let group_stop = Wait::Stopped {
+            sig: libc::SIGSTOP,
+            event: sys::EVENT_STOP,
+        };
+        s.thread(10, |t| t.on_interrupt.push_back(group_stop));
+        s.thread(11, |t| {
+            t.on_interrupt.push_back(Wait::Stopped {
+                sig: libc::SIGUSR1,
+                event: 0,
+            });
+            t.siginfo = script::siginfo(libc::SIGUSR1);
+        });
+        let sp = StoppedProcess::stop_with(&s, 10).unwrap();
+        assert_eq!(sp.tids(), [10, 11]);
+        sp.resume().unwrap();
+        // The group-stop is re-applied by the kernel on detach: nothing to deliver. The
+        // dequeued signal is handed back, once.
+        let usr1 = format!("detach 11 {}", libc::SIGUSR1);
+        assert_eq!(s.logged("detach"), ["detach 10 0", usr1.as_str()]);
+    }
+
+    #[test]
+    fn no_thread_left_is_no_such_process() {
+        let s = Script::new(&[]);
+        assert!(matches!(
+            StoppedProcess::stop_with(&s, 10),
+            Err(Error::NoSuchProcess { pid: 10 })
+        ));
     }
 }

@@ -3,19 +3,14 @@
 
 mod support;
 
-use std::hint::black_box;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use support::{Lib, LibcMemory, peek};
 use xcover_abi::ProbeCtx;
 use xcover_interceptor::{HookOptions, Interceptor, IpFixup, Site, SkipReason};
 
 const N: u64 = 1000;
-
-/// The thread test saturates the CPUs; the benchmark must not run beside it.
-static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 type F0 = extern "C" fn() -> u64;
 type F1 = extern "C" fn(u64) -> u64;
@@ -357,7 +352,6 @@ extern "C" fn count_probe(ctx: *mut ProbeCtx) -> u64 {
 #[test]
 fn eight_threads_survive_100_hook_unhook_cycles() {
     const THREADS: usize = 8;
-    let _excl = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
     let lib = std::sync::Arc::new(Lib::build("threads"));
     let table = lib.table();
     let wanted = [
@@ -493,62 +487,6 @@ fn eight_threads_survive_100_hook_unhook_cycles() {
         ic.arenas()
     );
     assert!(total_hits > 0);
-}
-
-extern "C" fn empty_probe(_ctx: *mut ProbeCtx) -> u64 {
-    0
-}
-
-fn ns_per_call(f: F1, n: u64) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for i in 0..n {
-            black_box(f(black_box(i)));
-        }
-        best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    best
-}
-
-/// Not a timed assertion: prints the added cost per hit of an empty probe.
-/// `cargo test -p xcover-interceptor --release --test hooks bench -- --nocapture`
-#[test]
-fn bench_added_cost_per_hit() {
-    let _excl = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let lib = Lib::build("bench");
-    let table = lib.table();
-    let three = table.iter().find(|(n, _)| n == "f_three").unwrap().1;
-    let f = f1(&lib, "f_three");
-    let n = 2_000_000;
-    let base = ns_per_call(f, n);
-    let mut mem = LibcMemory;
-    let mut line = format!("bench: plain call {base:.2} ns");
-    for (name, vec, popf, light) in [
-        ("vector save + sahf", true, false, false),
-        ("no vector save + sahf", false, false, false),
-        ("light body", false, false, true),
-        ("vector save + popfq", true, true, false),
-        ("no vector save + popfq", false, true, false),
-    ] {
-        let mut ic = Interceptor::new(
-            empty_probe as *const () as u64,
-            HookOptions {
-                save_vector_regs: vec,
-                flags_with_popfq: popf,
-                light_ctx: light,
-            },
-        );
-        let b = ic.prepare_hooks(&mut mem, &[three]);
-        // SAFETY: single-threaded use of this library copy.
-        unsafe { ic.commit_hooks(&mut mem, b) }.unwrap();
-        let t = ns_per_call(f, n);
-        line += &format!(" | {name}: +{:.2} ns", t - base);
-        let ub = ic.prepare_unhooks(&ic.hooked());
-        // SAFETY: as above.
-        unsafe { ic.commit_unhooks(&mut mem, ub) }.unwrap();
-    }
-    eprintln!("{line}");
 }
 
 #[test]

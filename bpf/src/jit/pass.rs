@@ -367,7 +367,7 @@ impl Compiler<'_> {
     /// `*counter += k`, as one `add qword [p + o], k` and a reload of `r`. Preemption cannot
     /// split one instruction, so a thread preempted between the load and the store no longer
     /// writes back a stale count over the increments other threads of its CPU made meanwhile
-    /// (the coverage probe lost ~1 % of its counts that way with 16 busy threads on 2 CPUs).
+    /// (the coverage probe lost counts that way under busy threads: docs/performance.md).
     /// Not when anything jumps to the second or third instruction.
     pub(super) fn try_fused_add(&mut self, insns: &[Insn], pc: usize, is_target: &[bool]) -> bool {
         let (Some(l), Some(a), Some(st)) = (insns.get(pc), insns.get(pc + 1), insns.get(pc + 2))

@@ -106,8 +106,8 @@ impl core::ops::Deref for PatchBytes {
 
 /// Every hook the interceptor made (active or retired), sorted by function address: a
 /// sorted `Vec` rather than a map, so that the first (large) batch is moved in as it is,
-/// with no copy of its `Hook`s and no new memory (a `BTreeMap` built from 10 000 hooks cost
-/// ~0.5 µs per hook in the target, page faults included).
+/// with no copy of its `Hook`s and no new memory (a `BTreeMap` built one insert at a time
+/// allocates per hook, in the target, while it is stopped; docs/performance.md, 49ab13d).
 #[derive(Default)]
 pub(crate) struct Hooks(pub(crate) Vec<Hook>);
 

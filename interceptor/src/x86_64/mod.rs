@@ -40,8 +40,9 @@
 //!
 //! The body is shared by every stub in reach (one copy per arena, carried by the arena's
 //! first trampoline as `jmp stub; body; stub`), so a function's first hit brings one or two
-//! cold cache lines in, not the ~4 a whole head per function took. The body reads the cookie and address back from the stub's `nop`s and ends with a
-//! `ret` to R, which the return stack predicts. A cookie or displacement that does not fit
+//! cold cache lines in, not the four or so a whole head per function takes. The body reads
+//! the cookie and address back from the stub's `nop`s and ends with a `ret` to R, which the
+//! return stack predicts. A cookie or displacement that does not fit
 //! 32 bits gets the whole body inline in its trampoline (with the fields as immediates and
 //! no `call`/`ret`). The body, with E = rsp at the function's entry and R at [E-8]:
 //!
@@ -68,9 +69,8 @@
 //! That is about 60 instructions on the hot path besides the probe and the relocated code
 //! (no `pushfq`/`popfq`, no locked instruction, no indirect branch when the probe is within
 //! 2 GiB), plus 32 vector moves when vector registers are saved. `pushfq`/`popfq` cost more
-//! than `lahf`/`seto` and `sahf` (see docs/performance.md; measured with `cargo test
-//! --release -p xcover-interceptor --test hooks bench -- --nocapture`), hence the `sahf`
-//! route.
+//! than `lahf`/`seto` and `sahf`, hence the `sahf` route (figures in docs/performance.md;
+//! `cargo bench -p xcover-interceptor --bench hit` measures every variant).
 //!
 //! **The light body** ([`HookOptions::light_ctx`]), for a probe that reads nothing of its
 //! context but the cookie and the function's address and keeps the callee-saved registers

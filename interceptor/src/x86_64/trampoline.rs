@@ -255,7 +255,7 @@ impl Trampolines {
             }
         } else {
             // [E-above-8] = rax, [E-above-16] = ax after `lahf; seto al`: SF ZF AF PF CF in
-            // its high byte, OF in its low one (pushfq is microcoded: ~3x the cost of these).
+            // its high byte, OF in its low one (pushfq is microcoded, and slower).
             w.put_push(Reg::Rax);
             w.put_bytes(&[
                 0x9f, //             lahf

@@ -4,7 +4,6 @@
 
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use xcover_interceptor::{MemError, Memory, Protection, Site};
@@ -93,16 +92,9 @@ impl Lib {
     /// Assembles `tests/asm/prologues.S` into a fresh shared object and loads it.
     pub fn build(tag: &str) -> Lib {
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/asm/prologues.S");
-        let dir = std::env::temp_dir().join(format!("xcover-interceptor-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = xcover_testsupport::tmp::run_dir("xcover-interceptor-");
         let path = dir.join(format!("libprologues-{tag}.so"));
-        let st = Command::new("cc")
-            .args(["-shared", "-fPIC", "-Wl,-z,now", "-o"])
-            .arg(&path)
-            .arg(src)
-            .status()
-            .expect("run cc");
-        assert!(st.success(), "cc failed on {src}");
+        xcover_testsupport::build::compile("cc", &["-shared", "-fPIC", "-Wl,-z,now", src], &path);
         let c = CString::new(path.to_str().unwrap()).unwrap();
         // SAFETY: loading our own test library; its constructors are none.
         let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
