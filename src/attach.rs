@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xcover_abi::{FLAG_KEEP, SessionState};
 use xcover_injector::session::Owner;
 use xcover_injector::{self as injector, AttachOptions, SessionFile};
+use xcover_session::{FLAG_KEEP, SessionState};
 
 use crate::cli::{AttachArgs, BadInput, DetachArgs, StatusArgs};
 use crate::ending::{self, Watch};

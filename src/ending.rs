@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xcover_abi::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES, skip_reason_text};
 use xcover_injector::SessionFile;
 use xcover_injector::proc_events::{self, ProcEvent, ProcEvents, Waker};
+use xcover_session::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES, skip_reason_text};
 
 use crate::session;
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use xcover_abi::FuncStatus;
 use xcover_injector::SessionFile;
+use xcover_session::FuncStatus;
 use xcover_ui::{Event, Function, Snapshot, Source};
 
 use crate::session;

@@ -1,7 +1,7 @@
 //! The session's contents: what xcover lays into the shared file before the agent runs, and
 //! what it reads back while the target runs.
 //!
-//! Layout (offsets in the header, see `xcover-abi`): the header page, the function table,
+//! Layout (offsets in the header, see `xcover-session`): the header page, the function table,
 //! the module table, the names, the probe's instructions, the map table, the region table
 //! the agent fills, the eBPF map arena, the log ring. Sections start on 64-byte boundaries;
 //! the arena on a page boundary.
@@ -9,12 +9,14 @@
 use std::mem::{offset_of, size_of};
 
 use anyhow::{Context, Result, bail};
-use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
 use xcover_bpf::env::Env;
 use xcover_bpf::maps::ArenaLayout;
 use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
+use xcover_session::{
+    FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader,
+};
 
 use crate::cli::BadInput;
 use crate::discover::Discovery;
@@ -321,10 +323,10 @@ impl FuncView {
         }
         let code = self.entry.skip_reason;
         Some(match &self.entered_from {
-            Some(from) if code == xcover_abi::SKIP_ENTERED_INSIDE => {
+            Some(from) if code == xcover_session::SKIP_ENTERED_INSIDE => {
                 format!("entered at +{} from {from}", self.entry.entered_at())
             }
-            _ => xcover_abi::skip_reason_text(code).to_string(),
+            _ => xcover_session::skip_reason_text(code).to_string(),
         })
     }
 }

@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use xcover_abi::{FuncEntry, FuncStatus, Region, SessionHeader, SessionState};
 use xcover_bpf::maps::ArenaLayout;
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_injector::{AttachOptions, Attached, SessionFile};
+use xcover_session::{FuncEntry, FuncStatus, Region, SessionHeader, SessionState};
 
 use crate::support::{self, AGENT};
 
@@ -447,9 +447,9 @@ fn exact_counts_and_a_clean_detach() {
         .map(bytemuck::pod_read_unaligned)
         .collect();
     for k in [
-        xcover_abi::REGION_HEAP,
-        xcover_abi::REGION_JIT,
-        xcover_abi::REGION_TRAMPOLINES,
+        xcover_session::REGION_HEAP,
+        xcover_session::REGION_JIT,
+        xcover_session::REGION_TRAMPOLINES,
     ] {
         assert!(
             regions.iter().any(|r| r.kind == k),

@@ -63,7 +63,7 @@ fn maps_child_runs_probe() {
     let code = jit::compile(&prog.insns, &env, &jit::JitOptions::for_this_cpu()).unwrap();
     let code = exec::JitCode::new(&code).unwrap();
     for f in 0..FUNCS {
-        let ctx = xcover_abi::ProbeCtx {
+        let ctx = xcover_session::ProbeCtx {
             cookie: f,
             ..Default::default()
         };

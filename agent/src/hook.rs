@@ -13,10 +13,6 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
-use xcover_abi::{
-    FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
-    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, REGION_HEAP, REGION_JIT,
-};
 use xcover_bpf::ctx_use;
 use xcover_bpf::env::{Env, InlineMap};
 use xcover_bpf::helpers::{self, LogRing};
@@ -25,6 +21,10 @@ use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::Arena;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_interceptor::{HookBatch, HookOptions, Interceptor, IpFixup, Site};
+use xcover_session::{
+    FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
+    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, REGION_HEAP, REGION_JIT,
+};
 
 use crate::heap;
 use crate::memory::{self, AgentMemory};
@@ -38,7 +38,7 @@ pub const E_ARGS: i64 = -11;
 /// Writing the entry patches failed.
 pub const E_PATCH: i64 = -12;
 /// No session (init did not run, or fini already did).
-pub const E_NO_SESSION: i64 = xcover_abi::entry::E_NO_SESSION;
+pub const E_NO_SESSION: i64 = xcover_session::entry::E_NO_SESSION;
 
 /// Most threads xcover may pass in one call.
 const MAX_THREADS: u64 = 1 << 20;
@@ -328,7 +328,7 @@ pub unsafe fn commit() -> i64 {
 }
 
 /// Counts an entry-point call and clears the last error.
-fn begin_call(h: &xcover_abi::SessionHeader) {
+fn begin_call(h: &xcover_session::SessionHeader) {
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     session::clear_error();
 }
@@ -391,7 +391,7 @@ pub unsafe fn fini() -> i64 {
         return E_NO_SESSION;
     };
     h.state.store(
-        xcover_abi::SessionState::Detaching as u32,
+        xcover_session::SessionState::Detaching as u32,
         Ordering::Release,
     );
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
@@ -428,8 +428,10 @@ pub unsafe fn fini() -> i64 {
             "{failed} of {n} regions could not be unmapped"
         ));
     }
-    h.state
-        .store(xcover_abi::SessionState::Detached as u32, Ordering::Release);
+    h.state.store(
+        xcover_session::SessionState::Detached as u32,
+        Ordering::Release,
+    );
     session::clear();
     if failed != 0 { E_PATCH } else { 0 }
 }

@@ -13,7 +13,7 @@
 //!
 //! # Entry points
 //! Called by xcover in a stopped thread of the target, on a private stack, one at a time
-//! with every thread of the target stopped (see `xcover_abi::entry`):
+//! with every thread of the target stopped (see `xcover_session::entry`):
 //! - [`xcover_agent_init`]`(session, size)`: checks the session header and its layout,
 //!   records it, counts the call, sets the state to Live; returns 0 or a negative error.
 //! - [`xcover_agent_hook`]`(ips, moves, n)`: on the first call verifies and JIT-compiles the
@@ -55,7 +55,7 @@ mod session;
 
 use core::sync::atomic::Ordering;
 
-use xcover_abi::{SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState};
+use xcover_session::{SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState};
 
 /// `xcover_agent_init`: the session pointer is null.
 pub const E_NULL: i64 = -1;
@@ -110,7 +110,7 @@ pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
 }
 
 /// Plans the hooks of every `Pending` function of the session's table (see
-/// `xcover_abi::entry::HOOK`). Returns the number of functions planned, or a negative error.
+/// `xcover_session::entry::HOOK`). Returns the number of functions planned, or a negative error.
 ///
 /// # Safety
 /// Called by xcover only, after init, with every thread of the process stopped; `ips` and
@@ -121,7 +121,7 @@ pub unsafe extern "C" fn xcover_agent_hook(ips: *const u64, moves: *mut u64, n: 
     unsafe { hook::hook(ips, moves, n) }
 }
 
-/// Writes the entry patches [`xcover_agent_hook`] planned (see `xcover_abi::entry::COMMIT`).
+/// Writes the entry patches [`xcover_agent_hook`] planned (see `xcover_session::entry::COMMIT`).
 /// Returns the number of functions hooked, or a negative error.
 ///
 /// # Safety
@@ -133,7 +133,7 @@ pub unsafe extern "C" fn xcover_agent_commit() -> i64 {
     unsafe { hook::commit() }
 }
 
-/// Unhooks every hooked function (see `xcover_abi::entry::UNHOOK`). Returns the number of
+/// Unhooks every hooked function (see `xcover_session::entry::UNHOOK`). Returns the number of
 /// functions unhooked, or a negative error.
 ///
 /// # Safety

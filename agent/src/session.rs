@@ -11,7 +11,7 @@ use core::fmt;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use xcover_abi::{FuncEntry, Region, SessionHeader};
+use xcover_session::{FuncEntry, Region, SessionHeader};
 
 /// The session this agent serves, null before init and after fini.
 static SESSION: AtomicPtr<SessionHeader> = AtomicPtr::new(core::ptr::null_mut());

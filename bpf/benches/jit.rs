@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
         inline_ctx_helpers: true,
         ..JitOptions::for_this_cpu()
     };
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 17,
         ..Default::default()
     };
@@ -196,7 +196,7 @@ fn bench(c: &mut Criterion) {
     // As the agent compiles it in a glibc target: CPU from rseq, tid from the TCB.
     let glibc_env = Env {
         rseq_cpu_id: rseq,
-        tcb_tid: Some(xcover_abi::GLIBC_TCB_TID_OFF as i32),
+        tcb_tid: Some(xcover_session::GLIBC_TCB_TID_OFF as i32),
         ..env
     };
     let seen_map = inline[1].expect("seen inlines");

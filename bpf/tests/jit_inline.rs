@@ -718,7 +718,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
         verify(&p, &env, &VerifierOptions::default()).unwrap();
         let code = jit(&p, &env);
         for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-            let ctx = xcover_abi::ProbeCtx {
+            let ctx = xcover_session::ProbeCtx {
                 cookie,
                 ..Default::default()
             };
@@ -730,7 +730,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
     let mut m2 = coverage_maps(8);
     let env = m2.env(false);
     for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-        let ctx = xcover_abi::ProbeCtx {
+        let ctx = xcover_session::ProbeCtx {
             cookie,
             ..Default::default()
         };
@@ -1119,7 +1119,7 @@ fn inline_pid_tgid_from_the_tcb() {
         );
         std::sync::Arc::new(JitCode::new(&bytes).unwrap())
     };
-    let glibc = compile(xcover_abi::GLIBC_TCB_TID_OFF as i32);
+    let glibc = compile(xcover_session::GLIBC_TCB_TID_OFF as i32);
     for _ in 0..3 {
         // SAFETY: a verified program that only calls get_current_pid_tgid.
         assert_eq!(unsafe { glibc.call(0, 0) }, pid_tgid_now());

@@ -398,7 +398,7 @@ fn process_helpers() {
     assert!(t1 > 0 && t2 >= t1);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(call(8, [0; 5]) < ncpu.max(4096));
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 1234,
         func_ip: 0x401000,
         ..Default::default()

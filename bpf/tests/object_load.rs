@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xcover_abi::ProbeCtx;
 use xcover_bpf::env::Env;
 use xcover_bpf::helpers::standard_helpers;
 use xcover_bpf::maps::{Arena, ArenaLayout};
 use xcover_bpf::object::{self, ObjectError};
 use xcover_bpf::program::{MapType, Program};
 use xcover_bpf::{exec, interp, jit, verifier};
+use xcover_session::ProbeCtx;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,10 +78,10 @@ fn cover_probe_reads_only_its_cookie() {
     let p = object::load_program(&cover_obj(), None).unwrap();
     let slots = xcover_bpf::ctx_use::ctx_slots_read(
         &p.insns,
-        xcover_abi::PROBE_CTX_COOKIE_OFF,
-        xcover_abi::PROBE_CTX_FUNC_IP_OFF,
+        xcover_session::PROBE_CTX_COOKIE_OFF,
+        xcover_session::PROBE_CTX_FUNC_IP_OFF,
     );
-    assert_eq!(slots, Some(1 << (xcover_abi::PROBE_CTX_COOKIE_OFF / 8)));
+    assert_eq!(slots, Some(1 << (xcover_session::PROBE_CTX_COOKIE_OFF / 8)));
 }
 
 #[test]

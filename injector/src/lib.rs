@@ -53,20 +53,20 @@ pub use error::{Error, Result};
 pub use remote::nr;
 pub use session::SessionFile;
 pub use stop::StoppedProcess;
-use xcover_abi::SessionState;
+use xcover_session::SessionState;
 
 use elf::{AgentImage, PAGE};
 
 /// Name of the agent's initialisation entry point.
-pub const AGENT_INIT: &str = xcover_abi::entry::INIT;
+pub const AGENT_INIT: &str = xcover_session::entry::INIT;
 /// Name of the agent's hook entry point.
-pub const AGENT_HOOK: &str = xcover_abi::entry::HOOK;
+pub const AGENT_HOOK: &str = xcover_session::entry::HOOK;
 /// Name of the agent's entry point that writes the patches `HOOK` planned.
-pub const AGENT_COMMIT: &str = xcover_abi::entry::COMMIT;
+pub const AGENT_COMMIT: &str = xcover_session::entry::COMMIT;
 /// Name of the agent's unhook entry point.
-pub const AGENT_UNHOOK: &str = xcover_abi::entry::UNHOOK;
+pub const AGENT_UNHOOK: &str = xcover_session::entry::UNHOOK;
 /// Name of the agent's shutdown entry point.
-pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
+pub const AGENT_FINI: &str = xcover_session::entry::FINI;
 
 /// Fault injection for the recovery tests: when the environment variable `XCOVER_FAULT`
 /// names this point, xcover SIGKILLs itself right here, as a `kill -9` landing at that
@@ -450,13 +450,13 @@ fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) -> Result<()> 
     let h = session.header();
     let cpu = sp.rseq_cpu_id_offset().unwrap_or(0);
     h.rseq_cpu_id_off.store(cpu, Ordering::Release);
-    let tcb = sp.tcb_tid_offset() == i32::try_from(xcover_abi::GLIBC_TCB_TID_OFF).ok();
+    let tcb = sp.tcb_tid_offset() == i32::try_from(xcover_session::GLIBC_TCB_TID_OFF).ok();
     let flags = match tcb {
-        true => h.probe_flags | xcover_abi::PROBE_TCB_TID,
-        false => h.probe_flags & !xcover_abi::PROBE_TCB_TID,
+        true => h.probe_flags | xcover_session::PROBE_TCB_TID,
+        false => h.probe_flags & !xcover_session::PROBE_TCB_TID,
     };
     session.write_at(
-        std::mem::offset_of!(xcover_abi::SessionHeader, probe_flags) as u64,
+        std::mem::offset_of!(xcover_session::SessionHeader, probe_flags) as u64,
         &flags.to_le_bytes(),
     )
 }
@@ -688,7 +688,7 @@ fn agent_failed(pid: i32, entry: &'static str, code: i64, session: &SessionFile)
     let h = session.header();
     let len = (h.agent_error_len.load(Ordering::Acquire) as usize).min(h.agent_error.len());
     let mut buf = vec![0u8; len];
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_error) as u64;
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, agent_error) as u64;
     let mut message = match session.read_at(off, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(_) => String::new(),
@@ -742,7 +742,7 @@ fn doomed_ranges(
         v.push((base, base + size, "the agent"));
     }
     let h = session.header();
-    let rsize = std::mem::size_of::<xcover_abi::Region>();
+    let rsize = std::mem::size_of::<xcover_session::Region>();
     // Bounded by the file, whatever the (shared, writable) header says.
     let n = h
         .regions_count
@@ -752,11 +752,11 @@ fn doomed_ranges(
     let mut raw = vec![0u8; n as usize * rsize];
     session.read_at(h.regions_off, &mut raw)?;
     for c in raw.chunks_exact(rsize) {
-        let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
+        let r: xcover_session::Region = bytemuck::pod_read_unaligned(c);
         let what = match r.kind {
-            xcover_abi::REGION_HEAP => HEAP_RANGE,
-            xcover_abi::REGION_JIT => JIT_RANGE,
-            xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
+            xcover_session::REGION_HEAP => HEAP_RANGE,
+            xcover_session::REGION_JIT => JIT_RANGE,
+            xcover_session::REGION_TRAMPOLINES => "a trampoline arena",
             _ => "an agent region",
         };
         v.push((r.start, r.start.saturating_add(r.len), what));
@@ -956,7 +956,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             // An xcover killed between loading the agent and its init: nothing is hooked and
             // the agent mapped nothing; only the agent and the session mapping go.
             Err(Error::Agent {
-                code: xcover_abi::entry::E_NO_SESSION,
+                code: xcover_session::entry::E_NO_SESSION,
                 ..
             }) => inited = false,
             Err(e) => {
@@ -1155,9 +1155,9 @@ impl Attached {
     /// Leaves the agent in the target for a later [`detach`]: the session has no owner
     /// from now on.
     pub fn leave(self) {
-        let flags = self.session.header().flags | xcover_abi::FLAG_KEEP;
+        let flags = self.session.header().flags | xcover_session::FLAG_KEEP;
         let _ = self.session.write_at(
-            std::mem::offset_of!(xcover_abi::SessionHeader, flags) as u64,
+            std::mem::offset_of!(xcover_session::SessionHeader, flags) as u64,
             &flags.to_le_bytes(),
         );
         self.session.header().owner_pid.store(0, Ordering::Release);

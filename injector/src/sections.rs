@@ -9,8 +9,8 @@
 use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
-use xcover_abi::{FuncEntry, SessionHeader};
 use xcover_bpf::maps::Arena;
+use xcover_session::{FuncEntry, SessionHeader};
 
 use crate::session::SessionFile;
 use crate::{Error, Result};
@@ -67,7 +67,7 @@ impl SessionFile {
     }
 
     /// Writes `data` at offset `off`. Only for sections no other process writes yet (the
-    /// layout, before the agent runs) or owns (see the layout doc in `xcover-abi`).
+    /// layout, before the agent runs) or owns (see the layout doc in `xcover-session`).
     pub fn write_at(&self, off: u64, data: &[u8]) -> Result<()> {
         self.check(off, data.len())?;
         let base = self.map.as_mut_ptr();

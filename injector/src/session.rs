@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
-use xcover_abi::{
+use xcover_session::{
     FLAG_HELD, FLAG_KEEP, SESSION_MAGIC, SESSION_PREFIX, SESSION_VERSION, SessionHeader,
     SessionState, session_file_name,
 };
@@ -387,7 +387,7 @@ pub fn list_sessions() -> Vec<(i32, String)> {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(pid) = name
-                .strip_prefix(xcover_abi::SESSION_PREFIX)
+                .strip_prefix(xcover_session::SESSION_PREFIX)
                 .and_then(|p| p.parse::<i32>().ok())
             {
                 v.push((pid, format!("/dev/shm/{name}")));

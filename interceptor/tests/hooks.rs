@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use support::{Lib, LibcMemory, peek};
-use xcover_abi::ProbeCtx;
 use xcover_interceptor::{HookOptions, Interceptor, IpFixup, Site, SkipReason};
+use xcover_session::ProbeCtx;
 
 const N: u64 = 1000;
 
@@ -289,8 +289,14 @@ extern "C" fn light_probe(ctx: *mut ProbeCtx) -> u64 {
         // whole struct is made).
         unsafe { (ctx as *const u8).wrapping_add(off).cast::<u64>().read() }
     };
-    LIGHT_COOKIE.store(field(xcover_abi::PROBE_CTX_COOKIE_OFF), Ordering::Relaxed);
-    LIGHT_FUNC.store(field(xcover_abi::PROBE_CTX_FUNC_IP_OFF), Ordering::Relaxed);
+    LIGHT_COOKIE.store(
+        field(xcover_session::PROBE_CTX_COOKIE_OFF),
+        Ordering::Relaxed,
+    );
+    LIGHT_FUNC.store(
+        field(xcover_session::PROBE_CTX_FUNC_IP_OFF),
+        Ordering::Relaxed,
+    );
     0
 }
 

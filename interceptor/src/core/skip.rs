@@ -63,7 +63,7 @@ impl SkipReason {
             Self::Unreadable => 8,
             Self::ThreadInPatch => 9,
             Self::ReturnTarget => 10,
-            Self::EnteredInside { .. } => xcover_abi::SKIP_ENTERED_INSIDE,
+            Self::EnteredInside { .. } => xcover_session::SKIP_ENTERED_INSIDE,
         }
     }
 }

@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 use core::mem::offset_of;
 
-use xcover_abi::ProbeCtx;
+use xcover_session::ProbeCtx;
 use xcover_x86::{Reg, Writer, fits_rel32};
 
 use super::cpu;
