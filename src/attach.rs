@@ -24,7 +24,8 @@ use crate::{discover, session};
 static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xcover_agent.so"));
 
 /// Turns an injector error into the CLI's: bad input (exit code 2) or a runtime failure.
-fn cli_error(e: injector::Error) -> anyhow::Error {
+fn cli_error(e: impl Into<injector::Error>) -> anyhow::Error {
+    let e = e.into();
     if e.is_bad_input() {
         anyhow::Error::new(BadInput(e.to_string()))
     } else {

@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use std::sync::OnceLock;
 
+use xcover_bpf::maps::ArenaMaps;
+
 use crate::support::{run_xcover, session_path, tracer_pids, xcover};
 
 pub(crate) fn counts_exe() -> PathBuf {

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use xcover_bpf::env::Env;
 use xcover_bpf::helpers::standard_helpers;
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::{exec, jit, object, verifier};
 
 const FUNCS: u64 = 100;

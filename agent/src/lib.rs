@@ -55,7 +55,8 @@ mod session;
 
 use core::sync::atomic::Ordering;
 
-use xcover_session::{SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState};
+use xcover_session::SessionState;
+use xcover_session::view::{SessionView, ViewError};
 
 /// `xcover_agent_init`: the session pointer is null.
 pub const E_NULL: i64 = -1;
@@ -77,32 +78,26 @@ pub const E_LAYOUT: i64 = -6;
 /// until [`xcover_agent_fini`] returns.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
-    if session.is_null() {
-        return E_NULL;
-    }
-    if size < core::mem::size_of::<SessionHeader>() as u64 {
-        return E_SIZE;
-    }
-    // SAFETY: the caller guarantees `size` mapped bytes, checked to hold a header; it is
-    // page-aligned and every field is valid for any bit pattern.
-    let h = unsafe { &*(session as *const SessionHeader) };
-    if h.magic != SESSION_MAGIC {
-        return E_MAGIC;
-    }
-    if h.version != SESSION_VERSION {
-        return E_VERSION;
-    }
-    let size = size.min(h.total_size);
-    let layout = session::check_layout(h, size);
+    // SAFETY: the caller guarantees `size` mapped bytes (page-aligned) until fini.
+    let v = match unsafe { SessionView::new(session, size) } {
+        Ok(v) => v,
+        Err(ViewError::Null) => return E_NULL,
+        Err(ViewError::TooSmall) => return E_SIZE,
+        Err(ViewError::Magic) => return E_MAGIC,
+        Err(ViewError::Version(_)) => return E_VERSION,
+    };
+    let layout = v.check_layout();
     // SAFETY: caller contract: the mapping lives until fini.
-    unsafe { session::set(session as *mut SessionHeader, size) };
+    unsafe { session::set(v) };
     if let Err(what) = layout {
         session::set_error(format_args!(
-            "the session's {what} lies outside its {size} bytes"
+            "the session's {what} lies outside its {} bytes",
+            v.size()
         ));
         session::clear();
         return E_LAYOUT;
     }
+    let h = v.header();
     session::clear_error();
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     h.state.store(SessionState::Live as u32, Ordering::Release);

@@ -13,7 +13,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use xcover_bpf::env::Env;
 use xcover_bpf::helpers::{self, standard_helpers};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::{exec, interp, jit, object, verifier};
 use xcover_rt as sys;

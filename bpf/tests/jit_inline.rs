@@ -7,7 +7,7 @@ use xcover_bpf::exec::JitCode;
 use xcover_bpf::helpers::{self, standard_helpers};
 use xcover_bpf::insn::*;
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
 use xcover_bpf::{asm, interp};

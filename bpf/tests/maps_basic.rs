@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 
 use xcover_bpf::env::{Env, HelperFn};
 use xcover_bpf::helpers::{self, LogRing, standard_helpers};
-use xcover_bpf::maps::{Arena, ArenaLayout, MapError};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps, MapError};
 use xcover_bpf::program::{MapDef, MapType};
 
 /// An 8-aligned arena in a Vec<u64>.

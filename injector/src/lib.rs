@@ -41,7 +41,6 @@ mod park;
 pub mod proc_events;
 pub mod procfs;
 mod remote;
-mod sections;
 pub mod session;
 pub mod stop;
 pub mod sys;
@@ -458,7 +457,8 @@ fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) -> Result<()> 
     session.write_at(
         std::mem::offset_of!(xcover_session::SessionHeader, probe_flags) as u64,
         &flags.to_le_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// Loads the agent, maps the session, runs init, then hooks every function of the table

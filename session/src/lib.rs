@@ -1,494 +1,90 @@
-//! Types that cross the process boundary.
+//! The session: the one contract across the process boundary between xcover, the agent it
+//! loads into the target, and the probe the agent runs there.
 //!
-//! Everything here is `#[repr(C)]` and holds no pointer that only makes sense in one address
-//! space, except where a field says "address in the target". The xcover process, the agent
-//! inside the target and the TUI all map the same session bytes. The crate is `no_std` so
-//! that the agent (itself `no_std`) can use it.
+//! # What crosses the boundary
 //!
-//! # The session file
+//! - **The session file**, `/dev/shm/xcover-<pid>`: one per target, mapped by xcover (which
+//!   creates it, watches it and writes the reports from it) and by the agent inside the
+//!   target. Its byte layout is [`layout`] (the header, the function and module tables, the
+//!   region table) and [`arena`] (the probe's eBPF maps, inside the file). Nothing in it is
+//!   an absolute pointer except the fields documented as "address in the target".
+//! - **The agent's entry points** ([`entry`]): called by xcover in a stopped thread of the
+//!   target, with the session's address; they answer with a return code and the header's
+//!   `agent_error`.
+//! - **The probe contract** ([`probe`]): the context a probe sees, the names of the maps
+//!   xcover looks for and sizes, and the records the built-in probe writes ([`FirstHit`],
+//!   whose C twin is `session/include/xcover_probe.h`, included by `bpf/cover.bpf.c`).
+//! - **Why a function was skipped** ([`SkipReason`]): decided by the interceptor in the
+//!   target, stored as a stable code in the function table, shown by every reader.
 //!
-//! One file per target pid, `/dev/shm/xcover-<pid>`, mode 0600. It starts with a
-//! [`SessionHeader`]; every other section is found through the header's offsets, so the
-//! layout can grow without breaking readers that check [`SESSION_VERSION`].
+//! [`view`] is the `no_std` access the agent uses on its mapping; [`file`](mod@file) (feature `std`)
+//! is xcover's side: creating, opening, listing, holding and removing session files.
 //!
-//! ```text
-//! +-------------------+ 0
-//! | SessionHeader     |
-//! +-------------------+ funcs_off
-//! | FuncEntry * n     |  one per hooked-or-skipped function, in table order
-//! +-------------------+ strings_off
-//! | names (utf-8)     |  FuncEntry::name_off/len point here
-//! +-------------------+ arena_off
-//! | eBPF map arena    |  the probe's maps (counters, ring buffer), laid out by xcover-bpf
-//! +-------------------+ log_off
-//! | log ring          |  trace_printk and agent messages
-//! +-------------------+ total_size
-//! ```
-#![no_std]
+//! # Who writes what
+//!
+//! | writer | when | what |
+//! |---|---|---|
+//! | xcover | creating the file, before anyone else maps it | the header's plain fields, every table and section, the arena's maps (initialised) |
+//! | xcover | while the target is stopped, before the agent uses them | `probe_flags`, `rseq_cpu_id_off`, `agent_base`/`agent_size`, `target_map_addr`, `scratch_addr`/`scratch_size` |
+//! | xcover | its lifecycle | `state`, `owner_pid`, `flags` ([`FLAG_KEEP`], [`FLAG_HELD`]) |
+//! | agent | in an entry point, every thread of the target stopped | each function's `status` and `skip_reason`, `funcs_hooked`/`funcs_skipped`, `hooked_at_ns`, the region table, `agent_error`, `agent_calls`, `state` (Live, Detaching, Detached) |
+//! | probe | any thread of the target, any time while hooked | its maps in the arena (hit counters, first-hit flags, ring-buffer records), the log ring |
+//! | readers (xcover, its TUI) | any time | the ring buffer's consumer position (one consumer: the xcover that watches) |
+//!
+//! # Invariants
+//!
+//! - **Atomics.** A header field that changes while another process may read it is an
+//!   atomic; the other header fields are written before the file is shared or while the
+//!   target is stopped, and never change afterwards. Table entries and records are not
+//!   atomics: a writer changes a naturally aligned field with one volatile store, and readers
+//!   copy entries out with volatile loads, never holding a reference into the shared bytes.
+//!   Counters that tell readers something changed (`funcs_hooked`, `funcs_skipped`,
+//!   `regions_count`) are published with release stores after what they announce. The log
+//!   ring is best effort: writers reserve with a `fetch_add` on `log_head`, readers skip
+//!   what was overwritten. Maps have their own protocols, per type (`docs/maps.md`).
+//! - **Versioning.** Every reader checks [`SESSION_MAGIC`], [`SESSION_VERSION`], the
+//!   header's size and the file's size before trusting anything else; every layout's size
+//!   and key offsets are pinned by compile-time asserts. Any incompatible change bumps
+//!   [`SESSION_VERSION`]. The agent is embedded in the xcover binary, so the two always
+//!   agree; the version guards against a session left by another xcover (`--keep`, a killed
+//!   one). [`SkipReason`] codes are stable across versions.
+//! - **Bounds.** Offsets and counts in the header are data from a file other processes can
+//!   write: every access is checked against the mapping ([`view`] on each access, [`file`](mod@file) on
+//!   each read), whatever the header says.
+//! - **Ownership.** The file is mode 0600 and belongs to the user who attached (or, when root
+//!   attaches to a process that opens files as another user, to that user); it is created
+//!   `O_EXCL | O_NOFOLLOW` under a private name and published with `link(2)` once its header
+//!   is complete, and opened only if it is a regular file nobody else may write. Its owner
+//!   is the xcover whose pid `owner_pid` holds, trusted as alive only while that process
+//!   holds the file open. A kept session ([`FLAG_KEEP`]) needs no owner; a held one
+//!   ([`FLAG_HELD`]) only keeps counts whose report could not be written, and is never
+//!   removed as stale.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
+// Everything but `file` runs inside the target too (the agent's view of the session, the map
+// arena's layout): a panic there is a SIGILL in the user's process.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
-use bytemuck::{Pod, Zeroable};
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
+pub mod arena;
+#[cfg(feature = "std")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "runs only in xcover, never in the target"
+)]
+pub mod file;
+pub mod layout;
+pub mod probe;
+pub mod skip;
+pub mod view;
 
-/// First eight bytes of every session file.
-pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
-/// Layout version; bumped on any incompatible change (2: [`ModuleEntry`] carries the
-/// module's alias).
-pub const SESSION_VERSION: u32 = 2;
-/// Prefix of session files under `/dev/shm`.
-pub const SESSION_PREFIX: &str = "xcover-";
-
-/// Lifecycle of a session, stored in [`SessionHeader::state`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionState {
-    /// xcover created the file and is loading the agent.
-    Attaching = 1,
-    /// The agent is loaded and (once hooks exist) counting.
-    Live = 2,
-    /// xcover is taking the instrumentation out.
-    Detaching = 3,
-    /// Everything is out of the target; the file is about to be removed.
-    Detached = 4,
-    /// Attach or detach failed half-way; `xcover detach` can finish the job.
-    Failed = 5,
-}
-
-impl SessionState {
-    /// Decodes a raw state value.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            1 => Self::Attaching,
-            2 => Self::Live,
-            3 => Self::Detaching,
-            4 => Self::Detached,
-            5 => Self::Failed,
-            _ => return None,
-        })
-    }
-}
-
-/// The fixed header at offset 0 of a session file.
-///
-/// Fields written once by xcover before the agent starts are plain; fields that change while
-/// readers watch are atomics.
-#[repr(C)]
-pub struct SessionHeader {
-    /// [`SESSION_MAGIC`].
-    pub magic: [u8; 8],
-    /// [`SESSION_VERSION`].
-    pub version: u32,
-    /// `size_of::<SessionHeader>()` as written, for sanity checks.
-    pub header_size: u32,
-    /// Size of the whole file in bytes.
-    pub total_size: u64,
-    /// A [`SessionState`] value.
-    pub state: AtomicU32,
-    /// Pid of the target (its tgid).
-    pub target_pid: u32,
-    /// Start time of the target (field 22 of `/proc/<pid>/stat`), so a recycled pid is
-    /// never mistaken for the session's target.
-    pub target_start_time: u64,
-    /// Pid of the xcover process that owns the session now (0 when none, e.g. `--keep`).
-    pub owner_pid: AtomicU32,
-    /// Flags, see the `FLAG_*` constants.
-    pub flags: u32,
-    /// Wall-clock time the session was created, nanoseconds since the Unix epoch.
-    pub created_unix_ns: u64,
-    /// Address in the target where the agent is loaded (0 when not loaded).
-    pub agent_base: AtomicU64,
-    /// Size in bytes of the agent's mapping in the target.
-    pub agent_size: AtomicU64,
-    /// Address in the target of this file's mapping (0 when not mapped there).
-    pub target_map_addr: AtomicU64,
-    /// Incremented by the agent each time it runs an entry point; proves it ran.
-    pub agent_calls: AtomicU64,
-    /// Offset of the function table ([`FuncEntry`] array).
-    pub funcs_off: u64,
-    /// Number of [`FuncEntry`] records.
-    pub funcs_count: u64,
-    /// Offset of the name bytes.
-    pub strings_off: u64,
-    /// Size of the name bytes.
-    pub strings_size: u64,
-    /// Offset of the eBPF map arena.
-    pub arena_off: u64,
-    /// Size of the eBPF map arena.
-    pub arena_size: u64,
-    /// Offset of the log ring.
-    pub log_off: u64,
-    /// Size of the log ring (a power of two).
-    pub log_size: u64,
-    /// Bytes ever written to the log ring (the write cursor, modulo `log_size`).
-    pub log_head: AtomicU64,
-    /// Functions hooked.
-    pub funcs_hooked: AtomicU64,
-    /// Functions skipped (see [`FuncEntry::status`]).
-    pub funcs_skipped: AtomicU64,
-    /// Events the probe could not record (ring buffer full).
-    pub events_dropped: AtomicU64,
-    /// Build-id of the main executable (first `build_id_len` bytes).
-    pub build_id: [u8; 32],
-    /// Valid bytes in `build_id`.
-    pub build_id_len: u32,
-    /// Valid bytes in `exe_path`.
-    pub exe_path_len: u32,
-    /// Path of the target's main executable (first `exe_path_len` bytes, utf-8).
-    pub exe_path: [u8; 512],
-    /// Offset of the probe's eBPF instructions (8 bytes each, map references already
-    /// rewritten to `lddw src=1/2, imm = map index`), written by xcover.
-    pub prog_off: u64,
-    /// Number of probe instructions.
-    pub prog_insns: u64,
-    /// Offset of the map table: `maps_count` little-endian `u64`s, the offset of each map's
-    /// header from `arena_off`, indexed by the program's map index.
-    pub maps_off: u64,
-    /// Number of maps.
-    pub maps_count: u64,
-    /// Map index of the per-function hit counters (a PERCPU_ARRAY or ARRAY of `u64` keyed by
-    /// cookie), or `u64::MAX`.
-    pub hits_map: u64,
-    /// Map index of the first-hit ring buffer, or `u64::MAX`.
-    pub events_map: u64,
-    /// Possible CPUs the per-CPU maps were laid out for.
-    pub ncpus: u32,
-    /// `PROBE_*` flags.
-    pub probe_flags: u32,
-    /// Offset of the region table: [`Region`]s the agent mapped in the target, so xcover can
-    /// tell whether a stopped thread is inside memory that is about to be unmapped.
-    pub regions_off: u64,
-    /// Capacity of the region table.
-    pub regions_cap: u64,
-    /// Regions in use (the agent appends; entries below this count are complete).
-    pub regions_count: AtomicU64,
-    /// Nanoseconds (CLOCK_MONOTONIC, the target's clock) when hooking finished.
-    pub hooked_at_ns: AtomicU64,
-    /// Valid bytes in `agent_error`.
-    pub agent_error_len: AtomicU32,
-    /// `%fs`-relative offset of the rseq `cpu_id` that the kernel keeps up to date in every
-    /// thread of the target, 0 when they do not all have one at the same offset (then the
-    /// JIT-ed probe takes the CPU number from `rdpid`). Written by xcover while the target
-    /// is stopped, before the agent compiles the probe.
-    pub rseq_cpu_id_off: AtomicI32,
-    /// The agent's last error, utf-8, for xcover to show when an entry point fails.
-    pub agent_error: [u8; 256],
-    /// Offset of the module table ([`ModuleEntry`] array).
-    pub modules_off: u64,
-    /// Number of modules (0 is the main executable).
-    pub modules_count: u64,
-    /// Scratch memory xcover mapped in the target for the stop in progress (its park, data
-    /// and private stack), 0 when none: if xcover dies, the next one takes it out.
-    pub scratch_addr: AtomicU64,
-    /// Size of that scratch memory.
-    pub scratch_size: AtomicU64,
-}
-
-/// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
-/// every glibc release since NPTL's TCB layout settled). The kernel writes it when the
-/// thread is created (`CLONE_PARENT_SETTID`) and zeroes it when the thread exits.
-pub const GLIBC_TCB_TID_OFF: u32 = 0x2d0;
-
-/// One module (a mapped ELF file) whose functions are in the table.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ModuleEntry {
-    /// Offset of the module's path in the string section.
-    pub path_off: u32,
-    /// Length of the path.
-    pub path_len: u32,
-    /// Offset of the name the user gave the module (`--module libsqlite3.so.0` for the file
-    /// `libsqlite3.so.0.8.6`) in the string section.
-    pub alias_off: u32,
-    /// Length of that name; 0 when the module goes by its file name.
-    pub alias_len: u32,
-}
-
-/// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
-/// are not JIT-ed by xcover, which preserves them itself).
-pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
-/// [`SessionHeader::probe_flags`]: every thread's own id is at `%fs` +
-/// [`GLIBC_TCB_TID_OFF`] (xcover checked each stopped thread at attach), so the probe's
-/// `bpf_get_current_pid_tgid` may read it there instead of going through the agent's tid
-/// cache. Set by xcover while the target is stopped, before the agent compiles the probe.
-pub const PROBE_TCB_TID: u32 = 2;
-
-/// One mapping the agent made in the target.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Region {
-    /// Start address.
-    pub start: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// A `REGION_*` kind.
-    pub kind: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
-}
-
-/// [`Region::kind`]: the agent's heap.
-pub const REGION_HEAP: u32 = 1;
-/// [`Region::kind`]: JIT-compiled probe code.
-pub const REGION_JIT: u32 = 2;
-/// [`Region::kind`]: a trampoline arena.
-pub const REGION_TRAMPOLINES: u32 = 3;
-
-/// Exported entry points of the agent, called by xcover in a stopped thread on a private
-/// stack. Every one returns a negative value on failure and then leaves a message in
-/// [`SessionHeader::agent_error`].
-pub mod entry {
-    /// `xcover_agent_init(session: *mut u8, size: u64) -> i64`: checks and records the
-    /// session, sets it Live.
-    pub const INIT: &str = "xcover_agent_init";
-    /// `xcover_agent_hook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: JIT-compiles
-    /// the session's probe (once) and plans the hooks of every `Pending` function of the
-    /// table: writes their trampolines, patches nothing yet. `ips` are the instruction
-    /// pointers of the stopped threads; for each, `moves[i]` receives the address the thread
-    /// must move to (an equivalent place in a trampoline, valid from now on), or 0 to leave
-    /// it. xcover moves those threads, then calls `COMMIT`. Returns the number of functions
-    /// planned.
-    pub const HOOK: &str = "xcover_agent_hook";
-    /// `xcover_agent_commit() -> i64`: writes the entry patches of what the last `HOOK`
-    /// planned, marks each function `Hooked` or `Skipped` with its reason. Returns the number
-    /// of functions hooked. Splitting the two lets xcover move the threads before any byte
-    /// they sit on changes: if xcover dies in between, nothing is patched and every moved
-    /// thread runs on through its trampoline's copy of the same instructions.
-    pub const COMMIT: &str = "xcover_agent_commit";
-    /// `xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: restores the
-    /// original bytes of every hooked function (marking them `Pending` again) and fills
-    /// `moves` like `HOOK`. Returns the number of functions unhooked.
-    pub const UNHOOK: &str = "xcover_agent_unhook";
-    /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
-    /// only once no thread is inside one), marks the session Detached.
-    pub const FINI: &str = "xcover_agent_fini";
-    /// What `HOOK`, `COMMIT`, `UNHOOK` and `FINI` return when `INIT` never ran (or failed):
-    /// the agent holds no session, so it has hooked and mapped nothing.
-    pub const E_NO_SESSION: i64 = -5;
-}
-
-/// [`SessionHeader::flags`]: the session outlives the xcover process (`--keep`).
-pub const FLAG_KEEP: u32 = 1;
-/// [`SessionHeader::flags`]: the target holds nothing of this session any more (its agent
-/// was unloaded, or it is gone), and the file is kept only for its counts, because a report
-/// asked for could not be written: `xcover detach <pid> --report …` writes them and removes
-/// the file. Such a file is never removed as stale.
-pub const FLAG_HELD: u32 = 2;
-
-/// Status of one function in the table.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FuncStatus {
-    /// Not processed yet.
-    Pending = 0,
-    /// Trampoline installed.
-    Hooked = 1,
-    /// Left alone; `skip_reason` says why.
-    Skipped = 2,
-}
-
-/// One function of the target.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct FuncEntry {
-    /// Runtime address of the function's entry in the target.
-    pub addr: u64,
-    /// Size of the function in bytes (from its symbol).
-    pub size: u64,
-    /// Offset of the function from the start of its module's file mapping (the report's
-    /// `offset`).
-    pub offset: u64,
-    /// Offset of the name in the string section.
-    pub name_off: u32,
-    /// Length of the name.
-    pub name_len: u32,
-    /// Index of the module (0 is the main executable).
-    pub module: u32,
-    /// A [`FuncStatus`] value.
-    pub status: u32,
-    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]).
-    pub skip_reason: u32,
-    /// Whether code outside the function branches into its first bytes, as xcover found by
-    /// decoding the module: 0 when not (and in sessions written before this field was
-    /// used: it was reserved, zero). Otherwise bits 0..8 hold the lowest such offset from the
-    /// entry, which no entry patch may displace, and bits 8..32 the length of a text naming
-    /// the first branch there, stored in the string section right after the name. See
-    /// [`FuncEntry::entered_at`] and [`FuncEntry::entered_from_len`].
-    pub entered: u32,
-    /// Where the next symbol (or the section) starts: `addr + size .. pad_end` is padding
-    /// the interceptor may use for a short function's jump.
-    pub pad_end: u64,
-    /// Link-time address of the entry (the symbol's value), for DWARF line lookups.
-    pub vaddr: u64,
-}
-
-// The table's layout is fixed: sessions written by earlier versions stay readable.
-const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
-const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
-
-impl FuncEntry {
-    /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
-    /// function's branch enters, and the length of the text naming it (below 2^24).
-    pub fn pack_entered(at: u8, from_len: u32) -> u32 {
-        u32::from(at) | from_len.min(0xff_ffff) << 8
-    }
-
-    /// The lowest offset from the entry that code outside the function branches to, 0 when
-    /// none is known.
-    pub fn entered_at(&self) -> u8 {
-        self.entered as u8
-    }
-
-    /// Length of the text (after the name in the string section) that names the first
-    /// branch at [`FuncEntry::entered_at`]; 0 when there is none.
-    pub fn entered_from_len(&self) -> u32 {
-        if self.entered_at() == 0 {
-            0
-        } else {
-            self.entered >> 8
-        }
-    }
-}
-
-/// [`FuncEntry::skip_reason`] of a function that another function's branch enters inside
-/// the bytes every entry patch would cover.
-pub const SKIP_ENTERED_INSIDE: u32 = 11;
-
-/// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
-pub fn skip_reason_text(code: u32) -> &'static str {
-    match code {
-        1 => "function too small",
-        2 => "no room for a patch (no free padding)",
-        3 => "branch into the patched bytes",
-        4 => "undecodable instruction",
-        5 => "unrelocatable instruction",
-        6 => "already hooked",
-        7 => "no memory within 2 GiB for a trampoline",
-        8 => "code not readable",
-        9 => "a thread is stopped inside the patched bytes",
-        10 => "entered at its second byte (a top frame's call)",
-        SKIP_ENTERED_INSIDE => "entered inside the patched bytes by another function's branch",
-        _ => "unknown reason",
-    }
-}
-
-/// The layout the probe sees as its context (`r1`): Linux's x86-64 `struct pt_regs`
-/// followed by the attach cookie and the function address, so `PT_REGS_PARM1(ctx)` and
-/// friends work unchanged and `bpf_get_attach_cookie`/`bpf_get_func_ip` are plain loads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ProbeCtx {
-    /// `r15`.
-    pub r15: u64,
-    /// `r14`.
-    pub r14: u64,
-    /// `r13`.
-    pub r13: u64,
-    /// `r12`.
-    pub r12: u64,
-    /// `rbp`.
-    pub rbp: u64,
-    /// `rbx`.
-    pub rbx: u64,
-    /// `r11`.
-    pub r11: u64,
-    /// `r10`.
-    pub r10: u64,
-    /// `r9`.
-    pub r9: u64,
-    /// `r8`.
-    pub r8: u64,
-    /// `rax`.
-    pub rax: u64,
-    /// `rcx`.
-    pub rcx: u64,
-    /// `rdx`.
-    pub rdx: u64,
-    /// `rsi`.
-    pub rsi: u64,
-    /// `rdi`.
-    pub rdi: u64,
-    /// `orig_rax` (always `u64::MAX` here: not in a system call).
-    pub orig_rax: u64,
-    /// `rip`: the hooked function's entry.
-    pub rip: u64,
-    /// `cs` (0 here).
-    pub cs: u64,
-    /// `eflags`.
-    pub eflags: u64,
-    /// `rsp` at the function's entry (points at the return address).
-    pub rsp: u64,
-    /// `ss` (0 here).
-    pub ss: u64,
-    /// The attach cookie: the function's index in the session's function table.
-    pub cookie: u64,
-    /// The function's entry address (same as `rip`).
-    pub func_ip: u64,
-}
-
-/// Byte offset of [`ProbeCtx::cookie`]; the JIT inlines `bpf_get_attach_cookie` as a load.
-pub const PROBE_CTX_COOKIE_OFF: usize = core::mem::offset_of!(ProbeCtx, cookie);
-/// Byte offset of [`ProbeCtx::func_ip`]; the JIT inlines `bpf_get_func_ip` as a load.
-pub const PROBE_CTX_FUNC_IP_OFF: usize = core::mem::offset_of!(ProbeCtx, func_ip);
-/// Size of `struct pt_regs` on x86-64.
-pub const PT_REGS_SIZE: usize = 21 * 8;
-
-const _: () = assert!(core::mem::offset_of!(ProbeCtx, cookie) == PT_REGS_SIZE);
-
-/// Path of the session file for a pid.
-pub fn session_file_name(pid: u32, buf: &mut [u8; 64]) -> &str {
-    // "/dev/shm/xcover-" + up to 10 digits fits easily in 64 bytes.
-    let prefix = b"/dev/shm/xcover-";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = pid;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = prefix.len() + digits.len() - i;
-    buf[prefix.len()..len].copy_from_slice(&digits[i..]);
-    core::str::from_utf8(&buf[..len]).unwrap_or("")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_name() {
-        let mut b = [0u8; 64];
-        assert_eq!(session_file_name(4242, &mut b), "/dev/shm/xcover-4242");
-        assert_eq!(session_file_name(0, &mut b), "/dev/shm/xcover-0");
-        assert_eq!(
-            session_file_name(u32::MAX, &mut b),
-            "/dev/shm/xcover-4294967295"
-        );
-    }
-
-    #[test]
-    fn ctx_layout_matches_pt_regs() {
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rdi), 14 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rip), 16 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rsp), 19 * 8);
-        assert_eq!(PROBE_CTX_FUNC_IP_OFF, PT_REGS_SIZE + 8);
-    }
-
-    #[test]
-    fn state_roundtrip() {
-        for s in [
-            SessionState::Attaching,
-            SessionState::Live,
-            SessionState::Detaching,
-            SessionState::Detached,
-            SessionState::Failed,
-        ] {
-            assert_eq!(SessionState::from_u32(s as u32), Some(s));
-        }
-        assert_eq!(SessionState::from_u32(0), None);
-    }
-}
+pub use layout::*;
+pub use probe::{FirstHit, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF, PT_REGS_SIZE, ProbeCtx};
+pub use skip::SkipReason;

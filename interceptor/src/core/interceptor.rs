@@ -7,12 +7,12 @@
 
 use alloc::vec::Vec;
 
+use super::SkipReason;
 use super::backend::Backend;
 use super::batch::{HookBatch, UnhookBatch};
 use super::hooks::{Hook, Hooks};
 use super::memory::{MemError, Memory};
 use super::site::Site;
-use super::skip::SkipReason;
 use crate::arch::Arch;
 use crate::arena::Arenas;
 
