@@ -28,8 +28,8 @@ fn main() {
         "x86/Cargo.toml",
         "rt/src",
         "rt/Cargo.toml",
-        "abi/src",
-        "abi/Cargo.toml",
+        "session/src",
+        "session/Cargo.toml",
         "bpf/src",
         "bpf/Cargo.toml",
     ] {

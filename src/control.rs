@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xcover_abi::{FLAG_KEEP, SessionState};
 use xcover_injector::session::Owner;
 use xcover_injector::{self as injector, AttachOptions, SessionFile};
+use xcover_session::{FLAG_KEEP, SessionState};
 
 use crate::BadInput;
 use crate::discover;

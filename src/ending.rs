@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xcover_abi::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES, skip_reason_text};
 use xcover_injector::SessionFile;
 use xcover_injector::proc_events::{self, ProcEvent, ProcEvents, Waker};
+use xcover_session::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES};
 
 use crate::session;
 
@@ -446,11 +446,9 @@ pub fn place(s: &SessionFile, ip: u64) -> Option<String> {
         .iter()
         .find(|f| f.entry.addr <= ip && ip < f.entry.addr.saturating_add(f.entry.size.max(1)))?;
     let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
-    let status = match f.entry.status {
-        s if s == FuncStatus::Hooked as u32 => "hooked".to_string(),
-        s if s == FuncStatus::Skipped as u32 => {
-            format!("not hooked: {}", skip_reason_text(f.entry.skip_reason))
-        }
+    let status = match (f.entry.status(), f.skip_reason()) {
+        (Some(FuncStatus::Hooked), _) => "hooked".to_string(),
+        (_, Some(why)) => format!("not hooked: {why}"),
         _ => "not hooked".to_string(),
     };
     Some(format!("{name}+{:#x} ({status})", ip - f.entry.addr))

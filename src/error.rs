@@ -157,6 +157,13 @@ pub fn chain(e: &(dyn StdError + 'static)) -> String {
     line
 }
 
+impl From<xcover_session::file::FileError> for Error {
+    /// A session file's error is the injector's (same text, same bad-input class).
+    fn from(e: xcover_session::file::FileError) -> Self {
+        Error::Injector(e.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

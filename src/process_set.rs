@@ -9,8 +9,8 @@
 
 use std::sync::atomic::Ordering;
 
-use xcover_abi::FLAG_KEEP;
 use xcover_injector::{self as injector, SessionFile};
+use xcover_session::FLAG_KEEP;
 
 use crate::ending::Watch;
 use crate::error::Result;

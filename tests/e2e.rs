@@ -10,6 +10,8 @@ use xcover_testsupport::inspect::{code_bytes, exec_maps, func_addrs};
 use xcover_testsupport::process::{Reaper, signal, spawn_ready};
 use xcover_testsupport::report::{hits, read_report};
 
+use xcover_bpf::maps::ArenaMaps;
+
 use crate::support::{run_xcover, session_path, tracer_pids, xcover, xcover_ok as ok};
 
 pub(crate) fn counts_exe() -> PathBuf {

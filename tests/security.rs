@@ -71,7 +71,7 @@ fn writable_by_others_foreign_or_symlinked_sessions_are_refused() {
     assert_ne!(code, 0, "a symlinked session was followed: {err}");
     assert!(support::mapped(t.pid(), {
         let s = std::fs::read(&real).unwrap();
-        let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_base);
+        let off = std::mem::offset_of!(xcover_session::SessionHeader, agent_base);
         u64::from_le_bytes(s[off..off + 8].try_into().unwrap())
     }));
     std::fs::remove_file(&path).unwrap();
@@ -184,7 +184,7 @@ fn other_users_cannot_detach_or_read_a_session() {
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let after = std::fs::read(&path).unwrap();
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, state);
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, state);
     assert_eq!(
         before[off..off + 4],
         after[off..off + 4],

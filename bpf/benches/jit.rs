@@ -19,7 +19,7 @@ use xcover_bpf::exec::JitCode;
 use xcover_bpf::helpers::standard_helpers;
 use xcover_bpf::insn::{Insn, PSEUDO_MAP_FD};
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
 
@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
         inline_ctx_helpers: true,
         ..JitOptions::for_this_cpu()
     };
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 17,
         ..Default::default()
     };
@@ -196,7 +196,7 @@ fn bench(c: &mut Criterion) {
     // As the agent compiles it in a glibc target: CPU from rseq, tid from the TCB.
     let glibc_env = Env {
         rseq_cpu_id: rseq,
-        tcb_tid: Some(xcover_abi::GLIBC_TCB_TID_OFF as i32),
+        tcb_tid: Some(xcover_session::GLIBC_TCB_TID_OFF as i32),
         ..env
     };
     let seen_map = inline[1].expect("seen inlines");

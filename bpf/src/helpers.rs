@@ -8,13 +8,13 @@
 //! stack, the context) are used directly.
 //!
 //! `bpf_trace_printk` writes to a log sink set once at start-up with [`set_log_sink`]: a
-//! [`LogRing`], a power-of-two ring of bytes in the session (see `xcover_abi`'s
+//! [`LogRing`], a power-of-two ring of bytes in the session (see `xcover_session`'s
 //! `log_off`/`log_size`/`log_head`) that a reader in another process follows with
 //! [`LogRing::read_from`].
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use xcover_abi::ProbeCtx;
+use xcover_session::ProbeCtx;
 
 use crate::env::HelperFn;
 use crate::maps::{self, MapPtr};

@@ -7,7 +7,7 @@ use xcover_bpf::exec::JitCode;
 use xcover_bpf::helpers::{self, standard_helpers};
 use xcover_bpf::insn::*;
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
 use xcover_bpf::{asm, interp};
@@ -718,7 +718,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
         verify(&p, &env, &VerifierOptions::default()).unwrap();
         let code = jit(&p, &env);
         for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-            let ctx = xcover_abi::ProbeCtx {
+            let ctx = xcover_session::ProbeCtx {
                 cookie,
                 ..Default::default()
             };
@@ -730,7 +730,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
     let mut m2 = coverage_maps(8);
     let env = m2.env(false);
     for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-        let ctx = xcover_abi::ProbeCtx {
+        let ctx = xcover_session::ProbeCtx {
             cookie,
             ..Default::default()
         };
@@ -1120,7 +1120,7 @@ fn inline_pid_tgid_from_the_tcb() {
         );
         std::sync::Arc::new(JitCode::new(&bytes).unwrap())
     };
-    let glibc = compile(xcover_abi::GLIBC_TCB_TID_OFF as i32);
+    let glibc = compile(xcover_session::GLIBC_TCB_TID_OFF as i32);
     for _ in 0..3 {
         // SAFETY: a verified program that only calls get_current_pid_tgid.
         assert_eq!(unsafe { glibc.call(0, 0) }, pid_tgid_now());

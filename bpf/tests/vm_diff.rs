@@ -296,7 +296,7 @@ fn inline_ctx_helpers_read_the_probe_ctx() {
         helpers: &CTX_HELPERS,
         ..Env::default()
     };
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 42,
         func_ip: 0x401000,
         ..Default::default()

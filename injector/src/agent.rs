@@ -108,7 +108,7 @@ pub(crate) fn agent_failed(
     let h = session.header();
     let len = (h.agent_error_len.load(Ordering::Acquire) as usize).min(h.agent_error.len());
     let mut buf = vec![0u8; len];
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_error) as u64;
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, agent_error) as u64;
     let mut message = match session.read_at(off, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(_) => String::new(),

@@ -27,7 +27,7 @@ pub(crate) fn doomed_ranges(
         v.push((base, base + size, "the agent"));
     }
     let h = session.header();
-    let rsize = std::mem::size_of::<xcover_abi::Region>();
+    let rsize = std::mem::size_of::<xcover_session::Region>();
     // Bounded by the file, whatever the (shared, writable) header says.
     let n = h
         .regions_count
@@ -37,11 +37,11 @@ pub(crate) fn doomed_ranges(
     let mut raw = vec![0u8; n as usize * rsize];
     session.read_at(h.regions_off, &mut raw)?;
     for c in raw.chunks_exact(rsize) {
-        let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
+        let r: xcover_session::Region = bytemuck::pod_read_unaligned(c);
         let what = match r.kind {
-            xcover_abi::REGION_HEAP => HEAP_RANGE,
-            xcover_abi::REGION_JIT => JIT_RANGE,
-            xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
+            xcover_session::REGION_HEAP => HEAP_RANGE,
+            xcover_session::REGION_JIT => JIT_RANGE,
+            xcover_session::REGION_TRAMPOLINES => "a trampoline arena",
             _ => "an agent region",
         };
         v.push((r.start, r.start.saturating_add(r.len), what));

@@ -85,7 +85,6 @@ pub mod proc_events;
 pub mod procfs;
 mod remote;
 mod scratch;
-mod sections;
 pub mod session;
 pub mod stop;
 pub mod sys;
@@ -102,15 +101,15 @@ pub use session::SessionFile;
 pub use stop::StoppedProcess;
 
 /// Name of the agent's initialisation entry point.
-pub const AGENT_INIT: &str = xcover_abi::entry::INIT;
+pub const AGENT_INIT: &str = xcover_session::entry::INIT;
 /// Name of the agent's hook entry point.
-pub const AGENT_HOOK: &str = xcover_abi::entry::HOOK;
+pub const AGENT_HOOK: &str = xcover_session::entry::HOOK;
 /// Name of the agent's entry point that writes the patches `HOOK` planned.
-pub const AGENT_COMMIT: &str = xcover_abi::entry::COMMIT;
+pub const AGENT_COMMIT: &str = xcover_session::entry::COMMIT;
 /// Name of the agent's unhook entry point.
-pub const AGENT_UNHOOK: &str = xcover_abi::entry::UNHOOK;
+pub const AGENT_UNHOOK: &str = xcover_session::entry::UNHOOK;
 /// Name of the agent's shutdown entry point.
-pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
+pub const AGENT_FINI: &str = xcover_session::entry::FINI;
 
 /// Fills a freshly created session file before the target is stopped (function table,
 /// probe, maps). An error aborts the attach with nothing left behind.

@@ -402,10 +402,10 @@ impl<T: Tracer> StoppedProcess<T> {
     }
 
     /// The `%fs`-relative offset of the thread id in the TCB
-    /// ([`xcover_abi::GLIBC_TCB_TID_OFF`]), when every stopped thread has its own id there
+    /// ([`xcover_session::GLIBC_TCB_TID_OFF`]), when every stopped thread has its own id there
     /// (glibc); `None` otherwise.
     pub fn tcb_tid_offset(&self) -> Option<i32> {
-        let off = xcover_abi::GLIBC_TCB_TID_OFF;
+        let off = xcover_session::GLIBC_TCB_TID_OFF;
         for &tid in self.threads.keys() {
             let fs = self.regs(tid).ok()?.fs_base;
             let mut b = [0u8; 4];

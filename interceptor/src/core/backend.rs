@@ -2,10 +2,10 @@
 
 use alloc::vec::Vec;
 
+use super::SkipReason;
 use super::hooks::{MovedList, PatchBytes, SlotPatch};
 use super::interceptor::HookOptions;
 use super::site::Site;
-use super::skip::SkipReason;
 use crate::arena::Arenas;
 
 /// The patch a back end planned for a site, as bytes.

@@ -3,8 +3,8 @@
 
 use alloc::vec::Vec;
 
+use super::SkipReason;
 use super::hooks::{Hook, MovedList};
-use super::skip::SkipReason;
 
 /// What a stopped thread must do before patches are written or removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,12 +7,12 @@
 
 use alloc::vec::Vec;
 
+use super::SkipReason;
 use super::backend::Backend;
 use super::batch::{HookBatch, UnhookBatch};
 use super::hooks::{Hook, Hooks};
 use super::memory::{MemError, Memory};
 use super::site::Site;
-use super::skip::SkipReason;
 use crate::arch::Arch;
 use crate::arena::Arenas;
 
@@ -28,8 +28,8 @@ pub struct HookOptions {
     /// Restore the flags with `popfq` instead of the cheaper `sahf` sequence (for
     /// measurements).
     pub flags_with_popfq: bool,
-    /// The probe reads nothing of its context but [`xcover_abi::ProbeCtx::cookie`] and
-    /// [`xcover_abi::ProbeCtx::func_ip`], and keeps the callee-saved registers (System V): trampolines
+    /// The probe reads nothing of its context but [`xcover_session::ProbeCtx::cookie`] and
+    /// [`xcover_session::ProbeCtx::func_ip`], and keeps the callee-saved registers (System V): trampolines
     /// then take the light body, which saves only the registers a callee may clobber and
     /// fills only those two fields (about half the instructions). Ignored with
     /// `save_vector_regs` or `flags_with_popfq`.

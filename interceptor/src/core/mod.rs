@@ -29,7 +29,6 @@ mod hooks;
 mod interceptor;
 mod memory;
 mod site;
-mod skip;
 
 pub use batch::{HookBatch, IpFixup, UnhookBatch};
 pub(crate) use hooks::PatchBytes;
@@ -37,4 +36,6 @@ pub use hooks::{MAX_MOVED, Moved, MovedList};
 pub use interceptor::{HookOptions, Interceptor};
 pub use memory::{MemError, Memory, PAGE_SIZE, Protection, write_code_protecting};
 pub use site::{Site, SiteKind};
-pub use skip::SkipReason;
+/// Why a site was not hooked: the session's reasons, whose stable codes the agent records
+/// per function.
+pub use xcover_session::SkipReason;

@@ -25,7 +25,7 @@ pub struct Site {
     /// its leading `int3`/`nop` bytes are used). Values below `addr+size` mean "no padding".
     /// Up to 256 bytes of it are read, so `addr .. min(next, addr+size+256)` must be mapped.
     pub next: u64,
-    /// The attach cookie put into [`xcover_abi::ProbeCtx::cookie`].
+    /// The attach cookie put into [`xcover_session::ProbeCtx::cookie`].
     pub cookie: u64,
     /// How the site may be patched.
     pub kind: SiteKind,

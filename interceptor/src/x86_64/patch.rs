@@ -11,17 +11,14 @@ use super::relocator::{Head, RefSweep, RelocError, Scan};
 use crate::core::backend::Patch;
 use crate::core::{PatchBytes, Site, SkipReason};
 
-impl From<RelocError> for SkipReason {
-    fn from(e: RelocError) -> Self {
-        match e {
-            RelocError::Truncated => Self::NoRoom,
-            RelocError::Undecodable { offset } => Self::Undecodable {
-                offset: offset as u32,
-            },
-            RelocError::Unrelocatable { offset, kind } => Self::Unrelocatable {
-                offset: offset as u32,
-                kind,
-            },
+impl RelocError {
+    /// Why a site whose relocation failed this way is skipped (the session records the
+    /// reason, not where it lies).
+    pub(crate) fn skip_reason(self) -> SkipReason {
+        match self {
+            RelocError::Truncated => SkipReason::NoRoom,
+            RelocError::Undecodable { .. } => SkipReason::Undecodable,
+            RelocError::Unrelocatable { .. } => SkipReason::Unrelocatable,
         }
     }
 }
@@ -83,11 +80,11 @@ pub(crate) fn plan(
     let entered = |len: usize| f.entered_at != 0 && usize::from(f.entered_at) < len;
     let first = match head.scan(5) {
         Ok(scan) => match refs.first_ref(scan.len) {
-            None if entered(scan.len) => SkipReason::EnteredInside { at: f.entered_at },
+            None if entered(scan.len) => SkipReason::EnteredInside,
             None => return Ok(Plan { scan, slot: None }),
-            Some(from) => SkipReason::BranchIntoPatch { from },
+            Some(_) => SkipReason::BranchIntoPatch,
         },
-        Err(e) => e.into(),
+        Err(e) => e.skip_reason(),
     };
     // The 2-byte hop into padding.
     if let Ok(scan) = head.scan(2) {
@@ -181,10 +178,10 @@ mod tests {
         for at in [1, 2] {
             assert_eq!(
                 try_plan(at),
-                Err(SkipReason::EnteredInside { at }),
+                Err(SkipReason::EnteredInside),
                 "entered at +{at}"
             );
         }
-        assert_eq!(SkipReason::EnteredInside { at: 3 }.code(), 11);
+        assert_eq!(SkipReason::EnteredInside.code(), 11);
     }
 }

@@ -1,41 +1,44 @@
-//! Types that cross the process boundary.
-//!
-//! Everything here is `#[repr(C)]` and holds no pointer that only makes sense in one address
-//! space, except where a field says "address in the target". The xcover process, the agent
-//! inside the target and the TUI all map the same session bytes. The crate is `no_std` so
-//! that the agent (itself `no_std`) can use it.
-//!
-//! # The session file
-//!
-//! One file per target pid, `/dev/shm/xcover-<pid>`, mode 0600. It starts with a
-//! [`SessionHeader`]; every other section is found through the header's offsets, so the
-//! layout can grow without breaking readers that check [`SESSION_VERSION`].
+//! The session file's byte layout: the header, the function and module tables, the region
+//! table and the agent's entry points. Every type is `#[repr(C)]`, and the sizes and key
+//! offsets are pinned by compile-time asserts, so two builds that agree on
+//! [`SESSION_VERSION`] agree on every byte.
 //!
 //! ```text
 //! +-------------------+ 0
 //! | SessionHeader     |
 //! +-------------------+ funcs_off
-//! | FuncEntry * n     |  one per hooked-or-skipped function, in table order
+//! | FuncEntry * n     |  one per hooked-or-skipped function, in table (cookie) order
+//! +-------------------+ modules_off
+//! | ModuleEntry * n   |  one per module, the main executable first
 //! +-------------------+ strings_off
-//! | names (utf-8)     |  FuncEntry::name_off/len point here
+//! | names (utf-8)     |  FuncEntry::name_off/len and ModuleEntry::path_off/len point here
+//! +-------------------+ prog_off
+//! | probe insns       |  8 bytes each, map references rewritten to map indices
+//! +-------------------+ maps_off
+//! | map table         |  one u64 per map: its header's offset in the arena
+//! +-------------------+ regions_off
+//! | Region * cap      |  what the agent mapped in the target (it appends)
 //! +-------------------+ arena_off
-//! | eBPF map arena    |  the probe's maps (counters, ring buffer), laid out by xcover-bpf
+//! | eBPF map arena    |  the probe's maps (see `crate::arena`)
 //! +-------------------+ log_off
 //! | log ring          |  trace_printk and agent messages
 //! +-------------------+ total_size
 //! ```
-#![no_std]
-#![deny(missing_docs)]
+//!
+//! Sections are found only through the header's offsets; their order above is the one
+//! xcover uses, not a rule readers may rely on.
 
 use bytemuck::{Pod, Zeroable};
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
+
+use crate::skip::SkipReason;
 
 /// First eight bytes of every session file.
 pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
 /// Layout version; bumped on any incompatible change (2: [`ModuleEntry`] carries the
 /// module's alias).
 pub const SESSION_VERSION: u32 = 2;
-/// Prefix of session files under `/dev/shm`.
+/// Prefix of session files under `/dev/shm` (`/dev/shm/xcover-<pid>`).
 pub const SESSION_PREFIX: &str = "xcover-";
 
 /// Lifecycle of a session, stored in [`SessionHeader::state`].
@@ -146,9 +149,10 @@ pub struct SessionHeader {
     /// Number of maps.
     pub maps_count: u64,
     /// Map index of the per-function hit counters (a PERCPU_ARRAY or ARRAY of `u64` keyed by
-    /// cookie), or `u64::MAX`.
+    /// cookie, named as [`crate::probe::HIT_COUNT_MAPS`] says), or `u64::MAX`.
     pub hits_map: u64,
-    /// Map index of the first-hit ring buffer, or `u64::MAX`.
+    /// Map index of the first-hit ring buffer ([`crate::probe::EVENTS_MAP`], records of
+    /// [`crate::probe::FirstHit`]), or `u64::MAX`.
     pub events_map: u64,
     /// Possible CPUs the per-CPU maps were laid out for.
     pub ncpus: u32,
@@ -171,7 +175,7 @@ pub struct SessionHeader {
     /// is stopped, before the agent compiles the probe.
     pub rseq_cpu_id_off: AtomicI32,
     /// The agent's last error, utf-8, for xcover to show when an entry point fails.
-    pub agent_error: [u8; 256],
+    pub agent_error: [u8; AGENT_ERROR_SIZE],
     /// Offset of the module table ([`ModuleEntry`] array).
     pub modules_off: u64,
     /// Number of modules (0 is the main executable).
@@ -182,6 +186,28 @@ pub struct SessionHeader {
     /// Size of that scratch memory.
     pub scratch_size: AtomicU64,
 }
+
+// The header's layout is fixed for a SESSION_VERSION: its size and the offsets of fields
+// that separate groups, so that a moved or resized field fails to compile.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<SessionHeader>() == 1120);
+    assert!(offset_of!(SessionHeader, state) == 24);
+    assert!(offset_of!(SessionHeader, owner_pid) == 40);
+    assert!(offset_of!(SessionHeader, funcs_off) == 88);
+    assert!(offset_of!(SessionHeader, build_id) == 184);
+    assert!(offset_of!(SessionHeader, exe_path) == 224);
+    assert!(offset_of!(SessionHeader, prog_off) == 736);
+    assert!(offset_of!(SessionHeader, hits_map) == 768);
+    assert!(offset_of!(SessionHeader, regions_off) == 792);
+    assert!(offset_of!(SessionHeader, rseq_cpu_id_off) == 828);
+    assert!(offset_of!(SessionHeader, agent_error) == 832);
+    assert!(offset_of!(SessionHeader, modules_off) == 1088);
+    assert!(offset_of!(SessionHeader, scratch_size) == 1112);
+};
+
+/// Size of [`SessionHeader::agent_error`].
+pub const AGENT_ERROR_SIZE: usize = 256;
 
 /// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
 /// every glibc release since NPTL's TCB layout settled). The kernel writes it when the
@@ -202,6 +228,8 @@ pub struct ModuleEntry {
     /// Length of that name; 0 when the module goes by its file name.
     pub alias_len: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<ModuleEntry>() == 16);
 
 /// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
 /// are not JIT-ed by xcover, which preserves them itself).
@@ -225,6 +253,8 @@ pub struct Region {
     /// Reserved, zero.
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Region>() == 24);
 
 /// [`Region::kind`]: the agent's heap.
 pub const REGION_HEAP: u32 = 1;
@@ -286,6 +316,18 @@ pub enum FuncStatus {
     Skipped = 2,
 }
 
+impl FuncStatus {
+    /// Decodes a raw status value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Pending,
+            1 => Self::Hooked,
+            2 => Self::Skipped,
+            _ => return None,
+        })
+    }
+}
+
 /// One function of the target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -305,7 +347,7 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]).
+    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]).
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
     /// decoding the module: 0 when not (and in sessions written before this field was
@@ -326,6 +368,20 @@ const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
 impl FuncEntry {
+    /// The entry's [`FuncStatus`] (`None` for a value this version does not know).
+    pub fn status(&self) -> Option<FuncStatus> {
+        FuncStatus::from_u32(self.status)
+    }
+
+    /// Why the function was skipped: `None` unless its status is
+    /// [`FuncStatus::Skipped`] with a code this version knows.
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self.status() {
+            Some(FuncStatus::Skipped) => SkipReason::from_code(self.skip_reason),
+            _ => None,
+        }
+    }
+
     /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
     /// function's branch enters, and the length of the text naming it (below 2^24).
     pub fn pack_entered(at: u8, from_len: u32) -> u32 {
@@ -349,134 +405,9 @@ impl FuncEntry {
     }
 }
 
-/// [`FuncEntry::skip_reason`] of a function that another function's branch enters inside
-/// the bytes every entry patch would cover.
-pub const SKIP_ENTERED_INSIDE: u32 = 11;
-
-/// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
-pub fn skip_reason_text(code: u32) -> &'static str {
-    match code {
-        1 => "function too small",
-        2 => "no room for a patch (no free padding)",
-        3 => "branch into the patched bytes",
-        4 => "undecodable instruction",
-        5 => "unrelocatable instruction",
-        6 => "already hooked",
-        7 => "no memory within 2 GiB for a trampoline",
-        8 => "code not readable",
-        9 => "a thread is stopped inside the patched bytes",
-        10 => "entered at its second byte (a top frame's call)",
-        SKIP_ENTERED_INSIDE => "entered inside the patched bytes by another function's branch",
-        _ => "unknown reason",
-    }
-}
-
-/// The layout the probe sees as its context (`r1`): Linux's x86-64 `struct pt_regs`
-/// followed by the attach cookie and the function address, so `PT_REGS_PARM1(ctx)` and
-/// friends work unchanged and `bpf_get_attach_cookie`/`bpf_get_func_ip` are plain loads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ProbeCtx {
-    /// `r15`.
-    pub r15: u64,
-    /// `r14`.
-    pub r14: u64,
-    /// `r13`.
-    pub r13: u64,
-    /// `r12`.
-    pub r12: u64,
-    /// `rbp`.
-    pub rbp: u64,
-    /// `rbx`.
-    pub rbx: u64,
-    /// `r11`.
-    pub r11: u64,
-    /// `r10`.
-    pub r10: u64,
-    /// `r9`.
-    pub r9: u64,
-    /// `r8`.
-    pub r8: u64,
-    /// `rax`.
-    pub rax: u64,
-    /// `rcx`.
-    pub rcx: u64,
-    /// `rdx`.
-    pub rdx: u64,
-    /// `rsi`.
-    pub rsi: u64,
-    /// `rdi`.
-    pub rdi: u64,
-    /// `orig_rax` (always `u64::MAX` here: not in a system call).
-    pub orig_rax: u64,
-    /// `rip`: the hooked function's entry.
-    pub rip: u64,
-    /// `cs` (0 here).
-    pub cs: u64,
-    /// `eflags`.
-    pub eflags: u64,
-    /// `rsp` at the function's entry (points at the return address).
-    pub rsp: u64,
-    /// `ss` (0 here).
-    pub ss: u64,
-    /// The attach cookie: the function's index in the session's function table.
-    pub cookie: u64,
-    /// The function's entry address (same as `rip`).
-    pub func_ip: u64,
-}
-
-/// Byte offset of [`ProbeCtx::cookie`]; the JIT inlines `bpf_get_attach_cookie` as a load.
-pub const PROBE_CTX_COOKIE_OFF: usize = core::mem::offset_of!(ProbeCtx, cookie);
-/// Byte offset of [`ProbeCtx::func_ip`]; the JIT inlines `bpf_get_func_ip` as a load.
-pub const PROBE_CTX_FUNC_IP_OFF: usize = core::mem::offset_of!(ProbeCtx, func_ip);
-/// Size of `struct pt_regs` on x86-64.
-pub const PT_REGS_SIZE: usize = 21 * 8;
-
-const _: () = assert!(core::mem::offset_of!(ProbeCtx, cookie) == PT_REGS_SIZE);
-
-/// Path of the session file for a pid.
-pub fn session_file_name(pid: u32, buf: &mut [u8; 64]) -> &str {
-    // "/dev/shm/xcover-" + up to 10 digits fits easily in 64 bytes.
-    let prefix = b"/dev/shm/xcover-";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = pid;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = prefix.len() + digits.len() - i;
-    buf[prefix.len()..len].copy_from_slice(&digits[i..]);
-    core::str::from_utf8(&buf[..len]).unwrap_or("")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_name() {
-        let mut b = [0u8; 64];
-        assert_eq!(session_file_name(4242, &mut b), "/dev/shm/xcover-4242");
-        assert_eq!(session_file_name(0, &mut b), "/dev/shm/xcover-0");
-        assert_eq!(
-            session_file_name(u32::MAX, &mut b),
-            "/dev/shm/xcover-4294967295"
-        );
-    }
-
-    #[test]
-    fn ctx_layout_matches_pt_regs() {
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rdi), 14 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rip), 16 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rsp), 19 * 8);
-        assert_eq!(PROBE_CTX_FUNC_IP_OFF, PT_REGS_SIZE + 8);
-    }
 
     #[test]
     fn state_roundtrip() {
