@@ -308,6 +308,24 @@ pub enum Reason {
         /// Where it would go.
         into: RegType,
     },
+    /// A pointer stored to the stack other than whole (8 bytes at an 8-aligned fixed offset).
+    #[error(
+        "r{reg} is {ty}: a pointer is only spilled whole, 8 bytes at an 8-aligned fixed stack offset"
+    )]
+    PartialSpill {
+        /// The register.
+        reg: u8,
+        /// What it holds.
+        ty: RegType,
+    },
+    /// A read of part of a spilled pointer (or an atomic update of it).
+    #[error("r{reg}: reads part of a pointer spilled at r10{off:+}")]
+    PartialPointer {
+        /// The pointer register.
+        reg: u8,
+        /// The slot's offset from its frame's `r10`.
+        off: i64,
+    },
     /// Arithmetic on a pointer that is not allowed.
     #[error("r{reg} is {ty}: {why}")]
     PointerArith {

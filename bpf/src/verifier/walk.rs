@@ -607,11 +607,10 @@ impl Walk<'_> {
             first..=last.min(SLOTS - 1)
         };
         let reads = matches!(acc, Access::Load | Access::Atomic | Access::HelperRead);
+        let whole = fixed && size == 8 && lo.rem_euclid(8) == 0;
         if reads {
             if acc == Access::Load
-                && fixed
-                && size == 8
-                && lo.rem_euclid(8) == 0
+                && whole
                 && let Some(sp) = frame.slot(locate(lo).0).spill
             {
                 return Ok(sp);
@@ -622,25 +621,41 @@ impl Walk<'_> {
                     return fail(pc, Reason::UninitStack { reg: breg, off: o });
                 }
             }
-            if acc == Access::HelperRead {
-                for k in each_slot(bytes.clone()) {
-                    if let Some(sp) = frame.slot(k).spill
-                        && sp.is_ptr()
-                    {
-                        return fail(
-                            pc,
-                            Reason::PointerLeak {
-                                reg: breg,
-                                ty: sp.ty(),
-                                into: RegType::Helper,
-                            },
-                        );
-                    }
+            // A spilled pointer only comes back whole: its bytes as numbers would leak it.
+            for k in each_slot(bytes.clone()) {
+                if let Some(sp) = frame.slot(k).spill
+                    && sp.is_ptr()
+                {
+                    let reason = if acc == Access::HelperRead {
+                        Reason::PointerLeak {
+                            reg: breg,
+                            ty: sp.ty(),
+                            into: RegType::Helper,
+                        }
+                    } else {
+                        Reason::PartialPointer {
+                            reg: breg,
+                            off: -8 * (k as i64 + 1),
+                        }
+                    };
+                    return fail(pc, reason);
                 }
             }
         }
         if writes {
-            if acc == Access::Store && fixed && size == 8 && lo.rem_euclid(8) == 0 {
+            if let Some((v, vreg)) = value
+                && v.is_ptr()
+                && !whole
+            {
+                return fail(
+                    pc,
+                    Reason::PartialSpill {
+                        reg: vreg,
+                        ty: v.ty(),
+                    },
+                );
+            }
+            if acc == Access::Store && whole {
                 if let (Some(s), Some((v, _))) = (frame.slot_mut(locate(lo).0), value) {
                     s.init = 0xff;
                     s.spill = Some(v);
@@ -648,9 +663,15 @@ impl Walk<'_> {
             } else {
                 for k in each_slot(bytes.clone()) {
                     if let Some(s) = frame.slot_mut(k) {
+                        // What is left of a pointer partly overwritten is not readable.
+                        if s.spill.is_some_and(|r| r.is_ptr()) {
+                            s.init = 0;
+                        }
                         s.spill = None;
                     }
                 }
+                // Bytes certainly written (all of them for a fixed offset; for a helper,
+                // as many as its smallest size).
                 if fixed {
                     for o in lo..lo + size as i64 {
                         let (k, b) = locate(o);
@@ -795,6 +816,7 @@ impl Walk<'_> {
             for s in fr.stack.iter_mut() {
                 if s.spill.is_some_and(|r| r.kind == Kind::Stack(depth)) {
                     s.spill = None;
+                    s.init = 0;
                 }
             }
         }
