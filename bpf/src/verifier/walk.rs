@@ -32,7 +32,7 @@ enum Flow {
     Next(usize),
     /// Go on at the fall-through (already in place); the other path starts at this
     /// instruction with this state.
-    Fork(usize, State),
+    Fork(usize, alloc::boxed::Box<State>),
     /// The path ended at the program's exit.
     Done,
 }
@@ -124,7 +124,7 @@ pub(super) fn run(
                     if let Some(n) = cp.and_then(|c| w.nodes.get_mut(c)) {
                         n.branches += 1;
                     }
-                    work.push((t, other, cp));
+                    work.push((t, *other, cp));
                     pc += 1;
                 }
                 Flow::Done => {
@@ -750,10 +750,10 @@ impl Walk<'_> {
                 other.mark_nonnull(a.id);
                 st.mark_null(a.id);
             }
-            return Ok(Flow::Fork(t, other));
+            return Ok(Flow::Fork(t, alloc::boxed::Box::new(other)));
         }
         if a.is_ptr() || b.is_ptr() {
-            return Ok(Flow::Fork(t, st.clone()));
+            return Ok(Flow::Fork(t, alloc::boxed::Box::new(st.clone())));
         }
         match decide(code, is32, a.r, b.r) {
             Some(true) => return Ok(Flow::Next(t)),
@@ -762,7 +762,7 @@ impl Walk<'_> {
         }
         let refinable = !is32 || (a.r.umax <= i32::MAX as u64 && b.r.umax <= i32::MAX as u64);
         if !refinable {
-            return Ok(Flow::Fork(t, st.clone()));
+            return Ok(Flow::Fork(t, alloc::boxed::Box::new(st.clone())));
         }
         let taken = refine(code, true, a.r, b.r);
         let fall = refine(code, false, a.r, b.r);
@@ -777,7 +777,7 @@ impl Walk<'_> {
                 let mut other = st.clone();
                 apply(&mut other, tk);
                 apply(st, fl);
-                Ok(Flow::Fork(t, other))
+                Ok(Flow::Fork(t, alloc::boxed::Box::new(other)))
             }
             (Some(tk), None) => {
                 apply(st, tk);
