@@ -9,7 +9,7 @@
 use std::mem::{offset_of, size_of};
 
 use crate::error::{Context, Error, Result, bail};
-use xcover_bpf::env::Env;
+use xcover_bpf::env::{Env, MapInfo};
 use xcover_bpf::maps::{ArenaLayout, ArenaMaps};
 use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
@@ -77,6 +77,7 @@ pub fn verify_probe(prog: &Program) -> Result<()> {
         helpers,
         map_addrs: &fake,
         map_value_addrs: &fake,
+        maps: &MapInfo::table_of(&prog.maps),
         ..Default::default()
     };
     verifier::verify(&prog.insns, &env, &VerifierOptions::default()).map_err(|e| {

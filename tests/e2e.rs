@@ -63,16 +63,6 @@ impl Counts {
         l
     }
 
-    /// Asks for a round and waits for the target to end without answering (a probe that
-    /// kills it); returns how it ended.
-    pub(crate) fn kill_with_round(mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGUSR2);
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
-        assert!(rest.is_empty(), "the target answered: {rest:?}");
-        self.child.wait().unwrap()
-    }
-
     /// Ends the target; returns its whole output and exit code.
     pub(crate) fn finish(mut self) -> (Vec<String>, i32) {
         self.signal(libc::SIGUSR1);

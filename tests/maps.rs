@@ -57,6 +57,7 @@ fn maps_child_runs_probe() {
         helpers: standard_helpers(),
         map_addrs: &addrs,
         map_value_addrs: &vals,
+        maps: &xcover_bpf::env::MapInfo::table_of(&prog.maps),
         ..Env::default()
     };
     verifier::verify(&prog.insns, &env, &Default::default()).unwrap();

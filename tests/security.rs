@@ -379,33 +379,48 @@ fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
     assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
 }
 
-/// What SECURITY.md says of a direct load: the verifier does not track pointers, so a probe
-/// that loads from address 8 is accepted and the target dies of SIGSEGV on the first hit.
-/// When the verifier learns pointer types this must change, and SECURITY.md with it.
+/// What SECURITY.md says of a direct load: the verifier tracks pointer types, so a probe
+/// that loads from address 8 (a number, not a pointer) is refused at attach — exit 2, a
+/// message naming the instruction and the register — and the target runs on untouched.
 #[test]
-fn a_direct_load_from_a_bad_address_kills_the_target() {
-    use std::os::unix::process::ExitStatusExt;
+fn a_direct_load_from_a_bad_address_is_rejected_at_attach() {
     let probe = support::build_probe("bad_load.bpf.c", "bad_load.bpf.o", &[]);
-    let t = crate::e2e::Counts::start();
+    let mut t = crate::e2e::Counts::start();
     let pid = t.pid();
     let ps = pid.to_string();
-    crate::support::xcover_ok(&[
-        "attach",
-        &ps,
-        "--no-tui",
-        "--keep",
-        "--include",
-        "^f1$",
-        "--probe",
-        probe.to_str().unwrap(),
-    ]);
-    let st = t.kill_with_round();
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGSEGV),
-        "the target survived a probe's load from address 8: {st:?}; update SECURITY.md"
+    let (code, err) = xcover_run(
+        &[
+            "attach",
+            &ps,
+            "--no-tui",
+            "--keep",
+            "--include",
+            "^f1$",
+            "--probe",
+            probe.to_str().unwrap(),
+        ],
+        LIMIT,
     );
-    // Its session is stale now: a detach removes it.
-    let (_, err) = xcover_run(&["detach", &ps], LIMIT);
-    assert!(!session_path(pid).exists(), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rejected by the verifier"), "{err}");
+    // "insn N: rM is a scalar, not a pointer to memory: cannot load through it"
+    let named = err.split("insn ").skip(1).any(|rest| {
+        let Some((n, why)) = rest.split_once(": r") else {
+            return false;
+        };
+        n.parse::<usize>().is_ok()
+            && why.split_once(' ').is_some_and(|(r, tail)| {
+                r.parse::<u8>().is_ok()
+                    && tail.starts_with("is a scalar, not a pointer to memory: cannot load")
+            })
+    });
+    assert!(
+        named,
+        "the rejection does not name the instruction and register: {err}"
+    );
+    assert!(!session_path(pid).exists(), "a session was left behind");
+    t.round();
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
 }

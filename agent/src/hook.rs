@@ -14,7 +14,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
 use xcover_bpf::ctx_use;
-use xcover_bpf::env::{Env, InlineMap};
+use xcover_bpf::env::{Env, InlineMap, MapInfo};
 use xcover_bpf::helpers::{self, LogRing};
 use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
@@ -143,11 +143,17 @@ fn build(near: u64) -> Result<State, i64> {
     // SAFETY: every address comes from `env_addrs`, which checked it is a map header inside
     // the session's arena; the arena stays mapped until fini, long after compiling.
     let map_inline = unsafe { InlineMap::table(&map_addrs) };
+    // SAFETY: as above.
+    let Some(map_info) = (unsafe { MapInfo::table(&map_addrs) }) else {
+        set_error(format_args!("probe maps: a map header of an unknown type"));
+        return Err(E_PROBE);
+    };
     let env = Env {
         helpers: helpers::standard_helpers(),
         map_addrs: &map_addrs,
         map_value_addrs: &value_addrs,
         map_inline: &map_inline,
+        maps: &map_info,
         rseq_cpu_id: nonzero(h.rseq_cpu_id_off.load(Ordering::Acquire)),
         tcb_tid: (h.probe_flags & PROBE_TCB_TID != 0).then_some(GLIBC_TCB_TID_OFF as i32),
         ..Env::default()

@@ -137,6 +137,7 @@ fn cover_probe(c: &mut Criterion) {
         helpers: standard_helpers(),
         map_addrs: &addrs,
         map_value_addrs: &vals,
+        maps: &xcover_bpf::env::MapInfo::table_of(&prog.maps),
         ..Env::default()
     };
     verifier::verify(&prog.insns, &env, &Default::default()).unwrap();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xcover_bpf::env::Env;
+use xcover_bpf::env::{Env, MapInfo};
 use xcover_bpf::helpers::standard_helpers;
 use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::object::{self, ObjectError};
@@ -34,6 +34,7 @@ fn globals_obj() -> Vec<u8> {
 
 /// A program's maps laid out in an 8-aligned arena owned by the struct.
 struct Loaded {
+    info: Vec<MapInfo>,
     _mem: Vec<u64>,
     arena: Arena,
     offsets: Vec<u64>,
@@ -52,6 +53,7 @@ fn instantiate(p: &Program) -> Loaded {
     let offsets = layout.offsets();
     let (map_addrs, value_addrs) = arena.env_addrs(&offsets).unwrap();
     Loaded {
+        info: MapInfo::table_of(&p.maps),
         _mem: mem,
         arena,
         offsets,
@@ -70,6 +72,8 @@ impl Loaded {
             map_inline: &[],
             rseq_cpu_id: None,
             tcb_tid: None,
+            maps: &self.info,
+            protos: &[],
         }
     }
 }
