@@ -452,6 +452,12 @@ impl<T: Tracer> StoppedProcess<T> {
             }
         }
         self.park = None;
+        // The vDSO park's code goes back while every thread is still stopped: once one
+        // thread runs, the process may die (a fault it was about to take) and its memory
+        // can no longer be written.
+        if let Err(e) = self.remove_vdso_park() {
+            first_err.get_or_insert(e);
+        }
         let threads = std::mem::take(&mut self.threads);
         let borrowed = std::mem::take(&mut self.borrowed);
         for (tid, t) in threads {
@@ -473,11 +479,6 @@ impl<T: Tracer> StoppedProcess<T> {
                 && e.raw_os_error() != Some(libc::ESRCH)
             {
                 first_err.get_or_insert(sys_err(pid, tid, "PTRACE_SETREGS")(e));
-            }
-            if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid)
-                && let Err(e) = self.remove_vdso_park()
-            {
-                first_err.get_or_insert(e);
             }
             let sig = match t.kind {
                 StopKind::Event => 0,
