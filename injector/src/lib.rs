@@ -63,12 +63,14 @@
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
 //! - `remote.rs`: remote system calls and calls (methods of [`StoppedProcess`]);
 //! - `park.rs`: the park's code and block;
+//! - `parks.rs`: installing, syncing and taking out the parks (the call park in scratch
+//!   memory, the system-call park in the vDSO's tail);
 //! - [`tracer`]: the [`tracer::Tracer`] trait and its real implementation;
 //! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
 //! - [`procfs`]: everything read from `/proc` (the only parser of it in host code);
 //! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
 //! - [`elf`]: the agent image;
-//! - [`session`] (and `sections.rs`): the `/dev/shm/xcover-<pid>` file;
+//! - [`session`]: the `/dev/shm/xcover-<pid>` file (over `xcover_session::file`);
 //! - this file: the public types and re-exports.
 #![deny(missing_docs)]
 
@@ -81,6 +83,7 @@ mod error;
 mod faults;
 mod liveness;
 mod park;
+mod parks;
 pub mod proc_events;
 pub mod procfs;
 mod remote;
