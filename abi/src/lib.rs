@@ -301,7 +301,10 @@ pub struct FuncEntry {
     pub name_off: u32,
     /// Length of the name.
     pub name_len: u32,
-    /// Index of the module (0 is the main executable).
+    /// Index of the module (0 is the main executable) in bits 0..24; bits 24..32 say where
+    /// the function was found (xcover's discovery source code, 0 when unknown, as in
+    /// sessions written before it was recorded). See [`FuncEntry::module_index`] and
+    /// [`FuncEntry::source_code`].
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
@@ -326,6 +329,21 @@ const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
 impl FuncEntry {
+    /// Packs [`FuncEntry::module`]: the module's index (below 2^24) and the source code.
+    pub fn pack_module(index: u32, source: u8) -> u32 {
+        index & 0xff_ffff | u32::from(source) << 24
+    }
+
+    /// Index of the function's module (0 is the main executable).
+    pub fn module_index(&self) -> u32 {
+        self.module & 0xff_ffff
+    }
+
+    /// Where xcover found the function (its discovery source code; 0 when unknown).
+    pub fn source_code(&self) -> u8 {
+        (self.module >> 24) as u8
+    }
+
     /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
     /// function's branch enters, and the length of the text naming it (below 2^24).
     pub fn pack_entered(at: u8, from_len: u32) -> u32 {
@@ -353,6 +371,11 @@ impl FuncEntry {
 /// the bytes every entry patch would cover.
 pub const SKIP_ENTERED_INSIDE: u32 = 11;
 
+/// Skip reason set by xcover before the agent runs: a split part of a function (`.cold`)
+/// entered from code that keeps data below its stack pointer (the red zone), which a jump
+/// to a trampoline would overwrite.
+pub const SKIP_RED_ZONE: u32 = 12;
+
 /// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
 pub fn skip_reason_text(code: u32) -> &'static str {
     match code {
@@ -367,6 +390,10 @@ pub fn skip_reason_text(code: u32) -> &'static str {
         9 => "a thread is stopped inside the patched bytes",
         10 => "entered at its second byte (a top frame's call)",
         SKIP_ENTERED_INSIDE => "entered inside the patched bytes by another function's branch",
+        SKIP_RED_ZONE => {
+            "a split part (.cold) of a function that keeps data below its stack pointer \
+             (red zone), which a jump to a trampoline would overwrite"
+        }
         _ => "unknown reason",
     }
 }
