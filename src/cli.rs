@@ -49,6 +49,9 @@ pub enum Command {
         mut_arg("lcov", |a| a.help("Also write the merged coverage as LCOV"))
     )]
     Merge(MergeArgs),
+    /// Give a report taken without symbols its real names, files and lines, from a debug
+    /// file of the same build (matched by build-id and address).
+    Symbolize(SymbolizeArgs),
     /// Developer commands, not for users: xcover's eBPF VM for the bpf_conformance suite.
     #[command(hide = true)]
     Dev {
@@ -147,17 +150,23 @@ pub struct SelectArgs {
     /// Also hook every file-backed executable mapping.
     #[arg(long)]
     pub all_modules: bool,
+    /// Look for separate debug files here (as `<dir>/.build-id/xx/yyyy.debug` and by
+    /// `.gnu_debuglink`) before `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl SelectArgs {
     /// The library's options; a bad regex is bad input.
     pub fn options(&self) -> xcover::Result<xcover::discover::Options> {
-        xcover::discover::Options::new(
+        let mut o = xcover::discover::Options::new(
             self.include.as_deref(),
             self.exclude.as_deref(),
             self.modules.clone(),
             self.all_modules,
-        )
+        )?;
+        o.debug_dirs = self.debug_dirs.clone();
+        Ok(o)
     }
 }
 
@@ -189,11 +198,34 @@ pub struct MergeArgs {
     pub out: OutputArgs,
 }
 
+/// `xcover symbolize`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("debug").required(true).args(["debug_file", "debug_dirs"])))]
+pub struct SymbolizeArgs {
+    /// The JSON report to symbolize.
+    #[arg(value_name = "REPORT.json")]
+    pub report: PathBuf,
+    /// The separate debug file of the report's build (refused if its build-id differs).
+    #[arg(long, value_name = "FILE")]
+    pub debug_file: Option<PathBuf>,
+    /// Find the debug file by the report's build-id here (`<dir>/.build-id/xx/yyyy.debug`),
+    /// then in `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Write the symbolized JSON here instead of stdout.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
 /// `xcover detach`.
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     /// Process id of the target with a kept session.
     pub pid: i32,
+    /// Look for separate debug files (the reports' source lines) here before
+    /// `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// The reports to write from the final counts.
     #[command(flatten)]
     pub output: OutputArgs,

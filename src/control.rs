@@ -171,7 +171,7 @@ impl Session {
         let path = outputs
             .path_of(crate::report::JSON.name())
             .map_or_else(|| default_report_path(m.pid), Path::to_path_buf);
-        Live::new(m.session(), m.pid, path)
+        Live::new(m.session(), m.pid, path).with_debug_dirs(outputs.debug_dirs())
     }
 
     /// Ends the watch as `ended` says, for every member: takes the hooks out and writes the
@@ -432,7 +432,7 @@ fn write_reports(
         return Ok(());
     }
     let v = session::view(s)?;
-    let r = session::report(s, &v);
+    let r = session::report(s, &v, outputs.debug_dirs());
     outputs.write(&r, &mut |path| {
         notes(Note::Wrote {
             path: path.to_path_buf(),

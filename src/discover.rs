@@ -2,9 +2,27 @@
 //!
 //! Functions come from the ELF symbol tables of the files the target has mapped: `.symtab`,
 //! or `.dynsym` when the file is stripped, or the symbols of a separate debug file found
-//! through the build-id or `.gnu_debuglink`. A symbol's runtime address is found through the
-//! file offset it lives at and the executable mapping of that offset in `/proc/<pid>/maps`,
-//! which is right for PIE and non-PIE executables and shared libraries alike.
+//! through the build-id or `.gnu_debuglink` (in each `--debug-dir`, then `/usr/lib/debug`).
+//! Code no symbol names is found too: Go functions from `.gopclntab` (with their real
+//! names, see [`crate::pclntab`]), and every other function from its `.eh_frame` entry (see
+//! [`crate::ehframe`]), named `func_<file offset in hex>`, a name stable across runs of one
+//! build that `xcover symbolize` later replaces by build-id and offset. Each function says
+//! where it was found ([`Source`]).
+//!
+//! Merging the sources: a function is one address. A symbol, a `.gopclntab` entry and an
+//! FDE at the same address are one function, found by the best source (`.symtab` or the
+//! debug file, then `.dynsym`, then `.gopclntab`, then `.eh_frame`). An FDE or `.gopclntab`
+//! entry that starts strictly inside a better-sourced function's range (`value..value+size`)
+//! is part of that function (hand-written code with several unwind regions, say) and not
+//! hooked apart: its entry is no function entry. An FDE in `.plt`, `.plt.got` or `.plt.sec`
+//! is no function either (lazy-binding stubs). A split part of a function that the compiler
+//! placed elsewhere (GCC's `foo.cold`: its frame is already set up at its first byte) is a
+//! code region of its own, hooked like a function and named `func_<offset>.cold` when no
+//! symbol names it.
+//!
+//! A symbol's runtime address is found through the file offset it lives at and the
+//! executable mapping of that offset in `/proc/<pid>/maps`, which is right for PIE and
+//! non-PIE executables and shared libraries alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +45,9 @@ pub struct Module {
     /// (`libsqlite3.so.0` for the file `libsqlite3.so.0.8.6`) or a symlink's name. Reports,
     /// the listing and the TUI show the module by this name.
     pub alias: Option<String>,
-    /// Whether the file has no symbol table (`.symtab`), its `.dynsym` defines no function
-    /// and no separate debug file was found: it was stripped, and nothing in it can be
-    /// named.
+    /// Whether the file has no symbol table (`.symtab`), its `.dynsym` defines no function,
+    /// no separate debug file was found, and it has neither `.eh_frame` entries nor a
+    /// `.gopclntab` to find functions by: nothing in it can be hooked.
     pub stripped: bool,
 }
 
@@ -54,8 +72,8 @@ impl Module {
             _ => "/usr/lib/debug/<its path>".to_string(),
         };
         format!(
-            "{path} has no symbol table (stripped), and no debug file was found for it; \
-             install its debug symbols (the distribution's -dbgsym/-debuginfo package, or a \
+            "{path} has no symbol table (stripped), no .eh_frame or .gopclntab to find its \
+             functions by, and no debug file was found for it; install its debug symbols (the distribution's -dbgsym/-debuginfo package, or a \
              debug file at {by_id}, or one named by its .gnu_debuglink beside it), or run \
              an unstripped build"
         )
@@ -68,6 +86,90 @@ pub fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Where a function was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The file's own `.symtab`.
+    Symtab,
+    /// Its `.dynsym` (exported functions only).
+    Dynsym,
+    /// A separate debug file's `.symtab` (by build-id or `.gnu_debuglink`).
+    Debug,
+    /// Go's `.gopclntab` (real names, no symbol table needed).
+    Pclntab,
+    /// An `.eh_frame` entry no symbol names: the name is synthetic, `func_<offset>`.
+    EhFrame,
+}
+
+impl Source {
+    /// Every source, by [`Source::code`].
+    pub const ALL: [Source; 5] = [
+        Source::Symtab,
+        Source::Dynsym,
+        Source::Debug,
+        Source::Pclntab,
+        Source::EhFrame,
+    ];
+
+    /// Its name in reports and listings: `symtab`, `dynsym`, `debug`, `pclntab`, `eh_frame`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Symtab => "symtab",
+            Source::Dynsym => "dynsym",
+            Source::Debug => "debug",
+            Source::Pclntab => "pclntab",
+            Source::EhFrame => "eh_frame",
+        }
+    }
+
+    /// The source named `name` ([`Source::name`]).
+    pub fn from_name(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Its code in the session file's function table (1..=5; 0 is unknown).
+    pub fn code(self) -> u8 {
+        match self {
+            Source::Symtab => 1,
+            Source::Dynsym => 2,
+            Source::Debug => 3,
+            Source::Pclntab => 4,
+            Source::EhFrame => 5,
+        }
+    }
+
+    /// The source of code `c` ([`Source::code`]).
+    pub fn from_code(c: u8) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.code() == c)
+    }
+
+    /// Which source names a function when several find it: lower is better.
+    fn rank(self) -> u8 {
+        match self {
+            Source::Symtab | Source::Debug => 0,
+            Source::Dynsym => 1,
+            Source::Pclntab => 2,
+            Source::EhFrame => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The synthetic name of a function no symbol names: `func_` and its file offset in hex,
+/// stable across runs of one build; `.cold` added for a split part of another function.
+pub fn synthetic_name(offset: u64, part: bool) -> String {
+    if part {
+        format!("func_{offset:x}.cold")
+    } else {
+        format!("func_{offset:x}")
+    }
 }
 
 /// One function to hook.
@@ -95,6 +197,23 @@ pub struct Function {
     /// Another function's direct branch that lands in this one's first bytes, if any: an
     /// entry patch must not cover that byte.
     pub entered: Option<Entered>,
+    /// Where it was found.
+    pub source: Source,
+    /// A split part of another function (`foo.cold`, its frame set up at its first byte),
+    /// entered by a jump from its parent rather than called.
+    pub part: bool,
+    /// A part entered from code that keeps data below its stack pointer (in the x86-64
+    /// red zone): a jump to a trampoline there would overwrite that data, so it is not
+    /// hooked ([`xcover_session::SkipReason::RedZone`]).
+    pub red_zone: bool,
+}
+
+impl Function {
+    /// Why discovery already knows the function cannot be hooked, if it does.
+    pub fn skip_reason(&self) -> Option<&'static str> {
+        self.red_zone
+            .then(|| xcover_session::SkipReason::RedZone.text())
+    }
 }
 
 /// Where code outside a function branches into its first bytes (see [`crate::inbound`]).
@@ -116,6 +235,9 @@ pub struct Discovery {
     pub functions: Vec<Function>,
     /// Functions found before `--include`/`--exclude` chose among them.
     pub found: usize,
+    /// The directories searched for separate debug files before `/usr/lib/debug`
+    /// ([`Options::debug_dirs`]), for the reports' source lines.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// What to look for.
@@ -129,6 +251,9 @@ pub struct Options {
     pub include: Option<Regex>,
     /// Drop functions whose raw or demangled name matches (wins over `include`).
     pub exclude: Option<Regex>,
+    /// Directories to look for separate debug files in (`--debug-dir`), before
+    /// `/usr/lib/debug`: as `<dir>/.build-id/xx/yyyy.debug` and by `.gnu_debuglink`.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// One executable mapping of a file in the target.
@@ -199,7 +324,10 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
         }
     }
 
-    let mut out = Discovery::default();
+    let mut out = Discovery {
+        debug_dirs: opts.debug_dirs.clone(),
+        ..Discovery::default()
+    };
     for (path, alias) in wanted {
         let is_main = out.modules.is_empty();
         // Read through /proc/<pid>/exe or /proc/<pid>/root so a replaced file or another
@@ -217,8 +345,9 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
             .filter(|m| clean_path(&m.path) == path)
             .collect();
         let index = out.modules.len();
-        let (mut module, funcs) = module_functions(&path, &bytes, &module_maps, index)
-            .with_context(|| format!("pid {pid}: {}", path.display()))?;
+        let (mut module, funcs) =
+            module_functions(&path, &bytes, &module_maps, index, &opts.debug_dirs)
+                .with_context(|| format!("pid {pid}: {}", path.display()))?;
         module.alias = alias;
         out.modules.push(module);
         out.functions.extend(funcs);
@@ -311,6 +440,7 @@ impl Options {
             all_modules,
             include: re("--include", include)?,
             exclude: re("--exclude", exclude)?,
+            debug_dirs: Vec::new(),
         })
     }
 }
@@ -355,16 +485,26 @@ pub fn demangle(name: &str) -> Option<String> {
     None
 }
 
-/// A function symbol before it is placed in the target.
+/// A function symbol (or table entry) before it is placed in the target.
 struct RawSym {
     name: String,
     value: u64,
     size: u64,
     bind: u8,
     shndx: usize,
+    source: Source,
+    /// No symbol names it: its name is to be made from its file offset.
+    synthetic: Option<Synthetic>,
 }
 
-fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
+/// How a function no symbol names is named.
+#[derive(Clone, Copy)]
+struct Synthetic {
+    part: bool,
+}
+
+/// The build-id of an ELF file, from its `.note.gnu.build-id`.
+pub fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
     let notes = elf.iter_note_sections(bytes, Some(".note.gnu.build-id"))?;
     for note in notes.flatten() {
         if note.n_type == goblin::elf::note::NT_GNU_BUILD_ID {
@@ -374,8 +514,9 @@ fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The separate debug file of the ELF file at `path`, when it has no DWARF of its own.
-pub fn debug_file(path: &Path) -> Option<PathBuf> {
+/// The separate debug file of the ELF file at `path`, when it has no DWARF of its own:
+/// looked for in each of `dirs`, then in `/usr/lib/debug`.
+pub fn debug_file(path: &Path, dirs: &[PathBuf]) -> Option<PathBuf> {
     let bytes = std::fs::read(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
     let has_dwarf = elf
@@ -385,23 +526,45 @@ pub fn debug_file(path: &Path) -> Option<PathBuf> {
     if has_dwarf {
         return None;
     }
-    find_debug_file(path, &elf, &bytes)
+    find_debug_file(path, &elf, &bytes, dirs)
 }
 
-/// Looks for a separate debug file: by build-id, then by `.gnu_debuglink`.
-fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8]) -> Option<PathBuf> {
+/// The debug directories searched, in order: `dirs`, then `/usr/lib/debug`.
+fn debug_roots(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut roots = dirs.to_vec();
+    roots.push(PathBuf::from("/usr/lib/debug"));
+    roots
+}
+
+/// Where a debug file of build-id `id` is in the debug directory `root`:
+/// `<root>/.build-id/xx/yyyy.debug`.
+pub fn build_id_path(root: &Path, id: &[u8]) -> Option<PathBuf> {
+    if id.len() < 2 {
+        return None;
+    }
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    Some(
+        root.join(".build-id")
+            .join(&hex[..2])
+            .join(format!("{}.debug", &hex[2..])),
+    )
+}
+
+/// The debug file of build-id `id` in one of `dirs` (then `/usr/lib/debug`), if any.
+pub fn debug_file_by_id(id: &[u8], dirs: &[PathBuf]) -> Option<PathBuf> {
+    debug_roots(dirs)
+        .iter()
+        .filter_map(|r| build_id_path(r, id))
+        .find(|p| p.is_file())
+}
+
+/// Looks for a separate debug file: by build-id, then by `.gnu_debuglink` (beside the file,
+/// in `.debug/` beside it, then under each debug directory).
+fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8], dirs: &[PathBuf]) -> Option<PathBuf> {
     if let Some(id) = read_build_id(elf, bytes)
-        && id.len() >= 2
+        && let Some(p) = debug_file_by_id(&id, dirs)
     {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let p = PathBuf::from(format!(
-            "/usr/lib/debug/.build-id/{}/{}.debug",
-            &hex[..2],
-            &hex[2..]
-        ));
-        if p.is_file() {
-            return Some(p);
-        }
+        return Some(p);
     }
     let sh = elf
         .section_headers
@@ -412,27 +575,27 @@ fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8]) -> Option<PathBuf> {
     let nul = data.iter().position(|&b| b == 0)?;
     let name = std::str::from_utf8(&data[..nul]).ok()?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let candidates = [
-        dir.join(name),
-        dir.join(".debug").join(name),
-        Path::new("/usr/lib/debug")
-            .join(dir.strip_prefix("/").unwrap_or(dir))
-            .join(name),
-    ];
+    let mut candidates = vec![dir.join(name), dir.join(".debug").join(name)];
+    for root in debug_roots(dirs) {
+        candidates.push(root.join(name));
+        candidates.push(root.join(dir.strip_prefix("/").unwrap_or(dir)).join(name));
+    }
     candidates
         .into_iter()
         .find(|c| c.is_file() && c.as_path() != path)
 }
 
-fn function_syms(elf: &Elf) -> (Vec<RawSym>, Vec<(u64, usize)>) {
+/// The function symbols of `elf` (its `.symtab`, else its `.dynsym`, found as `source`
+/// says, or as `.dynsym` when it has no `.symtab`) and every symbol start with its section.
+fn function_syms(elf: &Elf, source: Source) -> (Vec<RawSym>, Vec<(u64, usize)>) {
     let mut funcs = Vec::new();
     let mut starts = Vec::new();
     let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
     // .symtab when present, otherwise .dynsym.
-    let use_tables = if elf.syms.is_empty() {
-        &tables[1..]
+    let (use_tables, source) = if elf.syms.is_empty() {
+        (&tables[1..], Source::Dynsym)
     } else {
-        &tables[..1]
+        (&tables[..1], source)
     };
     for (syms, strtab) in use_tables {
         for s in syms.iter() {
@@ -461,6 +624,8 @@ fn function_syms(elf: &Elf) -> (Vec<RawSym>, Vec<(u64, usize)>) {
                 size: s.st_size,
                 bind: sym::st_bind(s.st_info),
                 shndx: s.st_shndx,
+                source,
+                synthetic: None,
             });
         }
     }
@@ -472,6 +637,7 @@ fn module_functions(
     bytes: &[u8],
     maps: &[&ExecMap],
     index: usize,
+    debug_dirs: &[PathBuf],
 ) -> Result<(Module, Vec<Function>)> {
     let elf = match Elf::parse(bytes) {
         Ok(e) => e,
@@ -486,20 +652,29 @@ fn module_functions(
     }
     let build_id = read_build_id(&elf, bytes);
 
-    let (mut raw, mut starts) = function_syms(&elf);
-    let mut stripped = elf.syms.is_empty() && raw.is_empty();
+    let (mut raw, mut starts) = function_syms(&elf, Source::Symtab);
     if elf.syms.is_empty()
-        && let Some(dbg) = find_debug_file(path, &elf, bytes)
+        && let Some(dbg) = find_debug_file(path, &elf, bytes, debug_dirs)
         && let Ok(dbytes) = std::fs::read(&dbg)
         && let Ok(delf) = Elf::parse(&dbytes)
+        && !delf.syms.is_empty()
     {
-        let (draw, dstarts) = function_syms(&delf);
+        let (draw, dstarts) = function_syms(&delf, Source::Debug);
         if !draw.is_empty() {
             raw = draw;
             starts = dstarts;
-            stripped = false;
         }
     }
+    let fdes = crate::ehframe::fdes(&elf, bytes)
+        .map_err(|e| BadInput(format!("cannot read its call-frame information: {e}")))?;
+    let parts: std::collections::HashSet<u64> =
+        fdes.iter().filter(|f| f.part).map(|f| f.start).collect();
+    let unnamed = unnamed_functions(&elf, bytes, &raw, &fdes)?;
+    for u in &unnamed {
+        starts.push((u.value, u.shndx));
+    }
+    raw.extend(unnamed);
+    let stripped = raw.is_empty();
 
     // Section ends bound the padding of a section's last function.
     let section_end = |shndx: usize| -> u64 {
@@ -533,7 +708,12 @@ fn module_functions(
                 sym::STB_WEAK => 1,
                 _ => 2,
             };
-            (rank(a), a.name.len(), &a.name).cmp(&(rank(b), b.name.len(), &b.name))
+            (a.source.rank(), rank(a), a.name.len(), &a.name).cmp(&(
+                b.source.rank(),
+                rank(b),
+                b.name.len(),
+                &b.name,
+            ))
         });
         let Some(ph) = loads
             .iter()
@@ -563,9 +743,16 @@ fn module_functions(
         let next_start = (runtime + (next_vaddr - vaddr)).min(map.end);
         let mut aliases: Vec<String> = group[1..].iter().map(|s| s.name.clone()).collect();
         aliases.dedup();
+        let name = match primary.synthetic {
+            Some(Synthetic { part }) => synthetic_name(file_off, part),
+            None => primary.name.clone(),
+        };
         funcs.push(Function {
-            demangled: demangle(&primary.name),
-            name: primary.name.clone(),
+            demangled: demangle(&name),
+            name,
+            source: primary.source,
+            part: parts.contains(&vaddr),
+            red_zone: false,
             aliases,
             addr: runtime,
             size,
@@ -578,6 +765,17 @@ fn module_functions(
         next_vaddrs.push(vaddr + (next_start - runtime));
     }
     find_inbound(path, &elf, bytes, &starts, &mut funcs, &next_vaddrs);
+    if funcs.iter().any(|f| f.part) {
+        let code = crate::inbound::code_ranges(&elf, bytes);
+        let spans: Vec<(u64, u64)> = funcs.iter().map(|f| (f.vaddr, f.size)).collect();
+        let parts: Vec<bool> = funcs.iter().map(|f| f.part).collect();
+        for (f, risky) in funcs
+            .iter_mut()
+            .zip(crate::inbound::red_zone_parts(&code, &spans, &parts))
+        {
+            f.red_zone = risky;
+        }
+    }
     if funcs.is_empty() && index == 0 && maps.is_empty() {
         bail!("no executable mapping of the main executable");
     }
@@ -590,6 +788,131 @@ fn module_functions(
         },
         funcs,
     ))
+}
+
+/// The functions of `elf` that none of the symbols `named` gives: Go functions from
+/// `.gopclntab`, then `.eh_frame` regions, merged as the module documentation says (one
+/// function per address, the best source first; nothing that starts strictly inside a
+/// better-sourced function; nothing in the PLT; only code in executable sections).
+fn unnamed_functions(
+    elf: &Elf,
+    bytes: &[u8],
+    named: &[RawSym],
+    fdes: &[crate::ehframe::Fde],
+) -> Result<Vec<RawSym>> {
+    // Executable sections: (start, end, index, is a PLT).
+    let mut exec: Vec<(u64, u64, usize, bool)> = elf
+        .section_headers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.sh_flags & u64::from(goblin::elf::section_header::SHF_EXECINSTR) != 0
+                && s.sh_flags & u64::from(goblin::elf::section_header::SHF_ALLOC) != 0
+                && s.sh_size > 0
+        })
+        .map(|(i, s)| {
+            let name = elf.shdr_strtab.get_at(s.sh_name).unwrap_or("");
+            let plt = matches!(name, ".plt" | ".plt.got" | ".plt.sec" | ".iplt");
+            (s.sh_addr, s.sh_addr + s.sh_size, i, plt)
+        })
+        .collect();
+    exec.sort_unstable();
+    // A file without section headers: its executable segments, index 0 (no section end).
+    let no_sections = exec.is_empty();
+    if no_sections {
+        exec = elf
+            .program_headers
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD && p.p_flags & goblin::elf::program_header::PF_X != 0)
+            .map(|p| (p.p_vaddr, p.p_vaddr + p.p_memsz, 0, false))
+            .collect();
+        exec.sort_unstable();
+    }
+    let section_of = |addr: u64| -> Option<(usize, bool)> {
+        let i = exec.partition_point(|e| e.0 <= addr);
+        let e = exec.get(i.checked_sub(1)?)?;
+        (addr < e.1).then_some((e.2, e.3))
+    };
+
+    let mut known = Ranges::new(named.iter().map(|s| (s.value, s.size)));
+    let mut out = Vec::new();
+    let add = |known: &Ranges, start: u64, len: u64, source, name: String, part| {
+        if len == 0 || known.has_start(start) || known.inside(start) {
+            return None;
+        }
+        let (shndx, plt) = section_of(start)?;
+        if plt {
+            return None;
+        }
+        Some(RawSym {
+            name,
+            value: start,
+            size: len,
+            bind: sym::STB_LOCAL,
+            shndx,
+            source,
+            synthetic: (source == Source::EhFrame).then_some(Synthetic { part }),
+        })
+    };
+
+    let go = crate::pclntab::functions(elf, bytes)
+        .map_err(|e| BadInput(format!("cannot read its Go function table: {e}")))?;
+    let mut found = Vec::new();
+    for g in go {
+        if let Some(r) = add(&known, g.start, g.len, Source::Pclntab, g.name, false) {
+            found.push(r);
+        }
+    }
+    if !found.is_empty() {
+        known = Ranges::new(named.iter().chain(&found).map(|s| (s.value, s.size)));
+    }
+    out.extend(found);
+    let mut seen = std::collections::HashSet::new();
+    for f in fdes {
+        if !seen.insert(f.start) {
+            continue;
+        }
+        if let Some(r) = add(
+            &known,
+            f.start,
+            f.len,
+            Source::EhFrame,
+            String::new(),
+            f.part,
+        ) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Address ranges of known functions, to tell whether an address starts one or lies
+/// strictly inside one.
+struct Ranges {
+    /// (start, the highest end of any range starting at or before it), by start.
+    starts: Vec<(u64, u64)>,
+}
+
+impl Ranges {
+    fn new(ranges: impl Iterator<Item = (u64, u64)>) -> Self {
+        let mut v: Vec<(u64, u64)> = ranges.map(|(s, len)| (s, s + len)).collect();
+        v.sort_unstable();
+        let mut max = 0;
+        for r in &mut v {
+            max = max.max(r.1);
+            r.1 = max;
+        }
+        Ranges { starts: v }
+    }
+
+    fn has_start(&self, addr: u64) -> bool {
+        self.starts.binary_search_by_key(&addr, |r| r.0).is_ok()
+    }
+
+    fn inside(&self, addr: u64) -> bool {
+        let i = self.starts.partition_point(|r| r.0 <= addr);
+        i > 0 && self.starts[i - 1].1 > addr
+    }
 }
 
 /// Scans the module's code for branches from outside a function into its first bytes and
@@ -680,6 +1003,9 @@ mod tests {
             next_start: 0x1010,
             module: 0,
             entered: None,
+            source: Source::Symtab,
+            part: false,
+            red_zone: false,
         };
         let o = |inc: Option<&str>, exc: Option<&str>| Options {
             include: inc.map(|s| Regex::new(s).unwrap()),

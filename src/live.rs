@@ -24,6 +24,7 @@ pub struct Live<'a> {
     sent: Vec<u64>,
     skipped_told: bool,
     report_path: PathBuf,
+    debug_dirs: Vec<PathBuf>,
     last_total: u64,
     last_at: Instant,
     /// Set once the target is gone: every later snapshot fails with this.
@@ -36,6 +37,13 @@ pub struct Live<'a> {
 }
 
 impl<'a> Live<'a> {
+    /// Looks for separate debug files in `dirs` (then `/usr/lib/debug`) for the source
+    /// lines of the reports it writes.
+    pub fn with_debug_dirs(mut self, dirs: &[PathBuf]) -> Self {
+        self.debug_dirs = dirs.to_vec();
+        self
+    }
+
     /// Watches `session` of `pid`; `report_path` is where the TUI's "write report" key goes.
     pub fn new(session: &'a SessionFile, pid: i32, report_path: PathBuf) -> Self {
         let now = Instant::now();
@@ -47,6 +55,7 @@ impl<'a> Live<'a> {
             sent: Vec::new(),
             skipped_told: false,
             report_path,
+            debug_dirs: Vec::new(),
             last_total: 0,
             last_at: now,
             ended: None,
@@ -169,7 +178,7 @@ impl Source for Live<'_> {
                 self.rows.insert(cookie, self.sent.len());
                 self.sent.push(cookie);
                 let module = if several {
-                    v.module_name(f.entry.module as usize)
+                    v.module_name(f.entry.module_index() as usize)
                 } else {
                     String::new()
                 };
@@ -213,7 +222,7 @@ impl Source for Live<'_> {
 
     fn write_report(&mut self) -> Result<String, String> {
         let v = session::view(self.session).map_err(|e| chain(&e))?;
-        let r = session::report(self.session, &v);
+        let r = session::report(self.session, &v, &self.debug_dirs);
         crate::report::JSON
             .write_to(&r, &self.report_path)
             .map_err(|e| chain(&e))?;

@@ -175,9 +175,18 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
             offset: f.offset,
             name_off,
             name_len: f.name.len() as u32,
-            module: f.module as u32,
-            status: FuncStatus::Pending as u32,
-            skip_reason: 0,
+            module: FuncEntry::pack_module(f.module as u32, f.source.code()),
+            // A part the agent must not jump from is skipped before it runs.
+            status: if f.red_zone {
+                FuncStatus::Skipped as u32
+            } else {
+                FuncStatus::Pending as u32
+            },
+            skip_reason: if f.red_zone {
+                xcover_session::SkipReason::RedZone.code()
+            } else {
+                0
+            },
             entered,
             pad_end: f.next_start,
             vaddr: f.vaddr,
@@ -283,6 +292,12 @@ pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
     )?;
     put(offset_of!(SessionHeader, hits_map), c.hits_map)?;
     put(offset_of!(SessionHeader, events_map), c.events_map)?;
+    let skipped = c
+        .funcs
+        .iter()
+        .filter(|f| f.status == FuncStatus::Skipped as u32)
+        .count();
+    put(offset_of!(SessionHeader, funcs_skipped), skipped as u64)?;
     put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
     put32(offset_of!(SessionHeader, probe_flags), 0)?;
     put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
@@ -505,22 +520,32 @@ pub fn view(s: &SessionFile) -> Result<View> {
 }
 
 /// The report of a session.
-pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
+pub fn report(
+    s: &SessionFile,
+    v: &View,
+    debug_dirs: &[std::path::PathBuf],
+) -> crate::report::Report {
     use crate::report::ModuleLines;
     let h = s.header();
     let modules: Vec<ModuleLines> = v
         .modules
         .iter()
         .enumerate()
-        .map(|(i, p)| ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i)))
+        .map(|(i, p)| {
+            ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i), debug_dirs)
+        })
         .collect();
-    let unknown = ModuleLines::open(std::path::Path::new(""), None);
+    let unknown = ModuleLines::open(std::path::Path::new(""), None, &[]);
     let functions = v
         .funcs
         .iter()
         .map(|f| {
-            let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
+            let m = modules
+                .get(f.entry.module_index() as usize)
+                .unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
+            r.source = crate::discover::Source::from_code(f.entry.source_code())
+                .map(|s| s.name().to_string());
             r.skipped = f.skip_reason();
             r
         })

@@ -1000,7 +1000,9 @@ fn copy_entries(pid: i32, module: Option<&str>) -> BTreeMap<String, (u64, [u8; 1
     let mut entries = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let mut f = line.split_whitespace();
-        let (Some(addr), Some(_size), Some(name)) = (f.next(), f.next(), f.next()) else {
+        let (Some(addr), Some(_size), Some(_source), Some(name)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
             continue;
         };
         let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();

@@ -2,6 +2,7 @@
 //! processes built from the sources in `tests/targets/` at test time.
 
 mod conformance;
+mod corpus;
 mod e2e;
 mod faults;
 mod flood;

@@ -343,7 +343,10 @@ pub struct FuncEntry {
     pub name_off: u32,
     /// Length of the name.
     pub name_len: u32,
-    /// Index of the module (0 is the main executable).
+    /// Index of the module (0 is the main executable) in bits 0..24; bits 24..32 say where
+    /// the function was found (xcover's discovery source code, 0 when unknown, as in
+    /// sessions written before it was recorded). See [`FuncEntry::module_index`] and
+    /// [`FuncEntry::source_code`].
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
@@ -380,6 +383,21 @@ impl FuncEntry {
             Some(FuncStatus::Skipped) => SkipReason::from_code(self.skip_reason),
             _ => None,
         }
+    }
+
+    /// Packs [`FuncEntry::module`]: the module's index (below 2^24) and the source code.
+    pub fn pack_module(index: u32, source: u8) -> u32 {
+        index & 0xff_ffff | u32::from(source) << 24
+    }
+
+    /// Index of the function's module (0 is the main executable).
+    pub fn module_index(&self) -> u32 {
+        self.module & 0xff_ffff
+    }
+
+    /// Where xcover found the function (its discovery source code; 0 when unknown).
+    pub fn source_code(&self) -> u8 {
+        (self.module >> 24) as u8
     }
 
     /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another

@@ -43,7 +43,8 @@ fn validate_duration(d: Option<f64>) -> Result<Option<Duration>> {
 /// `xcover attach`.
 pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let limit = validate_duration(a.duration)?;
-    let outputs = a.output.outputs();
+    let mut outputs = a.output.outputs();
+    outputs.set_debug_dirs(a.select.debug_dirs.clone());
     outputs.check()?;
     let plan = Plan {
         select: a.select.options()?,

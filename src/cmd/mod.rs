@@ -14,6 +14,7 @@ pub mod dev;
 pub mod functions;
 pub mod merge;
 pub mod status;
+pub mod symbolize;
 
 /// Runs `command`.
 pub fn run(command: Command) -> Result<ExitCode> {
@@ -24,6 +25,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(d) => demo::run(d),
         Command::Functions(f) => functions::run(f),
         Command::Merge(m) => merge::run(m),
+        Command::Symbolize(s) => symbolize::run(s),
         Command::Dev { cmd } => dev::run(cmd),
         Command::Vm { cmd } => dev::vm(cmd),
     }

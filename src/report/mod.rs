@@ -101,6 +101,15 @@ pub struct FuncReport {
     /// Why the function was not hooked, when it was not: its count means nothing then.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub skipped: Option<String>,
+    /// Where the function was found: `symtab`, `dynsym`, `debug`, `pclntab` or `eh_frame`
+    /// (whose name is synthetic, `func_<offset>`, until `xcover symbolize` names it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+    /// Link-time address of the entry (the symbol's value), by which `xcover symbolize`
+    /// finds the function in a separate debug file (whose program headers no longer say
+    /// where `offset` was).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vaddr: Option<u64>,
 }
 
 /// A coverage report.
@@ -170,7 +179,7 @@ impl Report {
     }
 
     /// Sorts and recomputes `funcs_traced`, `funcs_ack` and `cov_by_func` from `functions`.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.functions
             .sort_by(|a, b| (&a.module, a.offset, &a.name).cmp(&(&b.module, b.offset, &b.name)));
         self.funcs_traced = self.functions.iter().map(|f| f.name.clone()).collect();
@@ -349,9 +358,9 @@ pub struct ModuleLines {
 }
 
 impl ModuleLines {
-    /// Opens the module at `path` (and its DWARF, or its separate debug file's), shown as
-    /// `alias` when the user named it so.
-    pub fn open(path: &Path, alias: Option<&str>) -> Self {
+    /// Opens the module at `path` (and its DWARF, or its separate debug file's, looked for
+    /// in `debug_dirs` then `/usr/lib/debug`), shown as `alias` when the user named it so.
+    pub fn open(path: &Path, alias: Option<&str>, debug_dirs: &[std::path::PathBuf]) -> Self {
         let file = crate::discover::file_name(path);
         let (name, file) = match alias {
             Some(a) if a != file => (a.to_string(), Some(file)),
@@ -360,7 +369,7 @@ impl ModuleLines {
         ModuleLines {
             name,
             file,
-            lines: LineTable::open(path),
+            lines: LineTable::open(path, debug_dirs),
         }
     }
 
@@ -379,6 +388,8 @@ impl ModuleLines {
             file: loc.as_ref().map(|l| l.0.clone()),
             line: loc.map(|l| l.1),
             skipped: None,
+            source: None,
+            vaddr: Some(vaddr),
         }
     }
 }
@@ -394,13 +405,17 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
     let modules: Vec<ModuleLines> = d
         .modules
         .iter()
-        .map(|m| ModuleLines::open(&m.path, m.alias.as_deref()))
+        .map(|m| ModuleLines::open(&m.path, m.alias.as_deref(), &d.debug_dirs))
         .collect();
     let functions = d
         .functions
         .iter()
         .zip(hits.iter().copied().chain(std::iter::repeat(0)))
-        .map(|(f, hits)| modules[f.module].func(&f.name, f.offset, f.vaddr, hits))
+        .map(|(f, hits)| {
+            let mut r = modules[f.module].func(&f.name, f.offset, f.vaddr, hits);
+            r.source = Some(f.source.name().to_string());
+            r
+        })
         .collect();
     let main = d.modules.first();
     Report::new(
@@ -451,11 +466,18 @@ pub struct LineTable {
 
 impl LineTable {
     /// Opens the DWARF of `path`, or of its separate debug file (build-id or
-    /// `.gnu_debuglink`) when it has none; without DWARF every lookup gives `None`.
-    pub fn open(path: &Path) -> Self {
-        let dwarf = crate::discover::debug_file(path).unwrap_or_else(|| path.to_path_buf());
+    /// `.gnu_debuglink`, in `debug_dirs` then `/usr/lib/debug`) when it has none; without
+    /// DWARF every lookup gives `None`.
+    pub fn open(path: &Path, debug_dirs: &[std::path::PathBuf]) -> Self {
+        let dwarf =
+            crate::discover::debug_file(path, debug_dirs).unwrap_or_else(|| path.to_path_buf());
+        Self::of_file(&dwarf)
+    }
+
+    /// Opens the DWARF of the file at `path` itself.
+    pub fn of_file(path: &Path) -> Self {
         LineTable {
-            loader: addr2line::Loader::new(&dwarf).ok(),
+            loader: addr2line::Loader::new(path).ok(),
         }
     }
 
@@ -482,6 +504,8 @@ pub(super) mod tests {
             file: None,
             line: None,
             skipped: None,
+            source: None,
+            vaddr: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub struct Output<'a> {
 #[derive(Clone, Default)]
 pub struct Outputs {
     wanted: Vec<(&'static dyn ReportFormat, PathBuf)>,
+    debug_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -47,6 +48,17 @@ impl Outputs {
     /// Adds a report of `format` at `path`.
     pub fn add(&mut self, format: &'static dyn ReportFormat, path: PathBuf) {
         self.wanted.push((format, path));
+    }
+
+    /// Looks for separate debug files (source files and lines of the reports) in `dirs`
+    /// before `/usr/lib/debug` (`--debug-dir`).
+    pub fn set_debug_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.debug_dirs = dirs;
+    }
+
+    /// The directories searched for separate debug files before `/usr/lib/debug`.
+    pub fn debug_dirs(&self) -> &[PathBuf] {
+        &self.debug_dirs
     }
 
     /// Whether no report is asked for.
