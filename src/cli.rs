@@ -49,6 +49,10 @@ pub enum Command {
         mut_arg("lcov", |a| a.help("Also write the merged coverage as LCOV"))
     )]
     Merge(MergeArgs),
+    /// Compare two JSON reports: functions newly hit, no longer hit, counts changed most.
+    Diff(DiffArgs),
+    /// Did these functions ever run? Evidence from a report, as a table, JSON or OpenVEX.
+    Reach(ReachArgs),
     /// Developer commands, not for users: xcover's eBPF VM for the bpf_conformance suite.
     #[command(hide = true)]
     Dev {
@@ -187,6 +191,55 @@ pub struct MergeArgs {
     /// stdout).
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+/// `xcover diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The report before.
+    #[arg(value_name = "A.json")]
+    pub a: PathBuf,
+    /// The report after.
+    #[arg(value_name = "B.json")]
+    pub b: PathBuf,
+    /// Also write the whole comparison as JSON here (`-` for stdout, then without the
+    /// table).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// How many functions each list of the table shows, and how many of the largest count
+    /// changes are kept.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Compare reports of different builds (by module and function name; offsets differ).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `xcover reach`.
+#[derive(Args, Debug)]
+pub struct ReachArgs {
+    /// A JSON report (a session's, or a merge of many).
+    #[arg(value_name = "REPORT.json")]
+    pub report: PathBuf,
+    /// The functions to look for: one `symbol` or `module:symbol` per line (`#` comments),
+    /// or a JSON list of such strings or of objects
+    /// `{"vulnerability": "CVE-…", "function": "module:symbol"}` (or `"functions": […]`).
+    #[arg(long, value_name = "FILE")]
+    pub functions: PathBuf,
+    /// The vulnerability of the functions whose entry names none (a plain list).
+    #[arg(long, value_name = "ID")]
+    pub vulnerability: Option<String>,
+    /// Write an OpenVEX document here: `affected` for a vulnerability whose function ran,
+    /// `not_affected` (vulnerable_code_not_in_execute_path) when every one was hooked for
+    /// the whole observation and never ran, `under_investigation` otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub openvex: Option<PathBuf>,
+    /// The OpenVEX document's author.
+    #[arg(long, value_name = "NAME", default_value = "xcover")]
+    pub author: String,
+    /// Write the findings as JSON here (`-` for stdout, instead of the table).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 /// `xcover detach`.

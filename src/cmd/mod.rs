@@ -11,8 +11,10 @@ pub mod attach;
 pub mod demo;
 pub mod detach;
 pub mod dev;
+pub mod diff;
 pub mod functions;
 pub mod merge;
+pub mod reach;
 pub mod status;
 
 /// Runs `command`.
@@ -24,6 +26,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(d) => demo::run(d),
         Command::Functions(f) => functions::run(f),
         Command::Merge(m) => merge::run(m),
+        Command::Diff(d) => diff::run(d),
+        Command::Reach(r) => reach::run(r),
         Command::Dev { cmd } => dev::run(cmd),
         Command::Vm { cmd } => dev::vm(cmd),
     }

@@ -247,6 +247,28 @@ impl Fold {
         id
     }
 
+    /// The function `name` at `offset` of module `m`, if folded already.
+    fn find(&self, m: u32, offset: u64, name: &str) -> Option<u32> {
+        match self.index.get(&(m, offset)) {
+            Some(&j) if self.funcs[j as usize].f.name == name => Some(j),
+            Some(_) => self.aliases.get(&(m, offset, name.to_string())).copied(),
+            None => None,
+        }
+    }
+
+    /// Indexes the function about to be pushed to `funcs`.
+    fn place(&mut self, m: u32, offset: u64, name: &str) {
+        let j = self.funcs.len() as u32;
+        match self.index.entry((m, offset)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.aliases.insert((m, offset, name.to_string()), j);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(j);
+            }
+        }
+    }
+
     /// Folds the report number `i` in.
     fn add(&mut self, i: usize, r: &ReportIn<'_>, names: &dyn Names) -> Result<()> {
         match &self.head {
@@ -280,14 +302,7 @@ impl Fold {
             };
             let hits = f.hits.max(u64::from(f.hit));
             let m = self.module_id(f);
-            let slot = match self.index.get(&(m, f.offset)) {
-                Some(&j) if self.funcs[j as usize].f.name == f.name => Some(j),
-                Some(_) => self
-                    .aliases
-                    .get(&(m, f.offset, f.name.to_string()))
-                    .copied(),
-                None => None,
-            };
+            let slot = self.find(m, f.offset, &f.name);
             match slot {
                 Some(j) => {
                     let a = &mut self.funcs[j as usize];
@@ -297,12 +312,7 @@ impl Fold {
                     min_opt(&mut a.f.first_hit_at, f.first_hit_at.as_deref());
                 }
                 None => {
-                    let j = self.funcs.len() as u32;
-                    if self.index.contains_key(&(m, f.offset)) {
-                        self.aliases.insert((m, f.offset, f.name.to_string()), j);
-                    } else {
-                        self.index.insert((m, f.offset), j);
-                    }
+                    self.place(m, f.offset, &f.name);
                     let mut owned = f.owned();
                     owned.hits = hits;
                     self.funcs.push(Acc {
@@ -342,14 +352,7 @@ impl Fold {
         for a in later.funcs {
             let f = FuncIn::of(&a.f);
             let m = self.module_id(&f);
-            let slot = match self.index.get(&(m, f.offset)) {
-                Some(&j) if self.funcs[j as usize].f.name == f.name => Some(j),
-                Some(_) => self
-                    .aliases
-                    .get(&(m, f.offset, f.name.to_string()))
-                    .copied(),
-                None => None,
-            };
+            let slot = self.find(m, f.offset, &f.name);
             match slot {
                 Some(j) => {
                     let b = &mut self.funcs[j as usize];
@@ -359,12 +362,7 @@ impl Fold {
                     min_opt(&mut b.f.first_hit_at, a.f.first_hit_at.as_deref());
                 }
                 None => {
-                    let j = self.funcs.len() as u32;
-                    if self.index.contains_key(&(m, f.offset)) {
-                        self.aliases.insert((m, f.offset, f.name.to_string()), j);
-                    } else {
-                        self.index.insert((m, f.offset), j);
-                    }
+                    self.place(m, f.offset, &f.name);
                     self.funcs.push(a);
                 }
             }

@@ -28,15 +28,17 @@ use crate::BadInput;
 use crate::discover::Discovery;
 use crate::error::Result;
 
+pub mod diff;
 mod json;
 mod lcov;
 mod merge;
 mod output;
+pub mod reach;
 
 pub use json::Json;
 pub use lcov::Lcov;
 pub use merge::merge_files;
-pub use output::{Output, Outputs, check_writable};
+pub use output::{Output, Outputs, check_writable, write_file};
 
 /// Every report format, by [`ReportFormat::name`]: one line each.
 pub const FORMATS: &[&dyn ReportFormat] = &[&Json, &Lcov];
