@@ -133,6 +133,34 @@ pub struct AttachArgs {
     /// Which functions to hook.
     #[command(flatten)]
     pub select: SelectArgs,
+    /// Metrics for Prometheus and OpenTelemetry while the session is watched.
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Metrics while a session is watched: a Prometheus endpoint, an OTLP push.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ExportArgs {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics while watching (hit counts per
+    /// function, coverage per module, drops, the processes, xcover's own CPU); port 0 picks
+    /// a free one (the address is printed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+    /// Which functions get a `xcover_function_hits_total` series (and an OTLP data point):
+    /// those hit, every hooked one, or none.
+    #[arg(long, value_name = "hit|all|none", default_value = "hit")]
+    pub metrics_functions: xcover::export::FunctionSeries,
+    /// Push the same metrics as OpenTelemetry over OTLP/HTTP (JSON) to this collector URL
+    /// (`http://host:4318`; posted to <URL>/v1/metrics) every --otlp-interval and once at
+    /// the end.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// Seconds between OTLP pushes.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub otlp_interval: f64,
+    /// The OTLP resource's service.name (default: the target's executable name).
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
 }
 
 /// Which functions to hook (shared by `attach` and `functions`).
@@ -271,6 +299,9 @@ pub struct DemoArgs {
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Metrics while it runs.
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod detach;
 pub mod dev;
 pub mod diff;
+pub mod export;
 pub mod functions;
 pub mod merge;
 pub mod reach;
