@@ -315,8 +315,7 @@ fn otlp_push_is_decoded_by_the_official_definitions() {
     let rest = stop(x, err);
     assert!(rest.contains("pushed the final metrics"), "{rest}");
     // ... and the last one, after the hooks are out, the final counts (three rounds): the
-    // receiver printed
-    // it before answering, so it is in its output once xcover has said so.
+    // receiver printed it before answering, so it is in its output once xcover said so.
     let _ = rx.0.kill();
     let _ = rx.0.wait();
     let mut rest = String::new();
