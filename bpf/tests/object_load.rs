@@ -99,10 +99,11 @@ fn cover_object_has_the_probe_and_its_maps() {
         ),
         (MapType::PercpuArray, 4, 8, 65536)
     );
+    // seen[] holds each function's first-hit time (a u64), for the reports.
     let seen = &p.maps[p.map_index("seen").unwrap()];
     assert_eq!(
         (seen.map_type, seen.key_size, seen.value_size),
-        (MapType::Array, 4, 4)
+        (MapType::Array, 4, 8)
     );
     let events = &p.maps[p.map_index("events").unwrap()];
     assert_eq!(
