@@ -22,7 +22,8 @@
 //! | the session file's contents: laid out before the agent runs, read back while it runs | [`session`] |
 //! | reading a live session for the TUI and the status line | [`live`] |
 //! | how a target ended while watched | [`ending`] |
-//! | reports, their formats (one file each, one registry) and where they are written | [`report`] |
+//! | reports, their formats (one file each, one registry) and where they are written; merge, diff, reachability and OpenVEX | [`report`] |
+//! | Prometheus metrics and the OTLP push of a live session | [`export`] |
 //! | what the library tells while it works | [`note`] |
 //! | errors: bad input or a failure at run time | [`error`] |
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod discover;
 pub mod ehframe;
 pub mod ending;
 pub mod error;
+pub mod export;
 pub mod inbound;
 pub mod live;
 pub mod note;

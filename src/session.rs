@@ -19,6 +19,7 @@ use xcover_session::{FuncEntry, FuncStatus, ModuleEntry, Region, SessionHeader, 
 
 use crate::BadInput;
 use crate::discover::Discovery;
+use crate::report::{monotonic_to_unix_ns, rfc3339_ns, unix_now_ns};
 
 /// The coverage probe, compiled from `bpf/cover.bpf.c` by `scripts/build-bpf.sh`.
 pub const COVER_PROBE: &[u8] = include_bytes!("../bpf/cover.bpf.o");
@@ -321,6 +322,9 @@ pub struct FuncView {
     /// Where another function's branch enters this one inside its first bytes (`name` or
     /// `name+0x12`), when xcover found one.
     pub entered_from: Option<String>,
+    /// When it first ran (`CLOCK_MONOTONIC` nanoseconds, the probe's `seen` map), 0 when it
+    /// has not or the probe does not record it.
+    pub first_hit_ns: u64,
 }
 
 impl FuncView {
@@ -443,6 +447,34 @@ pub fn regions(s: &SessionFile) -> Result<Vec<Region>> {
         .collect())
 }
 
+/// Per-function first-hit times (index = cookie, `CLOCK_MONOTONIC` nanoseconds, 0 for
+/// none), from the built-in probe's `seen` map (an ARRAY of `u64` keyed by cookie holding
+/// the first hit's timestamp). Zeros when the probe has no such map (a `--probe`, or a
+/// session of an xcover whose probe kept only a flag there).
+pub fn first_hits(s: &SessionFile) -> Result<Vec<u64>> {
+    let h = s.header();
+    let n = h.funcs_count as usize;
+    let mut times = Vec::new();
+    for i in 0..h.maps_count {
+        let off = s.read_u64(h.maps_off.saturating_add(i.saturating_mul(8)))?;
+        let found = s.with_arena(|a| {
+            a.map(off).ok().and_then(|m| {
+                let hd = m.header();
+                (m.name() == "seen"
+                    && hd.value_size == 8
+                    && m.map_type() == xcover_bpf::program::MapType::Array)
+                    .then(|| m.array_u64_all())
+            })
+        })?;
+        if let Some(Some(t)) = found {
+            times = t;
+            break;
+        }
+    }
+    times.resize(n, 0);
+    Ok(times)
+}
+
 /// Events dropped by the probe's maps.
 pub fn dropped(s: &SessionFile) -> Result<u64> {
     let h = s.header();
@@ -491,8 +523,9 @@ pub fn view(s: &SessionFile) -> Result<View> {
     }
     let entries = s.funcs()?;
     let counts = hits(s)?;
+    let firsts = first_hits(s)?;
     let mut funcs = Vec::with_capacity(entries.len());
-    for (e, hits) in entries.into_iter().zip(counts) {
+    for ((e, hits), first_hit_ns) in entries.into_iter().zip(counts).zip(firsts) {
         let from_len = e.entered_from_len();
         let entered_from = if from_len == 0 {
             None
@@ -507,6 +540,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
             entry: e,
             hits,
             entered_from,
+            first_hit_ns,
         });
     }
     Ok(View {
@@ -547,11 +581,25 @@ pub fn report(
             r.source = crate::discover::Source::from_code(f.entry.source_code())
                 .map(|s| s.name().to_string());
             r.skipped = f.skip_reason();
+            if f.hits > 0 {
+                r.first_hit_at = monotonic_to_unix_ns(f.first_hit_ns).map(rfc3339_ns);
+            }
             r
         })
         .collect();
     let exe =
         String::from_utf8_lossy(&h.exe_path[..(h.exe_path_len as usize).min(512)]).into_owned();
     let id = crate::report::hex(&h.build_id[..(h.build_id_len as usize).min(32)]);
-    crate::report::Report::new(exe, i64::from(h.target_pid), id, functions)
+    let mut r = crate::report::Report::new(exe, i64::from(h.target_pid), id, functions);
+    // An observation happened only where hits are counted, from the time the hooks were in.
+    let hooked_at = h.hooked_at_ns.load(std::sync::atomic::Ordering::Acquire);
+    if h.hits_map != u64::MAX
+        && let Some(from) = monotonic_to_unix_ns(hooked_at)
+    {
+        r.observed_from = Some(rfc3339_ns(from));
+        r.observed_until = Some(rfc3339_ns(unix_now_ns()));
+    } else {
+        r.sessions = 0;
+    }
+    r
 }

@@ -12,6 +12,7 @@ mod hostile;
 mod inject;
 mod lifecycle;
 mod maps;
+mod outputs;
 mod realprog;
 mod security;
 mod support;

@@ -76,6 +76,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         output: a.output,
         probe: None,
         select: SelectArgs::default(),
+        export: a.export,
     });
     // The demo target ends with xcover (SIGTERM: it prints its checksum and exits 0).
     let _ = nix::sys::signal::kill(

@@ -11,8 +11,11 @@ pub mod attach;
 pub mod demo;
 pub mod detach;
 pub mod dev;
+pub mod diff;
+pub mod export;
 pub mod functions;
 pub mod merge;
+pub mod reach;
 pub mod status;
 pub mod symbolize;
 
@@ -26,6 +29,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Functions(f) => functions::run(f),
         Command::Merge(m) => merge::run(m),
         Command::Symbolize(s) => symbolize::run(s),
+        Command::Diff(d) => diff::run(d),
+        Command::Reach(r) => reach::run(r),
         Command::Dev { cmd } => dev::run(cmd),
         Command::Vm { cmd } => dev::vm(cmd),
     }

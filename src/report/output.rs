@@ -118,7 +118,9 @@ pub(crate) fn write_report<F: ReportFormat + ?Sized>(
     write_file(path, &bytes)
 }
 
-pub(crate) fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
+/// Writes `contents` to `path` as reports are written: whole, next to it, then renamed over
+/// it (a device or pipe is written in place).
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
     // A device or a pipe (`/dev/stdout`) is written in place: renaming over it would
     // replace it.
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
