@@ -211,6 +211,10 @@ pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
 /// `bpf_get_current_pid_tgid` may read it there instead of going through the agent's tid
 /// cache. Set by xcover while the target is stopped, before the agent compiles the probe.
 pub const PROBE_TCB_TID: u32 = 2;
+/// [`SessionHeader::probe_flags`]: functions no jump can hook may be hooked with a one-byte
+/// `int3` trap, which the agent's SIGTRAP handler serves. Set by xcover unless the target
+/// manages its own signals in ways the agent cannot follow (Go's runtime).
+pub const PROBE_TRAPS: u32 = 4;
 
 /// One mapping the agent made in the target.
 #[repr(C)]
@@ -305,7 +309,9 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]).
+    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]). When hooked:
+    /// how, a `HOOK_*` code (0 in sessions written before hook kinds were recorded); see
+    /// [`FuncEntry::hook_kind`].
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
     /// decoding the module: 0 when not (and in sessions written before this field was
@@ -325,7 +331,37 @@ pub struct FuncEntry {
 const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
+/// [`FuncEntry::skip_reason`] of a hooked function: a 5-byte `jmp rel32` over its entry.
+pub const HOOK_JMP: u32 = 1;
+/// [`FuncEntry::skip_reason`] of a hooked function: a 2-byte `jmp rel8` to a jump in its
+/// padding.
+pub const HOOK_JMP8: u32 = 2;
+/// [`FuncEntry::skip_reason`] of a hooked function: a one-byte `int3` handled by the agent's
+/// SIGTRAP handler (a signal delivery per hit).
+pub const HOOK_TRAP: u32 = 3;
+
+/// Name of a `HOOK_*` code as reports show it (`jmp`, `jmp8`, `trap`), `None` for 0 (a
+/// session that did not record it) or an unknown code.
+pub fn hook_kind_name(code: u32) -> Option<&'static str> {
+    match code {
+        HOOK_JMP => Some("jmp"),
+        HOOK_JMP8 => Some("jmp8"),
+        HOOK_TRAP => Some("trap"),
+        _ => None,
+    }
+}
+
 impl FuncEntry {
+    /// How a hooked function was patched (`HOOK_*`), 0 when it is not hooked or the
+    /// session did not record it.
+    pub fn hook_kind(&self) -> u32 {
+        if self.status == FuncStatus::Hooked as u32 {
+            self.skip_reason
+        } else {
+            0
+        }
+    }
+
     /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
     /// function's branch enters, and the length of the text naming it (below 2^24).
     pub fn pack_entered(at: u8, from_len: u32) -> u32 {

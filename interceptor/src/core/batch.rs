@@ -4,6 +4,7 @@
 use alloc::vec::Vec;
 
 use super::hooks::{Hook, MovedList};
+use super::site::HookKind;
 use super::skip::SkipReason;
 
 /// What a stopped thread must do before patches are written or removed.
@@ -21,12 +22,12 @@ pub enum IpFixup {
 /// Hooks planned and trampolines written, entry patches not yet.
 pub struct HookBatch {
     pub(super) planned: Vec<Hook>,
-    pub(super) outcomes: Vec<(u64, Result<(), SkipReason>)>,
+    pub(super) outcomes: Vec<(u64, Result<HookKind, SkipReason>)>,
 }
 
 impl HookBatch {
-    /// Per function of the request, in order: hooked (once committed) or skipped.
-    pub fn outcomes(&self) -> &[(u64, Result<(), SkipReason>)] {
+    /// Per function of the request, in order: hooked (once committed), and how, or skipped.
+    pub fn outcomes(&self) -> &[(u64, Result<HookKind, SkipReason>)] {
         &self.outcomes
     }
 

@@ -36,5 +36,5 @@ pub(crate) use hooks::PatchBytes;
 pub use hooks::{MAX_MOVED, Moved, MovedList};
 pub use interceptor::{HookOptions, Interceptor};
 pub use memory::{MemError, Memory, PAGE_SIZE, Protection, write_code_protecting};
-pub use site::{Site, SiteKind};
+pub use site::{HookKind, Site, SiteKind, TrapSite};
 pub use skip::SkipReason;

@@ -14,6 +14,46 @@ pub enum SiteKind {
     FunctionEntry,
 }
 
+/// How a hooked site was patched (see the back end's patch forms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    /// A jump to the trampoline over the entry (x86-64: 5-byte `jmp rel32`).
+    Jmp,
+    /// A short jump to a jump in the site's padding (x86-64: 2-byte `jmp rel8`).
+    Jmp8,
+    /// A one-byte trap (`int3`): the caller's signal handler runs the probe and resumes at
+    /// the relocated copy of the first instruction ([`crate::TrapSite::resume`]). Costs a
+    /// signal delivery per hit; used only where no jump can go, when
+    /// [`crate::HookOptions::traps`] allows it.
+    Trap,
+}
+
+impl HookKind {
+    /// Stable numeric code, for the session's function table (`xcover_abi::HOOK_*`).
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Jmp => xcover_abi::HOOK_JMP,
+            Self::Jmp8 => xcover_abi::HOOK_JMP8,
+            Self::Trap => xcover_abi::HOOK_TRAP,
+        }
+    }
+}
+
+/// A site hooked with [`HookKind::Trap`], as the trap handler needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapSite {
+    /// The address of the `int3` (the site's address); a trap there reports `addr + 1`.
+    pub addr: u64,
+    /// Where the thread resumes after the probe: the relocated copy of the first
+    /// instruction, followed by a jump back to the second.
+    pub resume: u64,
+    /// The site's cookie.
+    pub cookie: u64,
+    /// Whether the `int3` is in place now (false once unhooked: a trap still being delivered
+    /// then re-runs the restored original instruction).
+    pub active: bool,
+}
+
 /// One place to hook, as the caller knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Site {

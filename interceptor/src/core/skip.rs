@@ -50,6 +50,24 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Whether a one-byte trap may hook a site every jump form refused for this reason: the
+    /// trap displaces only the first instruction, so branches into later bytes, a lack of
+    /// room, or an instruction after the first that cannot be moved do not matter.
+    pub fn trap_may_replace(&self) -> bool {
+        match self {
+            Self::NoRoom
+            | Self::BranchIntoPatch { .. }
+            | Self::ReturnTarget
+            | Self::EnteredInside { .. } => true,
+            Self::Undecodable { offset } | Self::Unrelocatable { offset, .. } => *offset > 0,
+            Self::TooSmall
+            | Self::AlreadyHooked
+            | Self::NoNearMemory
+            | Self::Unreadable
+            | Self::ThreadInPatch => false,
+        }
+    }
+
     /// Stable numeric code, for `FuncEntry::skip_reason`.
     pub fn code(&self) -> u32 {
         match self {

@@ -470,7 +470,13 @@ impl Trampolines {
         code: &[u8],
         head: &Head,
         scan: &Scan,
+        trap: bool,
     ) -> Result<(u64, MovedList), SkipReason> {
+        if trap {
+            // The trap handler calls the probe: only the relocated first instruction and
+            // the jump back.
+            return Self::emit_relocated(w, f, code, head, scan);
+        }
         let cookie = i32::try_from(f.cookie as i64).ok();
         // The displacement is from R, at most a body's length further than here.
         let disp_ok = |r: u64| i32::try_from(f.addr.wrapping_sub(r) as i64).is_ok();
@@ -501,6 +507,17 @@ impl Trampolines {
             }
             _ => self.emit_head(w, f.addr, f.cookie),
         }
+        Self::emit_relocated(w, f, code, head, scan)
+    }
+
+    /// The relocated instructions and the jump back to the first one not displaced.
+    fn emit_relocated(
+        w: &mut Writer,
+        f: &Site,
+        code: &[u8],
+        head: &Head,
+        scan: &Scan,
+    ) -> Result<(u64, MovedList), SkipReason> {
         let reloc_start = w.pc();
         let moved = head.relocate(code, scan, w)?;
         if !scan.ends_block {
