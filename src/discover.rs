@@ -30,6 +30,10 @@ pub struct Module {
     /// and no separate debug file was found: it was stripped, and nothing in it can be
     /// named.
     pub stripped: bool,
+    /// Whether it is Go code (it has a `.go.buildinfo` or `.gopclntab` section): Go's
+    /// runtime manages signals with raw system calls, so no trap hook goes into a process
+    /// that has Go code (see README.md, hook kinds).
+    pub go: bool,
 }
 
 impl Module {
@@ -514,6 +518,12 @@ fn module_functions(
         .into());
     }
     let build_id = read_build_id(&elf, bytes);
+    let go = elf.section_headers.iter().any(|sh| {
+        matches!(
+            elf.shdr_strtab.get_at(sh.sh_name),
+            Some(".go.buildinfo" | ".gopclntab")
+        )
+    });
 
     let (mut raw, mut starts) = function_syms(&elf);
     let mut stripped = elf.syms.is_empty() && raw.is_empty();
@@ -616,6 +626,7 @@ fn module_functions(
             build_id,
             alias: None,
             stripped,
+            go,
         },
         funcs,
     ))

@@ -51,6 +51,11 @@ pub struct FuncReport {
     /// Why the function was not hooked, when it was not: its count means nothing then.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub skipped: Option<String>,
+    /// How it was hooked: `jmp` (5-byte jump), `jmp8` (2-byte hop to a jump in its
+    /// padding) or `trap` (one-byte `int3`, a signal delivery per hit); absent when it was
+    /// not hooked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hook: Option<String>,
 }
 
 /// A coverage report.
@@ -473,6 +478,7 @@ impl ModuleLines {
             file: loc.as_ref().map(|l| l.0.clone()),
             line: loc.map(|l| l.1),
             skipped: None,
+            hook: None,
         }
     }
 }
@@ -592,6 +598,7 @@ mod tests {
             file: None,
             line: None,
             skipped: None,
+            hook: None,
         }
     }
 

@@ -141,6 +141,8 @@ pub struct Contents {
     events_map: u64,
     ncpus: u32,
     insns: u64,
+    /// `PROBE_TRAPS`: trap hooks allowed (no module is Go code).
+    traps: bool,
 }
 
 /// Prepares the session contents for `d`'s functions and the probe `prog`.
@@ -245,6 +247,7 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
         events_map,
         ncpus,
         insns: prog.insns.len() as u64,
+        traps: !d.modules.iter().any(|m| m.go),
     })
 }
 
@@ -288,7 +291,8 @@ pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
     put(offset_of!(SessionHeader, hits_map), c.hits_map)?;
     put(offset_of!(SessionHeader, events_map), c.events_map)?;
     put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
-    put32(offset_of!(SessionHeader, probe_flags), 0)?;
+    let flags = if c.traps { xcover_abi::PROBE_TRAPS } else { 0 };
+    put32(offset_of!(SessionHeader, probe_flags), flags)?;
     put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
     put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
     put(offset_of!(SessionHeader, arena_off), l.arena_off)?;
@@ -329,6 +333,13 @@ impl FuncView {
     }
 }
 
+impl FuncView {
+    /// How the function is (or, after detach, was) hooked: `jmp`, `jmp8`, `trap`.
+    pub fn hook(&self) -> Option<&'static str> {
+        xcover_abi::hook_kind_name(self.entry.hook_kind())
+    }
+}
+
 /// A reading of a live session.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -347,6 +358,25 @@ pub struct View {
 }
 
 impl View {
+    /// Functions hooked now by each form: `[jmp, jmp8, trap]`.
+    pub fn hook_counts(&self) -> [u64; 3] {
+        let mut n = [0u64; 3];
+        for f in self
+            .funcs
+            .iter()
+            .filter(|f| f.entry.status == FuncStatus::Hooked as u32)
+        {
+            let k = match f.entry.hook_kind() {
+                xcover_abi::HOOK_JMP => 0,
+                xcover_abi::HOOK_JMP8 => 1,
+                xcover_abi::HOOK_TRAP => 2,
+                _ => continue,
+            };
+            n[k] += 1;
+        }
+        n
+    }
+
     /// The alias of module `i`, if it has one.
     pub fn module_name_alias(&self, i: usize) -> Option<&str> {
         self.module_aliases.get(i).and_then(|a| a.as_deref())
@@ -527,6 +557,7 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
             let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
             r.skipped = f.skip_reason();
+            r.hook = f.hook().map(str::to_string);
             r
         })
         .collect();

@@ -262,6 +262,13 @@ pub mod entry {
     /// original bytes of every hooked function (marking them `Pending` again) and fills
     /// `moves` like `HOOK`. Returns the number of functions unhooked.
     pub const UNHOOK: &str = "xcover_agent_unhook";
+    /// Set in an `ips` entry given to `UNHOOK`: that thread is held in a
+    /// signal-delivery-stop of a SIGTRAP raised by a trap instruction (`si_code ==
+    /// SI_KERNEL`) just before the address the rest of the entry gives. When that trap was
+    /// one of the agent's trap hooks, `moves` sends the thread back to the function's entry
+    /// (its original byte restored) and xcover drops the signal: after detach no handler
+    /// would serve it.
+    pub const IP_TRAP_STOPPED: u64 = 1 << 63;
     /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
     /// only once no thread is inside one), marks the session Detached.
     pub const FINI: &str = "xcover_agent_fini";
@@ -309,8 +316,9 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]). When hooked:
-    /// how, a `HOOK_*` code (0 in sessions written before hook kinds were recorded); see
+    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]). When hooked
+    /// (or pending again after an unhook): how it is (was) hooked, a `HOOK_*` code (0 when
+    /// never hooked, and in sessions written before hook kinds were recorded); see
     /// [`FuncEntry::hook_kind`].
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
@@ -352,10 +360,12 @@ pub fn hook_kind_name(code: u32) -> Option<&'static str> {
 }
 
 impl FuncEntry {
-    /// How a hooked function was patched (`HOOK_*`), 0 when it is not hooked or the
-    /// session did not record it.
+    /// How a hooked function is patched (`HOOK_*`); for a function unhooked since (its
+    /// status `Pending` again), how it was. 0 when it was never hooked or the session did
+    /// not record it.
     pub fn hook_kind(&self) -> u32 {
-        if self.status == FuncStatus::Hooked as u32 {
+        if self.status == FuncStatus::Hooked as u32 || self.status == FuncStatus::Pending as u32
+        {
             self.skip_reason
         } else {
             0

@@ -123,6 +123,7 @@ impl Theme {
 const HITS_W: u16 = 9;
 const RATE_W: u16 = 8;
 const FIRST_W: u16 = 10;
+const HOOK_W: u16 = 4;
 const MODULE_MAX_W: usize = 16;
 
 impl App {
@@ -172,9 +173,18 @@ impl App {
         } else {
             Style::new()
         };
-        let counts = Line::from(vec![
+        let mut counts = vec![
             Span::raw(" hooked "),
             Span::styled(self.hooked.to_string(), theme.heading()),
+        ];
+        if self.trapped > 0 {
+            counts.extend([
+                Span::raw(" (trap "),
+                Span::styled(self.trapped.to_string(), theme.heading()),
+                Span::raw(")"),
+            ]);
+        }
+        counts.extend([
             Span::raw("  skipped "),
             Span::styled(self.skipped.to_string(), theme.heading()),
             Span::raw("  dropped "),
@@ -183,6 +193,7 @@ impl App {
                 dropped_style.patch(theme.heading()),
             ),
         ]);
+        let counts = Line::from(counts);
 
         let pct = self.coverage();
         let tail = format!(" {pct:.1}% {}/{}", self.hit_functions, self.funcs.len());
@@ -267,6 +278,10 @@ impl App {
             widths.push(Constraint::Length(module_w));
             fixed += module_w + 1;
         }
+        if self.hooks_known {
+            widths.push(Constraint::Length(HOOK_W));
+            fixed += HOOK_W + 1;
+        }
         widths.extend([
             Constraint::Length(HITS_W),
             Constraint::Length(RATE_W),
@@ -287,6 +302,9 @@ impl App {
         if several_modules {
             header.push(Cell::from("module"));
         }
+        if self.hooks_known {
+            header.push(Cell::from("hook"));
+        }
         header.extend([
             right(head("hits", SortKey::Hits)),
             right(head("hits/s", SortKey::Rate)),
@@ -304,6 +322,9 @@ impl App {
                 if several_modules {
                     let m = &self.modules[f.module as usize];
                     cells.push(Cell::from(format::fit_end(m, module_w as usize)));
+                }
+                if self.hooks_known {
+                    cells.push(Cell::from(f.hook.as_str()));
                 }
                 cells.extend([
                     right(format::count(f.hits)),
