@@ -349,7 +349,12 @@ pub fn attach(a: AttachArgs) -> Result<ExitCode> {
     };
     let prog = session::load_probe(&probe, source, d.functions.len())?;
     session::verify_probe(&prog)?;
-    let contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    let mut contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    if a.traps && !contents.allow_traps(true) {
+        eprintln!(
+            "xcover: --traps ignored: the target has Go code, whose runtime owns its signals"
+        );
+    }
     let prepared = t1.elapsed();
 
     let stop = stop_signals()?;

@@ -76,6 +76,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         report: a.report,
         lcov: a.lcov,
         probe: None,
+        traps: false,
         select: SelectArgs::default(),
     });
     // The demo target ends with xcover (SIGTERM: it prints its checksum and exits 0).

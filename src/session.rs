@@ -141,8 +141,20 @@ pub struct Contents {
     events_map: u64,
     ncpus: u32,
     insns: u64,
-    /// `PROBE_TRAPS`: trap hooks allowed (no module is Go code).
+    /// `PROBE_TRAPS`: trap hooks allowed ([`Contents::allow_traps`]).
     traps: bool,
+    /// A module is Go code: no traps.
+    go: bool,
+}
+
+impl Contents {
+    /// Lets the agent hook with one-byte traps what no jump can (`attach --traps`), unless
+    /// a module is Go code (its runtime manages signals with raw system calls). Returns
+    /// whether traps are allowed.
+    pub fn allow_traps(&mut self, on: bool) -> bool {
+        self.traps = on && !self.go;
+        self.traps
+    }
 }
 
 /// Prepares the session contents for `d`'s functions and the probe `prog`.
@@ -247,7 +259,8 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
         events_map,
         ncpus,
         insns: prog.insns.len() as u64,
-        traps: !d.modules.iter().any(|m| m.go),
+        traps: false,
+        go: d.modules.iter().any(|m| m.go),
     })
 }
 

@@ -364,8 +364,7 @@ impl FuncEntry {
     /// status `Pending` again), how it was. 0 when it was never hooked or the session did
     /// not record it.
     pub fn hook_kind(&self) -> u32 {
-        if self.status == FuncStatus::Hooked as u32 || self.status == FuncStatus::Pending as u32
-        {
+        if self.status == FuncStatus::Hooked as u32 || self.status == FuncStatus::Pending as u32 {
             self.skip_reason
         } else {
             0

@@ -100,7 +100,11 @@ pub(crate) fn call_with_threads<T: Tracer>(
     }
     let mut moves = vec![0u8; 8 * n as usize];
     sp.read(moves_addr, &mut moves)?;
-    let moved = tids.iter().zip(moves.chunks_exact(8)).zip(&trapped).zip(&ips);
+    let moved = tids
+        .iter()
+        .zip(moves.chunks_exact(8))
+        .zip(&trapped)
+        .zip(&ips);
     for (((&t, mv), &trap), &ip) in moved {
         let to = u64::from_le_bytes(mv.try_into().expect("8 bytes"));
         if to != 0 {

@@ -136,3 +136,29 @@ pub(crate) fn thread_inside<T: Tracer>(
     }
     Ok(None)
 }
+
+/// The first stopped thread with a SIGTRAP pending that it does not block (it is delivered
+/// as soon as the thread runs), with its `rip`: a trap hook's `int3` whose signal the agent's
+/// handler has yet to take. Read from `/proc/<pid>/task/<tid>/status` (`SigPnd`, `ShdPnd`,
+/// `SigBlk`); a thread whose status cannot be read is passed over.
+pub(crate) fn trap_pending<T: Tracer>(sp: &StoppedProcess<T>) -> Option<(i32, u64, &'static str)> {
+    const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
+    let pid = sp.pid();
+    for tid in sp.tids() {
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let pending = field("SigPnd:") | field("ShdPnd:");
+        if pending & TRAP != 0 && field("SigBlk:") & TRAP == 0 {
+            let rip = sp.regs(tid).map(|r| r.rip).unwrap_or(0);
+            return Some((tid, rip, "a trap hook's pending SIGTRAP"));
+        }
+    }
+    None
+}
