@@ -17,6 +17,7 @@
  *   spin       starts 4 threads calling tr_entered until "stop"   -> "spinning"
  *   stop       stops them                                          -> "stopped"
  *   sig        prints the SIGTRAP disposition: handler address and flags
+ *   bench N    times N calls of tr_entered and of tr_via      -> "bench ns/call ..."
  * At end of input prints "bye" and exits 0. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 uint64_t tr_entered(uint64_t x);
@@ -170,6 +172,18 @@ int main(int argc, char **argv) {
             /* Relative to main: the same in every run whatever the load address. */
             printf("sig handler=main%+td flags=%#x\n",
                    (char *)(void *)cur.sa_sigaction - (char *)(void *)main, cur.sa_flags);
+        } else if (sscanf(line, "bench %u", &n) == 1) {
+            struct timespec a, b, c;
+            uint64_t s = 0;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            for (unsigned i = 0; i < n; i++) s += tr_entered(i);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            for (unsigned i = 0; i < n; i++) s += tr_via(i);
+            clock_gettime(CLOCK_MONOTONIC, &c);
+            sink += s;
+            double e = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
+            double v = ((c.tv_sec - b.tv_sec) * 1e9 + (c.tv_nsec - b.tv_nsec)) / n;
+            printf("bench ns/call tr_entered=%.1f tr_via=%.1f\n", e, v);
         } else if (!strncmp(line, "die", 3)) {
             __asm__ volatile("int3");
             printf("survived\n");
