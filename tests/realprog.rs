@@ -1150,7 +1150,10 @@ fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>, traps: b
             .filter(|(_, memcpy, _)| find(memcpy).is_some_and(|f| f["hook"] == "trap"))
             .map(|(_, memcpy, _)| memcpy.clone())
             .collect();
-        assert!(!trapped.is_empty(), "{name}: no __memcpy_* hooked by a trap");
+        assert!(
+            !trapped.is_empty(),
+            "{name}: no __memcpy_* hooked by a trap"
+        );
         for (_, memcpy, _) in &pairs {
             let f = find(memcpy).unwrap();
             assert!(f["skipped"].is_null(), "{name}: {memcpy} skipped: {f}");
@@ -1193,12 +1196,22 @@ fn memwork_static_with_traps() {
 #[test]
 fn memwork_dynamic_with_module_libc() {
     warm_up();
-    memwork_all_of_libc(memwork_dynamic(), Detach::Interrupt, Some("libc.so.6"), false);
+    memwork_all_of_libc(
+        memwork_dynamic(),
+        Detach::Interrupt,
+        Some("libc.so.6"),
+        false,
+    );
 }
 
 /// Against libc.so.6 with `--module libc.so.6 --traps`.
 #[test]
 fn memwork_dynamic_with_module_libc_and_traps() {
     warm_up();
-    memwork_all_of_libc(memwork_dynamic(), Detach::Interrupt, Some("libc.so.6"), true);
+    memwork_all_of_libc(
+        memwork_dynamic(),
+        Detach::Interrupt,
+        Some("libc.so.6"),
+        true,
+    );
 }

@@ -189,8 +189,7 @@ pub fn install(probe: u64) -> bool {
 pub fn uninstall() {
     if INSTALLED.swap(false, Ordering::AcqRel) {
         let mut now = KSigaction::default();
-        if sigaction(None, Some(&mut now)) >= 0 && now.handler == on_sigtrap as *const () as u64
-        {
+        if sigaction(None, Some(&mut now)) >= 0 && now.handler == on_sigtrap as *const () as u64 {
             sigaction(Some(&old()), None);
         }
     }
