@@ -190,7 +190,7 @@ impl Backend for X86_64 {
         let mut w = Writer::reusing(pc, core::mem::take(buf));
         let emitted = self
             .tramp
-            .emit_trampoline(arenas, &mut w, site, code, head, &plan.scan, plan.trap);
+            .emit_trampoline(arenas, &mut w, site, code, head, plan);
         let end = w.pc();
         *buf = w.into_code();
         (end, emitted)

@@ -9,6 +9,7 @@ use xcover_abi::ProbeCtx;
 use xcover_x86::{Reg, Writer, fits_rel32};
 
 use super::cpu;
+use super::patch::Plan;
 use super::relocator::{Head, Scan};
 use crate::arena::Arenas;
 use crate::core::{HookOptions, MovedList, Site, SkipReason};
@@ -469,10 +470,10 @@ impl Trampolines {
         f: &Site,
         code: &[u8],
         head: &Head,
-        scan: &Scan,
-        trap: bool,
+        plan: &Plan,
     ) -> Result<(u64, MovedList), SkipReason> {
-        if trap {
+        let scan = &plan.scan;
+        if plan.trap {
             // The trap handler calls the probe: only the relocated first instruction and
             // the jump back.
             return Self::emit_relocated(w, f, code, head, scan);
