@@ -112,8 +112,8 @@ impl<'a> Live<'a> {
         self.last_at = now;
         let kinds = v.hook_counts();
         Ok(format!(
-            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped, \
-             hooks jmp {} jmp8 {} trap {}",
+            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, \
+             hooks jmp {} jmp8 {} trap {}, {} dropped",
             self.pid,
             self.since.elapsed().as_secs_f64(),
             v.hooked,
@@ -121,10 +121,10 @@ impl<'a> Live<'a> {
             v.hit_funcs(),
             v.coverage(),
             rate,
-            v.dropped,
             kinds[0],
             kinds[1],
-            kinds[2]
+            kinds[2],
+            v.dropped
         ))
     }
 

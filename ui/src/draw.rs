@@ -278,15 +278,16 @@ impl App {
             widths.push(Constraint::Length(module_w));
             fixed += module_w + 1;
         }
-        if self.hooks_known {
-            widths.push(Constraint::Length(HOOK_W));
-            fixed += HOOK_W + 1;
-        }
         widths.extend([
             Constraint::Length(HITS_W),
             Constraint::Length(RATE_W),
             Constraint::Length(FIRST_W),
         ]);
+        // Last, so the other columns keep their places.
+        if self.hooks_known {
+            widths.push(Constraint::Length(HOOK_W));
+            fixed += HOOK_W + 1;
+        }
         let name_w = inner.width.saturating_sub(fixed) as usize;
 
         let marker = if self.descending { "▼" } else { "▲" };
@@ -302,14 +303,14 @@ impl App {
         if several_modules {
             header.push(Cell::from("module"));
         }
-        if self.hooks_known {
-            header.push(Cell::from("hook"));
-        }
         header.extend([
             right(head("hits", SortKey::Hits)),
             right(head("hits/s", SortKey::Rate)),
             right(head("first hit", SortKey::FirstHit)),
         ]);
+        if self.hooks_known {
+            header.push(Cell::from("hook"));
+        }
 
         let page = inner.height.saturating_sub(1) as usize;
         let end = (self.offset + page).min(shown);
@@ -323,14 +324,14 @@ impl App {
                     let m = &self.modules[f.module as usize];
                     cells.push(Cell::from(format::fit_end(m, module_w as usize)));
                 }
-                if self.hooks_known {
-                    cells.push(Cell::from(f.hook.as_str()));
-                }
                 cells.extend([
                     right(format::count(f.hits)),
                     right(format::rate(f.rate)),
                     right(f.first_hit.map_or("-".to_string(), format::offset)),
                 ]);
+                if self.hooks_known {
+                    cells.push(Cell::from(f.hook.as_str()));
+                }
                 let fresh = f
                     .first_hit
                     .is_some_and(|t| t + std::time::Duration::from_secs(2) > self.attached_for);
