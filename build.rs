@@ -4,9 +4,9 @@
 //! link flags, which a workspace member cannot have under `cargo test`; so it has its own
 //! workspace and is built here with a nested `cargo build --release`. Its target directory
 //! is `<target>/agent` (derived from `OUT_DIR`), shared by debug and release builds of
-//! xcover. The `.so` is copied to `OUT_DIR/xcover_agent.so`, which `src/attach.rs` embeds
-//! with `include_bytes!`: `cargo install --path .` gives one self-contained binary, and the
-//! agent's bytes go from that binary straight into the target's memory.
+//! xcover. The `.so` is copied to `OUT_DIR/xcover_agent.so`, which the library embeds with
+//! `include_bytes!` (`src/control.rs`): `cargo install --path .` gives one self-contained
+//! binary, and the agent's bytes go from that binary straight into the target's memory.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -28,8 +28,8 @@ fn main() {
         "x86/Cargo.toml",
         "rt/src",
         "rt/Cargo.toml",
-        "abi/src",
-        "abi/Cargo.toml",
+        "session/src",
+        "session/Cargo.toml",
         "bpf/src",
         "bpf/Cargo.toml",
     ] {

@@ -63,13 +63,13 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
-// One first-hit event, as the TUI decodes it (24 bytes, little-endian).
-struct first_hit {
-	__u64 cookie;
-	__u64 ts_ns;
-	__u32 tid;
-	__u32 _pad;
-};
+// One first-hit event, as the TUI decodes it (24 bytes, little-endian): struct first_hit
+// comes from the probe contract's C header, so the probe and xcover's readers
+// (xcover_session::probe::FirstHit) share one layout. The path is relative to this file,
+// so no absolute path of the checkout ends up in the object; the header's own line numbers
+// only reach the DWARF (.debug_info, .debug_line), never the program, its maps or its BTF.
+// session/tests/probe_header.rs checks the header against the Rust struct.
+#include "../session/include/xcover_probe.h"
 
 SEC("uprobe")
 int xcover_cover(void *ctx)

@@ -1,8 +1,11 @@
-//! The command line.
+//! The command line: what each command takes. The commands themselves are in `cmd/`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use xcover::report::Outputs;
+
+use crate::cmd::dev::{DevCommand, VmCommand};
 
 /// Live function coverage of a running process, without restarting it.
 #[derive(Parser, Debug)]
@@ -17,23 +20,89 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Instrument every function of a running process and show coverage live.
+    #[command(
+        mut_arg("report", |a| a.help("Write the JSON report here on detach")),
+        mut_arg("lcov", |a| a.help("Write an LCOV report here on detach"))
+    )]
     Attach(AttachArgs),
     /// Take the instrumentation of a kept session out of a process.
     Detach(DetachArgs),
     /// List live sessions with their coverage.
     Status(StatusArgs),
     /// Start the bundled demo target and attach to it.
+    #[command(
+        mut_arg("report", |a| a.help("Write the JSON report here on detach")),
+        mut_arg("lcov", |a| a.help("Write an LCOV report here on detach"))
+    )]
     Demo(DemoArgs),
     /// List the functions `attach` would hook, with their runtime addresses.
+    #[command(
+        mut_arg("report", |a| a.help(
+            "Also write them as a JSON report with no hits (an inventory to merge others into)"
+        )),
+        mut_arg("lcov", |a| a.help("Also write them as an LCOV report with no hits"))
+    )]
     Functions(FunctionsArgs),
     /// Sum JSON reports of the same build into one.
+    #[command(
+        mut_arg("report", |a| a.help("Write the merged JSON here instead of stdout (as -o)")),
+        mut_arg("lcov", |a| a.help("Also write the merged coverage as LCOV"))
+    )]
     Merge(MergeArgs),
-    /// Run eBPF programs with xcover's VM (bpf_conformance runner and plugin).
+    /// Developer commands, not for users: xcover's eBPF VM for the bpf_conformance suite.
+    #[command(hide = true)]
+    Dev {
+        /// Which developer command.
+        #[command(subcommand)]
+        cmd: DevCommand,
+    },
+    /// `xcover dev vm` under its former name (the conformance tests and scripts use it).
+    #[command(hide = true)]
     Vm {
         /// What to run.
         #[command(subcommand)]
-        cmd: crate::vm::VmCommand,
+        cmd: VmCommand,
     },
+}
+
+/// Declares [`OutputArgs`]: one `--<field> <PATH>` option per report format, each tied to
+/// the name of its format in `xcover::report::FORMATS`.
+macro_rules! output_args {
+    ($($(#[$doc:meta])* $field:ident => $format:literal,)*) => {
+        /// Where to write reports, one option per report format: the same options, checked
+        /// and written the same way, in every command that writes reports.
+        #[derive(Args, Debug, Clone, Default)]
+        pub struct OutputArgs {
+            $(
+                $(#[$doc])*
+                #[arg(long, value_name = "PATH")]
+                pub $field: Option<PathBuf>,
+            )*
+        }
+
+        impl OutputArgs {
+            /// The reports asked for, in the library's terms.
+            pub fn outputs(&self) -> Outputs {
+                let mut outputs = Outputs::new();
+                $(
+                    if let Some(path) = &self.$field {
+                        let format = xcover::report::format($format)
+                            .expect(concat!("no report format named ", $format));
+                        outputs.add(format, path.clone());
+                    }
+                )*
+                outputs
+            }
+        }
+    };
+}
+
+// A new report format: one line here (its option and its format's name).
+output_args! {
+    /// Write the JSON report here.
+    report => "json",
+    /// Write an LCOV report here.
+    lcov => "lcov",
 }
 
 /// `xcover attach`.
@@ -50,12 +119,9 @@ pub struct AttachArgs {
     /// Leave the instrumentation in place when xcover exits (see `xcover detach`).
     #[arg(long)]
     pub keep: bool,
-    /// Write the JSON report here on detach.
-    #[arg(long, value_name = "PATH")]
-    pub report: Option<PathBuf>,
-    /// Write an LCOV report here on detach.
-    #[arg(long, value_name = "PATH")]
-    pub lcov: Option<PathBuf>,
+    /// The reports to write when the session ends.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Hook functions no jump can patch with a one-byte `int3` trap, served by the agent's
     /// SIGTRAP handler (a signal delivery per hit); see README.md for what the target must
     /// not do meanwhile (block SIGTRAP, replace its handler). Never in Go programs.
@@ -88,6 +154,18 @@ pub struct SelectArgs {
     pub all_modules: bool,
 }
 
+impl SelectArgs {
+    /// The library's options; a bad regex is bad input.
+    pub fn options(&self) -> xcover::Result<xcover::discover::Options> {
+        xcover::discover::Options::new(
+            self.include.as_deref(),
+            self.exclude.as_deref(),
+            self.modules.clone(),
+            self.all_modules,
+        )
+    }
+}
+
 /// `xcover functions`.
 #[derive(Args, Debug)]
 pub struct FunctionsArgs {
@@ -96,12 +174,9 @@ pub struct FunctionsArgs {
     /// Which functions.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Also write them as a JSON report with no hits (an inventory to merge others into).
-    #[arg(long, value_name = "PATH")]
-    pub report: Option<PathBuf>,
-    /// Also write them as an LCOV report with no hits.
-    #[arg(long, value_name = "PATH")]
-    pub lcov: Option<PathBuf>,
+    /// The reports to write them in, with no hits.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `xcover merge`.
@@ -111,11 +186,12 @@ pub struct MergeArgs {
     #[arg(required = true, value_name = "REPORT.json")]
     pub reports: Vec<PathBuf>,
     /// Write the merged JSON here instead of stdout.
-    #[arg(short, long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH", conflicts_with = "report")]
     pub output: Option<PathBuf>,
-    /// Also write the merged coverage as LCOV.
-    #[arg(long, value_name = "PATH")]
-    pub lcov: Option<PathBuf>,
+    /// The reports to write the merged coverage in (without a JSON one, the JSON goes to
+    /// stdout).
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 /// `xcover detach`.
@@ -123,12 +199,9 @@ pub struct MergeArgs {
 pub struct DetachArgs {
     /// Process id of the target with a kept session.
     pub pid: i32,
-    /// Write the JSON report here.
-    #[arg(long, value_name = "PATH")]
-    pub report: Option<PathBuf>,
-    /// Write an LCOV report here.
-    #[arg(long, value_name = "PATH")]
-    pub lcov: Option<PathBuf>,
+    /// The reports to write from the final counts.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `xcover status`.
@@ -147,16 +220,52 @@ pub struct DemoArgs {
     /// Detach and stop the demo after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Write the JSON report here on detach.
-    #[arg(long, value_name = "PATH")]
-    pub report: Option<PathBuf>,
-    /// Write an LCOV report here on detach.
-    #[arg(long, value_name = "PATH")]
-    pub lcov: Option<PathBuf>,
+    /// The reports to write when the session ends.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
-/// An error caused by the user's input rather than by a failure at run time; `main` turns
-/// it into exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xcover").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_output_option_has_its_format() {
+        let Command::Detach(d) = parse(&["detach", "1", "--report", "r.json", "--lcov", "r.info"])
+            .unwrap()
+            .command
+        else {
+            panic!("not detach");
+        };
+        let names: Vec<_> = d.output.outputs().iter().map(|o| o.format.name()).collect();
+        assert_eq!(names, ["json", "lcov"]);
+        assert_eq!(names.len(), xcover::report::FORMATS.len());
+    }
+
+    #[test]
+    fn merge_output_is_the_json_report() {
+        assert!(parse(&["merge", "a.json", "-o", "m.json"]).is_ok());
+        assert!(parse(&["merge", "a.json", "--report", "m.json", "--lcov", "m.info"]).is_ok());
+        assert!(parse(&["merge", "a.json", "-o", "m.json", "--report", "n.json"]).is_err());
+    }
+
+    #[test]
+    fn developer_commands_are_hidden() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("attach"), "{help}");
+        let listed = |name: &str| help.lines().any(|l| l.trim_start().starts_with(name));
+        assert!(!listed("dev ") && !listed("vm "), "{help}");
+        assert!(parse(&["dev", "vm", "exec", "--jit", "00"]).is_ok());
+        assert!(parse(&["vm", "conformance", "/x", "--interp"]).is_ok());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Error, Result, bail};
 use goblin::elf::{Elf, program_header::PT_LOAD, sym};
 use regex::Regex;
 
-use crate::cli::BadInput;
+use crate::BadInput;
+use crate::note::Note;
 
 /// A file-backed module of the target whose functions are hooked.
 #[derive(Clone, Debug)]
@@ -262,7 +263,7 @@ fn find_module(pid: i32, seen: &[PathBuf], spec: &str) -> Option<PathBuf> {
 /// The error for a discovery that found no function to hook: says the filters left none, or
 /// names each module and why it gave none (a stripped file: where its debug symbols would be
 /// looked for). `attach` and `functions` both refuse so (exit 2).
-pub fn nothing_to_hook(pid: i32, d: &Discovery) -> anyhow::Error {
+pub fn nothing_to_hook(pid: i32, d: &Discovery) -> Error {
     let why = if d.found > 0 {
         format!(
             "--include/--exclude left none of the {} functions found",
@@ -275,90 +276,60 @@ pub fn nothing_to_hook(pid: i32, d: &Discovery) -> anyhow::Error {
     BadInput(format!("pid {pid}: no function to hook: {why}")).into()
 }
 
-/// Warns on stderr about each module that gives no function because it is stripped, when
-/// others still give some.
-pub fn warn_stripped(pid: i32, d: &Discovery) {
-    for m in d.modules.iter().filter(|m| m.stripped) {
-        eprintln!(
-            "xcover: warning: pid {pid}: none of its functions hooked: {}",
-            m.no_symbols_reason()
-        );
-    }
+/// A warning for each module that gives no function because it is stripped, when others
+/// still give some.
+pub fn stripped_warnings(pid: i32, d: &Discovery) -> Vec<Note> {
+    d.modules
+        .iter()
+        .filter(|m| m.stripped)
+        .map(|m| Note::Stripped {
+            pid,
+            reason: m.no_symbols_reason(),
+        })
+        .collect()
 }
 
 impl Options {
-    /// Options from the command line; a bad regex is bad input.
-    pub fn from_args(a: &crate::cli::SelectArgs) -> Result<Self> {
-        let re = |flag: &str, s: &Option<String>| -> Result<Option<Regex>> {
-            s.as_deref()
-                .map(|s| {
-                    Regex::new(s).map_err(|e| {
-                        // The parser's message spans lines (it draws a caret); keep the last.
-                        let why = e.to_string();
-                        let why = why.lines().last().unwrap_or_default();
-                        let why = why.trim_start_matches("error: ");
-                        BadInput(format!("{flag} {s:?}: bad regex: {why}")).into()
-                    })
+    /// Options from the command line's `--include`, `--exclude`, `--module` and
+    /// `--all-modules`; a bad regex is bad input.
+    pub fn new(
+        include: Option<&str>,
+        exclude: Option<&str>,
+        modules: Vec<String>,
+        all_modules: bool,
+    ) -> Result<Self> {
+        let re = |flag: &str, s: Option<&str>| -> Result<Option<Regex>> {
+            s.map(|s| {
+                Regex::new(s).map_err(|e| {
+                    // The parser's message spans lines (it draws a caret); keep the last.
+                    let why = e.to_string();
+                    let why = why.lines().last().unwrap_or_default();
+                    let why = why.trim_start_matches("error: ");
+                    BadInput(format!("{flag} {s:?}: bad regex: {why}")).into()
                 })
-                .transpose()
+            })
+            .transpose()
         };
         Ok(Options {
-            modules: a.modules.clone(),
-            all_modules: a.all_modules,
-            include: re("--include", &a.include)?,
-            exclude: re("--exclude", &a.exclude)?,
+            modules,
+            all_modules,
+            include: re("--include", include)?,
+            exclude: re("--exclude", exclude)?,
         })
     }
 }
 
-/// `xcover functions <pid>`: prints what `attach` would hook.
-pub fn list(a: crate::cli::FunctionsArgs) -> Result<std::process::ExitCode> {
-    let opts = Options::from_args(&a.select)?;
-    if a.pid <= 0 || !Path::new(&format!("/proc/{}", a.pid)).exists() {
-        return Err(BadInput(format!("pid {}: no such process", a.pid)).into());
+/// The functions `attach` would hook in `pid` (`xcover functions`): refused as `attach`
+/// refuses, a pid that is not there and a discovery with nothing to hook alike.
+pub fn functions(pid: i32, opts: &Options) -> Result<Discovery> {
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(BadInput(format!("pid {pid}: no such process")).into());
     }
-    let d = discover(a.pid, &opts)?;
+    let d = discover(pid, opts)?;
     if d.functions.is_empty() {
-        return Err(nothing_to_hook(a.pid, &d));
+        return Err(nothing_to_hook(pid, &d));
     }
-    warn_stripped(a.pid, &d);
-    let mut out = String::new();
-    for f in &d.functions {
-        let module = if d.modules.len() > 1 {
-            format!("{}!", d.modules[f.module].name())
-        } else {
-            String::new()
-        };
-        // A function other code enters inside its first bytes cannot take every patch.
-        let entered = f
-            .entered
-            .as_ref()
-            .map(|e| format!("  (entered at +{} from {})", e.at, e.from))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "{:#014x} {:6} {module}{}{entered}\n",
-            f.addr,
-            f.size,
-            f.demangled.as_deref().unwrap_or(&f.name)
-        ));
-    }
-    print!("{out}");
-    if a.report.is_some() || a.lcov.is_some() {
-        let r = crate::report::from_discovery(&d, &[], a.pid.into());
-        if let Some(p) = &a.report {
-            r.write_json(p)?;
-        }
-        if let Some(p) = &a.lcov {
-            r.write_lcov(p)?;
-        }
-    }
-    eprintln!(
-        "{} functions in {} module(s) of pid {}",
-        d.functions.len(),
-        d.modules.len(),
-        a.pid
-    );
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(d)
 }
 
 fn keep(f: &Function, opts: &Options) -> bool {
@@ -780,7 +751,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(err.downcast_ref::<BadInput>().is_some());
+        assert!(matches!(err, Error::BadInput(_)), "{err}");
     }
 
     #[test]

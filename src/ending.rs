@@ -17,15 +17,14 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xcover_abi::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES, skip_reason_text};
 use xcover_injector::SessionFile;
 use xcover_injector::proc_events::{self, ProcEvent, ProcEvents, Waker};
+use xcover_session::{FuncStatus, REGION_HEAP, REGION_JIT, REGION_TRAMPOLINES};
 
 use crate::session;
 
@@ -255,13 +254,10 @@ impl Ending {
         m
     }
 
-    /// 1 when a signal killed the target, 0 otherwise (an exit, whatever its status, or an
-    /// exec: the target ended by itself).
-    pub fn exit_code(&self) -> ExitCode {
-        match self.how {
-            How::Killed { .. } => ExitCode::from(1),
-            _ => ExitCode::SUCCESS,
-        }
+    /// Whether a signal killed the target (a failure: the command line exits 1), rather
+    /// than an exit, whatever its status, or an exec: the target ended by itself.
+    pub fn killed(&self) -> bool {
+        matches!(self.how, How::Killed { .. })
     }
 }
 
@@ -450,11 +446,9 @@ pub fn place(s: &SessionFile, ip: u64) -> Option<String> {
         .iter()
         .find(|f| f.entry.addr <= ip && ip < f.entry.addr.saturating_add(f.entry.size.max(1)))?;
     let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
-    let status = match f.entry.status {
-        s if s == FuncStatus::Hooked as u32 => "hooked".to_string(),
-        s if s == FuncStatus::Skipped as u32 => {
-            format!("not hooked: {}", skip_reason_text(f.entry.skip_reason))
-        }
+    let status = match (f.entry.status(), f.skip_reason()) {
+        (Some(FuncStatus::Hooked), _) => "hooked".to_string(),
+        (_, Some(why)) => format!("not hooked: {why}"),
         _ => "not hooked".to_string(),
     };
     Some(format!("{name}+{:#x} ({status})", ip - f.entry.addr))
@@ -553,13 +547,13 @@ mod tests {
             "pid 7 was killed by SIGSEGV (segmentation fault, signal 11): segfault at ip \
              0x1234 in f+0x4 (hooked), accessing 0x0"
         );
-        assert_eq!(e.exit_code(), ExitCode::from(1));
+        assert!(e.killed());
         let e = Ending {
             how: How::Exited(3),
             fault: None,
             no_fault: None,
         };
         assert_eq!(e.message(7), "pid 7 exited with status 3");
-        assert_eq!(e.exit_code(), ExitCode::SUCCESS);
+        assert!(!e.killed());
     }
 }

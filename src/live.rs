@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use xcover_abi::FuncStatus;
+use crate::error::{Result, bail, chain};
+use xcover_bpf::maps::ArenaMaps;
 use xcover_injector::SessionFile;
+use xcover_session::{FirstHit, FuncStatus};
 use xcover_ui::{Event, Function, Snapshot, Source};
 
 use crate::session;
-
-/// Size of one first-hit record written by the coverage probe: cookie, timestamp, tid.
-const FIRST_HIT_SIZE: usize = 24;
 
 /// Reads a live session for the TUI or the status line.
 pub struct Live<'a> {
@@ -102,7 +100,7 @@ impl<'a> Live<'a> {
     pub fn status_line(&mut self) -> Result<String> {
         self.refresh()?;
         let Some(v) = &self.cache else {
-            anyhow::bail!("pid {}: the session could not be read", self.pid);
+            bail!("pid {}: the session could not be read", self.pid);
         };
         let total = v.total_hits();
         let now = Instant::now();
@@ -128,27 +126,17 @@ impl<'a> Live<'a> {
         ))
     }
 
-    fn first_hits(&self) -> Vec<(u64, u64)> {
+    /// The first hits the probe sent since the last call (the session's events ring buffer,
+    /// which this reader consumes).
+    fn first_hits(&self) -> Vec<FirstHit> {
         let h = self.session.header();
-        if h.events_map == u64::MAX || h.events_map >= h.maps_count {
-            return vec![];
-        }
-        let Ok(off) = self
-            .session
-            .read_u64(h.maps_off.saturating_add(h.events_map.saturating_mul(8)))
-        else {
+        let Ok(Some(off)) = self.session.map_offset(h.events_map) else {
             return vec![];
         };
         let mut out = Vec::new();
         let _ = self.session.with_arena(|a| {
             if let Ok(m) = a.map(off) {
-                m.ringbuf_consume(|rec| {
-                    if rec.len() >= FIRST_HIT_SIZE {
-                        let cookie = u64::from_le_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
-                        let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
-                        out.push((cookie, ts));
-                    }
-                });
+                m.ringbuf_consume(|rec| out.extend(FirstHit::from_record(rec)));
             }
         });
         out
@@ -165,7 +153,7 @@ impl Source for Live<'_> {
             self.ended = Some(why.clone());
             return Err(why);
         }
-        let whole = self.refresh().map_err(|e| format!("{e:#}"))?;
+        let whole = self.refresh().map_err(|e| chain(&e))?;
         let Some(v) = &self.cache else {
             return Err("the session could not be read".into());
         };
@@ -219,11 +207,11 @@ impl Source for Live<'_> {
             .header()
             .hooked_at_ns
             .load(std::sync::atomic::Ordering::Relaxed);
-        for (cookie, ts) in self.first_hits() {
-            if let Some(&row) = self.rows.get(&cookie) {
+        for hit in self.first_hits() {
+            if let Some(&row) = self.rows.get(&hit.cookie) {
                 snap.events.push(Event::FirstHit {
                     function: row,
-                    at: Duration::from_nanos(ts.saturating_sub(base)),
+                    at: Duration::from_nanos(hit.ts_ns.saturating_sub(base)),
                 });
             }
         }
@@ -231,10 +219,11 @@ impl Source for Live<'_> {
     }
 
     fn write_report(&mut self) -> Result<String, String> {
-        let v = session::view(self.session).map_err(|e| format!("{e:#}"))?;
+        let v = session::view(self.session).map_err(|e| chain(&e))?;
         let r = session::report(self.session, &v);
-        r.write_json(&self.report_path)
-            .map_err(|e| format!("{e:#}"))?;
+        crate::report::JSON
+            .write_to(&r, &self.report_path)
+            .map_err(|e| chain(&e))?;
         Ok(self.report_path.display().to_string())
     }
 }

@@ -1,20 +1,13 @@
 //! xcover: live function coverage of a process that is already running.
 //!
-//! `xcover attach <pid>` stops the target with ptrace, loads the agent into it, hooks every
-//! function with an inline trampoline that runs a JIT-compiled eBPF probe, and shows the hit
-//! counts live; `xcover detach <pid>` takes it all out again.
+//! The binary is thin: it parses the command line (`cli.rs`), runs the command (`cmd/`,
+//! one module each) with the `xcover` library, which holds the application, prints what the
+//! library tells, and turns errors into exit codes: 0 success, 1 a failure at run time, 2
+//! bad usage or bad input ([`xcover::Error::is_bad_input`]).
 #![forbid(unsafe_code)]
 
-mod attach;
 mod cli;
-mod demo;
-mod discover;
-mod ending;
-mod inbound;
-mod live;
-mod report;
-mod session;
-mod vm;
+mod cmd;
 
 use std::process::ExitCode;
 
@@ -31,26 +24,25 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return usage_error(e),
     };
-    let result = match args.command {
-        cli::Command::Attach(a) => attach::attach(a),
-        cli::Command::Detach(d) => attach::detach(d),
-        cli::Command::Status(s) => attach::status(s),
-        cli::Command::Demo(d) => demo::demo(d),
-        cli::Command::Functions(f) => discover::list(f),
-        cli::Command::Merge(m) => report::merge_command(m),
-        cli::Command::Vm { cmd } => vm::run(cmd),
-    };
-    match result {
+    match cmd::run(args.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xcover: error: {}", one_line(&e));
-            if e.downcast_ref::<cli::BadInput>().is_some() {
+            if is_bad_input(&e) {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
     }
+}
+
+/// Whether the user's input is at fault: the library's error says so, seen through any
+/// context the binary added.
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<xcover::Error>()
+        .is_some_and(xcover::Error::is_bad_input)
+        || e.downcast_ref::<xcover::BadInput>().is_some()
 }
 
 /// An error on one line: the outermost context first, then each cause, leaving out a cause

@@ -1,22 +1,25 @@
 //! The session's contents: what xcover lays into the shared file before the agent runs, and
 //! what it reads back while the target runs.
 //!
-//! Layout (offsets in the header, see `xcover-abi`): the header page, the function table,
+//! Layout (offsets in the header, see `xcover-session`): the header page, the function table,
 //! the module table, the names, the probe's instructions, the map table, the region table
 //! the agent fills, the eBPF map arena, the log ring. Sections start on 64-byte boundaries;
 //! the arena on a page boundary.
 
 use std::mem::{offset_of, size_of};
 
-use anyhow::{Context, Result, bail};
-use xcover_abi::{FuncEntry, FuncStatus, ModuleEntry, PROBE_CTX_COOKIE_OFF, Region, SessionHeader};
-use xcover_bpf::env::Env;
-use xcover_bpf::maps::ArenaLayout;
+use crate::error::{Context, Error, Result, bail};
+use xcover_bpf::env::{Env, MapInfo};
+use xcover_bpf::maps::{ArenaLayout, ArenaMaps};
 use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
+use xcover_session::probe::{EVENTS_MAP, HIT_COUNT_MAPS, PER_FUNCTION_MAPS};
+use xcover_session::{
+    FuncEntry, FuncStatus, HookKind, ModuleEntry, Region, SessionHeader, SkipReason,
+};
 
-use crate::cli::BadInput;
+use crate::BadInput;
 use crate::discover::Discovery;
 
 /// The coverage probe, compiled from `bpf/cover.bpf.c` by `scripts/build-bpf.sh`.
@@ -32,10 +35,6 @@ fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// The maps of the built-in coverage probe (`bpf/cover.bpf.c`) that are indexed by cookie:
-/// xcover gives them one entry per hooked function.
-pub const COVER_PER_FUNCTION_MAPS: [&str; 2] = ["counts", "seen"];
-
 /// Which probe a session runs.
 #[derive(Clone, Copy, Debug)]
 pub enum ProbeSource<'a> {
@@ -46,7 +45,7 @@ pub enum ProbeSource<'a> {
 }
 
 /// Loads the probe object. The built-in coverage probe's cookie-indexed maps
-/// ([`COVER_PER_FUNCTION_MAPS`]) are sized for `funcs` functions; every map of a user's
+/// ([`PER_FUNCTION_MAPS`]) are sized for `funcs` functions; every map of a user's
 /// object keeps the `max_entries` the object gives it (a lookup past it returns NULL, as in
 /// the kernel); the loader refuses a map of 0 entries.
 pub fn load_probe(object: &[u8], source: ProbeSource<'_>, funcs: usize) -> Result<Program> {
@@ -58,7 +57,7 @@ pub fn load_probe(object: &[u8], source: ProbeSource<'_>, funcs: usize) -> Resul
         .map_err(|e| BadInput(format!("{what}: {e}")))?;
     if let ProbeSource::Builtin = source {
         let n = u32::try_from(funcs.max(1)).context("too many functions")?;
-        for name in COVER_PER_FUNCTION_MAPS {
+        for name in PER_FUNCTION_MAPS {
             let m = prog
                 .maps
                 .iter_mut()
@@ -80,16 +79,15 @@ pub fn verify_probe(prog: &Program) -> Result<()> {
         helpers,
         map_addrs: &fake,
         map_value_addrs: &fake,
+        maps: &MapInfo::table_of(&prog.maps),
         ..Default::default()
     };
     verifier::verify(&prog.insns, &env, &VerifierOptions::default()).map_err(|e| {
-        anyhow::Error::new(BadInput(format!(
+        Error::from(BadInput(format!(
             "probe {:?} rejected by the verifier: {e}",
             prog.name
         )))
     })?;
-    // The probe reads its cookie from the context; make sure the layout agrees.
-    const _: () = assert!(PROBE_CTX_COOKIE_OFF == 168);
     Ok(())
 }
 
@@ -206,7 +204,7 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
     let mut arena = vec![0u8; arena_layout.size() as usize];
     arena_layout
         .init_slice(&mut arena)
-        .map_err(|e| anyhow::anyhow!("laying out the probe's maps: {e}"))?;
+        .map_err(|e| Error::msg(format!("laying out the probe's maps: {e}")))?;
     let map_offsets = arena_layout.offsets();
     let prog_bytes: Vec<u8> = prog.insns.iter().flat_map(|i| i.encode()).collect();
 
@@ -216,8 +214,8 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
             .position(|m| names.contains(&m.name.as_str()))
             .map_or(u64::MAX, |i| i as u64)
     };
-    let hits_map = find(&["hits", "counts"]);
-    let events_map = find(&["events"]);
+    let hits_map = find(&HIT_COUNT_MAPS);
+    let events_map = find(&[EVENTS_MAP]);
 
     let funcs_off = align(size_of::<SessionHeader>() as u64, PAGE);
     let modules_off = align(
@@ -304,7 +302,11 @@ pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
     put(offset_of!(SessionHeader, hits_map), c.hits_map)?;
     put(offset_of!(SessionHeader, events_map), c.events_map)?;
     put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
-    let flags = if c.traps { xcover_abi::PROBE_TRAPS } else { 0 };
+    let flags = if c.traps {
+        xcover_session::PROBE_TRAPS
+    } else {
+        0
+    };
     put32(offset_of!(SessionHeader, probe_flags), flags)?;
     put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
     put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
@@ -333,23 +335,21 @@ impl FuncView {
     /// Why the function was skipped, when it was: the interceptor's reason, with the
     /// branch's source named for one entered inside its patch by other code.
     pub fn skip_reason(&self) -> Option<String> {
-        if self.entry.status != FuncStatus::Skipped as u32 {
+        if self.entry.status() != Some(FuncStatus::Skipped) {
             return None;
         }
         let code = self.entry.skip_reason;
-        Some(match &self.entered_from {
-            Some(from) if code == xcover_abi::SKIP_ENTERED_INSIDE => {
+        Some(match (SkipReason::from_code(code), &self.entered_from) {
+            (Some(SkipReason::EnteredInside), Some(from)) => {
                 format!("entered at +{} from {from}", self.entry.entered_at())
             }
-            _ => xcover_abi::skip_reason_text(code).to_string(),
+            _ => SkipReason::text_of(code).to_string(),
         })
     }
-}
 
-impl FuncView {
     /// How the function is (or, after detach, was) hooked: `jmp`, `jmp8`, `trap`.
     pub fn hook(&self) -> Option<&'static str> {
-        xcover_abi::hook_kind_name(self.entry.hook_kind())
+        self.entry.hook_kind().map(HookKind::name)
     }
 }
 
@@ -371,21 +371,20 @@ pub struct View {
 }
 
 impl View {
-    /// Functions hooked now by each form: `[jmp, jmp8, trap]`.
-    pub fn hook_counts(&self) -> [u64; 3] {
-        let mut n = [0u64; 3];
+    /// Functions hooked now by each form, in [`HookKind::ALL`] order: `[jmp, jmp8, trap]`.
+    pub fn hook_counts(&self) -> [u64; HookKind::ALL.len()] {
+        let mut n = [0u64; HookKind::ALL.len()];
         for f in self
             .funcs
             .iter()
-            .filter(|f| f.entry.status == FuncStatus::Hooked as u32)
+            .filter(|f| f.entry.status() == Some(FuncStatus::Hooked))
         {
-            let k = match f.entry.hook_kind() {
-                xcover_abi::HOOK_JMP => 0,
-                xcover_abi::HOOK_JMP8 => 1,
-                xcover_abi::HOOK_TRAP => 2,
-                _ => continue,
-            };
-            n[k] += 1;
+            if let Some(k) = f.entry.hook_kind()
+                && let Some(i) = HookKind::ALL.iter().position(|&a| a == k)
+                && let Some(c) = n.get_mut(i)
+            {
+                *c += 1;
+            }
         }
         n
     }
@@ -442,10 +441,9 @@ fn string_at(s: &SessionFile, off: u32, len: u32) -> Result<String> {
 pub fn hits(s: &SessionFile) -> Result<Vec<u64>> {
     let h = s.header();
     let n = h.funcs_count as usize;
-    if h.hits_map == u64::MAX || h.hits_map >= h.maps_count {
+    let Some(off) = s.map_offset(h.hits_map)? else {
         return Ok(vec![0; n]);
-    }
-    let off = s.read_u64(h.maps_off.saturating_add(h.hits_map.saturating_mul(8)))?;
+    };
     let v = s.with_arena(|a| a.map(off).map(|m| m.array_u64_all()))?;
     let mut counts = match v {
         Some(Ok(c)) => c,
@@ -481,7 +479,7 @@ pub fn dropped(s: &SessionFile) -> Result<u64> {
     let h = s.header();
     let mut total = 0;
     for i in 0..h.maps_count {
-        let off = s.read_u64(h.maps_off.saturating_add(i.saturating_mul(8)))?;
+        let Some(off) = s.map_offset(i)? else { break };
         if let Some(Ok(d)) = s.with_arena(|a| a.map(off).map(|m| m.dropped()))? {
             total += d;
         }

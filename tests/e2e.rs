@@ -10,6 +10,8 @@ use xcover_testsupport::inspect::{code_bytes, exec_maps, func_addrs};
 use xcover_testsupport::process::{Reaper, signal, spawn_ready};
 use xcover_testsupport::report::{hits, read_report};
 
+use xcover_bpf::maps::ArenaMaps;
+
 use crate::support::{run_xcover, session_path, tracer_pids, xcover, xcover_ok as ok};
 
 pub(crate) fn counts_exe() -> PathBuf {
@@ -59,16 +61,6 @@ impl Counts {
         assert!(l.starts_with("round "), "unexpected output {l:?}");
         self.lines.push(l.clone());
         l
-    }
-
-    /// Asks for a round and waits for the target to end without answering (a probe that
-    /// kills it); returns how it ended.
-    pub(crate) fn kill_with_round(mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGUSR2);
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
-        assert!(rest.is_empty(), "the target answered: {rest:?}");
-        self.child.wait().unwrap()
     }
 
     /// Ends the target; returns its whole output and exit code.

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xcover_abi::SessionState;
 use xcover_injector::SessionFile;
+use xcover_session::SessionState;
 
 use crate::support::{self, session_path, tracer_pids};
 

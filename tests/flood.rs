@@ -24,6 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use xcover_bpf::maps::ArenaMaps;
 use xcover_injector::SessionFile;
 
 use crate::support::{self, session_path};

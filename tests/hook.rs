@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use xcover_abi::{FuncEntry, FuncStatus, Region, SessionHeader, SessionState};
-use xcover_bpf::maps::ArenaLayout;
+use xcover_bpf::maps::{ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_injector::{AttachOptions, Attached, SessionFile};
+use xcover_session::{FuncEntry, FuncStatus, Region, SessionHeader, SessionState};
 
 use crate::support::{self, AGENT};
 
@@ -289,7 +289,7 @@ fn counts_layout(n: usize) -> ArenaLayout {
 
 /// Fills a fresh session: function table, probe, map table, region table, arena.
 fn fill_session(s: &SessionFile, funcs: &[FuncEntry]) -> Result<(), String> {
-    let e = |e: xcover_injector::Error| e.to_string();
+    let e = |e: xcover_session::file::FileError| e.to_string();
     let l = layout(funcs.len());
     let layout = counts_layout(funcs.len());
     let mut arena = vec![0u8; layout.size() as usize];
@@ -447,9 +447,9 @@ fn exact_counts_and_a_clean_detach() {
         .map(bytemuck::pod_read_unaligned)
         .collect();
     for k in [
-        xcover_abi::REGION_HEAP,
-        xcover_abi::REGION_JIT,
-        xcover_abi::REGION_TRAMPOLINES,
+        xcover_session::REGION_HEAP,
+        xcover_session::REGION_JIT,
+        xcover_session::REGION_TRAMPOLINES,
     ] {
         assert!(
             regions.iter().any(|r| r.kind == k),

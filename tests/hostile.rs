@@ -185,7 +185,7 @@ fn corrupted_or_foreign_session_files_are_refused() {
     let ps = pid.to_string();
     let good = real_session(&t);
     let maps_before = support::maps(pid);
-    let hdr = std::mem::size_of::<xcover_abi::SessionHeader>();
+    let hdr = std::mem::size_of::<xcover_session::SessionHeader>();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
         ("short", good[..64].to_vec()),
@@ -202,11 +202,11 @@ fn corrupted_or_foreign_session_files_are_refused() {
     bad_version[8] = 99;
     cases.push(("bad version", bad_version));
     let mut other_pid = good.clone();
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, target_pid);
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, target_pid);
     other_pid[off..off + 4].copy_from_slice(&1u32.to_le_bytes());
     cases.push(("another pid", other_pid));
     // Offsets and counts far out of the file, one field at a time.
-    use xcover_abi::SessionHeader as H;
+    use xcover_session::SessionHeader as H;
     for (name, off) in [
         ("funcs_off", std::mem::offset_of!(H, funcs_off)),
         ("funcs_count", std::mem::offset_of!(H, funcs_count)),
@@ -241,8 +241,8 @@ fn corrupted_or_foreign_session_files_are_refused() {
             .try_into()
             .unwrap(),
     ) as usize;
-    let fsize = std::mem::size_of::<xcover_abi::FuncEntry>();
-    let name_off = std::mem::offset_of!(xcover_abi::FuncEntry, name_off);
+    let fsize = std::mem::size_of::<xcover_session::FuncEntry>();
+    let name_off = std::mem::offset_of!(xcover_session::FuncEntry, name_off);
     for i in 0..fcount {
         let at = foff + i * fsize + name_off;
         names[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -6,9 +6,9 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xcover_abi::{FLAG_KEEP, SessionState};
 use xcover_injector::elf::AgentImage;
 use xcover_injector::{AttachOptions, Error, SessionFile, StoppedProcess, nr};
+use xcover_session::{FLAG_KEEP, SessionState};
 
 use crate::support::{self, AGENT, Target};
 
@@ -216,9 +216,9 @@ fn thread_layout_seen(t: &Target) -> (i32, i32) {
         let h = s.header();
         (
             h.rseq_cpu_id_off.load(Ordering::Acquire),
-            match h.probe_flags & xcover_abi::PROBE_TCB_TID {
+            match h.probe_flags & xcover_session::PROBE_TCB_TID {
                 0 => 0,
-                _ => xcover_abi::GLIBC_TCB_TID_OFF as i32,
+                _ => xcover_session::GLIBC_TCB_TID_OFF as i32,
             },
             h.agent_base.load(Ordering::Acquire),
         )
@@ -254,7 +254,7 @@ fn rseq_cpu_id_and_tcb_tid_are_found_in_every_thread() {
          this test that finds it cannot run",
     );
     let t = Target::start("threads", &[]);
-    let tcb = xcover_abi::GLIBC_TCB_TID_OFF as i32;
+    let tcb = xcover_session::GLIBC_TCB_TID_OFF as i32;
     assert_eq!(thread_layout_seen(&t), (glibc + 4, tcb));
     assert_eq!(t.stop(), want);
 

@@ -9,8 +9,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use xcover_abi::{FLAG_HELD, FLAG_KEEP, SessionState};
 use xcover_injector::SessionFile;
+use xcover_session::{FLAG_HELD, FLAG_KEEP, SessionState};
 
 use crate::faults::{Chaos, Xcover, chaos_exe, tmp_path, wait_live, xcover_run};
 use crate::support::{self, session_path, tracer_pids};

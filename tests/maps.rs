@@ -7,7 +7,7 @@ use std::process::Command;
 
 use xcover_bpf::env::Env;
 use xcover_bpf::helpers::standard_helpers;
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::{exec, jit, object, verifier};
 
 const FUNCS: u64 = 100;
@@ -57,13 +57,14 @@ fn maps_child_runs_probe() {
         helpers: standard_helpers(),
         map_addrs: &addrs,
         map_value_addrs: &vals,
+        maps: &xcover_bpf::env::MapInfo::table_of(&prog.maps),
         ..Env::default()
     };
     verifier::verify(&prog.insns, &env, &Default::default()).unwrap();
     let code = jit::compile(&prog.insns, &env, &jit::JitOptions::for_this_cpu()).unwrap();
     let code = exec::JitCode::new(&code).unwrap();
     for f in 0..FUNCS {
-        let ctx = xcover_abi::ProbeCtx {
+        let ctx = xcover_session::ProbeCtx {
             cookie: f,
             ..Default::default()
         };

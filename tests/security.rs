@@ -71,7 +71,7 @@ fn writable_by_others_foreign_or_symlinked_sessions_are_refused() {
     assert_ne!(code, 0, "a symlinked session was followed: {err}");
     assert!(support::mapped(t.pid(), {
         let s = std::fs::read(&real).unwrap();
-        let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_base);
+        let off = std::mem::offset_of!(xcover_session::SessionHeader, agent_base);
         u64::from_le_bytes(s[off..off + 8].try_into().unwrap())
     }));
     std::fs::remove_file(&path).unwrap();
@@ -184,7 +184,7 @@ fn other_users_cannot_detach_or_read_a_session() {
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let after = std::fs::read(&path).unwrap();
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, state);
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, state);
     assert_eq!(
         before[off..off + 4],
         after[off..off + 4],
@@ -379,33 +379,48 @@ fn probe_read_user_reads_target_memory_and_survives_a_bad_address() {
     assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
 }
 
-/// What SECURITY.md says of a direct load: the verifier does not track pointers, so a probe
-/// that loads from address 8 is accepted and the target dies of SIGSEGV on the first hit.
-/// When the verifier learns pointer types this must change, and SECURITY.md with it.
+/// What SECURITY.md says of a direct load: the verifier tracks pointer types, so a probe
+/// that loads from address 8 (a number, not a pointer) is refused at attach — exit 2, a
+/// message naming the instruction and the register — and the target runs on untouched.
 #[test]
-fn a_direct_load_from_a_bad_address_kills_the_target() {
-    use std::os::unix::process::ExitStatusExt;
+fn a_direct_load_from_a_bad_address_is_rejected_at_attach() {
     let probe = support::build_probe("bad_load.bpf.c", "bad_load.bpf.o", &[]);
-    let t = crate::e2e::Counts::start();
+    let mut t = crate::e2e::Counts::start();
     let pid = t.pid();
     let ps = pid.to_string();
-    crate::support::xcover_ok(&[
-        "attach",
-        &ps,
-        "--no-tui",
-        "--keep",
-        "--include",
-        "^f1$",
-        "--probe",
-        probe.to_str().unwrap(),
-    ]);
-    let st = t.kill_with_round();
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGSEGV),
-        "the target survived a probe's load from address 8: {st:?}; update SECURITY.md"
+    let (code, err) = xcover_run(
+        &[
+            "attach",
+            &ps,
+            "--no-tui",
+            "--keep",
+            "--include",
+            "^f1$",
+            "--probe",
+            probe.to_str().unwrap(),
+        ],
+        LIMIT,
     );
-    // Its session is stale now: a detach removes it.
-    let (_, err) = xcover_run(&["detach", &ps], LIMIT);
-    assert!(!session_path(pid).exists(), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rejected by the verifier"), "{err}");
+    // "insn N: rM is a scalar, not a pointer to memory: cannot load through it"
+    let named = err.split("insn ").skip(1).any(|rest| {
+        let Some((n, why)) = rest.split_once(": r") else {
+            return false;
+        };
+        n.parse::<usize>().is_ok()
+            && why.split_once(' ').is_some_and(|(r, tail)| {
+                r.parse::<u8>().is_ok()
+                    && tail.starts_with("is a scalar, not a pointer to memory: cannot load")
+            })
+    });
+    assert!(
+        named,
+        "the rejection does not name the instruction and register: {err}"
+    );
+    assert!(!session_path(pid).exists(), "a session was left behind");
+    t.round();
+    let (lines, code) = t.finish();
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("bye\n"));
 }

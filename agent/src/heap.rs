@@ -18,7 +18,7 @@ use talc::base::Talc;
 use talc::base::binning::Binning;
 use talc::lock_api::{GuardSend, RawMutex};
 use talc::source::Source;
-use xcover_abi::REGION_HEAP;
+use xcover_session::REGION_HEAP;
 
 use crate::session;
 use xcover_rt::mm as sys;

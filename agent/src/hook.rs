@@ -13,19 +13,19 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
-use xcover_abi::entry::IP_TRAP_STOPPED;
-use xcover_abi::{
-    FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
-    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, PROBE_TRAPS, REGION_HEAP, REGION_JIT,
-};
 use xcover_bpf::ctx_use;
-use xcover_bpf::env::{Env, InlineMap};
+use xcover_bpf::env::{Env, InlineMap, MapInfo};
 use xcover_bpf::helpers::{self, LogRing};
 use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::Arena;
+use xcover_bpf::maps::ArenaMaps;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_interceptor::{HookBatch, HookKind, HookOptions, Interceptor, IpFixup, Site};
+use xcover_session::entry::IP_TRAP_STOPPED;
+use xcover_session::{
+    FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
+    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, PROBE_TRAPS, REGION_HEAP, REGION_JIT, SkipReason,
+};
 
 use crate::heap;
 use crate::memory::{self, AgentMemory};
@@ -40,7 +40,7 @@ pub const E_ARGS: i64 = -11;
 /// Writing the entry patches failed.
 pub const E_PATCH: i64 = -12;
 /// No session (init did not run, or fini already did).
-pub const E_NO_SESSION: i64 = xcover_abi::entry::E_NO_SESSION;
+pub const E_NO_SESSION: i64 = xcover_session::entry::E_NO_SESSION;
 
 /// Most threads xcover may pass in one call.
 const MAX_THREADS: u64 = 1 << 20;
@@ -107,8 +107,9 @@ fn nonzero(off: i32) -> Option<i32> {
 /// Verifies and JIT-compiles the session's probe into a fresh read+exec mapping near
 /// `near`, and creates the interceptor around it.
 fn build(near: u64) -> Result<State, i64> {
-    let h = session::header().ok_or(E_NO_SESSION)?;
-    let bytes = session::program_bytes();
+    let v = session::view().ok_or(E_NO_SESSION)?;
+    let h = v.header();
+    let bytes = v.program_bytes();
     if bytes.is_empty() {
         set_error(format_args!(
             "the session has functions to hook but no probe program"
@@ -119,15 +120,21 @@ fn build(near: u64) -> Result<State, i64> {
         set_error(format_args!("probe program: truncated instruction"));
         return Err(E_PROBE);
     };
-    let offsets = session::map_offsets();
+    let Some(offsets) = (0..v.maps_count())
+        .map(|i| v.map_offset(i))
+        .collect::<Option<Vec<u64>>>()
+    else {
+        set_error(format_args!(
+            "probe maps: the map table lies outside the session"
+        ));
+        return Err(E_PROBE);
+    };
     let (map_addrs, value_addrs) = if offsets.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        let (base, len) = session::arena();
-        // SAFETY: the arena lies inside the session mapping (checked at init), which stays
-        // mapped until fini, and xcover laid it out with ArenaLayout::init.
-        let arena = unsafe { Arena::from_raw(base, len) };
-        match arena.env_addrs(&offsets) {
+        // The arena lies inside the session mapping, which stays mapped until fini; xcover
+        // laid it out with ArenaLayout::init.
+        match v.arena().env_addrs(&offsets) {
             Ok(t) => t,
             Err(e) => {
                 set_error(format_args!("probe maps: {e}"));
@@ -138,11 +145,17 @@ fn build(near: u64) -> Result<State, i64> {
     // SAFETY: every address comes from `env_addrs`, which checked it is a map header inside
     // the session's arena; the arena stays mapped until fini, long after compiling.
     let map_inline = unsafe { InlineMap::table(&map_addrs) };
+    // SAFETY: as above.
+    let Some(map_info) = (unsafe { MapInfo::table(&map_addrs) }) else {
+        set_error(format_args!("probe maps: a map header of an unknown type"));
+        return Err(E_PROBE);
+    };
     let env = Env {
         helpers: helpers::standard_helpers(),
         map_addrs: &map_addrs,
         map_value_addrs: &value_addrs,
         map_inline: &map_inline,
+        maps: &map_info,
         rseq_cpu_id: nonzero(h.rseq_cpu_id_off.load(Ordering::Acquire)),
         tcb_tid: (h.probe_flags & PROBE_TCB_TID != 0).then_some(GLIBC_TCB_TID_OFF as i32),
         ..Env::default()
@@ -180,7 +193,7 @@ fn build(near: u64) -> Result<State, i64> {
         ));
         return Err(E_PROBE);
     }
-    if let Some((base, size, head)) = session::log_ring() {
+    if let Some((base, size, head)) = v.log_ring() {
         // SAFETY: the ring and its counter lie inside the session mapping, which stays
         // mapped until fini removes the sink.
         helpers::set_log_sink(unsafe { LogRing::new(base, size, head) });
@@ -216,10 +229,10 @@ fn build(near: u64) -> Result<State, i64> {
 /// An entry point's contract: called by xcover with the world stopped, `ips`/`moves` valid
 /// for `n` u64s, the session's function table naming real functions of this process.
 pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
-    let Some(h) = session::header() else {
+    let Some(v) = session::view() else {
         return E_NO_SESSION;
     };
-    begin_call(h);
+    begin_call(v.header());
     // SAFETY: caller contract.
     let (ips, moves) = match unsafe { threads(ips, moves, n) } {
         Ok(t) => t,
@@ -231,10 +244,13 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     if let Some(s) = st.as_mut() {
         s.planned = None;
     }
-    let pending: Vec<usize> = (0..session::funcs_count())
-        .filter(|&i| session::func(i).is_some_and(|f| f.status == FuncStatus::Pending as u32))
+    let pending: Vec<usize> = (0..v.funcs_count())
+        .filter(|&i| {
+            v.func(i)
+                .is_some_and(|f| f.status() == Some(FuncStatus::Pending))
+        })
         .collect();
-    let Some(first) = pending.first().and_then(|&i| session::func(i)) else {
+    let Some(first) = pending.first().and_then(|&i| v.func(i)) else {
         return 0;
     };
     if st.is_none() {
@@ -249,7 +265,7 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     let specs: Vec<Site> = pending
         .iter()
         .filter_map(|&i| {
-            let f = session::func(i)?;
+            let f = v.func(i)?;
             Some(Site::function(f.addr, f.size, f.pad_end, i as u64).entered_at(f.entered_at()))
         })
         .collect();
@@ -286,9 +302,10 @@ pub unsafe fn hook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
 /// An entry point's contract: called by xcover right after [`hook`], with the world stopped
 /// and every thread `hook` named moved.
 pub unsafe fn commit() -> i64 {
-    let Some(h) = session::header() else {
+    let Some(v) = session::view() else {
         return E_NO_SESSION;
     };
+    let h = v.header();
     begin_call(h);
     // SAFETY: we are in an entry point; this is the only reference taken in this call.
     let Some(s) = (unsafe { state() }).as_mut() else {
@@ -297,14 +314,11 @@ pub unsafe fn commit() -> i64 {
     let Some((batch, pending)) = s.planned.take() else {
         return 0;
     };
-    let outcomes: Vec<Result<u32, u32>> = batch
-        .outcomes()
-        .iter()
-        .map(|(_, r)| r.map(HookKind::code).map_err(|e| e.code()))
-        .collect();
+    let outcomes: Vec<Result<HookKind, SkipReason>> =
+        batch.outcomes().iter().map(|(_, r)| *r).collect();
     // The SIGTRAP handler is in place before any `int3` is written (every thread is
     // stopped, so none can trap before the table below names the new sites).
-    let traps = outcomes.iter().any(|r| *r == Ok(HookKind::Trap.code()));
+    let traps = outcomes.contains(&Ok(HookKind::Trap));
     if traps && !trap::install(s.jit_addr) {
         set_error(format_args!("installing the SIGTRAP handler failed"));
         return E_PATCH;
@@ -325,11 +339,11 @@ pub unsafe fn commit() -> i64 {
     for (&i, r) in pending.iter().zip(&outcomes) {
         match r {
             Ok(kind) => {
-                session::set_func_status(i, FuncStatus::Hooked as u32, *kind);
+                v.set_func_hooked(i, *kind);
                 hooked += 1;
             }
-            Err(code) => {
-                session::set_func_status(i, FuncStatus::Skipped as u32, *code);
+            Err(reason) => {
+                v.set_func_status(i, FuncStatus::Skipped, Some(*reason));
                 skipped += 1;
             }
         }
@@ -342,7 +356,7 @@ pub unsafe fn commit() -> i64 {
 }
 
 /// Counts an entry-point call and clears the last error.
-fn begin_call(h: &xcover_abi::SessionHeader) {
+fn begin_call(h: &xcover_session::SessionHeader) {
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     session::clear_error();
 }
@@ -352,9 +366,10 @@ fn begin_call(h: &xcover_abi::SessionHeader) {
 /// # Safety
 /// As [`hook`].
 pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
-    let Some(h) = session::header() else {
+    let Some(v) = session::view() else {
         return E_NO_SESSION;
     };
+    let h = v.header();
     begin_call(h);
     // SAFETY: caller contract.
     let (ips, moves) = match unsafe { threads(ips, moves, n) } {
@@ -402,12 +417,8 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
         trap::publish(sites);
     }
     // Pending again, keeping how each was hooked (for the reports written after detach).
-    for i in 0..session::funcs_count() {
-        if let Some(f) = session::func(i)
-            && f.status == FuncStatus::Hooked as u32
-        {
-            session::set_func_status(i, FuncStatus::Pending as u32, f.skip_reason);
-        }
+    for i in 0..v.funcs_count() {
+        v.set_func_unhooked(i);
     }
     h.funcs_hooked.store(0, Ordering::Release);
     n as i64
@@ -419,11 +430,12 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
 /// # Safety
 /// Called by xcover after `unhook`, with no thread inside any recorded region.
 pub unsafe fn fini() -> i64 {
-    let Some(h) = session::header() else {
+    let Some(v) = session::view() else {
         return E_NO_SESSION;
     };
+    let h = v.header();
     h.state.store(
-        xcover_abi::SessionState::Detaching as u32,
+        xcover_session::SessionState::Detaching as u32,
         Ordering::Release,
     );
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
@@ -443,7 +455,7 @@ pub unsafe fn fini() -> i64 {
     let mut failed = 0u64;
     for heap_pass in [false, true] {
         for i in 0..n {
-            let Some(r) = session::region(i) else {
+            let Some(r) = v.region(i) else {
                 continue;
             };
             if (r.kind == REGION_HEAP) != heap_pass || r.len == 0 {
@@ -462,8 +474,10 @@ pub unsafe fn fini() -> i64 {
             "{failed} of {n} regions could not be unmapped"
         ));
     }
-    h.state
-        .store(xcover_abi::SessionState::Detached as u32, Ordering::Release);
+    h.state.store(
+        xcover_session::SessionState::Detached as u32,
+        Ordering::Release,
+    );
     session::clear();
     if failed != 0 { E_PATCH } else { 0 }
 }

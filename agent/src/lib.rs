@@ -13,7 +13,7 @@
 //!
 //! # Entry points
 //! Called by xcover in a stopped thread of the target, on a private stack, one at a time
-//! with every thread of the target stopped (see `xcover_abi::entry`):
+//! with every thread of the target stopped (see `xcover_session::entry`):
 //! - [`xcover_agent_init`]`(session, size)`: checks the session header and its layout,
 //!   records it, counts the call, sets the state to Live; returns 0 or a negative error.
 //! - [`xcover_agent_hook`]`(ips, moves, n)`: on the first call verifies and JIT-compiles the
@@ -57,7 +57,8 @@ mod trap;
 
 use core::sync::atomic::Ordering;
 
-use xcover_abi::{SESSION_MAGIC, SESSION_VERSION, SessionHeader, SessionState};
+use xcover_session::SessionState;
+use xcover_session::view::{SessionView, ViewError};
 
 /// `xcover_agent_init`: the session pointer is null.
 pub const E_NULL: i64 = -1;
@@ -79,32 +80,26 @@ pub const E_LAYOUT: i64 = -6;
 /// until [`xcover_agent_fini`] returns.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
-    if session.is_null() {
-        return E_NULL;
-    }
-    if size < core::mem::size_of::<SessionHeader>() as u64 {
-        return E_SIZE;
-    }
-    // SAFETY: the caller guarantees `size` mapped bytes, checked to hold a header; it is
-    // page-aligned and every field is valid for any bit pattern.
-    let h = unsafe { &*(session as *const SessionHeader) };
-    if h.magic != SESSION_MAGIC {
-        return E_MAGIC;
-    }
-    if h.version != SESSION_VERSION {
-        return E_VERSION;
-    }
-    let size = size.min(h.total_size);
-    let layout = session::check_layout(h, size);
+    // SAFETY: the caller guarantees `size` mapped bytes (page-aligned) until fini.
+    let v = match unsafe { SessionView::new(session, size) } {
+        Ok(v) => v,
+        Err(ViewError::Null) => return E_NULL,
+        Err(ViewError::TooSmall) => return E_SIZE,
+        Err(ViewError::Magic) => return E_MAGIC,
+        Err(ViewError::Version(_)) => return E_VERSION,
+    };
+    let layout = v.check_layout();
     // SAFETY: caller contract: the mapping lives until fini.
-    unsafe { session::set(session as *mut SessionHeader, size) };
+    unsafe { session::set(v) };
     if let Err(what) = layout {
         session::set_error(format_args!(
-            "the session's {what} lies outside its {size} bytes"
+            "the session's {what} lies outside its {} bytes",
+            v.size()
         ));
         session::clear();
         return E_LAYOUT;
     }
+    let h = v.header();
     session::clear_error();
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     h.state.store(SessionState::Live as u32, Ordering::Release);
@@ -112,7 +107,7 @@ pub unsafe extern "C" fn xcover_agent_init(session: *mut u8, size: u64) -> i64 {
 }
 
 /// Plans the hooks of every `Pending` function of the session's table (see
-/// `xcover_abi::entry::HOOK`). Returns the number of functions planned, or a negative error.
+/// `xcover_session::entry::HOOK`). Returns the number of functions planned, or a negative error.
 ///
 /// # Safety
 /// Called by xcover only, after init, with every thread of the process stopped; `ips` and
@@ -123,7 +118,7 @@ pub unsafe extern "C" fn xcover_agent_hook(ips: *const u64, moves: *mut u64, n: 
     unsafe { hook::hook(ips, moves, n) }
 }
 
-/// Writes the entry patches [`xcover_agent_hook`] planned (see `xcover_abi::entry::COMMIT`).
+/// Writes the entry patches [`xcover_agent_hook`] planned (see `xcover_session::entry::COMMIT`).
 /// Returns the number of functions hooked, or a negative error.
 ///
 /// # Safety
@@ -135,7 +130,7 @@ pub unsafe extern "C" fn xcover_agent_commit() -> i64 {
     unsafe { hook::commit() }
 }
 
-/// Unhooks every hooked function (see `xcover_abi::entry::UNHOOK`). Returns the number of
+/// Unhooks every hooked function (see `xcover_session::entry::UNHOOK`). Returns the number of
 /// functions unhooked, or a negative error.
 ///
 /// # Safety

@@ -65,7 +65,7 @@ pub struct AgentMemory;
 
 impl Memory for AgentMemory {
     fn alloc_near(&mut self, near: u64, size: usize) -> Option<u64> {
-        map_near(near, size as u64, xcover_abi::REGION_TRAMPOLINES)
+        map_near(near, size as u64, xcover_session::REGION_TRAMPOLINES)
     }
 
     fn protect(&mut self, addr: u64, len: usize, prot: Protection) -> Result<(), MemError> {

@@ -35,9 +35,9 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use xcover_abi::ProbeCtx;
 use xcover_interceptor::TrapSite;
 use xcover_rt::syscall6;
+use xcover_session::ProbeCtx;
 
 const SIGTRAP: usize = 5;
 const SIG_DFL: u64 = 0;

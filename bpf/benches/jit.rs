@@ -19,7 +19,7 @@ use xcover_bpf::exec::JitCode;
 use xcover_bpf::helpers::standard_helpers;
 use xcover_bpf::insn::{Insn, PSEUDO_MAP_FD};
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
 
@@ -129,6 +129,7 @@ fn bench(c: &mut Criterion) {
         MapDef::new("events", MapType::Ringbuf, 0, 0, 1 << 16),
     ];
     let layout = ArenaLayout::new(&defs, ncpus).expect("layout");
+    let info = xcover_bpf::env::MapInfo::table_of(&defs);
     let mut mem = vec![0u64; (layout.size() as usize).div_ceil(8)];
     // SAFETY: mem is ours, 8-aligned and large enough.
     unsafe { layout.init(mem.as_mut_ptr() as *mut u8, (mem.len() * 8) as u64) }.expect("init");
@@ -143,7 +144,7 @@ fn bench(c: &mut Criterion) {
         inline_ctx_helpers: true,
         ..JitOptions::for_this_cpu()
     };
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 17,
         ..Default::default()
     };
@@ -166,6 +167,8 @@ fn bench(c: &mut Criterion) {
             map_inline: table,
             rseq_cpu_id,
             tcb_tid: None,
+            maps: &info,
+            protos: &[],
         };
         verify(&p, &env, &VerifierOptions::default()).expect("verifies");
         let code = JitCode::new(&jit::compile(&p, &env, &opts).expect("jit")).expect("map");
@@ -192,11 +195,13 @@ fn bench(c: &mut Criterion) {
         map_inline: &inline,
         rseq_cpu_id: None,
         tcb_tid: None,
+        maps: &info,
+        protos: &[],
     };
     // As the agent compiles it in a glibc target: CPU from rseq, tid from the TCB.
     let glibc_env = Env {
         rseq_cpu_id: rseq,
-        tcb_tid: Some(xcover_abi::GLIBC_TCB_TID_OFF as i32),
+        tcb_tid: Some(xcover_session::GLIBC_TCB_TID_OFF as i32),
         ..env
     };
     let seen_map = inline[1].expect("seen inlines");

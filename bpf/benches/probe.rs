@@ -11,13 +11,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use xcover_abi::ProbeCtx;
 use xcover_bpf::env::Env;
 use xcover_bpf::helpers::{self, standard_helpers};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::{exec, interp, jit, object, verifier};
 use xcover_rt as sys;
+use xcover_session::ProbeCtx;
 
 /// Calls a helper. Every call site passes live maps of a bench arena (which outlives the
 /// benchmark) and keys, values and records of the map's sizes.
@@ -137,6 +137,7 @@ fn cover_probe(c: &mut Criterion) {
         helpers: standard_helpers(),
         map_addrs: &addrs,
         map_value_addrs: &vals,
+        maps: &xcover_bpf::env::MapInfo::table_of(&prog.maps),
         ..Env::default()
     };
     verifier::verify(&prog.insns, &env, &Default::default()).unwrap();

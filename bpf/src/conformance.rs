@@ -9,17 +9,17 @@
 //! Programs run in an [`Env`] whose helper 5 is the uBPF "unwind" helper: it returns its
 //! first argument, and when that is 0 the program ends with `r0 = 0`.
 //!
-//! Every program is checked by the [`crate::verifier`] first, with back-edges
-//! allowed: the suite has loops (`prime.data`), and bounded-loop analysis is not implemented,
-//! so loops are only accepted where a caller asks for it, as here.
+//! Every program is checked by the [`crate::verifier`] first, with `r1` a writable context
+//! of the memory's size and back-edges allowed: the suite has loops (`prime.data`), which the
+//! verifier walks to their end.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::env::{Env, HelperFn};
+use crate::env::{Arg, Env, HelperFn, HelperProto, Ret};
 use crate::insn::Insn;
 use crate::jit::{self, JitOptions};
-use crate::verifier::{self, VerifierOptions};
+use crate::verifier::{self, Context, VerifierOptions};
 use crate::{asm, exec, interp};
 
 /// Id of the conformance suite's unwind helper.
@@ -35,6 +35,10 @@ pub unsafe extern "C" fn unwind_helper(a: u64, _: u64, _: u64, _: u64, _: u64) -
 }
 
 static HELPERS: [(u32, HelperFn); 1] = [(UNWIND_HELPER_ID, unwind_helper)];
+static PROTOS: [(u32, HelperProto); 1] = [(
+    UNWIND_HELPER_ID,
+    HelperProto::new(&[Arg::Anything], Ret::Scalar),
+)];
 
 /// The environment conformance programs run in.
 pub fn env() -> Env<'static> {
@@ -46,6 +50,8 @@ pub fn env() -> Env<'static> {
         map_inline: &[],
         rseq_cpu_id: None,
         tcb_tid: None,
+        maps: &[],
+        protos: &PROTOS,
     }
 }
 
@@ -169,9 +175,14 @@ impl TestCase {
 /// Verifies and runs a program on a copy of `mem` with the conformance [`env()`].
 pub fn run_program(insns: &[Insn], mem: &[u8], backend: Backend) -> Result<u64, String> {
     let env = env();
+    // `r1` points to the memory (a context the program may write), `r2` is its length.
     let opts = VerifierOptions {
         allow_back_edges: true,
         inputs: 2,
+        ctx: Some(Context {
+            size: u32::try_from(mem.len()).map_err(|_| "memory too large".to_string())?,
+            writable: true,
+        }),
     };
     verifier::verify(insns, &env, &opts).map_err(|e| format!("verifier: {e}"))?;
     let mut copy = mem.to_vec();

@@ -1,5 +1,7 @@
 //! What a program may touch: helpers by id, maps by index.
 
+use crate::program::{BPF_F_RDONLY_PROG, MapDef, MapType};
+
 /// A helper as both the interpreter and the JIT call it: `r1..r5` in, `r0` out, System V
 /// calling convention.
 pub type HelperFn = unsafe extern "C" fn(u64, u64, u64, u64, u64) -> u64;
@@ -36,12 +38,162 @@ pub struct Env<'a> {
     /// tid cache, whose `rdfsbase` waits for earlier loads (docs/performance.md).
     /// `None` (the default): the tid cache.
     pub tcb_tid: Option<i32>,
+    /// Per map index: its type and sizes, which the verifier checks every access and helper
+    /// call against. A program may only reference maps that have an entry here (and in
+    /// [`Env::map_addrs`]).
+    pub maps: &'a [MapInfo],
+    /// Prototypes of helpers that are not standard Linux helpers (test and conformance
+    /// helpers), consulted before [`crate::helpers::proto`]. A helper without a prototype
+    /// cannot be called.
+    pub protos: &'a [(u32, HelperProto)],
 }
 
 impl Env<'_> {
     /// The helper registered for `id`.
     pub fn helper(&self, id: u32) -> Option<HelperFn> {
         self.helpers.iter().find(|(i, _)| *i == id).map(|(_, f)| *f)
+    }
+
+    /// What the verifier assumes helper `id` takes and returns: [`Env::protos`] first, then
+    /// the standard table.
+    pub fn proto(&self, id: u32) -> Option<HelperProto> {
+        self.protos
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, p)| *p)
+            .or_else(|| crate::helpers::proto(id))
+    }
+}
+
+/// What the verifier knows about one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    /// Its type.
+    pub map_type: MapType,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes (per CPU); 0 for a ring buffer.
+    pub value_size: u32,
+    /// Entries; for a ring buffer, its data size in bytes.
+    pub max_entries: u32,
+    /// `BPF_F_RDONLY_PROG`: the program may not write its values (`.rodata`).
+    pub read_only: bool,
+}
+
+impl MapInfo {
+    /// The shape of a map definition.
+    pub fn of(def: &MapDef) -> Self {
+        MapInfo {
+            map_type: def.map_type,
+            key_size: def.key_size,
+            value_size: def.value_size,
+            max_entries: def.max_entries,
+            read_only: def.flags & BPF_F_RDONLY_PROG != 0,
+        }
+    }
+
+    /// The shape of every map of a program, in index order.
+    pub fn table_of(defs: &[MapDef]) -> alloc::vec::Vec<Self> {
+        defs.iter().map(Self::of).collect()
+    }
+
+    /// The shape a map header in an arena describes; `None` for an unknown type.
+    pub fn of_header(map: crate::maps::MapPtr) -> Option<Self> {
+        let h = map.hdr();
+        Some(MapInfo {
+            map_type: MapType::from_u32(h.map_type)?,
+            key_size: h.key_size,
+            value_size: h.value_size,
+            max_entries: h.max_entries,
+            read_only: h.flags & BPF_F_RDONLY_PROG != 0,
+        })
+    }
+
+    /// [`Env::maps`] for maps whose headers are at `map_addrs`: `None` if one of them is not
+    /// a map header of a known type.
+    ///
+    /// # Safety
+    /// As [`InlineMap::table`].
+    pub unsafe fn table(map_addrs: &[u64]) -> Option<alloc::vec::Vec<Self>> {
+        map_addrs
+            .iter()
+            // SAFETY: caller contract.
+            .map(|&a| unsafe { crate::maps::MapPtr::from_addr(a) }.and_then(Self::of_header))
+            .collect()
+    }
+}
+
+/// What a helper expects in one argument register (the verifier's view of its prototype).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// Not an argument: not checked.
+    None,
+    /// Any initialised value, pointer or number (the helper never dereferences it, or only
+    /// fault-safely).
+    Anything,
+    /// A number.
+    Scalar,
+    /// A map with keys: ARRAY, PERCPU_ARRAY, HASH or PERCPU_HASH.
+    Map,
+    /// A RINGBUF map.
+    Ringbuf,
+    /// A pointer to the key size of the map in `r1`, initialised, holding no pointer.
+    Key,
+    /// A pointer to the value size of the map in `r1`, initialised, holding no pointer.
+    Value,
+    /// A pointer to as many readable, initialised bytes as the next argument says, holding no
+    /// pointer.
+    MemIn,
+    /// A pointer to as many writable bytes as the next argument says (uninitialised stack
+    /// is fine: the helper writes it).
+    MemOut,
+    /// The size of the previous argument: a number with a known upper bound.
+    Size,
+    /// A number known exactly when verifying (a ring-buffer record size).
+    ConstSize,
+    /// The context pointer, unmoved; the context must be a whole `xcover_session::ProbeCtx`.
+    Ctx,
+    /// A ring-buffer record from `bpf_ringbuf_reserve`, checked non-NULL and unmoved; the
+    /// call releases it.
+    Record,
+}
+
+/// What a helper returns in `r0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ret {
+    /// A number.
+    Scalar,
+    /// A number below 2^32.
+    U32,
+    /// A pointer to a value of the map in `r1`, or NULL.
+    MapValueOrNull,
+    /// A ring-buffer record of the size in `r2`, or NULL; it must be submitted or discarded.
+    RecordOrNull,
+}
+
+/// A helper's prototype: arguments `r1..r5` and result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelperProto {
+    /// `r1..r5`.
+    pub args: [Arg; 5],
+    /// `r0`.
+    pub ret: Ret,
+}
+
+impl HelperProto {
+    /// A prototype with the given leading arguments (the rest [`Arg::None`]).
+    pub const fn new(lead: &[Arg], ret: Ret) -> Self {
+        let mut args = [Arg::None; 5];
+        let mut i = 0;
+        while i < lead.len() && i < 5 {
+            // The loop bound keeps both indices in range; const fn has no `get` here.
+            #[allow(clippy::indexing_slicing)]
+            {
+                args[i] = lead[i];
+            }
+            i += 1;
+        }
+        HelperProto { args, ret }
     }
 }
 

@@ -8,15 +8,15 @@
 //! stack, the context) are used directly.
 //!
 //! `bpf_trace_printk` writes to a log sink set once at start-up with [`set_log_sink`]: a
-//! [`LogRing`], a power-of-two ring of bytes in the session (see `xcover_abi`'s
+//! [`LogRing`], a power-of-two ring of bytes in the session (see `xcover_session`'s
 //! `log_off`/`log_size`/`log_head`) that a reader in another process follows with
 //! [`LogRing::read_from`].
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use xcover_abi::ProbeCtx;
+use xcover_session::ProbeCtx;
 
-use crate::env::HelperFn;
+use crate::env::{Arg, HelperFn, HelperProto, Ret};
 use crate::maps::{self, MapPtr};
 use xcover_rt as sys;
 
@@ -91,6 +91,31 @@ static STANDARD: [(u32, HelperFn); 20] = [
 /// The helpers this runtime implements, by Linux helper id.
 pub fn standard_helpers() -> &'static [(u32, HelperFn)] {
     &STANDARD
+}
+
+/// The prototype the verifier checks calls to standard helper `id` against; `None` for an
+/// id this runtime does not implement.
+pub fn proto(id: u32) -> Option<HelperProto> {
+    use Arg::*;
+    Some(match id {
+        MAP_LOOKUP_ELEM => HelperProto::new(&[Map, Key], Ret::MapValueOrNull),
+        MAP_UPDATE_ELEM => HelperProto::new(&[Map, Key, Value, Scalar], Ret::Scalar),
+        MAP_DELETE_ELEM => HelperProto::new(&[Map, Key], Ret::Scalar),
+        PROBE_READ | PROBE_READ_USER | PROBE_READ_STR | PROBE_READ_USER_STR => {
+            HelperProto::new(&[MemOut, Size, Anything], Ret::Scalar)
+        }
+        KTIME_GET_NS | KTIME_GET_COARSE_NS | GET_CURRENT_PID_TGID => {
+            HelperProto::new(&[], Ret::Scalar)
+        }
+        TRACE_PRINTK => HelperProto::new(&[MemIn, Size, Anything, Anything, Anything], Ret::Scalar),
+        GET_PRANDOM_U32 | GET_SMP_PROCESSOR_ID => HelperProto::new(&[], Ret::U32),
+        GET_CURRENT_COMM => HelperProto::new(&[MemOut, Size], Ret::Scalar),
+        RINGBUF_OUTPUT => HelperProto::new(&[Ringbuf, MemIn, Size, Scalar], Ret::Scalar),
+        RINGBUF_RESERVE => HelperProto::new(&[Ringbuf, ConstSize, Scalar], Ret::RecordOrNull),
+        RINGBUF_SUBMIT | RINGBUF_DISCARD => HelperProto::new(&[Record, Scalar], Ret::Scalar),
+        GET_FUNC_IP | GET_ATTACH_COOKIE => HelperProto::new(&[Ctx], Ret::Scalar),
+        _ => return Option::None,
+    })
 }
 
 /// `void *bpf_map_lookup_elem(map, key)`: value address or 0.

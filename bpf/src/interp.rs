@@ -56,7 +56,23 @@ pub enum Error {
         /// Instruction index.
         pc: usize,
     },
+    /// [`run_guarded`]'s guard refused a memory access (nothing was accessed).
+    #[error("insn {pc}: {len}-byte {} at {addr:#x} refused by the guard", if *.write { "write" } else { "read" })]
+    Refused {
+        /// Instruction index.
+        pc: usize,
+        /// Address.
+        addr: u64,
+        /// Bytes.
+        len: usize,
+        /// Whether it was a write (atomics are both).
+        write: bool,
+    },
 }
+
+/// What [`run_guarded`] asks before every load, store and atomic: address, length, and
+/// whether it writes (an atomic asks for a read, then a write). `false` stops the run.
+pub type Guard<'a> = &'a mut dyn FnMut(u64, usize, bool) -> bool;
 
 struct Frame {
     ret_pc: usize,
@@ -73,7 +89,27 @@ struct Frame {
 /// helpers in `env` must be safe to call with the arguments the program passes.
 pub unsafe fn run(insns: &[Insn], env: &Env, r1: u64, r2: u64) -> Result<u64, Error> {
     let mut stack = vec![0u64; STACK_SIZE * MAX_CALL_DEPTH / 8];
-    let stack_top = stack.as_mut_ptr() as u64 + (STACK_SIZE * MAX_CALL_DEPTH) as u64;
+    // SAFETY: forwarded; a guard that allows everything.
+    unsafe { run_guarded(insns, env, r1, r2, &mut stack, &mut |_, _, _| true) }
+}
+
+/// [`run`] on a given stack (the frames grow down from its end; it should hold
+/// `STACK_SIZE * MAX_CALL_DEPTH` bytes), asking `guard` before every memory access. A test
+/// harness uses it to check that every access a verified program makes is to memory it was
+/// given.
+///
+/// # Safety
+///
+/// As [`run`], for the accesses the guard allows; the helpers are called as they are.
+pub unsafe fn run_guarded(
+    insns: &[Insn],
+    env: &Env,
+    r1: u64,
+    r2: u64,
+    stack: &mut [u64],
+    guard: Guard<'_>,
+) -> Result<u64, Error> {
+    let stack_top = stack.as_mut_ptr() as u64 + (stack.len() * 8) as u64;
     let mut frames: alloc::vec::Vec<Frame> = alloc::vec::Vec::with_capacity(MAX_CALL_DEPTH);
     let mut reg = [0u64; 11];
     reg[1] = r1;
@@ -153,6 +189,15 @@ pub unsafe fn run(insns: &[Insn], env: &Env, r1: u64, r2: u64) -> Result<u64, Er
             }
             BPF_LDX => {
                 let addr = reg[s].wrapping_add(i.off as i64 as u64);
+                let len = size_bytes(i.op);
+                if !guard(addr, len, false) {
+                    return Err(Error::Refused {
+                        pc: cur,
+                        addr,
+                        len,
+                        write: false,
+                    });
+                }
                 // SAFETY: the caller guarantees the verified program's accesses are valid.
                 reg[d] = unsafe {
                     match (i.op & MODE_MASK, i.op & SIZE_MASK) {
@@ -170,7 +215,19 @@ pub unsafe fn run(insns: &[Insn], env: &Env, r1: u64, r2: u64) -> Result<u64, Er
             BPF_ST | BPF_STX => {
                 let addr = reg[d].wrapping_add(i.off as i64 as u64);
                 let mode = i.op & MODE_MASK;
-                if mode == BPF_ATOMIC && i.class() == BPF_STX {
+                let len = size_bytes(i.op);
+                let atomic_op = mode == BPF_ATOMIC && i.class() == BPF_STX;
+                for write in [false, true] {
+                    if (write || atomic_op) && !guard(addr, len, write) {
+                        return Err(Error::Refused {
+                            pc: cur,
+                            addr,
+                            len,
+                            write,
+                        });
+                    }
+                }
+                if atomic_op {
                     // SAFETY: as above; the address is valid for the access size.
                     unsafe { atomic(i, addr, &mut reg).ok_or_else(bad)? };
                     continue;

@@ -10,40 +10,8 @@ use alloc::vec::Vec;
 
 use crate::insn::Insn;
 
-/// Map types this runtime supports, with their Linux `BPF_MAP_TYPE_*` numbers.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MapType {
-    /// `BPF_MAP_TYPE_HASH`.
-    Hash = 1,
-    /// `BPF_MAP_TYPE_ARRAY`.
-    Array = 2,
-    /// `BPF_MAP_TYPE_PERCPU_HASH`.
-    PercpuHash = 5,
-    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
-    PercpuArray = 6,
-    /// `BPF_MAP_TYPE_RINGBUF`.
-    Ringbuf = 27,
-}
-
-impl MapType {
-    /// Decodes a Linux map type number; `None` for types this runtime does not implement.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            1 => Self::Hash,
-            2 => Self::Array,
-            5 => Self::PercpuHash,
-            6 => Self::PercpuArray,
-            27 => Self::Ringbuf,
-            _ => return None,
-        })
-    }
-
-    /// Whether values exist once per CPU.
-    pub fn is_percpu(self) -> bool {
-        matches!(self, Self::PercpuHash | Self::PercpuArray)
-    }
-}
+/// Map types this runtime supports: part of the arena's layout, defined with it.
+pub use xcover_session::arena::MapType;
 
 /// `BPF_F_RDONLY_PROG`: the program may only read the map (`.rodata`).
 pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;

@@ -1,6 +1,8 @@
 //! The verifier: rejects programs that could crash or hang the target.
 //!
-//! It is deliberately simple and sound rather than clever:
+//! The agent runs it inside the target before compiling a probe, so it never panics and its
+//! time and memory are bounded ([`MAX_PROCESSED`] instructions processed, [`MAX_PENDING`]
+//! paths pending, a bounded number of states kept).
 //!
 //! 1. Every instruction is decoded: known opcode, registers `r0`..`r10`, no write to `r10`,
 //!    well-formed `lddw` pairs, known helpers and map indices, stack accesses through `r10`
@@ -9,13 +11,38 @@
 //!    every jump stays inside its function and never lands on the second half of a `lddw`;
 //!    nothing falls off the end of a function; every function has an `exit`; local calls
 //!    do not recurse and nest at most [`MAX_CALL_DEPTH`] deep. Backward jumps are rejected
-//!    (there is no bounded-loop analysis) unless [`VerifierOptions::allow_back_edges`].
-//! 3. A dataflow pass over each function's CFG rejects reads of registers that may be
-//!    uninitialised: at entry only `r1` (and `r2` with [`VerifierOptions::inputs`] = 2) and
-//!    `r10` are set (a local function also gets `r1`–`r5`); calls clobber `r1`–`r5`.
+//!    unless [`VerifierOptions::allow_back_edges`].
+//! 3. Every path from the first instruction is interpreted abstractly, kernel style. Each
+//!    register and each 8-byte stack slot has a type: uninitialised, a number (with unsigned
+//!    and signed bounds), the context (of the size [`VerifierOptions::ctx`] gives), a stack
+//!    pointer, a map value (or NULL) of the map's value size, a ring-buffer record (or NULL)
+//!    of its reserved size, or a map; pointers carry the range of their offset. Rejected:
+//!    - a load or store through anything but a pointer to memory, or outside its object
+//!      (for every offset the pointer may have);
+//!    - a pointer that may be NULL used before a comparison with 0 (copies of it are
+//!      checked together);
+//!    - a pointer stored into a map value, a ring-buffer record or the context, or handed to
+//!      a helper inside the memory it reads (that would leak an address);
+//!    - pointer arithmetic other than adding or subtracting a bounded number (or subtracting
+//!      two pointers into one object), or that could leave `±2^29`;
+//!    - a read of stack bytes not written on that path, or of an uninitialised register;
+//!    - a helper call whose arguments do not match the helper's prototype
+//!      ([`crate::env::HelperProto`]): maps of the right kind, keys and values of the
+//!      map's sizes, memory of the size given, the context, a held record;
+//!    - a ring-buffer record neither submitted nor discarded before the program ends;
+//!    - a loop whose state repeats (it may never end) or that runs past the complexity
+//!      limit: loops are accepted only when every iteration was walked to the end.
 //!
-//! It does not track pointer types: memory reached through `r1` and helper results is
-//! trusted to be what the program's environment promises.
+//! A path that reaches a jump target in a state covered by one whose every continuation
+//! was already verified stops there (state pruning, with register liveness).
+//!
+//! What it does not guarantee: anything about memory reached through numbers (only the
+//! helpers `bpf_probe_read_user*` do that, fault-safely), or the meaning of the program's
+//! results.
+
+mod bounds;
+mod state;
+mod walk;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -23,23 +50,126 @@ use alloc::vec::Vec;
 use crate::env::Env;
 use crate::insn::*;
 
+pub use walk::{MAX_PENDING, MAX_PROCESSED};
+
 /// Knobs for [`verify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VerifierOptions {
-    /// Accept backward jumps (loops). Only for trusted programs (e.g. test suites): nothing
-    /// proves such loops terminate.
+    /// Accept backward jumps (loops); each loop must still be proven to end. Off by default
+    /// for probes: a loop of many iterations on every function hit would slow the target
+    /// down, even when it ends.
     pub allow_back_edges: bool,
-    /// How many argument registers (`r1`, `r1`+`r2`, ...) hold values at entry.
+    /// How many argument registers (`r1`, `r1`+`r2`, ...) hold values at entry: `r1` is
+    /// the context pointer when there is a [`VerifierOptions::ctx`], the others numbers.
     pub inputs: u8,
+    /// What `r1` points to at entry; `None`: `r1` is a number.
+    pub ctx: Option<Context>,
+}
+
+/// The memory `r1` points to at entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// Its size in bytes.
+    pub size: u32,
+    /// Whether the program may write it.
+    pub writable: bool,
+}
+
+impl Context {
+    /// A probe's context: a read-only [`xcover_session::ProbeCtx`].
+    pub const PROBE: Context = Context {
+        size: core::mem::size_of::<xcover_session::ProbeCtx>() as u32,
+        writable: false,
+    };
 }
 
 impl Default for VerifierOptions {
+    /// A probe: `r1` points to a read-only [`xcover_session::ProbeCtx`].
     fn default() -> Self {
         VerifierOptions {
             allow_back_edges: false,
             inputs: 1,
+            ctx: Some(Context::PROBE),
         }
     }
+}
+
+/// What a register holds, as rejections name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegType {
+    /// Nothing yet.
+    Uninit,
+    /// A number.
+    Scalar,
+    /// The context pointer.
+    Ctx,
+    /// A pointer into the stack.
+    Stack,
+    /// A pointer into a map value.
+    MapValue,
+    /// A map value pointer not yet compared with 0.
+    MapValueOrNull,
+    /// A ring-buffer record.
+    Record,
+    /// A ring-buffer record not yet compared with 0.
+    RecordOrNull,
+    /// A map (for helpers only).
+    Map,
+    /// Memory a helper reads (in [`Reason::PointerLeak`]).
+    Helper,
+}
+
+impl core::fmt::Display for RegType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RegType::Uninit => "uninitialised",
+            RegType::Scalar => "a scalar",
+            RegType::Ctx => "the context",
+            RegType::Stack => "a stack pointer",
+            RegType::MapValue => "a map value",
+            RegType::MapValueOrNull => "a map value or NULL",
+            RegType::Record => "a ring-buffer record",
+            RegType::RecordOrNull => "a ring-buffer record or NULL",
+            RegType::Map => "a map",
+            RegType::Helper => "memory a helper reads",
+        })
+    }
+}
+
+/// What an instruction does with memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Load,
+    /// A store.
+    Store,
+    /// An atomic read-modify-write.
+    Atomic,
+    /// A helper argument the helper reads.
+    HelperRead,
+    /// A helper argument the helper writes.
+    HelperWrite,
+}
+
+impl core::fmt::Display for Access {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Access::Load => "load through it",
+            Access::Store => "store through it",
+            Access::Atomic => "update memory through it atomically",
+            Access::HelperRead => "pass it as memory a helper reads",
+            Access::HelperWrite => "pass it as memory a helper writes",
+        })
+    }
+}
+
+/// How much work a successful verification took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Instructions processed over all paths.
+    pub processed: usize,
+    /// States kept for pruning.
+    pub states: usize,
 }
 
 /// Why a program was rejected.
@@ -116,6 +246,157 @@ pub enum Reason {
     /// Local calls nested too deep.
     #[error("bpf-to-bpf calls nest deeper than {MAX_CALL_DEPTH}")]
     CallTooDeep,
+    /// A memory access through a register that holds no pointer to memory.
+    #[error("r{reg} is {ty}, not a pointer to memory: cannot {access}")]
+    NotAPointer {
+        /// The register.
+        reg: u8,
+        /// What it holds.
+        ty: RegType,
+        /// What the instruction does.
+        access: Access,
+    },
+    /// A memory access through a pointer that may be NULL.
+    #[error("r{reg} is {ty}: compare it with 0 before you {access}")]
+    MaybeNull {
+        /// The register.
+        reg: u8,
+        /// What it holds.
+        ty: RegType,
+        /// What the instruction does.
+        access: Access,
+    },
+    /// An access outside the object a pointer points into.
+    #[error("r{reg} is {ty}: access to bytes [{lo}, {hi}) is outside [{start}, {end})")]
+    OutOfBounds {
+        /// The register.
+        reg: u8,
+        /// What it points to.
+        ty: RegType,
+        /// Lowest byte offset the access may touch.
+        lo: i64,
+        /// One past the highest.
+        hi: i64,
+        /// Start of the object.
+        start: i64,
+        /// End of the object.
+        end: i64,
+    },
+    /// A write to memory the program may only read.
+    #[error("r{reg} is {ty}, which is read-only")]
+    ReadOnly {
+        /// The register.
+        reg: u8,
+        /// What it points to.
+        ty: RegType,
+    },
+    /// A read of stack bytes not written before.
+    #[error("r{reg}: reads stack byte at r10{off:+}, which is not initialised")]
+    UninitStack {
+        /// The pointer register.
+        reg: u8,
+        /// The first uninitialised byte, from the frame's `r10`.
+        off: i64,
+    },
+    /// A pointer written where the program or the outside world reads numbers.
+    #[error("r{reg} is {ty}: writing it to {into} would leak an address")]
+    PointerLeak {
+        /// The register holding (or pointing to) the pointer.
+        reg: u8,
+        /// What the pointer is.
+        ty: RegType,
+        /// Where it would go.
+        into: RegType,
+    },
+    /// A pointer stored to the stack other than whole (8 bytes at an 8-aligned fixed offset).
+    #[error(
+        "r{reg} is {ty}: a pointer is only spilled whole, 8 bytes at an 8-aligned fixed stack offset"
+    )]
+    PartialSpill {
+        /// The register.
+        reg: u8,
+        /// What it holds.
+        ty: RegType,
+    },
+    /// A read of part of a spilled pointer (or an atomic update of it).
+    #[error("r{reg}: reads part of a pointer spilled at r10{off:+}")]
+    PartialPointer {
+        /// The pointer register.
+        reg: u8,
+        /// The slot's offset from its frame's `r10`.
+        off: i64,
+    },
+    /// Arithmetic on a pointer that is not allowed.
+    #[error("r{reg} is {ty}: {why}")]
+    PointerArith {
+        /// The register.
+        reg: u8,
+        /// What it holds.
+        ty: RegType,
+        /// Why not.
+        why: &'static str,
+    },
+    /// An atomic access at a variable or unaligned offset.
+    #[error("r{reg} is {ty}: atomic access at offset {off} is not {size}-byte aligned")]
+    Misaligned {
+        /// The register.
+        reg: u8,
+        /// What it points to.
+        ty: RegType,
+        /// The offset.
+        off: i64,
+        /// The access size.
+        size: u64,
+    },
+    /// A helper argument of the wrong type.
+    #[error("r{reg}: helper {helper} needs {expected} here, not {got}")]
+    HelperArg {
+        /// The helper id.
+        helper: u32,
+        /// The argument register.
+        reg: u8,
+        /// What the helper needs.
+        expected: &'static str,
+        /// What the register holds.
+        got: RegType,
+    },
+    /// A helper size argument without a small enough upper bound.
+    #[error("r{reg}: size given to helper {helper} has no upper bound below 2^29")]
+    UnboundedSize {
+        /// The helper id.
+        helper: u32,
+        /// The size register.
+        reg: u8,
+    },
+    /// A helper the verifier knows no prototype of.
+    #[error("helper {0} has no prototype: cannot check its arguments")]
+    NoPrototype(u32),
+    /// A path ends holding a ring-buffer record.
+    #[error(
+        "the ring-buffer record reserved at insn {0} is neither submitted nor discarded on this path"
+    )]
+    Unreleased(usize),
+    /// A function returns a pointer into its own stack.
+    #[error("r{reg} points into the stack of the function that returns it")]
+    DanglingStack {
+        /// The register (r0).
+        reg: u8,
+    },
+    /// An indirect call through a register whose value is not known.
+    #[error("r{reg}: indirect call target is not a known helper id")]
+    BadCallTarget {
+        /// The register.
+        reg: u8,
+    },
+    /// A loop that comes back to a state it was in: it may never end.
+    #[error("infinite loop: this instruction is reached again in a state no closer to the end")]
+    InfiniteLoop,
+    /// Too many instructions processed over all paths.
+    #[error("program too complex: over {0} instructions processed (a loop without a bound?)")]
+    TooComplex(usize),
+    /// Too many paths pending at once.
+    #[error("program too complex: over {0} branches pending")]
+    TooManyBranches(usize),
 }
 
 /// A rejection: the instruction index and the reason.
@@ -134,6 +415,15 @@ fn fail<T>(pc: usize, reason: Reason) -> Result<T, VerifyError> {
 
 /// Checks `insns` against `env`.
 pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), VerifyError> {
+    verify_stats(insns, env, opts).map(|_| ())
+}
+
+/// [`verify`], reporting how much work it took.
+pub fn verify_stats(
+    insns: &[Insn],
+    env: &Env,
+    opts: &VerifierOptions,
+) -> Result<Stats, VerifyError> {
     let len = insns.len();
     if len == 0 {
         return fail(0, Reason::Empty);
@@ -219,19 +509,25 @@ pub fn verify(insns: &[Insn], env: &Env, opts: &VerifierOptions) -> Result<(), V
     }
     check_call_graph(&entries, &callees)?;
 
-    // Pass 3: initialised registers, per function.
-    for (f, &start) in entries.iter().enumerate() {
-        let mut entry_mask: u16 = 1 << FP;
-        if f == 0 {
-            for r in 1..=opts.inputs.min(5) {
-                entry_mask |= 1 << r;
-            }
-        } else {
-            entry_mask |= 0b11_1110;
+    // Pass 3: every path, abstractly. States are compared at jump targets, function
+    // entries and return points.
+    let mut prune = vec![false; len];
+    for (pc, i) in insns.iter().enumerate() {
+        if flag(&tail, pc) {
+            continue;
         }
-        dataflow(insns, &tail, start, func_end(f), entry_mask)?;
+        if let Some(t) = i.jump_target(pc)
+            && let Some(p) = usize::try_from(t).ok().and_then(|t| prune.get_mut(t))
+        {
+            *p = true;
+        }
+        if i.is_local_call()
+            && let Some(p) = prune.get_mut(pc + 1)
+        {
+            *p = true;
+        }
     }
-    Ok(())
+    walk::run(insns, env, opts, prune)
 }
 
 fn check_call_graph(entries: &[usize], callees: &[Vec<(usize, usize)>]) -> Result<(), VerifyError> {
@@ -458,106 +754,6 @@ fn check_insn(_pc: usize, i: Insn, env: &Env) -> Result<(), Reason> {
             }
         }
         _ => return Err(unknown),
-    }
-    Ok(())
-}
-
-/// Registers read and written by one instruction: `(uses, defs, clobbers)`.
-fn use_def(i: Insn) -> (u16, u16, u16) {
-    let d = 1u16 << i.dst;
-    let s = 1u16 << i.src;
-    let x = i.op & SRC_MASK == BPF_X;
-    match i.class() {
-        BPF_ALU | BPF_ALU64 => {
-            let code = i.op & OP_MASK;
-            match code {
-                BPF_MOV => (if x { s } else { 0 }, d, 0),
-                BPF_END | BPF_NEG => (d, d, 0),
-                _ => (d | if x { s } else { 0 }, d, 0),
-            }
-        }
-        BPF_LD => (0, d, 0),
-        BPF_LDX => (s, d, 0),
-        BPF_ST => (d, 0, 0),
-        BPF_STX => {
-            if i.op & MODE_MASK == BPF_ATOMIC {
-                if i.imm == ATOMIC_CMPXCHG {
-                    (d | s | 1, 1, 0)
-                } else if i.imm & ATOMIC_FETCH != 0 {
-                    (d | s, s, 0)
-                } else {
-                    (d | s, 0, 0)
-                }
-            } else {
-                (d | s, 0, 0)
-            }
-        }
-        _ => match i.op {
-            op::EXIT => (1, 0, 0),
-            op::CALL => (0, 1, 0b11_1110),
-            op::CALLX => (d, 1, 0b11_1110),
-            op::JA | op::JA32 => (0, 0, 0),
-            _ => (d | if x { s } else { 0 }, 0, 0),
-        },
-    }
-}
-
-fn dataflow(
-    insns: &[Insn],
-    tail: &[bool],
-    start: usize,
-    end: usize,
-    entry: u16,
-) -> Result<(), VerifyError> {
-    // state[pc] = registers certainly initialised before pc; None = not reached yet.
-    let mut state: Vec<Option<u16>> = vec![None; end - start];
-    let mut work: Vec<usize> = vec![start];
-    if let Some(s) = state.first_mut() {
-        *s = Some(entry);
-    }
-    while let Some(pc) = work.pop() {
-        let Some(&i) = insns.get(pc) else { continue };
-        let Some(init) = pc
-            .checked_sub(start)
-            .and_then(|k| state.get(k))
-            .copied()
-            .flatten()
-        else {
-            continue;
-        };
-        let (uses, defs, clobbers) = use_def(i);
-        let missing = uses & !init;
-        if missing != 0 {
-            return fail(pc, Reason::Uninit(missing.trailing_zeros() as u8));
-        }
-        let out = (init & !clobbers) | defs;
-        let width = if i.is_lddw() { 2 } else { 1 };
-        let mut succ = [None, None];
-        if i.op != op::EXIT {
-            if !matches!(i.op, op::JA | op::JA32) {
-                succ[0] = Some(pc + width);
-            }
-            if !i.is_local_call()
-                && let Some(t) = i.jump_target(pc)
-            {
-                succ[1] = Some(t as usize);
-            }
-        }
-        for t in succ.into_iter().flatten() {
-            // Pass 2 proved every successor lies inside [start, end) and is no lddw tail.
-            debug_assert!(t >= start && t < end && !flag(tail, t));
-            let Some(slot) = t.checked_sub(start).and_then(|k| state.get_mut(k)) else {
-                continue;
-            };
-            let new = match *slot {
-                None => out,
-                Some(old) => old & out,
-            };
-            if *slot != Some(new) {
-                *slot = Some(new);
-                work.push(t);
-            }
-        }
     }
     Ok(())
 }

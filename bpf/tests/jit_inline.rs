@@ -2,19 +2,28 @@
 //! interpreter), per-CPU slots under pinned threads, vector registers around helper calls,
 //! and the coverage probe's shape.
 
-use xcover_bpf::env::{Env, HelperFn, InlineKind, InlineMap};
+use xcover_bpf::env::{Env, HelperFn, HelperProto, InlineKind, InlineMap, MapInfo, Ret};
 use xcover_bpf::exec::JitCode;
 use xcover_bpf::helpers::{self, standard_helpers};
 use xcover_bpf::insn::*;
 use xcover_bpf::jit::{self, JitOptions};
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 use xcover_bpf::verifier::{VerifierOptions, verify};
 use xcover_bpf::{asm, interp};
 use xcover_rt as sys;
 
+/// Prototypes of this file's test helpers: no argument checked, a number returned.
+static TEST_PROTOS: [(u32, HelperProto); 4] = [
+    (1000, HelperProto::new(&[], Ret::Scalar)),
+    (1001, HelperProto::new(&[], Ret::Scalar)),
+    (1002, HelperProto::new(&[], Ret::Scalar)),
+    (1003, HelperProto::new(&[], Ret::Scalar)),
+];
+
 /// An 8-aligned arena in a `Vec<u64>`, with the `Env` tables for its maps.
 struct Maps {
+    info: Vec<MapInfo>,
     mem: Vec<u64>,
     addrs: Vec<u64>,
     values: Vec<u64>,
@@ -29,6 +38,7 @@ impl Maps {
         // SAFETY: mem is ours, 8-aligned and large enough.
         unsafe { layout.init(mem.as_mut_ptr() as *mut u8, (mem.len() * 8) as u64) }.unwrap();
         let mut m = Maps {
+            info: MapInfo::table_of(defs),
             mem,
             addrs: Vec::new(),
             values: Vec::new(),
@@ -70,6 +80,8 @@ impl Maps {
             map_inline: if inline { &self.inline } else { &[] },
             rseq_cpu_id: None,
             tcb_tid: None,
+            maps: &self.info,
+            protos: &[],
         }
     }
 }
@@ -521,6 +533,7 @@ fn vector_registers_survive_helper_calls() {
     static XMM_HELPERS: [(u32, HelperFn); 1] = [(1000, clobber_xmm)];
     let env = Env {
         helpers: &XMM_HELPERS,
+        protos: &TEST_PROTOS,
         ..Env::default()
     };
     let p = asm::assemble("call 1000\nadd %r0, 1\nexit").unwrap();
@@ -562,6 +575,7 @@ fn vector_registers_survive_many_helper_calls_per_run() {
     let env = Env {
         helpers: &HELPERS,
         unwind_helper: Some(1003),
+        protos: &TEST_PROTOS,
         ..Env::default()
     };
     let programs: &[(&str, &[u64])] = &[
@@ -600,9 +614,10 @@ fn vector_registers_survive_many_helper_calls_per_run() {
              jeq %r0, 0, out\ncall 1000\nout:\nldxdw %r1, [%r10-8]\nadd %r0, %r1\nexit",
             &[0, 1],
         ),
-        // A loop of helper calls (back edge inside the saved copy).
+        // A loop of helper calls (back edge inside the saved copy), bounded so that the
+        // verifier can walk it to its end: r6 = (r1 & 3) + 1.
         (
-            "mov %r6, %r1\nloop:\ncall 1000\ncall 1002\nsub %r6, 1\njne %r6, 0, loop\n\
+            "mov %r6, %r1\nand %r6, 3\nadd %r6, 1\nloop:\ncall 1000\ncall 1002\nsub %r6, 1\njne %r6, 0, loop\n\
              mov %r0, %r6\nexit",
             &[1, 3],
         ),
@@ -614,8 +629,9 @@ fn vector_registers_survive_many_helper_calls_per_run() {
         ),
         // callx: a clobbering helper, then another one or the unwind helper (r1 = 1).
         (
-            "mov %r6, %r1\nmov %r2, 1000\ncall %r2\nmov %r2, 1002\nadd %r2, %r6\n\
-             mov %r1, 0\ncall %r2\nadd %r0, 1\nexit",
+            // (The target is a constant on each path: the verifier wants a known helper.)
+            "mov %r6, %r1\nmov %r2, 1000\ncall %r2\nmov %r2, 1002\njeq %r6, 0, +1\n\
+             mov %r2, 1003\nmov %r1, 0\ncall %r2\nadd %r0, 1\nexit",
             &[0, 1],
         ),
         // Local functions (the per-call save): a callee calling helpers, twice.
@@ -632,8 +648,10 @@ fn vector_registers_survive_many_helper_calls_per_run() {
     }
     // Go's ABI: X15 is zero.
     input[15] = [0; 16];
+    // r1 is a number here (0, 1, 3), not a context.
     let vopts = VerifierOptions {
         allow_back_edges: true,
+        ctx: None,
         ..VerifierOptions::default()
     };
     for &(text, r1s) in programs {
@@ -718,7 +736,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
         verify(&p, &env, &VerifierOptions::default()).unwrap();
         let code = jit(&p, &env);
         for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-            let ctx = xcover_abi::ProbeCtx {
+            let ctx = xcover_session::ProbeCtx {
                 cookie,
                 ..Default::default()
             };
@@ -730,7 +748,7 @@ fn coverage_probe_counts_and_reports_first_hits() {
     let mut m2 = coverage_maps(8);
     let env = m2.env(false);
     for cookie in [1u64, 5, 1, 1, 7, 5, 100] {
-        let ctx = xcover_abi::ProbeCtx {
+        let ctx = xcover_session::ProbeCtx {
             cookie,
             ..Default::default()
         };
@@ -794,6 +812,7 @@ fn stack_survives_helper_calls_in_every_frame_layout() {
     static SMASH: [(u32, HelperFn); 1] = [(1001, smash_stack)];
     let env = Env {
         helpers: &SMASH,
+        protos: &TEST_PROTOS,
         ..Env::default()
     };
     // 8 and 128 bytes deep (red-zone layout), 136 (does not fit: full frame), and a stack
@@ -862,13 +881,27 @@ none:
     exit
 ";
 
-/// Verifies a program that takes two arguments (`r1`, `r2`).
-fn verify_two_inputs(p: &[Insn], env: &Env) {
+/// These programs take numbers in `r1`, `r2` and hand them to the ring-buffer helpers as a
+/// record size or a record: the verifier rejects that (it wants a constant size and a record
+/// from `bpf_ringbuf_reserve`), and names helper `helper`'s register `reg`. They run anyway
+/// here, as tests of what the JIT's inlined helpers and the helpers do at run time with
+/// values a verified program never passes.
+fn rejected_for_helper_arg(p: &[Insn], env: &Env, helper: u32, reg: u8) {
     let opts = VerifierOptions {
         inputs: 2,
+        ctx: None,
         ..Default::default()
     };
-    verify(p, env, &opts).unwrap();
+    match verify(p, env, &opts) {
+        Err(xcover_bpf::verifier::VerifyError {
+            reason:
+                xcover_bpf::verifier::Reason::HelperArg {
+                    helper: h, reg: r, ..
+                },
+            ..
+        }) if h == helper && r == reg => {}
+        other => panic!("expected helper {helper}'s r{reg} to be rejected: {other:?}"),
+    }
 }
 
 fn reserve_submit_program() -> Vec<Insn> {
@@ -907,7 +940,7 @@ fn inline_ringbuf_reserve_submit_match_the_helpers() {
     let im = Maps::new(&defs, 1);
     let p = reserve_submit_program();
     let jenv = jm.env(true);
-    verify_two_inputs(&p, &jenv);
+    rejected_for_helper_arg(&p, &jenv, 131, 2);
     for vec_regs in [false, true] {
         let o = JitOptions {
             preserve_vector_regs: vec_regs,
@@ -928,7 +961,7 @@ fn inline_ringbuf_reserve_submit_match_the_helpers() {
             .wrapping_add(1442695040888963407);
         let size = 16 + (x >> 33) % 300;
         let flags = u64::from(step % 97 == 5);
-        // SAFETY: a verified program over live maps; r1/r2 are plain numbers.
+        // SAFETY: a program over live maps; r1/r2 are plain numbers the helpers check.
         let rj = unsafe { code.call(size, flags) };
         // SAFETY: as above, through the interpreter.
         let ri = unsafe { interp::run(&p, &ienv, size, flags) }.unwrap();
@@ -959,7 +992,7 @@ fn inline_ringbuf_submit_rejects_foreign_pointers() {
         "mov %r6, %r1\nmov %r7, %r2\nlddw %r1, map0\nmov %r1, %r6\nmov %r2, %r7\ncall 132\nexit",
     );
     let env = m.env(true);
-    verify_two_inputs(&p, &env);
+    rejected_for_helper_arg(&p, &env, 132, 1);
     let code = jit(&p, &env);
     // A fake record: header word naming a "map" 64 bytes before it, which is no ring.
     let mut fake = [0u64; 16];
@@ -967,7 +1000,7 @@ fn inline_ringbuf_submit_rejects_foreign_pointers() {
     let rec = &fake[9] as *const u64 as u64;
     let einval = (-22i64) as u64;
     for (ptr, flags) in [(rec, 0), (rec + 1, 0), (4, 0), (rec, 4)] {
-        // SAFETY: a verified program; the helper and the inline path only read the word
+        // SAFETY: a program (rejected by the verifier, see above); the helper and the inline path only read the word
         // before an aligned `ptr`, which is in `fake`, or reject it first.
         let r = unsafe { code.call(ptr, flags) };
         assert_eq!(r, einval, "{ptr:#x} {flags}");
@@ -997,7 +1030,7 @@ fn inline_ringbuf_is_consistent_under_concurrent_producers() {
     let (code_bytes, addr) = {
         let g = m.lock().unwrap();
         let env = g.env(true);
-        verify_two_inputs(&p, &env);
+        rejected_for_helper_arg(&p, &env, 131, 2);
         let b = jit::compile(&p, &env, &opts()).unwrap();
         assert!(has_inline_reserve(&b));
         (b, g.mem.as_ptr() as usize)
@@ -1120,7 +1153,7 @@ fn inline_pid_tgid_from_the_tcb() {
         );
         std::sync::Arc::new(JitCode::new(&bytes).unwrap())
     };
-    let glibc = compile(xcover_abi::GLIBC_TCB_TID_OFF as i32);
+    let glibc = compile(xcover_session::GLIBC_TCB_TID_OFF as i32);
     for _ in 0..3 {
         // SAFETY: a verified program that only calls get_current_pid_tgid.
         assert_eq!(unsafe { glibc.call(0, 0) }, pid_tgid_now());

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 
 use xcover_bpf::env::{Env, HelperFn};
 use xcover_bpf::helpers::{self, LogRing, standard_helpers};
-use xcover_bpf::maps::{Arena, ArenaLayout, MapError};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps, MapError};
 use xcover_bpf::program::{MapDef, MapType};
 
 /// An 8-aligned arena in a Vec<u64>.
@@ -398,7 +398,7 @@ fn process_helpers() {
     assert!(t1 > 0 && t2 >= t1);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(call(8, [0; 5]) < ncpu.max(4096));
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 1234,
         func_ip: 0x401000,
         ..Default::default()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use xcover_bpf::helpers::{
     map_delete_elem, map_lookup_elem, map_update_elem, ringbuf_reserve, ringbuf_submit,
 };
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::program::{MapDef, MapType};
 
 /// A shared mapping of a `/dev/shm` file, unmapped (and, for the creator, unlinked) on drop.

@@ -6,13 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xcover_abi::ProbeCtx;
-use xcover_bpf::env::Env;
+use xcover_bpf::env::{Env, MapInfo};
 use xcover_bpf::helpers::standard_helpers;
-use xcover_bpf::maps::{Arena, ArenaLayout};
+use xcover_bpf::maps::{Arena, ArenaLayout, ArenaMaps};
 use xcover_bpf::object::{self, ObjectError};
 use xcover_bpf::program::{MapType, Program};
 use xcover_bpf::{exec, interp, jit, verifier};
+use xcover_session::ProbeCtx;
+use xcover_session::probe::{
+    COUNTS_MAP, EVENTS_MAP, FirstHit, HIT_COUNT_MAPS, PER_FUNCTION_MAPS, SEEN_MAP,
+};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +34,7 @@ fn globals_obj() -> Vec<u8> {
 
 /// A program's maps laid out in an 8-aligned arena owned by the struct.
 struct Loaded {
+    info: Vec<MapInfo>,
     _mem: Vec<u64>,
     arena: Arena,
     offsets: Vec<u64>,
@@ -49,6 +53,7 @@ fn instantiate(p: &Program) -> Loaded {
     let offsets = layout.offsets();
     let (map_addrs, value_addrs) = arena.env_addrs(&offsets).unwrap();
     Loaded {
+        info: MapInfo::table_of(&p.maps),
         _mem: mem,
         arena,
         offsets,
@@ -67,6 +72,8 @@ impl Loaded {
             map_inline: &[],
             rseq_cpu_id: None,
             tcb_tid: None,
+            maps: &self.info,
+            protos: &[],
         }
     }
 }
@@ -78,18 +85,20 @@ fn cover_probe_reads_only_its_cookie() {
     let p = object::load_program(&cover_obj(), None).unwrap();
     let slots = xcover_bpf::ctx_use::ctx_slots_read(
         &p.insns,
-        xcover_abi::PROBE_CTX_COOKIE_OFF,
-        xcover_abi::PROBE_CTX_FUNC_IP_OFF,
+        xcover_session::PROBE_CTX_COOKIE_OFF,
+        xcover_session::PROBE_CTX_FUNC_IP_OFF,
     );
-    assert_eq!(slots, Some(1 << (xcover_abi::PROBE_CTX_COOKIE_OFF / 8)));
+    assert_eq!(slots, Some(1 << (xcover_session::PROBE_CTX_COOKIE_OFF / 8)));
 }
 
+/// The built-in probe has the maps the probe contract (`xcover_session::probe`) names, of
+/// the types and sizes xcover reads them with.
 #[test]
 fn cover_object_has_the_probe_and_its_maps() {
     let p = object::load_program(&cover_obj(), None).unwrap();
     assert_eq!(p.name, "xcover_cover");
     assert_eq!(p.maps.len(), 3);
-    let counts = &p.maps[p.map_index("counts").unwrap()];
+    let counts = &p.maps[p.map_index(COUNTS_MAP).unwrap()];
     assert_eq!(
         (
             counts.map_type,
@@ -99,12 +108,14 @@ fn cover_object_has_the_probe_and_its_maps() {
         ),
         (MapType::PercpuArray, 4, 8, 65536)
     );
-    let seen = &p.maps[p.map_index("seen").unwrap()];
+    assert!(HIT_COUNT_MAPS.contains(&COUNTS_MAP));
+    assert_eq!(PER_FUNCTION_MAPS, [COUNTS_MAP, SEEN_MAP]);
+    let seen = &p.maps[p.map_index(SEEN_MAP).unwrap()];
     assert_eq!(
         (seen.map_type, seen.key_size, seen.value_size),
         (MapType::Array, 4, 4)
     );
-    let events = &p.maps[p.map_index("events").unwrap()];
+    let events = &p.maps[p.map_index(EVENTS_MAP).unwrap()];
     assert_eq!(
         (events.map_type, events.max_entries),
         (MapType::Ringbuf, 256 * 1024)
@@ -119,9 +130,9 @@ fn cover_object_has_the_probe_and_its_maps() {
     assert_eq!(
         refs,
         vec![
-            (1, p.map_index("counts").unwrap() as i32),
-            (1, p.map_index("seen").unwrap() as i32),
-            (1, p.map_index("events").unwrap() as i32)
+            (1, p.map_index(COUNTS_MAP).unwrap() as i32),
+            (1, p.map_index(SEEN_MAP).unwrap() as i32),
+            (1, p.map_index(EVENTS_MAP).unwrap() as i32)
         ]
     );
     assert_eq!(
@@ -188,11 +199,11 @@ fn cover_probe_counts_and_reports_first_hits_in_the_interpreter() {
     verifier::verify(&p.insns, &l.env(), &Default::default()).unwrap();
     let counts = l
         .arena
-        .map(l.offsets[p.map_index("counts").unwrap()])
+        .map(l.offsets[p.map_index(COUNTS_MAP).unwrap()])
         .unwrap();
     let events = l
         .arena
-        .map(l.offsets[p.map_index("events").unwrap()])
+        .map(l.offsets[p.map_index(EVENTS_MAP).unwrap()])
         .unwrap();
     for (cookie, times) in [(7u64, 3), (0, 1), (65535, 2), (65536, 1)] {
         let ctx = ProbeCtx {
@@ -208,11 +219,11 @@ fn cover_probe_counts_and_reports_first_hits_in_the_interpreter() {
     assert_eq!(counts.array_u64(65535), Some(2));
     let mut evs = Vec::new();
     events.ringbuf_consume(|r| {
-        assert_eq!(r.len(), 24);
-        let cookie = u64::from_le_bytes(r[0..8].try_into().unwrap());
-        let ts = u64::from_le_bytes(r[8..16].try_into().unwrap());
-        let tid = u32::from_le_bytes(r[16..20].try_into().unwrap());
-        evs.push((cookie, ts, tid));
+        // The probe's `sizeof(struct first_hit)` is the contract's record size.
+        assert_eq!(r.len(), FirstHit::SIZE);
+        let e = FirstHit::from_record(r).unwrap();
+        assert_eq!(e._pad, 0);
+        evs.push((e.cookie, e.ts_ns, e.tid));
     });
     // SAFETY: no preconditions.
     let me = unsafe { libc::gettid() } as u32;
@@ -237,11 +248,11 @@ fn cover_probe_runs_jitted() {
     let code = exec::JitCode::new(&jit::compile(&p.insns, &env, &opts).unwrap()).unwrap();
     let counts = l
         .arena
-        .map(l.offsets[p.map_index("counts").unwrap()])
+        .map(l.offsets[p.map_index(COUNTS_MAP).unwrap()])
         .unwrap();
     let events = l
         .arena
-        .map(l.offsets[p.map_index("events").unwrap()])
+        .map(l.offsets[p.map_index(EVENTS_MAP).unwrap()])
         .unwrap();
     for cookie in [3u64, 3, 3, 9] {
         let ctx = ProbeCtx {
@@ -254,7 +265,7 @@ fn cover_probe_runs_jitted() {
     assert_eq!(counts.array_u64(3), Some(3));
     assert_eq!(counts.array_u64(9), Some(1));
     let mut cookies = Vec::new();
-    events.ringbuf_consume(|r| cookies.push(u64::from_le_bytes(r[..8].try_into().unwrap())));
+    events.ringbuf_consume(|r| cookies.push(FirstHit::from_record(r).unwrap().cookie));
     assert_eq!(cookies, vec![3, 9]);
 }
 

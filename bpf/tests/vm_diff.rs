@@ -2,7 +2,7 @@
 //! interpreter against rbpf on the operations rbpf implements the same way.
 
 use proptest::prelude::*;
-use xcover_bpf::env::{Env, HelperFn};
+use xcover_bpf::env::{Arg, Env, HelperFn, HelperProto, Ret};
 use xcover_bpf::exec::JitCode;
 use xcover_bpf::insn::*;
 use xcover_bpf::jit::{self, JitOptions};
@@ -13,7 +13,11 @@ unsafe extern "C" fn mix(a: u64, b: u64, c: u64, d: u64, e: u64) -> u64 {
     a.rotate_left(7) ^ b.wrapping_mul(3) ^ c.wrapping_add(d) ^ e.rotate_right(13)
 }
 
-static HELPERS: [(u32, HelperFn); 1] = [(1, mix)];
+/// `mix` as a test helper (not a Linux id): five numbers in, a number out.
+const MIX: u32 = 1000;
+static HELPERS: [(u32, HelperFn); 1] = [(MIX, mix)];
+static PROTOS: [(u32, HelperProto); 1] =
+    [(MIX, HelperProto::new(&[Arg::Anything; 5], Ret::Scalar))];
 
 fn env() -> Env<'static> {
     Env {
@@ -24,6 +28,8 @@ fn env() -> Env<'static> {
         map_inline: &[],
         rseq_cpu_id: None,
         tcb_tid: None,
+        maps: &[],
+        protos: &PROTOS,
     }
 }
 
@@ -178,7 +184,7 @@ fn build(init: &[u64], ops: &[Op]) -> Vec<Insn> {
             Op::Store(sz, off, s) => p.push(Insn::new(BPF_STX | BPF_MEM | sz, 10, s, off, 0)),
             Op::StoreImm(sz, off, imm) => p.push(Insn::new(BPF_ST | BPF_MEM | sz, 10, 0, off, imm)),
             Op::Call => {
-                p.push(Insn::new(op::CALL, 0, 0, 0, 1));
+                p.push(Insn::new(op::CALL, 0, 0, 0, MIX as i32));
                 for r in 1..=5u8 {
                     p.extend(lddw(r, init[r as usize].rotate_left(r as u32)));
                 }
@@ -296,7 +302,7 @@ fn inline_ctx_helpers_read_the_probe_ctx() {
         helpers: &CTX_HELPERS,
         ..Env::default()
     };
-    let ctx = xcover_abi::ProbeCtx {
+    let ctx = xcover_session::ProbeCtx {
         cookie: 42,
         func_ip: 0x401000,
         ..Default::default()

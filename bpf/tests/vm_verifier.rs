@@ -1,16 +1,28 @@
 //! The verifier rejects each class of hostile program, naming the right instruction.
 
 use xcover_bpf::asm::assemble;
-use xcover_bpf::env::{Env, HelperFn};
+use xcover_bpf::env::{Arg, Env, HelperFn, HelperProto, MapInfo, Ret};
 use xcover_bpf::insn::*;
+use xcover_bpf::program::MapType;
 use xcover_bpf::verifier::{Reason, VerifierOptions, VerifyError, verify};
 
 unsafe extern "C" fn helper(a: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
     a
 }
 
-static HELPERS: [(u32, HelperFn); 1] = [(1, helper)];
+/// A test helper (not a Linux id): takes anything in r1, returns a number.
+const HELPER: u32 = 1000;
+static HELPERS: [(u32, HelperFn); 1] = [(HELPER, helper)];
+static PROTOS: [(u32, HelperProto); 1] =
+    [(HELPER, HelperProto::new(&[Arg::Anything], Ret::Scalar))];
 static MAPS: [u64; 1] = [0x1000];
+static INFO: [MapInfo; 1] = [MapInfo {
+    map_type: MapType::Array,
+    key_size: 4,
+    value_size: 8,
+    max_entries: 1,
+    read_only: false,
+}];
 
 fn env() -> Env<'static> {
     Env {
@@ -21,6 +33,8 @@ fn env() -> Env<'static> {
         map_inline: &[],
         rseq_cpu_id: None,
         tcb_tid: None,
+        maps: &INFO,
+        protos: &PROTOS,
     }
 }
 
@@ -42,7 +56,7 @@ const MOV0: Insn = Insn::new(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0);
 #[test]
 fn accepts_a_good_program() {
     check_asm(
-        "mov %r0, 0\nstxdw [%r10-8], %r1\nldxdw %r2, [%r10-8]\ncall 1\nlddw %r3, 5\n\
+        "mov %r0, 0\nstxdw [%r10-8], %r1\nldxdw %r2, [%r10-8]\ncall 1000\nlddw %r1, 5\n\
          call local f\nexit\nf:\nmov %r0, %r1\nexit",
     )
     .unwrap();
@@ -142,7 +156,7 @@ fn uninitialised_registers() {
     verify(&assemble("mov %r0, %r2\nexit").unwrap(), &env(), &two).unwrap();
     // Calls clobber r1-r5.
     rejects(
-        check_asm("call 1\nmov %r0, %r1\nexit"),
+        check_asm("call 1000\nmov %r0, %r1\nexit"),
         1,
         Reason::Uninit(1),
     );
@@ -235,7 +249,7 @@ fn random_bytes_never_panic() {
     proptest!(ProptestConfig::with_cases(2000), |(words in proptest::collection::vec(any::<u64>(), 0..40))| {
         let insns: Vec<Insn> = words.iter().map(|w| Insn::decode(w.to_le_bytes())).collect();
         let _ = verify(&insns, &env(), &VerifierOptions::default());
-        let _ = verify(&insns, &env(), &VerifierOptions { allow_back_edges: true, inputs: 2 });
+        let _ = verify(&insns, &env(), &VerifierOptions { allow_back_edges: true, inputs: 2, ..Default::default() });
     });
 }
 

@@ -70,7 +70,7 @@ pub(crate) fn call_with_threads<T: Tracer>(
     for (&t, &trap) in tids.iter().zip(&trapped) {
         let rip = sp.regs(t)?.rip;
         ips.push(match trap {
-            true => rip | xcover_abi::entry::IP_TRAP_STOPPED,
+            true => rip | xcover_session::entry::IP_TRAP_STOPPED,
             false => rip,
         });
     }
@@ -109,7 +109,7 @@ pub(crate) fn call_with_threads<T: Tracer>(
         let to = u64::from_le_bytes(mv.try_into().expect("8 bytes"));
         if to != 0 {
             sp.set_ip(t, to)?;
-            let rip = ip & !xcover_abi::entry::IP_TRAP_STOPPED;
+            let rip = ip & !xcover_session::entry::IP_TRAP_STOPPED;
             if trap && to == rip.wrapping_sub(1) {
                 // The trap was the agent's: the thread re-runs the restored entry instead.
                 sp.drop_held_signal(t);
@@ -129,7 +129,7 @@ pub(crate) fn agent_failed(
     let h = session.header();
     let len = (h.agent_error_len.load(Ordering::Acquire) as usize).min(h.agent_error.len());
     let mut buf = vec![0u8; len];
-    let off = std::mem::offset_of!(xcover_abi::SessionHeader, agent_error) as u64;
+    let off = std::mem::offset_of!(xcover_session::SessionHeader, agent_error) as u64;
     let mut message = match session.read_at(off, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(_) => String::new(),

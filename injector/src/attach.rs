@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xcover_abi::SessionState;
+use xcover_session::SessionState;
 
 use crate::agent::{agent_failed, call_with_threads, check_identity, hook_with_threads};
 use crate::elf::AgentImage;
@@ -96,9 +96,9 @@ impl Attached {
     /// Leaves the agent in the target for a later [`detach`](crate::detach()): the session
     /// has no owner from now on.
     pub fn leave(self) {
-        let flags = self.session.header().flags | xcover_abi::FLAG_KEEP;
+        let flags = self.session.header().flags | xcover_session::FLAG_KEEP;
         let _ = self.session.write_at(
-            std::mem::offset_of!(xcover_abi::SessionHeader, flags) as u64,
+            std::mem::offset_of!(xcover_session::SessionHeader, flags) as u64,
             &flags.to_le_bytes(),
         );
         self.session.header().owner_pid.store(0, Ordering::Release);
@@ -155,15 +155,16 @@ fn note_thread_layout(sp: &StoppedProcess, session: &SessionFile) -> Result<()> 
     let h = session.header();
     let cpu = sp.rseq_cpu_id_offset().unwrap_or(0);
     h.rseq_cpu_id_off.store(cpu, Ordering::Release);
-    let tcb = sp.tcb_tid_offset() == i32::try_from(xcover_abi::GLIBC_TCB_TID_OFF).ok();
+    let tcb = sp.tcb_tid_offset() == i32::try_from(xcover_session::GLIBC_TCB_TID_OFF).ok();
     let flags = match tcb {
-        true => h.probe_flags | xcover_abi::PROBE_TCB_TID,
-        false => h.probe_flags & !xcover_abi::PROBE_TCB_TID,
+        true => h.probe_flags | xcover_session::PROBE_TCB_TID,
+        false => h.probe_flags & !xcover_session::PROBE_TCB_TID,
     };
     session.write_at(
-        std::mem::offset_of!(xcover_abi::SessionHeader, probe_flags) as u64,
+        std::mem::offset_of!(xcover_session::SessionHeader, probe_flags) as u64,
         &flags.to_le_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// The offsets of the agent's entry points from its base.

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xcover_abi::SessionState;
+use xcover_session::SessionState;
 
 use crate::agent::{agent_failed, call_with_threads, check_identity};
 use crate::doomed::{Doomed, doomed_ranges, thread_inside, trap_pending};
@@ -184,7 +184,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
             // An xcover killed between loading the agent and its init: nothing is hooked and
             // the agent mapped nothing; only the agent and the session mapping go.
             Err(Error::Agent {
-                code: xcover_abi::entry::E_NO_SESSION,
+                code: xcover_session::entry::E_NO_SESSION,
                 ..
             }) => inited = false,
             Err(e) => {
@@ -321,7 +321,7 @@ fn wait_out<T: Tracer>(
     // With trap hooks, a thread may hold the SIGTRAP of one of them not yet delivered (it
     // was stopped between the `int3` and the delivery): only the agent's handler, still in
     // place, can resume it right, so the target runs until none is left.
-    let traps = session.header().probe_flags & xcover_abi::PROBE_TRAPS != 0;
+    let traps = session.header().probe_flags & xcover_session::PROBE_TRAPS != 0;
     loop {
         let inside = ranges()
             .and_then(|r| thread_inside(&round.sp, &r))

@@ -2,10 +2,10 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::Result;
 use crate::session::SessionFile;
 use crate::stop::StoppedProcess;
 use crate::tracer::Tracer;
+use crate::{Result, procfs};
 
 /// A range of the target detach unmaps: start, end, and what it is.
 pub(crate) type Doomed = (u64, u64, &'static str);
@@ -27,7 +27,7 @@ pub(crate) fn doomed_ranges(
         v.push((base, base + size, "the agent"));
     }
     let h = session.header();
-    let rsize = std::mem::size_of::<xcover_abi::Region>();
+    let rsize = std::mem::size_of::<xcover_session::Region>();
     // Bounded by the file, whatever the (shared, writable) header says.
     let n = h
         .regions_count
@@ -37,11 +37,11 @@ pub(crate) fn doomed_ranges(
     let mut raw = vec![0u8; n as usize * rsize];
     session.read_at(h.regions_off, &mut raw)?;
     for c in raw.chunks_exact(rsize) {
-        let r: xcover_abi::Region = bytemuck::pod_read_unaligned(c);
+        let r: xcover_session::Region = bytemuck::pod_read_unaligned(c);
         let what = match r.kind {
-            xcover_abi::REGION_HEAP => HEAP_RANGE,
-            xcover_abi::REGION_JIT => JIT_RANGE,
-            xcover_abi::REGION_TRAMPOLINES => "a trampoline arena",
+            xcover_session::REGION_HEAP => HEAP_RANGE,
+            xcover_session::REGION_JIT => JIT_RANGE,
+            xcover_session::REGION_TRAMPOLINES => "a trampoline arena",
             _ => "an agent region",
         };
         v.push((r.start, r.start.saturating_add(r.len), what));
@@ -140,22 +140,16 @@ pub(crate) fn thread_inside<T: Tracer>(
 /// The first stopped thread with a SIGTRAP pending that it does not block (it is delivered
 /// as soon as the thread runs), with its `rip`: a trap hook's `int3` whose signal the agent's
 /// handler has yet to take. Read from `/proc/<pid>/task/<tid>/status` (`SigPnd`, `ShdPnd`,
-/// `SigBlk`); a thread whose status cannot be read is passed over.
+/// `SigBlk`, through [`procfs::task_signals`]); a thread whose status cannot be read is
+/// passed over.
 pub(crate) fn trap_pending<T: Tracer>(sp: &StoppedProcess<T>) -> Option<(i32, u64, &'static str)> {
     const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
     let pid = sp.pid();
     for tid in sp.tids() {
-        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+        let Ok(s) = procfs::task_signals(pid, tid) else {
             continue;
         };
-        let field = |k: &str| {
-            st.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0)
-        };
-        let pending = field("SigPnd:") | field("ShdPnd:");
-        if pending & TRAP != 0 && field("SigBlk:") & TRAP == 0 {
+        if (s.pending | s.shared_pending) & TRAP != 0 && s.blocked & TRAP == 0 {
             let rip = sp.regs(tid).map(|r| r.rip).unwrap_or(0);
             return Some((tid, rip, "a trap hook's pending SIGTRAP"));
         }

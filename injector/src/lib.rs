@@ -63,12 +63,14 @@
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
 //! - `remote.rs`: remote system calls and calls (methods of [`StoppedProcess`]);
 //! - `park.rs`: the park's code and block;
+//! - `parks.rs`: installing, syncing and taking out the parks (the call park in scratch
+//!   memory, the system-call park in the vDSO's tail);
 //! - [`tracer`]: the [`tracer::Tracer`] trait and its real implementation;
 //! - [`sys`]: every ptrace request, wait and memory access (the only place they happen);
 //! - [`procfs`]: everything read from `/proc` (the only parser of it in host code);
 //! - [`proc_events`]: the kernel's process events (how a process ended, whoever reaps it);
 //! - [`elf`]: the agent image;
-//! - [`session`] (and `sections.rs`): the `/dev/shm/xcover-<pid>` file;
+//! - [`session`]: the `/dev/shm/xcover-<pid>` file (over `xcover_session::file`);
 //! - this file: the public types and re-exports.
 #![deny(missing_docs)]
 
@@ -81,11 +83,11 @@ mod error;
 mod faults;
 mod liveness;
 mod park;
+mod parks;
 pub mod proc_events;
 pub mod procfs;
 mod remote;
 mod scratch;
-mod sections;
 pub mod session;
 pub mod stop;
 pub mod sys;
@@ -102,15 +104,15 @@ pub use session::SessionFile;
 pub use stop::StoppedProcess;
 
 /// Name of the agent's initialisation entry point.
-pub const AGENT_INIT: &str = xcover_abi::entry::INIT;
+pub const AGENT_INIT: &str = xcover_session::entry::INIT;
 /// Name of the agent's hook entry point.
-pub const AGENT_HOOK: &str = xcover_abi::entry::HOOK;
+pub const AGENT_HOOK: &str = xcover_session::entry::HOOK;
 /// Name of the agent's entry point that writes the patches `HOOK` planned.
-pub const AGENT_COMMIT: &str = xcover_abi::entry::COMMIT;
+pub const AGENT_COMMIT: &str = xcover_session::entry::COMMIT;
 /// Name of the agent's unhook entry point.
-pub const AGENT_UNHOOK: &str = xcover_abi::entry::UNHOOK;
+pub const AGENT_UNHOOK: &str = xcover_session::entry::UNHOOK;
 /// Name of the agent's shutdown entry point.
-pub const AGENT_FINI: &str = xcover_abi::entry::FINI;
+pub const AGENT_FINI: &str = xcover_session::entry::FINI;
 
 /// Fills a freshly created session file before the target is stopped (function table,
 /// probe, maps). An error aborts the attach with nothing left behind.

@@ -402,10 +402,10 @@ impl<T: Tracer> StoppedProcess<T> {
     }
 
     /// The `%fs`-relative offset of the thread id in the TCB
-    /// ([`xcover_abi::GLIBC_TCB_TID_OFF`]), when every stopped thread has its own id there
+    /// ([`xcover_session::GLIBC_TCB_TID_OFF`]), when every stopped thread has its own id there
     /// (glibc); `None` otherwise.
     pub fn tcb_tid_offset(&self) -> Option<i32> {
-        let off = xcover_abi::GLIBC_TCB_TID_OFF;
+        let off = xcover_session::GLIBC_TCB_TID_OFF;
         for &tid in self.threads.keys() {
             let fs = self.regs(tid).ok()?.fs_base;
             let mut b = [0u8; 4];
@@ -470,6 +470,12 @@ impl<T: Tracer> StoppedProcess<T> {
             }
         }
         self.park = None;
+        // The vDSO park's code goes back while every thread is still stopped: once one
+        // thread runs, the process may die (a fault it was about to take) and its memory
+        // can no longer be written.
+        if let Err(e) = self.remove_vdso_park() {
+            first_err.get_or_insert(e);
+        }
         let threads = std::mem::take(&mut self.threads);
         let borrowed = std::mem::take(&mut self.borrowed);
         for (tid, t) in threads {
@@ -491,11 +497,6 @@ impl<T: Tracer> StoppedProcess<T> {
                 && e.raw_os_error() != Some(libc::ESRCH)
             {
                 first_err.get_or_insert(sys_err(pid, tid, "PTRACE_SETREGS")(e));
-            }
-            if self.vpark.as_ref().is_some_and(|v| v.0.tid == tid)
-                && let Err(e) = self.remove_vdso_park()
-            {
-                first_err.get_or_insert(e);
             }
             let sig = match t.kind {
                 StopKind::Event => 0,

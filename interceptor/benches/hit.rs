@@ -6,8 +6,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use xcover_abi::ProbeCtx;
 use xcover_interceptor::{HookOptions, Interceptor};
+use xcover_session::ProbeCtx;
 
 #[path = "../tests/support/mod.rs"]
 mod support;

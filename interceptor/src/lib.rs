@@ -47,7 +47,7 @@ pub mod x86_64;
 
 /// The back end of this build's instruction set.
 mod arch {
-    pub(crate) use crate::x86_64::{Unrelocatable, X86_64 as Arch};
+    pub(crate) use crate::x86_64::X86_64 as Arch;
 }
 
 pub use crate::core::{

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use support::{Lib, LibcMemory, peek};
-use xcover_abi::ProbeCtx;
 use xcover_interceptor::{HookOptions, Interceptor, IpFixup, Site, SkipReason};
+use xcover_session::ProbeCtx;
 
 const N: u64 = 1000;
 
@@ -144,7 +144,7 @@ fn shapes_roundtrip(copy: &str, opts: HookOptions, probe: &str) {
             match name.as_str() {
                 "f_ret1_nopad" => assert_eq!(*r, Err(SkipReason::NoRoom), "{name}"),
                 "f_backjump" => assert!(
-                    matches!(r, Err(SkipReason::BranchIntoPatch { .. })),
+                    matches!(r, Err(SkipReason::BranchIntoPatch)),
                     "{name}: {r:?}"
                 ),
                 "f_avx" if !has_avx => {}
@@ -286,8 +286,14 @@ extern "C" fn light_probe(ctx: *mut ProbeCtx) -> u64 {
         // whole struct is made).
         unsafe { (ctx as *const u8).wrapping_add(off).cast::<u64>().read() }
     };
-    LIGHT_COOKIE.store(field(xcover_abi::PROBE_CTX_COOKIE_OFF), Ordering::Relaxed);
-    LIGHT_FUNC.store(field(xcover_abi::PROBE_CTX_FUNC_IP_OFF), Ordering::Relaxed);
+    LIGHT_COOKIE.store(
+        field(xcover_session::PROBE_CTX_COOKIE_OFF),
+        Ordering::Relaxed,
+    );
+    LIGHT_FUNC.store(
+        field(xcover_session::PROBE_CTX_FUNC_IP_OFF),
+        Ordering::Relaxed,
+    );
     0
 }
 

@@ -132,10 +132,10 @@ unsafe fn rdfsbase() -> u64 {
 }
 
 /// Offset of glibc's `struct pthread::tid` from the thread pointer
-/// ([`xcover_abi::GLIBC_TCB_TID_OFF`]). The kernel zeroes it when the thread exits
+/// ([`xcover_session::GLIBC_TCB_TID_OFF`]). The kernel zeroes it when the thread exits
 /// (`CLONE_CHILD_CLEARTID`) and sets it when glibc creates a thread, so it tells a cached
 /// entry's thread from a later thread that got the same TCB back from glibc's stack cache.
-const GLIBC_TID_OFF: u64 = xcover_abi::GLIBC_TCB_TID_OFF as u64;
+const GLIBC_TID_OFF: u64 = xcover_session::GLIBC_TCB_TID_OFF as u64;
 
 /// The tid glibc keeps in the TCB at `fs`.
 ///
@@ -151,7 +151,7 @@ unsafe fn tcb_tid(fs: u64) -> u32 {
 
 /// [`gettid`], cached per thread in a lock-free table keyed by the thread's `%fs` base
 /// (read with `rdfsbase`, which never faults, when the kernel allows it). An entry is only
-/// trusted while glibc's TCB still holds the same tid (see [`xcover_abi::GLIBC_TCB_TID_OFF`]): a thread that
+/// trusted while glibc's TCB still holds the same tid (see [`xcover_session::GLIBC_TCB_TID_OFF`]): a thread that
 /// got a dead thread's TCB back refreshes it, and a thread without a glibc TCB (Go without
 /// cgo, musl) is never entered and takes the system call every time. For informational uses
 /// only (see the module doc's fork caveat); code that acts on the tid must use [`gettid`].

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 //
 // A test probe that loads 8 bytes from address 8 directly, without a helper
-// (tests/security.rs). xcover's verifier does not track pointers, so it passes, and the
-// load faults in the target: SECURITY.md says so, and the test checks it stays true.
+// (tests/security.rs). The address is a number, not a pointer: xcover's verifier rejects
+// the probe at attach, naming the load's instruction and register (SECURITY.md).
 
 typedef unsigned int __u32;
 typedef unsigned long long __u64;

@@ -190,7 +190,7 @@ impl Compiler<'_> {
     }
 
     /// A call of helper `id` (instruction `pc`): the context helpers as loads from the
-    /// [`xcover_abi::ProbeCtx`] in `r1` (with `inline_ctx_helpers`), else the helper's
+    /// [`xcover_session::ProbeCtx`] in `r1` (with `inline_ctx_helpers`), else the helper's
     /// inline fast path when it has one, ahead of the plain helper call.
     pub(super) fn helper_call(&mut self, pc: usize, id: u32) -> Result<(), JitError> {
         let f = self
@@ -198,8 +198,8 @@ impl Compiler<'_> {
             .helper(id)
             .ok_or(JitError::UnknownHelper { pc, id })?;
         let inline_off = match id {
-            HELPER_GET_ATTACH_COOKIE => Some(xcover_abi::PROBE_CTX_COOKIE_OFF),
-            HELPER_GET_FUNC_IP => Some(xcover_abi::PROBE_CTX_FUNC_IP_OFF),
+            HELPER_GET_ATTACH_COOKIE => Some(xcover_session::PROBE_CTX_COOKIE_OFF),
+            HELPER_GET_FUNC_IP => Some(xcover_session::PROBE_CTX_FUNC_IP_OFF),
             _ => None,
         };
         match inline_off {

@@ -66,7 +66,7 @@ pub struct JitOptions {
     /// trampoline calling the probe then needs no vector save on its hot path).
     pub preserve_vector_regs: bool,
     /// Inline `bpf_get_attach_cookie` and `bpf_get_func_ip` (when the [`Env`] registers
-    /// them) as loads from the [`xcover_abi::ProbeCtx`] in `r1`.
+    /// them) as loads from the [`xcover_session::ProbeCtx`] in `r1`.
     pub inline_ctx_helpers: bool,
     /// The CPU has `rdpid` ([`xcover_rt::CpuIdMethod::Rdpid`]): PERCPU_ARRAY lookups are
     /// inlined even when the [`Env`] gives no rseq CPU number, and a thread without rseq

@@ -24,9 +24,12 @@ use core::sync::atomic::{Ordering, fence};
 
 use super::{BPF_EXIST, BPF_NOEXIST, MAX_KEY_SIZE, MapPtr};
 use xcover_rt as sys;
+use xcover_session::arena::{
+    HASH_ENTRY_FREE_NEXT, HASH_ENTRY_GEN, HASH_ENTRY_HASH, HASH_ENTRY_NEXT,
+};
 
 /// Bytes before the key in an entry.
-pub(super) const ENTRY_HDR: u64 = 16;
+pub(super) use xcover_session::arena::HASH_ENTRY_HDR as ENTRY_HDR;
 const KEY_WORDS: usize = (MAX_KEY_SIZE / 8) as usize;
 /// `pause` instructions between two attempts to take the lock.
 const SPIN_PAUSES: u32 = 256;
@@ -38,19 +41,16 @@ const SPIN_ROUNDS: u32 = 1024;
 const LOOKUP_RESTARTS: u32 = 8;
 
 fn entry_off(map: MapPtr, idx1: u32) -> u64 {
-    let h = map.hdr();
-    h.data_off + (idx1 as u64 - 1) * h.entry_size as u64
+    map.hdr().hash_entry_off(idx1)
 }
 
 fn bucket_off(map: MapPtr, hash: u32) -> u64 {
-    let h = map.hdr();
-    h.buckets_off + 4 * (hash & (h.nbuckets - 1)) as u64
+    map.hdr().hash_bucket_off(hash)
 }
 
 /// Offset of value slot `cpu` of the entry at `e`.
 pub(super) fn value_off(map: MapPtr, e: u64, cpu: u64) -> u64 {
-    let h = map.hdr();
-    e + ENTRY_HDR + h.key_stride as u64 + cpu * h.value_stride as u64
+    map.hdr().hash_value_off(e, cpu)
 }
 
 /// Threads every entry onto the free list (arena initialisation only).
@@ -58,7 +58,7 @@ pub(super) fn init_free_list(map: MapPtr) {
     let n = map.hdr().max_entries;
     for i in 1..=n {
         let next = if i < n { i + 1 } else { 0 };
-        map.u32_at(entry_off(map, i) + 12)
+        map.u32_at(entry_off(map, i) + HASH_ENTRY_FREE_NEXT)
             .store(next, Ordering::Relaxed);
     }
     map.hdr().free_head.store(1, Ordering::Relaxed);
@@ -112,18 +112,20 @@ fn find_key(map: MapPtr, k: &Key) -> Option<u64> {
                 return None; // corrupted or cycling: give up rather than hang
             }
             let e = entry_off(map, cur);
-            let g1 = map.u32_at(e + 4).load(Ordering::Acquire);
+            let g1 = map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Acquire);
             if g1 & 1 == 0 {
                 continue 'restart; // deleted under our feet
             }
-            if map.u32_at(e + 8).load(Ordering::Relaxed) == k.hash && key_eq(map, e, k) {
+            if map.u32_at(e + HASH_ENTRY_HASH).load(Ordering::Relaxed) == k.hash
+                && key_eq(map, e, k)
+            {
                 fence(Ordering::Acquire);
-                if map.u32_at(e + 4).load(Ordering::Relaxed) == g1 {
+                if map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Relaxed) == g1 {
                     return Some(e);
                 }
                 continue 'restart;
             }
-            cur = map.u32_at(e).load(Ordering::Acquire);
+            cur = map.u32_at(e + HASH_ENTRY_NEXT).load(Ordering::Acquire);
             steps += 1;
         }
         return None;
@@ -185,7 +187,9 @@ fn pop_free(map: MapPtr) -> Option<u32> {
     if e == 0 || e > h.max_entries {
         return None;
     }
-    let next = map.u32_at(entry_off(map, e) + 12).load(Ordering::Relaxed);
+    let next = map
+        .u32_at(entry_off(map, e) + HASH_ENTRY_FREE_NEXT)
+        .load(Ordering::Relaxed);
     h.free_head.store(next, Ordering::Relaxed);
     if next == 0 {
         h.free_tail.store(0, Ordering::Relaxed);
@@ -195,13 +199,13 @@ fn pop_free(map: MapPtr) -> Option<u32> {
 
 fn push_free(map: MapPtr, e: u32) {
     let h = map.hdr();
-    map.u32_at(entry_off(map, e) + 12)
+    map.u32_at(entry_off(map, e) + HASH_ENTRY_FREE_NEXT)
         .store(0, Ordering::Relaxed);
     let tail = h.free_tail.load(Ordering::Relaxed);
     if tail == 0 || tail > h.max_entries {
         h.free_head.store(e, Ordering::Relaxed);
     } else {
-        map.u32_at(entry_off(map, tail) + 12)
+        map.u32_at(entry_off(map, tail) + HASH_ENTRY_FREE_NEXT)
             .store(e, Ordering::Relaxed);
     }
     h.free_tail.store(e, Ordering::Relaxed);
@@ -239,7 +243,8 @@ pub(super) unsafe fn update(map: MapPtr, key: *const u8, value: *const u8, flags
     let e = entry_off(map, idx1);
     // Order the key stores after the delete that freed this entry (see find_key's fence).
     fence(Ordering::Release);
-    map.u32_at(e + 8).store(k.hash, Ordering::Relaxed);
+    map.u32_at(e + HASH_ENTRY_HASH)
+        .store(k.hash, Ordering::Relaxed);
     for (i, &w) in k.words.iter().take(k.n).enumerate() {
         map.u64_at(e + ENTRY_HDR + 8 * i as u64)
             .store(w, Ordering::Relaxed);
@@ -247,10 +252,11 @@ pub(super) unsafe fn update(map: MapPtr, key: *const u8, value: *const u8, flags
     map.zero(value_off(map, e, 0), (h.value_stride * h.ncpus) as usize);
     // SAFETY: as above.
     unsafe { map.copy_in(value_off(map, e, cpu), value, h.value_size as usize) };
-    let g = map.u32_at(e + 4).load(Ordering::Relaxed);
-    map.u32_at(e + 4).store(g | 1, Ordering::Release);
+    let g = map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Relaxed);
+    map.u32_at(e + HASH_ENTRY_GEN)
+        .store(g | 1, Ordering::Release);
     let b = map.u32_at(bucket_off(map, k.hash));
-    map.u32_at(e)
+    map.u32_at(e + HASH_ENTRY_NEXT)
         .store(b.load(Ordering::Relaxed), Ordering::Relaxed);
     b.store(idx1, Ordering::Release);
     h.count.fetch_add(1, Ordering::Relaxed);
@@ -272,18 +278,18 @@ pub(super) unsafe fn delete(map: MapPtr, key: *const u8) -> i64 {
     let mut steps = 0;
     while cur != 0 && cur <= h.max_entries && steps <= h.max_entries {
         let e = entry_off(map, cur);
-        if map.u32_at(e + 8).load(Ordering::Relaxed) == k.hash && key_eq(map, e, &k) {
-            let next = map.u32_at(e).load(Ordering::Relaxed);
+        if map.u32_at(e + HASH_ENTRY_HASH).load(Ordering::Relaxed) == k.hash && key_eq(map, e, &k) {
+            let next = map.u32_at(e + HASH_ENTRY_NEXT).load(Ordering::Relaxed);
             map.u32_at(link).store(next, Ordering::Release);
-            let g = map.u32_at(e + 4).load(Ordering::Relaxed);
-            map.u32_at(e + 4)
+            let g = map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Relaxed);
+            map.u32_at(e + HASH_ENTRY_GEN)
                 .store(g.wrapping_add(1), Ordering::Release);
             push_free(map, cur);
             h.count.fetch_sub(1, Ordering::Relaxed);
             return 0;
         }
         link = e;
-        cur = map.u32_at(e).load(Ordering::Relaxed);
+        cur = map.u32_at(e + HASH_ENTRY_NEXT).load(Ordering::Relaxed);
         steps += 1;
     }
     -sys::ENOENT
@@ -297,7 +303,7 @@ pub(super) fn for_each(map: MapPtr, mut f: impl FnMut(&[u8], &[u8])) -> usize {
     let mut n = 0;
     for i in 1..=h.max_entries {
         let e = entry_off(map, i);
-        let g1 = map.u32_at(e + 4).load(Ordering::Acquire);
+        let g1 = map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Acquire);
         if g1 & 1 == 0 {
             continue;
         }
@@ -309,7 +315,7 @@ pub(super) fn for_each(map: MapPtr, mut f: impl FnMut(&[u8], &[u8])) -> usize {
         }
         map.copy_out(value_off(map, e, 0), &mut val);
         fence(Ordering::Acquire);
-        if map.u32_at(e + 4).load(Ordering::Relaxed) != g1 {
+        if map.u32_at(e + HASH_ENTRY_GEN).load(Ordering::Relaxed) != g1 {
             continue;
         }
         f(&key, &val);

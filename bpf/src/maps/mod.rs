@@ -4,14 +4,17 @@
 //! target, where the probe writes; xcover and the TUI, which read), so nothing in it is an
 //! absolute pointer: every map is a [`MapHeader`] followed by its data, and the header
 //! describes the data by offsets relative to itself. A helper given only the header's address
-//! (what `lddw rX, map` loads) can therefore operate on the map.
+//! (what `lddw rX, map` loads) can therefore operate on the map. That layout (the header,
+//! the per-type offsets, [`Arena`]) is part of the session contract and lives in
+//! `xcover_session::arena`; this module holds the operations on it.
 //!
 //! - [`ArenaLayout`] (the builder xcover uses when it creates a session) places maps from
 //!   [`MapDef`]s, reports each map's offset and writes headers and initial data.
 //! - [`MapPtr`] is a validated header address; the `*` functions of this module
 //!   ([`lookup`], [`update`], [`delete`], [`ringbuf_reserve`], ...) are what the helpers call.
-//! - [`Arena`] and [`MapView`] are the reader API for the xcover process and the TUI:
-//!   array values, per-CPU sums, hash iteration, ring-buffer consumption.
+//! - [`ArenaMaps`] (on an [`Arena`]) and [`MapView`] are the reader API for the xcover
+//!   process and the TUI: array values, per-CPU sums, hash iteration, ring-buffer
+//!   consumption.
 //!
 //! Concurrency, per map type (details and the byte layout in `docs/maps.md`):
 //!
@@ -38,15 +41,14 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub use mem::MapPtr;
-pub use ringbuf::{RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
+pub use xcover_session::arena::{
+    Arena, MAP_HEADER_SIZE, MAP_MAGIC, MapHeader, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT,
+    RINGBUF_HDR_SZ,
+};
 
 use crate::program::{MapDef, MapType};
 use xcover_rt as sys;
-
-/// `"XMAP"`, the first four bytes of every map header.
-pub const MAP_MAGIC: u32 = u32::from_le_bytes(*b"XMAP");
-/// Size of a [`MapHeader`]; a map's data starts right after it.
-pub const MAP_HEADER_SIZE: u64 = core::mem::size_of::<MapHeader>() as u64;
+use xcover_session::arena::MAP_ALIGN;
 /// Largest key size accepted.
 pub const MAX_KEY_SIZE: u32 = 512;
 /// Largest value size accepted (per CPU).
@@ -62,80 +64,6 @@ pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
 /// `BPF_EXIST`: update only.
 pub const BPF_EXIST: u64 = 2;
-
-/// The header in front of every map in the arena. Fields up to `_desc_end` describe the map
-/// and never change after [`ArenaLayout::init`]; the rest is live state, each hot counter on
-/// its own 64-byte line (relative to the arena, which is page-aligned in practice).
-#[repr(C)]
-#[derive(Debug)]
-pub struct MapHeader {
-    /// [`MAP_MAGIC`].
-    pub magic: u32,
-    /// A [`MapType`] number.
-    pub map_type: u32,
-    /// Key size in bytes.
-    pub key_size: u32,
-    /// Value size in bytes (per CPU).
-    pub value_size: u32,
-    /// Entries; for RINGBUF, the data size in bytes.
-    pub max_entries: u32,
-    /// `BPF_F_*` flags.
-    pub flags: u32,
-    /// Number of per-CPU slots (1 for maps that are not per-CPU).
-    pub ncpus: u32,
-    /// `value_size` rounded up to 8: distance between two values.
-    pub value_stride: u32,
-    /// `key_size` rounded up to 8 (HASH).
-    pub key_stride: u32,
-    /// Size of one hash entry (HASH), 0 otherwise.
-    pub entry_size: u32,
-    /// Number of hash buckets, a power of two (HASH).
-    pub nbuckets: u32,
-    /// Reserved, zero.
-    pub _reserved0: u32,
-    /// Offset (from this header) of the data: array values, hash entries, ring data.
-    pub data_off: u64,
-    /// Size in bytes of the data.
-    pub data_size: u64,
-    /// Offset of the hash buckets (HASH), 0 otherwise.
-    pub buckets_off: u64,
-    /// Size in bytes of this map: header, buckets and data.
-    pub total_size: u64,
-    /// Name (NUL-padded, truncated).
-    pub name: [u8; 32],
-    /// Reserved, zero; ends the descriptive part at byte 128.
-    pub _desc_end: [u64; 2],
-    /// HASH: writer lock, `pid << 32 | tid` of the owner, 0 when free.
-    pub lock: AtomicU64,
-    /// HASH: live entries.
-    pub count: AtomicU32,
-    /// HASH: first free entry (index + 1; 0 when none).
-    pub free_head: AtomicU32,
-    /// HASH: last free entry (index + 1; 0 when none).
-    pub free_tail: AtomicU32,
-    /// Reserved, zero.
-    pub _reserved1: u32,
-    /// HASH: times a writer took the lock over from a dead owner.
-    pub lock_steals: AtomicU64,
-    /// HASH: writes that gave up with `-EBUSY`. RINGBUF: records dropped because the
-    /// buffer was full.
-    pub dropped: AtomicU64,
-    /// Pads the writer line to 64 bytes.
-    pub _pad2: [u64; 3],
-    /// RINGBUF: consumer position (bytes ever consumed), on its own line.
-    pub consumer_pos: AtomicU64,
-    /// Pads the consumer line.
-    pub _pad3: [u64; 7],
-    /// RINGBUF: producer position (bytes ever reserved), on its own line.
-    pub producer_pos: AtomicU64,
-    /// Pads the producer line.
-    pub _pad4: [u64; 7],
-}
-
-const _: () = assert!(core::mem::size_of::<MapHeader>() == 320);
-const _: () = assert!(core::mem::offset_of!(MapHeader, lock) == 128);
-const _: () = assert!(core::mem::offset_of!(MapHeader, consumer_pos) == 192);
-const _: () = assert!(core::mem::offset_of!(MapHeader, producer_pos) == 256);
 
 /// What can go wrong building or opening an arena, or with a map operation's arguments.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,8 +98,8 @@ fn round8(v: u64) -> u64 {
     (v + 7) & !7
 }
 
-fn round64(v: u64) -> u64 {
-    (v + 63) & !63
+fn round_map(v: u64) -> u64 {
+    v.div_ceil(MAP_ALIGN) * MAP_ALIGN
 }
 
 /// Where each map of a program goes in an arena.
@@ -184,7 +112,7 @@ pub struct ArenaLayout {
 }
 
 impl ArenaLayout {
-    /// Lays out `defs` one after another (each 64-byte aligned). `ncpus` is the number of
+    /// Lays out `defs` one after another (each on a multiple of [`MAP_ALIGN`] bytes). `ncpus` is the number of
     /// CPUs per-CPU maps have a slot for (the machine's configured CPU count).
     pub fn new(defs: &[MapDef], ncpus: u32) -> Result<Self, MapError> {
         let ncpus = ncpus.max(1);
@@ -195,7 +123,7 @@ impl ArenaLayout {
             let size = h.total_size;
             headers.push((off, h));
             off = off
-                .checked_add(round64(size))
+                .checked_add(round_map(size))
                 .ok_or_else(|| bad(d, "arena size overflows"))?;
         }
         Ok(ArenaLayout {
@@ -239,7 +167,7 @@ impl ArenaLayout {
             });
         }
         for ((off, h), def) in self.headers.iter().zip(&self.defs) {
-            let hdr = clone_header(h);
+            let hdr = h.clone();
             // SAFETY: off + total_size <= self.size <= len (layout), base is 8-aligned and
             // offsets are multiples of 64; the caller gives us the range exclusively.
             let p = unsafe {
@@ -271,26 +199,6 @@ impl ArenaLayout {
     pub fn init_slice(&self, arena: &mut [u8]) -> Result<(), MapError> {
         // SAFETY: the slice is exclusively ours for the call and len is its length.
         unsafe { self.init(arena.as_mut_ptr(), arena.len() as u64) }
-    }
-}
-
-fn clone_header(h: &MapHeader) -> MapHeader {
-    MapHeader {
-        lock: AtomicU64::new(0),
-        count: AtomicU32::new(0),
-        free_head: AtomicU32::new(0),
-        free_tail: AtomicU32::new(0),
-        lock_steals: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        consumer_pos: AtomicU64::new(0),
-        producer_pos: AtomicU64::new(0),
-        ..*h
-    }
-}
-
-impl Clone for MapHeader {
-    fn clone(&self) -> Self {
-        clone_header(self)
     }
 }
 
@@ -426,8 +334,7 @@ impl MapPtr {
 
     /// Offset of array entry `idx` for per-CPU slot `cpu` (layout `[cpu][entry]`).
     fn array_off(self, idx: u32, cpu: u64) -> u64 {
-        let h = self.hdr();
-        h.data_off + (cpu * h.max_entries as u64 + idx as u64) * h.value_stride as u64
+        self.hdr().array_value_off(idx, cpu)
     }
 }
 
@@ -522,62 +429,33 @@ pub use ringbuf::{consume as ringbuf_consume, output as ringbuf_output};
 pub use ringbuf::{discard as ringbuf_discard, reserve as ringbuf_reserve};
 pub use ringbuf::{submit as ringbuf_submit, submit_or_discard as ringbuf_commit};
 
-/// A mapped arena, seen from one process: the reader API.
-#[derive(Debug)]
-pub struct Arena {
-    base: *mut u8,
-    len: u64,
+/// The reader API of an [`Arena`] (a session's map arena, mapped in this process): its maps
+/// by offset, checked, and the `Env` tables of a mapping.
+pub trait ArenaMaps {
+    /// The map whose header is at `off`, after checking its header (see
+    /// [`Arena::header`]).
+    fn map(&self, off: u64) -> Result<MapView<'_>, MapError>;
+
+    /// `Env` address tables for maps at `offsets` in this mapping: header addresses
+    /// (`map_addrs`) and first-value addresses (`map_value_addrs`).
+    fn env_addrs(&self, offsets: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MapError>;
 }
 
-// SAFETY: an Arena only designates shared memory, accessed through MapPtr's protocols.
-unsafe impl Send for Arena {}
-// SAFETY: as above.
-unsafe impl Sync for Arena {}
-
-impl Arena {
-    /// Wraps a mapped arena.
-    ///
-    /// # Safety
-    /// `base` must stay mapped read-write for `len` bytes while the `Arena` (and any
-    /// [`MapView`] or address obtained from it) is used, and hold maps written by
-    /// [`ArenaLayout::init`] (possibly in another process).
-    pub unsafe fn from_raw(base: *mut u8, len: u64) -> Self {
-        Arena { base, len }
-    }
-
-    /// Base address of this process's mapping.
-    pub fn base(&self) -> u64 {
-        self.base as u64
-    }
-
-    /// The map whose header is at `off`, after checking its header fits in the arena.
-    pub fn map(&self, off: u64) -> Result<MapView<'_>, MapError> {
-        let fits = off
-            .checked_add(MAP_HEADER_SIZE)
-            .is_some_and(|e| e <= self.len);
-        if !fits || !off.is_multiple_of(8) {
-            return Err(MapError::NoMap(off));
-        }
-        // SAFETY: the header lies within the arena (checked), which is mapped (from_raw).
-        let p = unsafe { MapPtr::from_addr(self.base as u64 + off) }.ok_or(MapError::NoMap(off))?;
-        let h = p.hdr();
-        let ok = MapType::from_u32(h.map_type).is_some()
-            && h.total_size <= self.len - off
-            && h.data_off
-                .checked_add(h.data_size)
-                .is_some_and(|e| e <= h.total_size);
-        if !ok {
-            return Err(MapError::NoMap(off));
-        }
+impl ArenaMaps for Arena {
+    fn map(&self, off: u64) -> Result<MapView<'_>, MapError> {
+        let h = self.header(off).ok_or(MapError::NoMap(off))?;
+        // SAFETY: `header` checked that a map header with the magic lies at this 8-aligned
+        // address inside the arena, with its `total_size` bytes inside it too; `Arena`'s
+        // contract keeps them mapped while the view (which borrows the arena) is used.
+        let p = unsafe { MapPtr::from_addr(h as *const MapHeader as u64) }
+            .ok_or(MapError::NoMap(off))?;
         Ok(MapView {
             map: p,
             _arena: core::marker::PhantomData,
         })
     }
 
-    /// `Env` address tables for maps at `offsets` in this mapping: header addresses
-    /// (`map_addrs`) and first-value addresses (`map_value_addrs`).
-    pub fn env_addrs(&self, offsets: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MapError> {
+    fn env_addrs(&self, offsets: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MapError> {
         let mut a = Vec::with_capacity(offsets.len());
         let mut v = Vec::with_capacity(offsets.len());
         for &o in offsets {
@@ -609,15 +487,13 @@ impl MapView<'_> {
 
     /// The map's type.
     pub fn map_type(&self) -> MapType {
-        // Checked by Arena::map.
+        // Checked by ArenaMaps::map.
         MapType::from_u32(self.map.hdr().map_type).unwrap_or(MapType::Array)
     }
 
     /// The map's name.
     pub fn name(&self) -> &str {
-        let n = &self.map.hdr().name;
-        let name = n.split(|&b| b == 0).next().unwrap_or(&[]);
-        core::str::from_utf8(name).unwrap_or("")
+        self.map.hdr().name()
     }
 
     /// Copies value `idx` of an ARRAY (or slot `cpu` of a PERCPU_ARRAY) into `out` (at most

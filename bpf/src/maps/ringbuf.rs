@@ -22,15 +22,9 @@
 
 use core::sync::atomic::Ordering;
 
-use super::MapPtr;
+use super::{MapPtr, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 use xcover_rt as sys;
 
-/// Record header bit: reserved, not yet submitted.
-pub const RINGBUF_BUSY_BIT: u32 = 1 << 31;
-/// Record header bit: discarded, the consumer skips it.
-pub const RINGBUF_DISCARD_BIT: u32 = 1 << 30;
-/// Size of a record header.
-pub const RINGBUF_HDR_SZ: u64 = 8;
 const LEN_MASK: u32 = !(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT);
 
 /// `BPF_RB_NO_WAKEUP | BPF_RB_FORCE_WAKEUP`: accepted and ignored (no one sleeps on us).

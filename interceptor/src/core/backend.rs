@@ -2,10 +2,11 @@
 
 use alloc::vec::Vec;
 
+use super::HookKind;
+use super::SkipReason;
 use super::hooks::{MovedList, PatchBytes, SlotPatch};
 use super::interceptor::HookOptions;
-use super::site::{HookKind, Site};
-use super::skip::SkipReason;
+use super::site::Site;
 use crate::arena::Arenas;
 
 /// The patch a back end planned for a site, as bytes.

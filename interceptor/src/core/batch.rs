@@ -4,8 +4,7 @@
 use alloc::vec::Vec;
 
 use super::hooks::{Hook, MovedList};
-use super::site::HookKind;
-use super::skip::SkipReason;
+use super::{HookKind, SkipReason};
 
 /// What a stopped thread must do before patches are written or removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

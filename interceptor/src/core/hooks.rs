@@ -66,7 +66,7 @@ pub(crate) struct Hook {
     /// Second patch, in the site's padding: (address, original bytes, new bytes).
     pub(crate) slot: Option<SlotPatch>,
     /// How the site is patched.
-    pub(crate) kind: super::site::HookKind,
+    pub(crate) kind: super::HookKind,
     pub(crate) active: bool,
 }
 

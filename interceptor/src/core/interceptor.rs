@@ -11,8 +11,8 @@ use super::backend::Backend;
 use super::batch::{HookBatch, UnhookBatch};
 use super::hooks::{Hook, Hooks};
 use super::memory::{MemError, Memory};
-use super::site::{HookKind, Site, TrapSite};
-use super::skip::SkipReason;
+use super::site::{Site, TrapSite};
+use super::{HookKind, SkipReason};
 use crate::arch::Arch;
 use crate::arena::Arenas;
 
@@ -28,8 +28,8 @@ pub struct HookOptions {
     /// Restore the flags with `popfq` instead of the cheaper `sahf` sequence (for
     /// measurements).
     pub flags_with_popfq: bool,
-    /// The probe reads nothing of its context but [`xcover_abi::ProbeCtx::cookie`] and
-    /// [`xcover_abi::ProbeCtx::func_ip`], and keeps the callee-saved registers (System V): trampolines
+    /// The probe reads nothing of its context but [`xcover_session::ProbeCtx::cookie`] and
+    /// [`xcover_session::ProbeCtx::func_ip`], and keeps the callee-saved registers (System V): trampolines
     /// then take the light body, which saves only the registers a callee may clobber and
     /// fills only those two fields (about half the instructions). Ignored with
     /// `save_vector_regs` or `flags_with_popfq`.
@@ -119,6 +119,28 @@ impl Interceptor {
                 active: h.active,
             })
             .collect()
+    }
+
+    /// Whether a one-byte trap may hook a site every jump form refused for `reason` (with
+    /// [`HookOptions::traps`]): the trap displaces only the first instruction, so branches
+    /// into later bytes, a lack of room, or an instruction after the first that cannot be
+    /// decoded or moved do not matter. The reason does not say which instruction could not
+    /// be decoded or moved: for those the trap is tried, and its planner refuses it when the
+    /// first instruction is the one (the jump forms' reason is kept then).
+    pub fn trap_may_replace(reason: SkipReason) -> bool {
+        match reason {
+            SkipReason::NoRoom
+            | SkipReason::BranchIntoPatch
+            | SkipReason::ReturnTarget
+            | SkipReason::EnteredInside
+            | SkipReason::Undecodable
+            | SkipReason::Unrelocatable => true,
+            SkipReason::TooSmall
+            | SkipReason::AlreadyHooked
+            | SkipReason::NoNearMemory
+            | SkipReason::Unreadable
+            | SkipReason::ThreadInPatch => false,
+        }
     }
 
     /// Number of trampoline arenas mapped so far (they live until the session ends).
@@ -219,7 +241,7 @@ impl Interceptor {
             Ok(p) => p,
             // Every jump form refused: a trap, when one can hook the site (and otherwise
             // the jump forms' reason, which says more).
-            Err(e) if self.traps && e.trap_may_replace() => {
+            Err(e) if self.traps && Self::trap_may_replace(e) => {
                 Arch::plan_trap(f, code, size, &mut head).map_err(|_| e)?
             }
             Err(e) => return Err(e),

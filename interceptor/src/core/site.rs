@@ -1,9 +1,11 @@
 //! Patch sites: the places the interceptor can patch, and how.
 //!
 //! A [`Site`] is an address plus a [`SiteKind`]. Today every site is a function entry; the
-//! kind is where other patch kinds go (a line or block start, a site patched with a
-//! one-byte trap instead of a jump): the planner of the back end dispatches on it, and the
-//! core (batches, commit, thread fix-ups, retiring) does not depend on it.
+//! kind is where other kinds of site go (a line or block start): the planner of the back
+//! end dispatches on it, and the core (batches, commit, thread fix-ups, retiring) does not
+//! depend on it. How a site ends up patched (a jump, a hop, a one-byte trap) is its
+//! [`HookKind`](crate::HookKind), chosen by the planner; a trap-hooked site is served by
+//! the caller through its [`TrapSite`].
 
 /// What kind of place a [`Site`] is, which decides how it may be patched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,32 +16,7 @@ pub enum SiteKind {
     FunctionEntry,
 }
 
-/// How a hooked site was patched (see the back end's patch forms).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookKind {
-    /// A jump to the trampoline over the entry (x86-64: 5-byte `jmp rel32`).
-    Jmp,
-    /// A short jump to a jump in the site's padding (x86-64: 2-byte `jmp rel8`).
-    Jmp8,
-    /// A one-byte trap (`int3`): the caller's signal handler runs the probe and resumes at
-    /// the relocated copy of the first instruction ([`crate::TrapSite::resume`]). Costs a
-    /// signal delivery per hit; used only where no jump can go, when
-    /// [`crate::HookOptions::traps`] allows it.
-    Trap,
-}
-
-impl HookKind {
-    /// Stable numeric code, for the session's function table (`xcover_abi::HOOK_*`).
-    pub fn code(self) -> u32 {
-        match self {
-            Self::Jmp => xcover_abi::HOOK_JMP,
-            Self::Jmp8 => xcover_abi::HOOK_JMP8,
-            Self::Trap => xcover_abi::HOOK_TRAP,
-        }
-    }
-}
-
-/// A site hooked with [`HookKind::Trap`], as the trap handler needs it.
+/// A site hooked with [`HookKind::Trap`](crate::HookKind::Trap), as the trap handler needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapSite {
     /// The address of the `int3` (the site's address); a trap there reports `addr + 1`.
@@ -65,7 +42,7 @@ pub struct Site {
     /// its leading `int3`/`nop` bytes are used). Values below `addr+size` mean "no padding".
     /// Up to 256 bytes of it are read, so `addr .. min(next, addr+size+256)` must be mapped.
     pub next: u64,
-    /// The attach cookie put into [`xcover_abi::ProbeCtx::cookie`].
+    /// The attach cookie put into [`xcover_session::ProbeCtx::cookie`].
     pub cookie: u64,
     /// How the site may be patched.
     pub kind: SiteKind,

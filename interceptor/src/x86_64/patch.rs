@@ -11,17 +11,14 @@ use super::relocator::{Head, RefSweep, RelocError, Scan};
 use crate::core::backend::Patch;
 use crate::core::{HookKind, PatchBytes, Site, SkipReason};
 
-impl From<RelocError> for SkipReason {
-    fn from(e: RelocError) -> Self {
-        match e {
-            RelocError::Truncated => Self::NoRoom,
-            RelocError::Undecodable { offset } => Self::Undecodable {
-                offset: offset as u32,
-            },
-            RelocError::Unrelocatable { offset, kind } => Self::Unrelocatable {
-                offset: offset as u32,
-                kind,
-            },
+impl RelocError {
+    /// Why a site whose relocation failed this way is skipped (the session records the
+    /// reason, not where it lies).
+    pub(crate) fn skip_reason(self) -> SkipReason {
+        match self {
+            RelocError::Truncated => SkipReason::NoRoom,
+            RelocError::Undecodable { .. } => SkipReason::Undecodable,
+            RelocError::Unrelocatable { .. } => SkipReason::Unrelocatable,
         }
     }
 }
@@ -96,7 +93,7 @@ pub(crate) fn plan(
     let entered = |len: usize| f.entered_at != 0 && usize::from(f.entered_at) < len;
     let first = match head.scan(5) {
         Ok(scan) => match refs.first_ref(scan.len) {
-            None if entered(scan.len) => SkipReason::EnteredInside { at: f.entered_at },
+            None if entered(scan.len) => SkipReason::EnteredInside,
             None => {
                 return Ok(Plan {
                     scan,
@@ -104,9 +101,9 @@ pub(crate) fn plan(
                     trap: false,
                 });
             }
-            Some(from) => SkipReason::BranchIntoPatch { from },
+            Some(_) => SkipReason::BranchIntoPatch,
         },
-        Err(e) => e.into(),
+        Err(e) => e.skip_reason(),
     };
     // The 2-byte hop into padding.
     if let Ok(scan) = head.scan(2) {
@@ -137,7 +134,7 @@ pub(crate) fn plan_trap(
 ) -> Result<Plan, SkipReason> {
     let mut refs = RefSweep::new(code.get(..size).unwrap_or(code), f.addr);
     head.decode(code, f.addr, &mut refs);
-    let scan = head.scan(1)?;
+    let scan = head.scan(1).map_err(RelocError::skip_reason)?;
     Ok(Plan {
         scan,
         slot: None,
@@ -207,6 +204,7 @@ pub(crate) fn entered_after_first_byte(code: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Interceptor;
 
     #[test]
     fn a_branch_from_elsewhere_refuses_the_forms_that_displace_its_target() {
@@ -232,12 +230,12 @@ mod tests {
         for at in [1, 2] {
             assert_eq!(
                 try_plan(at),
-                Err(SkipReason::EnteredInside { at }),
+                Err(SkipReason::EnteredInside),
                 "entered at +{at}"
             );
         }
-        assert_eq!(SkipReason::EnteredInside { at: 3 }.code(), 11);
-        assert!(SkipReason::EnteredInside { at: 1 }.trap_may_replace());
+        assert_eq!(SkipReason::EnteredInside.code(), 11);
+        assert!(Interceptor::trap_may_replace(SkipReason::EnteredInside));
     }
 
     #[test]
@@ -259,12 +257,17 @@ mod tests {
             (&[0x48][..], &[0xcc][..])
         );
         assert!(bytes.slot.is_none());
-        // A first instruction that cannot move refuses the trap too.
+        // A first instruction that cannot move refuses the trap too (the session's reason
+        // has no offset: the relocator's error says it is the first instruction).
         let syscall = [0x0f, 0x05, 0xc3];
         let f = Site::function(addr, 3, addr + 3, 0);
+        assert_eq!(
+            plan_trap(&f, &syscall, 3, &mut head).map(|p| p.kind()),
+            Err(SkipReason::Unrelocatable)
+        );
         assert!(matches!(
-            plan_trap(&f, &syscall, 3, &mut head),
-            Err(SkipReason::Unrelocatable { offset: 0, .. })
+            head.scan(1),
+            Err(RelocError::Unrelocatable { offset: 0, .. })
         ));
     }
 }

@@ -5,12 +5,12 @@
 use alloc::vec::Vec;
 use core::mem::offset_of;
 
-use xcover_abi::ProbeCtx;
+use xcover_session::ProbeCtx;
 use xcover_x86::{Reg, Writer, fits_rel32};
 
 use super::cpu;
 use super::patch::Plan;
-use super::relocator::{Head, Scan};
+use super::relocator::{Head, RelocError, Scan};
 use crate::arena::Arenas;
 use crate::core::{HookOptions, MovedList, Site, SkipReason};
 
@@ -520,7 +520,9 @@ impl Trampolines {
         scan: &Scan,
     ) -> Result<(u64, MovedList), SkipReason> {
         let reloc_start = w.pc();
-        let moved = head.relocate(code, scan, w)?;
+        let moved = head
+            .relocate(code, scan, w)
+            .map_err(RelocError::skip_reason)?;
         if !scan.ends_block {
             w.put_jmp(f.addr + scan.live_len as u64);
         }

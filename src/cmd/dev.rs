@@ -1,5 +1,6 @@
-//! `xcover vm`: run eBPF programs with xcover's VM — the bpf_conformance runner and the
-//! bpf_conformance plugin protocol.
+//! `xcover dev`: developer commands, hidden from `--help`. `xcover dev vm` runs eBPF
+//! programs with xcover's VM — the bpf_conformance runner and the bpf_conformance plugin
+//! protocol (`xcover vm`, its former name, still works).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -10,7 +11,25 @@ use clap::{Args, Subcommand};
 use xcover_bpf::conformance::{self, Backend};
 use xcover_bpf::insn::Insn;
 
-/// `xcover vm` subcommands.
+/// `xcover dev` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DevCommand {
+    /// Run eBPF programs with xcover's VM (bpf_conformance runner and plugin).
+    Vm {
+        /// What to run.
+        #[command(subcommand)]
+        cmd: VmCommand,
+    },
+}
+
+/// Runs a `dev` subcommand.
+pub fn run(cmd: DevCommand) -> Result<ExitCode> {
+    match cmd {
+        DevCommand::Vm { cmd } => vm(cmd),
+    }
+}
+
+/// `xcover dev vm` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
     /// Run every `.data` file of a bpf_conformance directory; ends with `N passed, M failed`.
@@ -66,8 +85,8 @@ fn hex_bytes(s: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// Runs a `vm` subcommand.
-pub fn run(cmd: VmCommand) -> Result<ExitCode> {
+/// Runs a `dev vm` subcommand.
+pub fn vm(cmd: VmCommand) -> Result<ExitCode> {
     match cmd {
         VmCommand::Conformance { dir, backend } => {
             let backend = backend.backend();

@@ -1,6 +1,6 @@
 //! `xcover demo`: starts the bundled demo target (`src/demo/target.c`, compiled into this
-//! binary by `build.rs`) and attaches to it, so the whole tool can be seen at work with one
-//! command.
+//! binary by `build.rs`) and attaches to it as `xcover attach` does, so the whole tool can
+//! be seen at work with one command.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ impl Drop for PrivateDir {
 }
 
 /// `xcover demo`.
-pub fn demo(a: DemoArgs) -> Result<ExitCode> {
+pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let dir = PrivateDir::new()?;
     let exe = dir.0.join("xcover-demo");
     std::fs::write(&exe, DEMO).with_context(|| format!("cannot write {}", exe.display()))?;
@@ -68,13 +68,12 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     // Let it reach its main loop: attach while it is still in the loader works too, but the
     // functions of a phase appear more naturally once it runs.
     std::thread::sleep(Duration::from_millis(100));
-    let result = crate::attach::attach(AttachArgs {
+    let result = super::attach::run(AttachArgs {
         pid,
         no_tui: a.no_tui,
         duration: a.duration,
         keep: false,
-        report: a.report,
-        lcov: a.lcov,
+        output: a.output,
         probe: None,
         traps: false,
         select: SelectArgs::default(),

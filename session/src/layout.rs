@@ -1,41 +1,44 @@
-//! Types that cross the process boundary.
-//!
-//! Everything here is `#[repr(C)]` and holds no pointer that only makes sense in one address
-//! space, except where a field says "address in the target". The xcover process, the agent
-//! inside the target and the TUI all map the same session bytes. The crate is `no_std` so
-//! that the agent (itself `no_std`) can use it.
-//!
-//! # The session file
-//!
-//! One file per target pid, `/dev/shm/xcover-<pid>`, mode 0600. It starts with a
-//! [`SessionHeader`]; every other section is found through the header's offsets, so the
-//! layout can grow without breaking readers that check [`SESSION_VERSION`].
+//! The session file's byte layout: the header, the function and module tables, the region
+//! table and the agent's entry points. Every type is `#[repr(C)]`, and the sizes and key
+//! offsets are pinned by compile-time asserts, so two builds that agree on
+//! [`SESSION_VERSION`] agree on every byte.
 //!
 //! ```text
 //! +-------------------+ 0
 //! | SessionHeader     |
 //! +-------------------+ funcs_off
-//! | FuncEntry * n     |  one per hooked-or-skipped function, in table order
+//! | FuncEntry * n     |  one per hooked-or-skipped function, in table (cookie) order
+//! +-------------------+ modules_off
+//! | ModuleEntry * n   |  one per module, the main executable first
 //! +-------------------+ strings_off
-//! | names (utf-8)     |  FuncEntry::name_off/len point here
+//! | names (utf-8)     |  FuncEntry::name_off/len and ModuleEntry::path_off/len point here
+//! +-------------------+ prog_off
+//! | probe insns       |  8 bytes each, map references rewritten to map indices
+//! +-------------------+ maps_off
+//! | map table         |  one u64 per map: its header's offset in the arena
+//! +-------------------+ regions_off
+//! | Region * cap      |  what the agent mapped in the target (it appends)
 //! +-------------------+ arena_off
-//! | eBPF map arena    |  the probe's maps (counters, ring buffer), laid out by xcover-bpf
+//! | eBPF map arena    |  the probe's maps (see `crate::arena`)
 //! +-------------------+ log_off
 //! | log ring          |  trace_printk and agent messages
 //! +-------------------+ total_size
 //! ```
-#![no_std]
-#![deny(missing_docs)]
+//!
+//! Sections are found only through the header's offsets; their order above is the one
+//! xcover uses, not a rule readers may rely on.
 
 use bytemuck::{Pod, Zeroable};
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
+
+use crate::skip::SkipReason;
 
 /// First eight bytes of every session file.
 pub const SESSION_MAGIC: [u8; 8] = *b"XCOVSESS";
 /// Layout version; bumped on any incompatible change (2: [`ModuleEntry`] carries the
 /// module's alias).
 pub const SESSION_VERSION: u32 = 2;
-/// Prefix of session files under `/dev/shm`.
+/// Prefix of session files under `/dev/shm` (`/dev/shm/xcover-<pid>`).
 pub const SESSION_PREFIX: &str = "xcover-";
 
 /// Lifecycle of a session, stored in [`SessionHeader::state`].
@@ -146,9 +149,10 @@ pub struct SessionHeader {
     /// Number of maps.
     pub maps_count: u64,
     /// Map index of the per-function hit counters (a PERCPU_ARRAY or ARRAY of `u64` keyed by
-    /// cookie), or `u64::MAX`.
+    /// cookie, named as [`crate::probe::HIT_COUNT_MAPS`] says), or `u64::MAX`.
     pub hits_map: u64,
-    /// Map index of the first-hit ring buffer, or `u64::MAX`.
+    /// Map index of the first-hit ring buffer ([`crate::probe::EVENTS_MAP`], records of
+    /// [`crate::probe::FirstHit`]), or `u64::MAX`.
     pub events_map: u64,
     /// Possible CPUs the per-CPU maps were laid out for.
     pub ncpus: u32,
@@ -171,7 +175,7 @@ pub struct SessionHeader {
     /// is stopped, before the agent compiles the probe.
     pub rseq_cpu_id_off: AtomicI32,
     /// The agent's last error, utf-8, for xcover to show when an entry point fails.
-    pub agent_error: [u8; 256],
+    pub agent_error: [u8; AGENT_ERROR_SIZE],
     /// Offset of the module table ([`ModuleEntry`] array).
     pub modules_off: u64,
     /// Number of modules (0 is the main executable).
@@ -182,6 +186,28 @@ pub struct SessionHeader {
     /// Size of that scratch memory.
     pub scratch_size: AtomicU64,
 }
+
+// The header's layout is fixed for a SESSION_VERSION: its size and the offsets of fields
+// that separate groups, so that a moved or resized field fails to compile.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<SessionHeader>() == 1120);
+    assert!(offset_of!(SessionHeader, state) == 24);
+    assert!(offset_of!(SessionHeader, owner_pid) == 40);
+    assert!(offset_of!(SessionHeader, funcs_off) == 88);
+    assert!(offset_of!(SessionHeader, build_id) == 184);
+    assert!(offset_of!(SessionHeader, exe_path) == 224);
+    assert!(offset_of!(SessionHeader, prog_off) == 736);
+    assert!(offset_of!(SessionHeader, hits_map) == 768);
+    assert!(offset_of!(SessionHeader, regions_off) == 792);
+    assert!(offset_of!(SessionHeader, rseq_cpu_id_off) == 828);
+    assert!(offset_of!(SessionHeader, agent_error) == 832);
+    assert!(offset_of!(SessionHeader, modules_off) == 1088);
+    assert!(offset_of!(SessionHeader, scratch_size) == 1112);
+};
+
+/// Size of [`SessionHeader::agent_error`].
+pub const AGENT_ERROR_SIZE: usize = 256;
 
 /// Offset of glibc's `struct pthread::tid` from the thread pointer on x86-64 (the same in
 /// every glibc release since NPTL's TCB layout settled). The kernel writes it when the
@@ -202,6 +228,8 @@ pub struct ModuleEntry {
     /// Length of that name; 0 when the module goes by its file name.
     pub alias_len: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<ModuleEntry>() == 16);
 
 /// [`SessionHeader::probe_flags`]: save vector registers in trampolines (for probes that
 /// are not JIT-ed by xcover, which preserves them itself).
@@ -229,6 +257,8 @@ pub struct Region {
     /// Reserved, zero.
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Region>() == 24);
 
 /// [`Region::kind`]: the agent's heap.
 pub const REGION_HEAP: u32 = 1;
@@ -297,6 +327,18 @@ pub enum FuncStatus {
     Skipped = 2,
 }
 
+impl FuncStatus {
+    /// Decodes a raw status value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Pending,
+            1 => Self::Hooked,
+            2 => Self::Skipped,
+            _ => return None,
+        })
+    }
+}
+
 /// One function of the target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -316,8 +358,8 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: the interceptor's reason code (see [`skip_reason_text`]). When hooked
-    /// (or pending again after an unhook): how it is (was) hooked, a `HOOK_*` code (0 when
+    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]). When hooked (or
+    /// pending again after an unhook): how it is (was) hooked, a [`HookKind`] code (0 when
     /// never hooked, and in sessions written before hook kinds were recorded); see
     /// [`FuncEntry::hook_kind`].
     pub skip_reason: u32,
@@ -339,35 +381,82 @@ pub struct FuncEntry {
 const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
-/// [`FuncEntry::skip_reason`] of a hooked function: a 5-byte `jmp rel32` over its entry.
-pub const HOOK_JMP: u32 = 1;
-/// [`FuncEntry::skip_reason`] of a hooked function: a 2-byte `jmp rel8` to a jump in its
-/// padding.
-pub const HOOK_JMP8: u32 = 2;
-/// [`FuncEntry::skip_reason`] of a hooked function: a one-byte `int3` handled by the agent's
-/// SIGTRAP handler (a signal delivery per hit).
-pub const HOOK_TRAP: u32 = 3;
+/// How a hooked function is patched: stored as [`HookKind::code`] in
+/// [`FuncEntry::skip_reason`] while it is hooked (and kept when it is unhooked, its status
+/// `Pending` again). Decided by the interceptor in the target, which uses this enum itself;
+/// shown by every reader. Codes are stable, like [`SkipReason`]'s.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// A jump to the trampoline over the entry (x86-64: a 5-byte `jmp rel32`).
+    Jmp = 1,
+    /// A short jump to a jump in the function's padding (x86-64: a 2-byte `jmp rel8`).
+    Jmp8 = 2,
+    /// A one-byte trap (`int3`) served by the agent's SIGTRAP handler, which runs the probe
+    /// and resumes at the relocated copy of the first instruction. Costs a signal delivery
+    /// per hit; used only where no jump can go, when the session allows it
+    /// ([`PROBE_TRAPS`]).
+    Trap = 3,
+}
 
-/// Name of a `HOOK_*` code as reports show it (`jmp`, `jmp8`, `trap`), `None` for 0 (a
-/// session that did not record it) or an unknown code.
-pub fn hook_kind_name(code: u32) -> Option<&'static str> {
-    match code {
-        HOOK_JMP => Some("jmp"),
-        HOOK_JMP8 => Some("jmp8"),
-        HOOK_TRAP => Some("trap"),
-        _ => None,
+impl HookKind {
+    /// Every kind, in code order.
+    pub const ALL: [HookKind; 3] = [Self::Jmp, Self::Jmp8, Self::Trap];
+
+    /// The stable code stored in `FuncEntry::skip_reason` of a hooked function (never 0).
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Decodes a stored code; `None` for 0 (a session that did not record it) and for codes
+    /// this version does not know.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => Self::Jmp,
+            2 => Self::Jmp8,
+            3 => Self::Trap,
+            _ => return None,
+        })
+    }
+
+    /// Its name as reports, the TUI and the status line show it: `jmp`, `jmp8`, `trap`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Jmp => "jmp",
+            Self::Jmp8 => "jmp8",
+            Self::Trap => "trap",
+        }
+    }
+}
+
+impl core::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl FuncEntry {
-    /// How a hooked function is patched (`HOOK_*`); for a function unhooked since (its
-    /// status `Pending` again), how it was. 0 when it was never hooked or the session did
-    /// not record it.
-    pub fn hook_kind(&self) -> u32 {
-        if self.status == FuncStatus::Hooked as u32 || self.status == FuncStatus::Pending as u32 {
-            self.skip_reason
-        } else {
-            0
+    /// The entry's [`FuncStatus`] (`None` for a value this version does not know).
+    pub fn status(&self) -> Option<FuncStatus> {
+        FuncStatus::from_u32(self.status)
+    }
+
+    /// Why the function was skipped: `None` unless its status is
+    /// [`FuncStatus::Skipped`] with a code this version knows.
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self.status() {
+            Some(FuncStatus::Skipped) => SkipReason::from_code(self.skip_reason),
+            _ => None,
+        }
+    }
+
+    /// How a hooked function is patched; for a function unhooked since (its status
+    /// `Pending` again), how it was. `None` when it was never hooked, or the session did not
+    /// record it (or with a code this version does not know).
+    pub fn hook_kind(&self) -> Option<HookKind> {
+        match self.status() {
+            Some(FuncStatus::Hooked | FuncStatus::Pending) => HookKind::from_code(self.skip_reason),
+            _ => None,
         }
     }
 
@@ -394,134 +483,9 @@ impl FuncEntry {
     }
 }
 
-/// [`FuncEntry::skip_reason`] of a function that another function's branch enters inside
-/// the bytes every entry patch would cover.
-pub const SKIP_ENTERED_INSIDE: u32 = 11;
-
-/// Text of a [`FuncEntry::skip_reason`] code, as the interceptor numbers them.
-pub fn skip_reason_text(code: u32) -> &'static str {
-    match code {
-        1 => "function too small",
-        2 => "no room for a patch (no free padding)",
-        3 => "branch into the patched bytes",
-        4 => "undecodable instruction",
-        5 => "unrelocatable instruction",
-        6 => "already hooked",
-        7 => "no memory within 2 GiB for a trampoline",
-        8 => "code not readable",
-        9 => "a thread is stopped inside the patched bytes",
-        10 => "entered at its second byte (a top frame's call)",
-        SKIP_ENTERED_INSIDE => "entered inside the patched bytes by another function's branch",
-        _ => "unknown reason",
-    }
-}
-
-/// The layout the probe sees as its context (`r1`): Linux's x86-64 `struct pt_regs`
-/// followed by the attach cookie and the function address, so `PT_REGS_PARM1(ctx)` and
-/// friends work unchanged and `bpf_get_attach_cookie`/`bpf_get_func_ip` are plain loads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ProbeCtx {
-    /// `r15`.
-    pub r15: u64,
-    /// `r14`.
-    pub r14: u64,
-    /// `r13`.
-    pub r13: u64,
-    /// `r12`.
-    pub r12: u64,
-    /// `rbp`.
-    pub rbp: u64,
-    /// `rbx`.
-    pub rbx: u64,
-    /// `r11`.
-    pub r11: u64,
-    /// `r10`.
-    pub r10: u64,
-    /// `r9`.
-    pub r9: u64,
-    /// `r8`.
-    pub r8: u64,
-    /// `rax`.
-    pub rax: u64,
-    /// `rcx`.
-    pub rcx: u64,
-    /// `rdx`.
-    pub rdx: u64,
-    /// `rsi`.
-    pub rsi: u64,
-    /// `rdi`.
-    pub rdi: u64,
-    /// `orig_rax` (always `u64::MAX` here: not in a system call).
-    pub orig_rax: u64,
-    /// `rip`: the hooked function's entry.
-    pub rip: u64,
-    /// `cs` (0 here).
-    pub cs: u64,
-    /// `eflags`.
-    pub eflags: u64,
-    /// `rsp` at the function's entry (points at the return address).
-    pub rsp: u64,
-    /// `ss` (0 here).
-    pub ss: u64,
-    /// The attach cookie: the function's index in the session's function table.
-    pub cookie: u64,
-    /// The function's entry address (same as `rip`).
-    pub func_ip: u64,
-}
-
-/// Byte offset of [`ProbeCtx::cookie`]; the JIT inlines `bpf_get_attach_cookie` as a load.
-pub const PROBE_CTX_COOKIE_OFF: usize = core::mem::offset_of!(ProbeCtx, cookie);
-/// Byte offset of [`ProbeCtx::func_ip`]; the JIT inlines `bpf_get_func_ip` as a load.
-pub const PROBE_CTX_FUNC_IP_OFF: usize = core::mem::offset_of!(ProbeCtx, func_ip);
-/// Size of `struct pt_regs` on x86-64.
-pub const PT_REGS_SIZE: usize = 21 * 8;
-
-const _: () = assert!(core::mem::offset_of!(ProbeCtx, cookie) == PT_REGS_SIZE);
-
-/// Path of the session file for a pid.
-pub fn session_file_name(pid: u32, buf: &mut [u8; 64]) -> &str {
-    // "/dev/shm/xcover-" + up to 10 digits fits easily in 64 bytes.
-    let prefix = b"/dev/shm/xcover-";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = pid;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = prefix.len() + digits.len() - i;
-    buf[prefix.len()..len].copy_from_slice(&digits[i..]);
-    core::str::from_utf8(&buf[..len]).unwrap_or("")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_name() {
-        let mut b = [0u8; 64];
-        assert_eq!(session_file_name(4242, &mut b), "/dev/shm/xcover-4242");
-        assert_eq!(session_file_name(0, &mut b), "/dev/shm/xcover-0");
-        assert_eq!(
-            session_file_name(u32::MAX, &mut b),
-            "/dev/shm/xcover-4294967295"
-        );
-    }
-
-    #[test]
-    fn ctx_layout_matches_pt_regs() {
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rdi), 14 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rip), 16 * 8);
-        assert_eq!(core::mem::offset_of!(ProbeCtx, rsp), 19 * 8);
-        assert_eq!(PROBE_CTX_FUNC_IP_OFF, PT_REGS_SIZE + 8);
-    }
 
     #[test]
     fn state_roundtrip() {
@@ -535,5 +499,32 @@ mod tests {
             assert_eq!(SessionState::from_u32(s as u32), Some(s));
         }
         assert_eq!(SessionState::from_u32(0), None);
+    }
+
+    #[test]
+    fn hook_kinds_round_trip_and_share_the_field_with_skip_reasons() {
+        for (i, k) in HookKind::ALL.iter().enumerate() {
+            assert_eq!(k.code(), i as u32 + 1, "{k:?}");
+            assert_eq!(HookKind::from_code(k.code()), Some(*k));
+        }
+        assert_eq!(HookKind::from_code(0), None);
+        assert_eq!(HookKind::Trap.name(), "trap");
+        let mut f = FuncEntry {
+            status: FuncStatus::Hooked as u32,
+            skip_reason: HookKind::Trap.code(),
+            ..FuncEntry::default()
+        };
+        assert_eq!(
+            (f.hook_kind(), f.skip_reason()),
+            (Some(HookKind::Trap), None)
+        );
+        f.status = FuncStatus::Pending as u32;
+        assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        f.status = FuncStatus::Skipped as u32;
+        assert_eq!(f.hook_kind(), None);
+        assert_eq!(
+            f.skip_reason(),
+            SkipReason::from_code(HookKind::Trap.code())
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Coverage reports: JSON (a superset of the original xcover's schema v1), LCOV, and merging.
+//! Coverage reports: the [`Report`] of a session (a superset of the original xcover's JSON
+//! schema v1), merging, and the formats it is written in.
 //!
 //! The JSON keeps every field the original xcover wrote — `schema_version`, `funcs_traced`
 //! and `funcs_ack` (raw names), `cov_by_func` (percent), `exe_path`, `build_id`, `kernel`,
@@ -6,16 +7,65 @@
 //! differs), `offset`, `hit` — and adds `pid`, `pids` and per function `hits`, `module`,
 //! `module_file`, `file`, `line` and `skipped`. Functions are sorted by module, offset and
 //! name so that two reports diff cleanly.
+//!
+//! # Formats
+//!
+//! A format is a [`ReportFormat`]: its name, its usual file extension, and how it writes a
+//! [`Report`]. Each lives in a file of its own here (`json.rs`, `lcov.rs`) and is listed
+//! once in [`FORMATS`]. Where reports go, how their paths are checked before anything is
+//! done and how they are written (atomically, or in place for a device or pipe) is
+//! [`Outputs`], the same for every format and every command.
+//!
+//! Adding a format (`--cobertura`, `--drcov`) touches only its new file here (with its
+//! `mod` line below), one line in [`FORMATS`], and one field in the command line's
+//! `OutputArgs` (`src/cli.rs`), which gives every command that writes reports the flag.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::BadInput;
+use crate::BadInput;
 use crate::discover::Discovery;
+use crate::error::Result;
+
+mod json;
+mod lcov;
+mod output;
+
+pub use json::Json;
+pub use lcov::Lcov;
+pub use output::{Output, Outputs, check_writable};
+
+/// Every report format, by [`ReportFormat::name`]: one line each.
+pub const FORMATS: &[&dyn ReportFormat] = &[&Json, &Lcov];
+
+/// The JSON format (what the TUI's "write report" key writes).
+pub const JSON: &dyn ReportFormat = &Json;
+
+/// The format named `name` in [`FORMATS`].
+pub fn format(name: &str) -> Option<&'static dyn ReportFormat> {
+    FORMATS.iter().copied().find(|f| f.name() == name)
+}
+
+/// A way to write a [`Report`] down.
+pub trait ReportFormat: Sync {
+    /// Its name (`json`, `lcov`), as [`format()`] finds it.
+    fn name(&self) -> &'static str;
+
+    /// The usual extension of its files, without the dot.
+    fn extension(&self) -> &'static str;
+
+    /// Writes `report` to `out`.
+    fn write(&self, report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+
+    /// Writes `report` to the file at `path` as every report is written: whole, next to
+    /// its destination, flushed, then renamed over it (a device or pipe is written in
+    /// place). A failure names the path ("cannot write ...").
+    fn write_to(&self, report: &Report, path: &Path) -> Result<()> {
+        output::write_report(self, report, path)
+    }
+}
 
 /// Report schema version (the original xcover's is 1; ours only adds fields).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -142,13 +192,6 @@ impl Report {
         };
     }
 
-    /// Writes the JSON report.
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        let mut s = serde_json::to_string_pretty(self)?;
-        s.push('\n');
-        write_file(path, &s)
-    }
-
     /// Reads a JSON report (ours or the original xcover's).
     pub fn read_json(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path)
@@ -167,56 +210,6 @@ impl Report {
         }
         serde_json::from_value(v)
             .map_err(|e| BadInput(format!("{}: malformed report: {e}", path.display())).into())
-    }
-
-    /// LCOV text: one record per source file when DWARF gave files, otherwise per module.
-    ///
-    /// Records with source lines also carry line data: each function's entry line ran as
-    /// often as the function was entered (summed when several functions start on one line,
-    /// as macro-generated ones do). genhtml needs line data to accept a file; module records
-    /// have no source to show, so they carry function data only.
-    pub fn to_lcov(&self) -> String {
-        let mut by_file: BTreeMap<&str, Vec<&FuncReport>> = BTreeMap::new();
-        // A skipped function was not measured: LCOV has no way to say so, and a zero would
-        // read as "never called", so it is left out (the JSON keeps it, with its reason).
-        for f in self.functions.iter().filter(|f| f.skipped.is_none()) {
-            let key = f.file.as_deref().unwrap_or(&f.module);
-            by_file.entry(key).or_default().push(f);
-        }
-        let mut out = String::new();
-        let _ = writeln!(out, "TN:xcover");
-        for (file, funcs) in by_file {
-            let _ = writeln!(out, "SF:{file}");
-            // LCOV names must be unique within a file; aliases were merged by discovery.
-            for f in &funcs {
-                let _ = writeln!(out, "FN:{},{}", f.line.unwrap_or(0), lcov_name(f));
-            }
-            for f in &funcs {
-                let _ = writeln!(out, "FNDA:{},{}", f.hits, lcov_name(f));
-            }
-            let _ = writeln!(out, "FNF:{}", funcs.len());
-            let _ = writeln!(out, "FNH:{}", funcs.iter().filter(|f| f.hit).count());
-            let mut lines: BTreeMap<u32, u64> = BTreeMap::new();
-            for f in funcs.iter().filter(|f| f.file.is_some()) {
-                if let Some(l) = f.line.filter(|&l| l > 0) {
-                    *lines.entry(l).or_default() += f.hits;
-                }
-            }
-            if !lines.is_empty() {
-                for (l, n) in &lines {
-                    let _ = writeln!(out, "DA:{l},{n}");
-                }
-                let _ = writeln!(out, "LF:{}", lines.len());
-                let _ = writeln!(out, "LH:{}", lines.values().filter(|&&n| n > 0).count());
-            }
-            let _ = writeln!(out, "end_of_record");
-        }
-        out
-    }
-
-    /// Writes the LCOV report.
-    pub fn write_lcov(&self, path: &Path) -> Result<()> {
-        write_file(path, &self.to_lcov())
     }
 
     /// The processes the counts come from: `pids`, or `[pid]` for a report that has only
@@ -255,7 +248,7 @@ impl Report {
     pub fn merge(reports: Vec<Report>) -> Result<Report> {
         let mut it = reports.into_iter();
         let Some(mut acc) = it.next() else {
-            bail!(BadInput("merge needs at least one report".into()));
+            return Err(BadInput("merge needs at least one report".into()).into());
         };
         let mut pids = acc.processes();
         let mut index: BTreeMap<(String, u64, String), usize> = acc
@@ -310,93 +303,6 @@ impl Report {
 
 fn display_id(id: &str) -> &str {
     if id.is_empty() { "no build-id" } else { id }
-}
-
-fn lcov_name(f: &FuncReport) -> String {
-    // LCOV separates fields with commas; demangled C++ names contain them.
-    f.demangled.as_deref().unwrap_or(&f.name).replace(',', ";")
-}
-
-fn write_file(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write as _;
-    // A device or a pipe (`/dev/stdout`) is written in place: renaming over it would
-    // replace it.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        return f
-            .write_all(contents.as_bytes())
-            .and_then(|()| f.flush())
-            .with_context(|| format!("cannot write {}", path.display()));
-    }
-    // Written next to the destination, flushed to the disk (a full disk or a quota shows as
-    // late as that), then renamed: a reader never sees half a report, and an existing
-    // report is only replaced by a complete one.
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
-    })
-}
-
-/// Checks, before anything is done, that a report can be written at `path` later: not a
-/// directory, in an existing directory where a file can be created (one is, and removed);
-/// or an existing device or pipe that opens for writing. An existing report is left as it
-/// is until the new one replaces it.
-pub fn check_writable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let bad = |why: String| anyhow::Error::new(BadInput(format!("{}: {why}", path.display())));
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => return Err(bad("is a directory".into())),
-        Ok(m) if !m.is_file() => {
-            // Non-blocking, so a pipe without a reader fails instead of hanging.
-            return std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .map(drop)
-                .map_err(|e| bad(format!("cannot be written: {e}")));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(bad(e.to_string())),
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(bad(format!("{} is not a directory", dir.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(bad(format!("directory {} does not exist", dir.display())));
-        }
-        Err(e) => return Err(bad(format!("{}: {e}", dir.display()))),
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let probe = dir.join(format!(".{name}.xcover-check.{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&probe)
-        .map_err(|e| bad(format!("cannot create a file in {}: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
 }
 
 /// The kernel release (`uname -r`).
@@ -514,11 +420,11 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
     )
 }
 
-/// `xcover merge`: sums reports of the same build. The same session's report given twice
-/// (under one name or two) is refused: its counts would be added twice.
-pub fn merge_command(a: crate::cli::MergeArgs) -> Result<std::process::ExitCode> {
-    let reports = a
-        .reports
+/// `xcover merge`: reads the JSON reports at `paths` and sums them ([`Report::merge`]). The
+/// same session's report given twice (under one name or two) is refused: its counts would
+/// be added twice.
+pub fn merge_files(paths: &[std::path::PathBuf]) -> Result<Report> {
+    let reports = paths
         .iter()
         .map(|p| Report::read_json(p))
         .collect::<Result<Vec<_>>>()?;
@@ -532,32 +438,16 @@ pub fn merge_command(a: crate::cli::MergeArgs) -> Result<std::process::ExitCode>
             return Err(BadInput(format!(
                 "{} (argument {}) and {} (argument {}) are the same report ({who}, \
                  generated_at {}): merging would count its hits twice",
-                a.reports[i].display(),
+                paths[i].display(),
                 i + 1,
-                a.reports[j].display(),
+                paths[j].display(),
                 j + 1,
                 r.generated_at
             ))
             .into());
         }
     }
-    let merged = Report::merge(reports)?;
-    match &a.output {
-        Some(p) => merged.write_json(p)?,
-        None => println!("{}", serde_json::to_string_pretty(&merged)?),
-    }
-    if let Some(p) = &a.lcov {
-        merged.write_lcov(p)?;
-    }
-    eprintln!(
-        "merged {} reports of {} process(es): {} of {} functions hit ({:.1}%)",
-        a.reports.len(),
-        merged.pids.len(),
-        merged.funcs_ack.len(),
-        merged.funcs_traced.len(),
-        merged.cov_by_func
-    );
-    Ok(std::process::ExitCode::SUCCESS)
+    Report::merge(reports)
 }
 
 /// Source locations of function entries, from a module's DWARF (or its debug file).
@@ -583,10 +473,10 @@ impl LineTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn f(name: &str, offset: u64, hits: u64) -> FuncReport {
+    pub(super) fn f(name: &str, offset: u64, hits: u64) -> FuncReport {
         FuncReport {
             name: name.into(),
             demangled: None,
@@ -654,25 +544,6 @@ mod tests {
     }
 
     #[test]
-    fn lcov_records() {
-        let mut a = f("_Z3fooii", 0x10, 7);
-        a.demangled = Some("foo(int, int)".into());
-        a.file = Some("/src/a.c".into());
-        a.line = Some(12);
-        let r = Report::new(
-            "/bin/app".into(),
-            1,
-            String::new(),
-            vec![a, f("bar", 0x20, 0)],
-        );
-        let l = r.to_lcov();
-        assert!(l.contains(
-            "SF:/src/a.c\nFN:12,foo(int; int)\nFNDA:7,foo(int; int)\nFNF:1\nFNH:1\nDA:12,7\nLF:1\nLH:1\nend_of_record\n"
-        ));
-        assert!(l.contains("SF:app\nFN:0,bar\nFNDA:0,bar\nFNF:1\nFNH:0\nend_of_record\n"));
-    }
-
-    #[test]
     fn report_of_own_process_has_dwarf_lines() {
         let pid = std::process::id() as i32;
         let d = crate::discover::discover(pid, &Default::default()).unwrap();
@@ -684,14 +555,11 @@ mod tests {
         assert_eq!(r.funcs_ack.len(), 1);
         let f = r.functions.iter().find(|f| f.hits == 3).unwrap();
         assert!(
-            f.file.as_deref().unwrap().ends_with("src/report.rs"),
+            f.file.as_deref().unwrap().ends_with("src/report/mod.rs"),
             "{f:?}"
         );
         assert!(f.line.unwrap() > 0);
-        assert!(
-            r.to_lcov()
-                .contains(&format!("FNDA:3,{}", f.demangled.as_ref().unwrap()))
-        );
+        assert!(lcov::text(&r).contains(&format!("FNDA:3,{}", f.demangled.as_ref().unwrap())));
         assert_eq!(r.build_id.len() % 2, 0);
     }
 

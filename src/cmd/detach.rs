@@ -1,0 +1,17 @@
+//! `xcover detach`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use xcover::ProcessSet;
+
+use crate::cli::DetachArgs;
+
+/// `xcover detach`: ends a kept session (or one an xcover left, or one held for its
+/// counts), writing the reports asked for.
+pub fn run(a: DetachArgs) -> Result<ExitCode> {
+    let outputs = a.output.outputs();
+    outputs.check()?;
+    let outcome = xcover::control::detach(&ProcessSet::pid(a.pid), &outputs, &mut super::note)?;
+    Ok(super::exit_code(outcome))
+}
