@@ -129,6 +129,11 @@ pub struct AttachArgs {
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Hook functions no jump can patch with a one-byte `int3` trap, served by the agent's
+    /// SIGTRAP handler (a signal delivery per hit); see README.md for what the target must
+    /// not do meanwhile (block SIGTRAP, replace its handler). Never in Go programs.
+    #[arg(long)]
+    pub traps: bool,
     /// Run this eBPF object (`clang -target bpf`) as the probe instead of the built-in
     /// coverage probe; it is loaded and verified before the target is touched.
     #[arg(long, value_name = "FILE.bpf.o")]

@@ -45,6 +45,9 @@ pub struct Plan {
     pub probe: Option<PathBuf>,
     /// Leave the hooks in place and leave (`--keep`).
     pub keep: bool,
+    /// Hook with one-byte traps what no jump can (`--traps`), unless the target has Go code
+    /// ([`Note::TrapsIgnored`]).
+    pub traps: bool,
 }
 
 /// A session checked and prepared: no target has been touched yet.
@@ -354,7 +357,10 @@ fn fresh(pid: i32, plan: &Plan, notes: &mut dyn FnMut(Note)) -> Result<Pending> 
     };
     let prog = session::load_probe(&probe, source, d.functions.len())?;
     session::verify_probe(&prog)?;
-    let contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    let mut contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    if plan.traps && !contents.allow_traps(true) {
+        notes(Note::TrapsIgnored { pid });
+    }
     Ok(Pending::Fresh {
         pid,
         contents: Box::new(contents),

@@ -49,6 +49,10 @@ pub struct Module {
     /// no separate debug file was found, and it has neither `.eh_frame` entries nor a
     /// `.gopclntab` to find functions by: nothing in it can be hooked.
     pub stripped: bool,
+    /// Whether it is Go code (it has a `.go.buildinfo` or `.gopclntab` section): Go's
+    /// runtime manages signals with raw system calls, so no trap hook goes into a process
+    /// that has Go code (see README.md, hook kinds).
+    pub go: bool,
 }
 
 impl Module {
@@ -651,6 +655,12 @@ fn module_functions(
         .into());
     }
     let build_id = read_build_id(&elf, bytes);
+    let go = elf.section_headers.iter().any(|sh| {
+        matches!(
+            elf.shdr_strtab.get_at(sh.sh_name),
+            Some(".go.buildinfo" | ".gopclntab")
+        )
+    });
 
     let (mut raw, mut starts) = function_syms(&elf, Source::Symtab);
     if elf.syms.is_empty()
@@ -785,6 +795,7 @@ fn module_functions(
             build_id,
             alias: None,
             stripped,
+            go,
         },
         funcs,
     ))

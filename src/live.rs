@@ -117,8 +117,10 @@ impl<'a> Live<'a> {
         let rate = total.saturating_sub(self.last_total) as f64 / dt;
         self.last_total = total;
         self.last_at = now;
+        let kinds = v.hook_counts();
         Ok(format!(
-            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped",
+            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, \
+             hooks jmp {} jmp8 {} trap {}, {} dropped",
             self.pid,
             self.since.elapsed().as_secs_f64(),
             v.hooked,
@@ -126,6 +128,9 @@ impl<'a> Live<'a> {
             v.hit_funcs(),
             v.coverage(),
             rate,
+            kinds[0],
+            kinds[1],
+            kinds[2],
             v.dropped
         ))
     }
@@ -166,6 +171,7 @@ impl Source for Live<'_> {
             exe: v.modules.first().cloned().unwrap_or_default(),
             functions_hooked: v.hooked,
             functions_skipped: v.skipped,
+            functions_trapped: v.hook_counts()[2],
             dropped_events: v.dropped,
             attached_for: self.since.elapsed(),
             ..Default::default()
@@ -183,7 +189,8 @@ impl Source for Live<'_> {
                     String::new()
                 };
                 let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
-                snap.new_functions.push(Function::new(name, module));
+                snap.new_functions
+                    .push(Function::new(name, module).with_hook(f.hook().unwrap_or_default()));
             }
         }
         if !self.skipped_told {

@@ -19,6 +19,12 @@ pub enum Note {
         /// Why, and where its debug symbols would be looked for.
         reason: String,
     },
+    /// `--traps` is ignored for a target with Go code (its runtime owns its signals): only
+    /// jumps hook it.
+    TrapsIgnored {
+        /// The target.
+        pid: i32,
+    },
     /// A report was written.
     Wrote {
         /// Where.
@@ -130,6 +136,11 @@ impl fmt::Display for Note {
                     "warning: pid {pid}: none of its functions hooked: {reason}"
                 )
             }
+            Note::TrapsIgnored { pid } => write!(
+                f,
+                "pid {pid}: --traps ignored: the target has Go code, whose runtime owns its \
+                 signals"
+            ),
             Note::Wrote { path, snapshot } => write!(
                 f,
                 "wrote {}{}",

@@ -15,7 +15,9 @@ use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
 use xcover_session::probe::{EVENTS_MAP, HIT_COUNT_MAPS, PER_FUNCTION_MAPS};
-use xcover_session::{FuncEntry, FuncStatus, ModuleEntry, Region, SessionHeader, SkipReason};
+use xcover_session::{
+    FuncEntry, FuncStatus, HookKind, ModuleEntry, Region, SessionHeader, SkipReason,
+};
 
 use crate::BadInput;
 use crate::discover::Discovery;
@@ -138,6 +140,20 @@ pub struct Contents {
     events_map: u64,
     ncpus: u32,
     insns: u64,
+    /// `PROBE_TRAPS`: trap hooks allowed ([`Contents::allow_traps`]).
+    traps: bool,
+    /// A module is Go code: no traps.
+    go: bool,
+}
+
+impl Contents {
+    /// Lets the agent hook with one-byte traps what no jump can (`attach --traps`), unless
+    /// a module is Go code (its runtime manages signals with raw system calls). Returns
+    /// whether traps are allowed.
+    pub fn allow_traps(&mut self, on: bool) -> bool {
+        self.traps = on && !self.go;
+        self.traps
+    }
 }
 
 /// Prepares the session contents for `d`'s functions and the probe `prog`.
@@ -251,6 +267,8 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
         events_map,
         ncpus,
         insns: prog.insns.len() as u64,
+        traps: false,
+        go: d.modules.iter().any(|m| m.go),
     })
 }
 
@@ -300,7 +318,12 @@ pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
         .count();
     put(offset_of!(SessionHeader, funcs_skipped), skipped as u64)?;
     put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
-    put32(offset_of!(SessionHeader, probe_flags), 0)?;
+    let flags = if c.traps {
+        xcover_session::PROBE_TRAPS
+    } else {
+        0
+    };
+    put32(offset_of!(SessionHeader, probe_flags), flags)?;
     put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
     put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
     put(offset_of!(SessionHeader, arena_off), l.arena_off)?;
@@ -342,6 +365,11 @@ impl FuncView {
             _ => SkipReason::text_of(code).to_string(),
         })
     }
+
+    /// How the function is (or, after detach, was) hooked: `jmp`, `jmp8`, `trap`.
+    pub fn hook(&self) -> Option<&'static str> {
+        self.entry.hook_kind().map(HookKind::name)
+    }
 }
 
 /// A reading of a live session.
@@ -362,6 +390,24 @@ pub struct View {
 }
 
 impl View {
+    /// Functions hooked now by each form, in [`HookKind::ALL`] order: `[jmp, jmp8, trap]`.
+    pub fn hook_counts(&self) -> [u64; HookKind::ALL.len()] {
+        let mut n = [0u64; HookKind::ALL.len()];
+        for f in self
+            .funcs
+            .iter()
+            .filter(|f| f.entry.status() == Some(FuncStatus::Hooked))
+        {
+            if let Some(k) = f.entry.hook_kind()
+                && let Some(i) = HookKind::ALL.iter().position(|&a| a == k)
+                && let Some(c) = n.get_mut(i)
+            {
+                *c += 1;
+            }
+        }
+        n
+    }
+
     /// The alias of module `i`, if it has one.
     pub fn module_name_alias(&self, i: usize) -> Option<&str> {
         self.module_aliases.get(i).and_then(|a| a.as_deref())
@@ -584,6 +630,7 @@ pub fn report(
             if f.hits > 0 {
                 r.first_hit_at = monotonic_to_unix_ns(f.first_hit_ns).map(rfc3339_ns);
             }
+            r.hook = f.hook().map(str::to_string);
             r
         })
         .collect();

@@ -16,4 +16,5 @@ mod outputs;
 mod realprog;
 mod security;
 mod support;
+mod trap;
 mod tui;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use xcover_session::SessionState;
 
 use crate::agent::{agent_failed, call_with_threads, check_identity};
-use crate::doomed::{Doomed, doomed_ranges, thread_inside};
+use crate::doomed::{Doomed, doomed_ranges, thread_inside, trap_pending};
 use crate::elf::AgentImage;
 use crate::faults::fault_point;
 use crate::liveness::target_gone;
@@ -318,8 +318,14 @@ fn wait_out<T: Tracer>(
     fail: &dyn Fn(Error) -> Error,
     waited: &mut Waited,
 ) -> Result<Round<T>> {
+    // With trap hooks, a thread may hold the SIGTRAP of one of them not yet delivered (it
+    // was stopped between the `int3` and the delivery): only the agent's handler, still in
+    // place, can resume it right, so the target runs until none is left.
+    let traps = session.header().probe_flags & xcover_session::PROBE_TRAPS != 0;
     loop {
-        let inside = ranges().and_then(|r| thread_inside(&round.sp, &r));
+        let inside = ranges()
+            .and_then(|r| thread_inside(&round.sp, &r))
+            .map(|i| i.or_else(|| traps.then(|| trap_pending(&round.sp)).flatten()));
         let (t, rip, what) = match inside {
             Ok(None) => return Ok(round),
             Ok(Some(x)) => x,

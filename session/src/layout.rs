@@ -239,6 +239,10 @@ pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
 /// `bpf_get_current_pid_tgid` may read it there instead of going through the agent's tid
 /// cache. Set by xcover while the target is stopped, before the agent compiles the probe.
 pub const PROBE_TCB_TID: u32 = 2;
+/// [`SessionHeader::probe_flags`]: functions no jump can hook may be hooked with a one-byte
+/// `int3` trap, which the agent's SIGTRAP handler serves. Set by xcover unless the target
+/// manages its own signals in ways the agent cannot follow (Go's runtime).
+pub const PROBE_TRAPS: u32 = 4;
 
 /// One mapping the agent made in the target.
 #[repr(C)]
@@ -288,6 +292,13 @@ pub mod entry {
     /// original bytes of every hooked function (marking them `Pending` again) and fills
     /// `moves` like `HOOK`. Returns the number of functions unhooked.
     pub const UNHOOK: &str = "xcover_agent_unhook";
+    /// Set in an `ips` entry given to `UNHOOK`: that thread is held in a
+    /// signal-delivery-stop of a SIGTRAP raised by a trap instruction (`si_code ==
+    /// SI_KERNEL`) just before the address the rest of the entry gives. When that trap was
+    /// one of the agent's trap hooks, `moves` sends the thread back to the function's entry
+    /// (its original byte restored) and xcover drops the signal: after detach no handler
+    /// would serve it.
+    pub const IP_TRAP_STOPPED: u64 = 1 << 63;
     /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
     /// only once no thread is inside one), marks the session Detached.
     pub const FINI: &str = "xcover_agent_fini";
@@ -350,7 +361,10 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]).
+    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]). When hooked (or
+    /// pending again after an unhook): how it is (was) hooked, a [`HookKind`] code (0 when
+    /// never hooked, and in sessions written before hook kinds were recorded); see
+    /// [`FuncEntry::hook_kind`].
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
     /// decoding the module: 0 when not (and in sessions written before this field was
@@ -369,6 +383,60 @@ pub struct FuncEntry {
 // The table's layout is fixed: sessions written by earlier versions stay readable.
 const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
+
+/// How a hooked function is patched: stored as [`HookKind::code`] in
+/// [`FuncEntry::skip_reason`] while it is hooked (and kept when it is unhooked, its status
+/// `Pending` again). Decided by the interceptor in the target, which uses this enum itself;
+/// shown by every reader. Codes are stable, like [`SkipReason`]'s.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// A jump to the trampoline over the entry (x86-64: a 5-byte `jmp rel32`).
+    Jmp = 1,
+    /// A short jump to a jump in the function's padding (x86-64: a 2-byte `jmp rel8`).
+    Jmp8 = 2,
+    /// A one-byte trap (`int3`) served by the agent's SIGTRAP handler, which runs the probe
+    /// and resumes at the relocated copy of the first instruction. Costs a signal delivery
+    /// per hit; used only where no jump can go, when the session allows it
+    /// ([`PROBE_TRAPS`]).
+    Trap = 3,
+}
+
+impl HookKind {
+    /// Every kind, in code order.
+    pub const ALL: [HookKind; 3] = [Self::Jmp, Self::Jmp8, Self::Trap];
+
+    /// The stable code stored in `FuncEntry::skip_reason` of a hooked function (never 0).
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Decodes a stored code; `None` for 0 (a session that did not record it) and for codes
+    /// this version does not know.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => Self::Jmp,
+            2 => Self::Jmp8,
+            3 => Self::Trap,
+            _ => return None,
+        })
+    }
+
+    /// Its name as reports, the TUI and the status line show it: `jmp`, `jmp8`, `trap`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Jmp => "jmp",
+            Self::Jmp8 => "jmp8",
+            Self::Trap => "trap",
+        }
+    }
+}
+
+impl core::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 impl FuncEntry {
     /// The entry's [`FuncStatus`] (`None` for a value this version does not know).
@@ -398,6 +466,16 @@ impl FuncEntry {
     /// Where xcover found the function (its discovery source code; 0 when unknown).
     pub fn source_code(&self) -> u8 {
         (self.module >> 24) as u8
+    }
+
+    /// How a hooked function is patched; for a function unhooked since (its status
+    /// `Pending` again), how it was. `None` when it was never hooked, or the session did not
+    /// record it (or with a code this version does not know).
+    pub fn hook_kind(&self) -> Option<HookKind> {
+        match self.status() {
+            Some(FuncStatus::Hooked | FuncStatus::Pending) => HookKind::from_code(self.skip_reason),
+            _ => None,
+        }
     }
 
     /// Packs [`FuncEntry::entered`]: the lowest offset `at` (1..=255) that another
@@ -439,5 +517,32 @@ mod tests {
             assert_eq!(SessionState::from_u32(s as u32), Some(s));
         }
         assert_eq!(SessionState::from_u32(0), None);
+    }
+
+    #[test]
+    fn hook_kinds_round_trip_and_share_the_field_with_skip_reasons() {
+        for (i, k) in HookKind::ALL.iter().enumerate() {
+            assert_eq!(k.code(), i as u32 + 1, "{k:?}");
+            assert_eq!(HookKind::from_code(k.code()), Some(*k));
+        }
+        assert_eq!(HookKind::from_code(0), None);
+        assert_eq!(HookKind::Trap.name(), "trap");
+        let mut f = FuncEntry {
+            status: FuncStatus::Hooked as u32,
+            skip_reason: HookKind::Trap.code(),
+            ..FuncEntry::default()
+        };
+        assert_eq!(
+            (f.hook_kind(), f.skip_reason()),
+            (Some(HookKind::Trap), None)
+        );
+        f.status = FuncStatus::Pending as u32;
+        assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        f.status = FuncStatus::Skipped as u32;
+        assert_eq!(f.hook_kind(), None);
+        assert_eq!(
+            f.skip_reason(),
+            SkipReason::from_code(HookKind::Trap.code())
+        );
     }
 }

@@ -16,7 +16,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arena::Arena;
 use crate::layout::{
-    AGENT_ERROR_SIZE, FuncEntry, FuncStatus, Region, SESSION_MAGIC, SESSION_VERSION, SessionHeader,
+    AGENT_ERROR_SIZE, FuncEntry, FuncStatus, HookKind, Region, SESSION_MAGIC, SESSION_VERSION,
+    SessionHeader,
 };
 use crate::skip::SkipReason;
 
@@ -191,12 +192,33 @@ impl<'a> SessionView<'a> {
     /// Sets function `i`'s status and skip reason (the reason's code for
     /// [`FuncStatus::Skipped`], else 0). Nothing happens past the table.
     pub fn set_func_status(&self, i: usize, status: FuncStatus, reason: Option<SkipReason>) {
-        let Some(p) = self.func_ptr(i) else {
-            return;
-        };
         let code = match status {
             FuncStatus::Skipped => reason.map_or(0, SkipReason::code),
             _ => 0,
+        };
+        self.write_func_status(i, status, code);
+    }
+
+    /// Marks function `i` [`FuncStatus::Hooked`], patched as `kind` says (its code goes where
+    /// a skipped function's reason would, see [`FuncEntry::hook_kind`]).
+    pub fn set_func_hooked(&self, i: usize, kind: HookKind) {
+        self.write_func_status(i, FuncStatus::Hooked, kind.code());
+    }
+
+    /// Marks a hooked function `i` [`FuncStatus::Pending`] again, keeping how it was hooked
+    /// (for the reports written after detach). Nothing happens unless it is hooked.
+    pub fn set_func_unhooked(&self, i: usize) {
+        if let Some(f) = self.func(i)
+            && f.status() == Some(FuncStatus::Hooked)
+        {
+            let kind = f.hook_kind().map_or(0, HookKind::code);
+            self.write_func_status(i, FuncStatus::Pending, kind);
+        }
+    }
+
+    fn write_func_status(&self, i: usize, status: FuncStatus, code: u32) {
+        let Some(p) = self.func_ptr(i) else {
+            return;
         };
         // SAFETY: p points at entry i inside the mapping; the agent is the only writer of
         // these two fields once the session is live.
@@ -415,6 +437,13 @@ mod tests {
         assert_eq!(f.skip_reason(), Some(SkipReason::EnteredInside));
         v.set_func_status(1, FuncStatus::Hooked, Some(SkipReason::NoRoom));
         assert_eq!(v.func(1).unwrap().skip_reason, 0);
+        v.set_func_hooked(1, HookKind::Trap);
+        assert_eq!(v.func(1).unwrap().hook_kind(), Some(HookKind::Trap));
+        v.set_func_unhooked(1);
+        let f = v.func(1).unwrap();
+        assert_eq!(f.status(), Some(FuncStatus::Pending));
+        assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        v.set_func_hooked(2, HookKind::Jmp);
         assert!(v.func(2).is_none());
         let r = |start| Region {
             start,

@@ -51,6 +51,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         select: a.select.options()?,
         probe: a.probe.clone(),
         keep: a.keep,
+        traps: a.traps,
     };
     let tui = !a.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     // Everything is checked before the target is touched; a kept session is taken over,

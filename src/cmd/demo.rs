@@ -75,6 +75,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         keep: false,
         output: a.output,
         probe: None,
+        traps: false,
         select: SelectArgs::default(),
         export: a.export,
     });

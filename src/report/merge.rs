@@ -72,6 +72,8 @@ struct FuncIn<'a> {
     source: Option<Cow<'a, str>>,
     #[serde(default)]
     vaddr: Option<u64>,
+    #[serde(borrow, default)]
+    hook: Option<Cow<'a, str>>,
 }
 
 impl FuncIn<'_> {
@@ -94,6 +96,7 @@ impl FuncIn<'_> {
             hooked_in: f.hooked_in,
             source: b(&f.source),
             vaddr: f.vaddr,
+            hook: b(&f.hook),
         }
     }
 
@@ -114,6 +117,7 @@ impl FuncIn<'_> {
             hooked_in: self.hooked_in,
             source: o(&self.source),
             vaddr: self.vaddr,
+            hook: o(&self.hook),
         }
     }
 }

@@ -123,6 +123,11 @@ pub struct FuncReport {
     /// was not observed for the whole window.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hooked_in: Option<u64>,
+    /// How it was hooked: `jmp` (5-byte jump), `jmp8` (2-byte hop to a jump in its
+    /// padding) or `trap` (one-byte `int3`, a signal delivery per hit); absent when it was
+    /// not hooked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hook: Option<String>,
 }
 
 /// A coverage report.
@@ -398,6 +403,7 @@ impl ModuleLines {
             vaddr: Some(vaddr),
             first_hit_at: None,
             hooked_in: None,
+            hook: None,
         }
     }
 }
@@ -489,6 +495,7 @@ pub(super) mod tests {
             vaddr: None,
             first_hit_at: None,
             hooked_in: None,
+            hook: None,
         }
     }
 

@@ -65,6 +65,8 @@ pub(crate) struct Func {
     lower: String,
     /// Index into [`App::modules`].
     pub(crate) module: u32,
+    /// How it is hooked (`jmp`, `jmp8`, `trap`, or empty).
+    pub(crate) hook: String,
     pub(crate) hits: u64,
     /// Hits in the last [`RATE_WINDOW`], per second.
     pub(crate) rate: f64,
@@ -101,6 +103,9 @@ pub struct App {
     pub(crate) exe: String,
     pub(crate) hooked: u64,
     pub(crate) skipped: u64,
+    pub(crate) trapped: u64,
+    /// Whether any function's hook kind is known (the table then has a `hook` column).
+    pub(crate) hooks_known: bool,
     pub(crate) dropped: u64,
     pub(crate) attached_for: Duration,
     pub(crate) total_rate: f64,
@@ -159,6 +164,8 @@ impl App {
             exe: String::new(),
             hooked: 0,
             skipped: 0,
+            trapped: 0,
+            hooks_known: false,
             dropped: 0,
             attached_for: Duration::ZERO,
             total_rate: 0.0,
@@ -207,6 +214,7 @@ impl App {
         self.exe = snap.exe;
         self.hooked = snap.functions_hooked;
         self.skipped = snap.functions_skipped;
+        self.trapped = snap.functions_trapped;
         self.dropped = snap.dropped_events;
         let now = snap.attached_for;
         self.attached_for = now;
@@ -221,6 +229,7 @@ impl App {
                 }
             };
             let index = self.funcs.len() as u32;
+            self.hooks_known |= !f.hook.is_empty();
             let lower = f.name.to_lowercase();
             let matched = self.filter_matches(&lower, module, &self.matched_for);
             self.matches.push(matched);
@@ -228,6 +237,7 @@ impl App {
                 name: f.name,
                 lower,
                 module: module as u32,
+                hook: f.hook,
                 hits: 0,
                 rate: 0.0,
                 first_hit: None,
