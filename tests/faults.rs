@@ -221,7 +221,7 @@ fn no_panic(err: &str) {
     );
 }
 
-const LIMIT: Duration = Duration::from_secs(30);
+pub const LIMIT: Duration = Duration::from_secs(30);
 
 /// The target exits by itself at every point of the session: before the attach, during
 /// it, while live, during the detach. xcover reports it, removes the session, never hangs.

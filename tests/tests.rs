@@ -14,4 +14,5 @@ mod maps;
 mod realprog;
 mod security;
 mod support;
+mod trees;
 mod tui;
