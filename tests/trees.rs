@@ -255,3 +255,57 @@ fn assert_nothing_left(pid: i32, base: u64) {
 fn is_session(line: &str) -> bool {
     line.contains("/dev/shm/xcover-") || line.contains("memfd:xcover")
 }
+
+/// The target exits while a child it forked while hooked runs on: the end of the session
+/// takes the hooks out of the child too, and the child's result is right.
+#[test]
+fn target_exit_leaves_no_hooks_in_its_children() {
+    let bash = xcover_testsupport::tools::require("bash", "bash");
+    let out = tmp_path("orphan.txt");
+    let script = format!(
+        "read go; ( i=0; while [ $i -lt 60000 ]; do i=$((i+1)); done; echo $i > {} ) & \
+         echo $!; exit 0",
+        out.display()
+    );
+    let mut b = Command::new(bash)
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = b.id() as i32;
+    let x = Xcover::spawn(&["attach", &pid.to_string(), "--no-tui", "--duration", "20"]);
+    assert!(wait_live(pid, LIMIT), "{}", x.stderr());
+    let base = agent_base(pid);
+    writeln!(b.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut l = String::new();
+    BufReader::new(b.stdout.take().unwrap())
+        .read_line(&mut l)
+        .unwrap();
+    let child: i32 = l.trim().parse().unwrap();
+    assert!(b.wait().unwrap().success());
+    let (rc, err) = x.wait(LIMIT);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "pid {pid}: 1 process forked from it carried its hooks"
+        )),
+        "{err}"
+    );
+    // The child is still running its loop (it takes far longer than the detach).
+    assert!(
+        std::fs::read_to_string(format!("/proc/{child}/maps")).is_ok(),
+        "the child runs on"
+    );
+    assert_nothing_left(child, base);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::fs::read_to_string(&out).map_or(true, |s| s.is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "60000\n");
+}
