@@ -326,6 +326,13 @@ fn existing(pid: i32, s: SessionFile) -> Result<Pending> {
 /// prepares the session's contents.
 fn fresh(pid: i32, plan: &Plan, notes: &mut dyn FnMut(Note)) -> Result<Pending> {
     injector::procfs::check_target(pid)?;
+    if let Some(owner) = carried_session(pid) {
+        return Err(BadInput(format!(
+            "pid {pid}: carries the hooks of pid {owner}'s session (it was forked from a \
+             process while hooked); `xcover detach {owner}` takes them out of both"
+        ))
+        .into());
+    }
     let t0 = Instant::now();
     let d = discover::discover(pid, &plan.select).map_err(|e| {
         // A target that exits while its symbols are read: say so, not which file vanished.
@@ -366,6 +373,20 @@ fn fresh(pid: i32, plan: &Plan, notes: &mut dyn FnMut(Note)) -> Result<Pending> 
         contents: Box::new(contents),
         discovered,
         prepared: t1.elapsed(),
+    })
+}
+
+/// The pid whose session `pid` maps though it is not its own (a process forked from a
+/// hooked one): attaching to it would stack a second set of hooks.
+fn carried_session(pid: i32) -> Option<i32> {
+    let maps = injector::procfs::mappings(pid).ok()?;
+    sessions(None).into_iter().filter(|&p| p != pid).find(|&p| {
+        let path = injector::session::session_path(p);
+        maps.iter().any(|m| {
+            m.path
+                .strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest == " (deleted)")
+        })
     })
 }
 
@@ -483,6 +504,13 @@ fn target_ended(
 ) -> Result<Outcome> {
     let end = ending::explain(pid, s, watch, gone);
     let target_killed = end.killed();
+    // Processes it forked while hooked may still run with its hooks: none may keep them.
+    let forks = injector::forks::clean_forks(pid, AGENT, s)
+        .map_err(Error::from)
+        .with_context(|| format!("clean the processes forked from pid {pid}"))?;
+    if forks > 0 {
+        notes(Note::ForksCleaned { pid, count: forks });
+    }
     if let Err(e) = write_reports(s, false, outputs, notes) {
         s.hold()?;
         notes(Note::TargetEnded {
@@ -525,6 +553,12 @@ fn detach_and_report(
         written = write_reports(s, false, outputs, notes);
         written.is_ok()
     })?;
+    if st.forks > 0 {
+        notes(Note::ForksCleaned {
+            pid,
+            count: st.forks,
+        });
+    }
     let target_killed = end.as_ref().is_some_and(ending::Ending::killed);
     let removed = !st.held && (st.gone.is_some() || end.is_some());
     let how = match (st.gone, end) {

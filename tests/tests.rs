@@ -17,4 +17,5 @@ mod realprog;
 mod security;
 mod support;
 mod trap;
+mod trees;
 mod tui;

@@ -50,6 +50,7 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
             funcs: funcs as u64,
             retries: 0,
             gone: None,
+            forks: 0,
             held: false,
         })
     })();
@@ -143,6 +144,7 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
         funcs: funcs as u64,
         retries: 0,
         gone: None,
+        forks: 0,
         held: false,
     })
 }

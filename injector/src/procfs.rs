@@ -135,6 +135,19 @@ pub fn task_signals(pid: i32, tid: i32) -> io::Result<TaskSignals> {
     })
 }
 
+/// Every pid in `/proc` now, ascending.
+pub fn pids() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// One line of `/proc/<pid>/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
