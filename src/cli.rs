@@ -49,6 +49,12 @@ pub enum Command {
         mut_arg("lcov", |a| a.help("Also write the merged coverage as LCOV"))
     )]
     Merge(MergeArgs),
+    /// Put hooks back into a live session without detaching (those `unhook`,
+    /// `--first-hit` or `--max-overhead` took out).
+    Hook(HookArgs),
+    /// Take hooks out of a live session without detaching; their counts are kept (a lower
+    /// bound from then on).
+    Unhook(HookArgs),
     /// Developer commands, not for users: xcover's eBPF VM for the bpf_conformance suite.
     #[command(hide = true)]
     Dev {
@@ -159,6 +165,24 @@ impl SelectArgs {
             self.all_modules,
         )
     }
+}
+
+/// `xcover hook` and `xcover unhook`.
+#[derive(Args, Debug)]
+pub struct HookArgs {
+    /// Process id of a target with a live session (watched by an `xcover attach`, or kept).
+    pub pid: i32,
+    /// Only functions whose raw or demangled name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Leave out functions whose raw or demangled name matches this regex (wins over
+    /// --include).
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Only functions of this module, by the name it goes by in the session, its file name or
+    /// its path. Repeatable. Without any of these options: every function of the session.
+    #[arg(long = "module", value_name = "NAME-OR-PATH")]
+    pub modules: Vec<String>,
 }
 
 /// `xcover functions`.

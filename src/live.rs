@@ -165,7 +165,8 @@ impl Source for Live<'_> {
         // New rows only appear when the table itself was read again.
         for (cookie, f) in v.funcs.iter().enumerate().filter(|_| whole) {
             let cookie = cookie as u64;
-            if f.entry.status == FuncStatus::Hooked as u32 && !self.rows.contains_key(&cookie) {
+            let measured = f.entry.is_hooked() || f.entry.hits_lower_bound();
+            if measured && !self.rows.contains_key(&cookie) {
                 self.rows.insert(cookie, self.sent.len());
                 self.sent.push(cookie);
                 let module = if several {

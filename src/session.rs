@@ -306,6 +306,9 @@ pub struct FuncView {
     /// Where another function's branch enters this one inside its first bytes (`name` or
     /// `name+0x12`), when xcover found one.
     pub entered_from: Option<String>,
+    /// When it was first hit, in nanoseconds after the hooks went in, if known (filled by
+    /// the watcher from the first-hit events it read, see [`crate::live`]).
+    pub first_hit_ns: Option<u64>,
 }
 
 impl FuncView {
@@ -338,6 +341,9 @@ pub struct View {
     pub hooked: u64,
     /// Functions skipped.
     pub skipped: u64,
+    /// Functions whose hook is out while the target runs on (`Unhooked`: their counts are
+    /// lower bounds).
+    pub unhooked: u64,
     /// First-hit events dropped (ring buffer full) plus map writes given up.
     pub dropped: u64,
 }
@@ -372,7 +378,8 @@ impl View {
     /// killed xcover left half-undone), so this never exceeds 100.
     pub fn coverage(&self) -> f64 {
         let hit = self.hit_funcs();
-        hit as f64 * 100.0 / (self.hooked as usize).max(hit).max(1) as f64
+        let measured = (self.hooked + self.unhooked) as usize;
+        hit as f64 * 100.0 / measured.max(hit).max(1) as f64
     }
 }
 
@@ -492,14 +499,19 @@ pub fn view(s: &SessionFile) -> Result<View> {
             entry: e,
             hits,
             entered_from,
+            first_hit_ns: None,
         });
     }
     Ok(View {
         modules,
         module_aliases,
-        funcs,
         hooked: h.funcs_hooked.load(Ordering::Relaxed),
         skipped: h.funcs_skipped.load(Ordering::Relaxed),
+        unhooked: funcs
+            .iter()
+            .filter(|f| f.entry.status() == Some(FuncStatus::Unhooked))
+            .count() as u64,
+        funcs,
         dropped: dropped(s)?,
     })
 }
@@ -522,6 +534,9 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
             let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
             r.skipped = f.skip_reason();
+            r.hits_lower_bound = f.entry.hits_lower_bound();
+            r.unhooked = f.entry.unhook_reason().map(|u| u.name().to_string());
+            r.first_hit_ns = f.first_hit_ns;
             r
         })
         .collect();

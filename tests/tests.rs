@@ -11,6 +11,7 @@ mod hostile;
 mod inject;
 mod lifecycle;
 mod maps;
+mod prod;
 mod realprog;
 mod security;
 mod support;

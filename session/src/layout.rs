@@ -285,9 +285,15 @@ pub mod entry {
     /// thread runs on through its trampoline's copy of the same instructions.
     pub const COMMIT: &str = "xcover_agent_commit";
     /// `xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: restores the
-    /// original bytes of every hooked function (marking them `Pending` again) and fills
-    /// `moves` like `HOOK`. Returns the number of functions unhooked.
+    /// original bytes of every hooked function (marking them `Pending` again; `Unhooked`
+    /// ones stay so) and fills `moves` like `HOOK`. Returns the number of functions unhooked.
     pub const UNHOOK: &str = "xcover_agent_unhook";
+    /// `xcover_agent_unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64`: as
+    /// `UNHOOK`, for the functions xcover marked `Unhooking` only; they become `Unhooked`
+    /// (their reason kept), the others are left alone. Their trampolines are retired, not
+    /// freed: a thread still inside one (in the probe, or about to return into it) runs on
+    /// safely, and hooking the function again reuses it. Returns the number unhooked.
+    pub const UNHOOK_SOME: &str = "xcover_agent_unhook_some";
     /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
     /// only once no thread is inside one), marks the session Detached.
     pub const FINI: &str = "xcover_agent_fini";
@@ -314,6 +320,56 @@ pub enum FuncStatus {
     Hooked = 1,
     /// Left alone; `skip_reason` says why.
     Skipped = 2,
+    /// Hooked, and xcover asks for its hook to be taken out while the session goes on
+    /// (`xcover unhook`, `--first-hit`, `--max-overhead`): `skip_reason` holds an
+    /// [`UnhookReason`] code. It counts as hooked until the agent's `UNHOOK_SOME` runs.
+    /// xcover writes this status (and `Pending` over `Unhooked`, to hook again) only between
+    /// two entry-point calls it makes itself, so the agent never sees a half-written entry.
+    Unhooking = 3,
+    /// Was hooked, and its hook was taken out while the session went on: its count stopped
+    /// there, so it is a lower bound of the calls since attach. `skip_reason` holds the
+    /// [`UnhookReason`] code (kept when it is hooked again: see
+    /// [`FuncEntry::unhook_reason`]). A full `UNHOOK` (detach) leaves it so.
+    Unhooked = 4,
+}
+
+/// Why a function's hook was taken out while the session went on ([`FuncStatus::Unhooked`]),
+/// stored in [`FuncEntry::skip_reason`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnhookReason {
+    /// `xcover unhook`, or a key in the TUI.
+    User = 1,
+    /// `--first-hit`: it was hit once, which is all coverage needs.
+    FirstHit = 2,
+    /// `--max-overhead`: it was among the hottest when the estimated overhead went over the
+    /// budget.
+    Overhead = 3,
+    /// Its library was unloaded (`dlclose`).
+    Unloaded = 4,
+}
+
+impl UnhookReason {
+    /// Decodes a code.
+    pub fn from_code(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::User,
+            2 => Self::FirstHit,
+            3 => Self::Overhead,
+            4 => Self::Unloaded,
+            _ => return None,
+        })
+    }
+
+    /// A short name, as the reports give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::FirstHit => "first-hit",
+            Self::Overhead => "overhead",
+            Self::Unloaded => "unloaded",
+        }
+    }
 }
 
 impl FuncStatus {
@@ -323,6 +379,8 @@ impl FuncStatus {
             0 => Self::Pending,
             1 => Self::Hooked,
             2 => Self::Skipped,
+            3 => Self::Unhooking,
+            4 => Self::Unhooked,
             _ => return None,
         })
     }
@@ -371,6 +429,32 @@ impl FuncEntry {
     /// The entry's [`FuncStatus`] (`None` for a value this version does not know).
     pub fn status(&self) -> Option<FuncStatus> {
         FuncStatus::from_u32(self.status)
+    }
+
+    /// Why its hook was last taken out while the session went on: `None` when it never
+    /// was. For a function that is not `Skipped`, `skip_reason` holds that
+    /// [`UnhookReason`] code (0: never), and keeps it when the function is hooked again and
+    /// when detach unhooks it, so a report says its count is a lower bound.
+    pub fn unhook_reason(&self) -> Option<UnhookReason> {
+        match self.status() {
+            Some(FuncStatus::Skipped) | None => None,
+            _ => UnhookReason::from_code(self.skip_reason),
+        }
+    }
+
+    /// Whether its hook is in (or was until the session ended): hooked, or asked to be
+    /// unhooked and not yet.
+    pub fn is_hooked(&self) -> bool {
+        matches!(
+            self.status(),
+            Some(FuncStatus::Hooked | FuncStatus::Unhooking)
+        )
+    }
+
+    /// Whether its count is a lower bound: its hook was taken out while the target ran on
+    /// (even if it was put back later).
+    pub fn hits_lower_bound(&self) -> bool {
+        self.unhook_reason().is_some()
     }
 
     /// Why the function was skipped: `None` unless its status is

@@ -191,15 +191,23 @@ impl<'a> SessionView<'a> {
     /// Sets function `i`'s status and skip reason (the reason's code for
     /// [`FuncStatus::Skipped`], else 0). Nothing happens past the table.
     pub fn set_func_status(&self, i: usize, status: FuncStatus, reason: Option<SkipReason>) {
-        let Some(p) = self.func_ptr(i) else {
-            return;
-        };
         let code = match status {
             FuncStatus::Skipped => reason.map_or(0, SkipReason::code),
             _ => 0,
         };
-        // SAFETY: p points at entry i inside the mapping; the agent is the only writer of
-        // these two fields once the session is live.
+        self.set_func_status_code(i, status, code);
+    }
+
+    /// Sets function `i`'s status and the raw code beside it (a [`SkipReason`] for
+    /// `Skipped`, an [`crate::UnhookReason`] for `Unhooking`/`Unhooked`). Nothing happens
+    /// past the table.
+    pub fn set_func_status_code(&self, i: usize, status: FuncStatus, code: u32) {
+        let Some(p) = self.func_ptr(i) else {
+            return;
+        };
+        // SAFETY: p points at entry i inside the mapping; while an entry point runs the
+        // agent is the only writer of these two fields (xcover writes a request only
+        // between two calls it makes, see `FuncStatus::Unhooking`).
         unsafe {
             (&raw mut (*p).status).write_volatile(status as u32);
             (&raw mut (*p).skip_reason).write_volatile(code);

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod detach;
 pub mod dev;
 pub mod functions;
+pub mod hook;
 pub mod merge;
 pub mod status;
 
@@ -24,6 +25,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(d) => demo::run(d),
         Command::Functions(f) => functions::run(f),
         Command::Merge(m) => merge::run(m),
+        Command::Hook(h) => hook::run(h, true),
+        Command::Unhook(h) => hook::run(h, false),
         Command::Dev { cmd } => dev::run(cmd),
         Command::Vm { cmd } => dev::vm(cmd),
     }

@@ -101,6 +101,17 @@ pub struct FuncReport {
     /// Why the function was not hooked, when it was not: its count means nothing then.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub skipped: Option<String>,
+    /// Its hook was taken out while the target ran on (`xcover unhook`, `--first-hit`,
+    /// `--max-overhead`, its library unloaded): `hits` is a lower bound of its calls.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub hits_lower_bound: bool,
+    /// Why its hook was taken out early (`user`, `first-hit`, `overhead`, `unloaded`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unhooked: Option<String>,
+    /// When it was first hit, in nanoseconds after the hooks went in, when xcover saw its
+    /// first-hit event while it watched.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_hit_ns: Option<u64>,
 }
 
 /// A coverage report.
@@ -270,6 +281,11 @@ impl Report {
                         // A report of the original xcover has `hit` but no `hits`.
                         g.hits += f.hits.max(u64::from(f.hit));
                         g.hit |= f.hit;
+                        g.hits_lower_bound |= f.hits_lower_bound;
+                        g.first_hit_ns = match (g.first_hit_ns, f.first_hit_ns) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                     }
                     None => {
                         index.insert(key, acc.functions.len());
@@ -379,6 +395,9 @@ impl ModuleLines {
             file: loc.as_ref().map(|l| l.0.clone()),
             line: loc.map(|l| l.1),
             skipped: None,
+            hits_lower_bound: false,
+            unhooked: None,
+            first_hit_ns: None,
         }
     }
 }
@@ -482,6 +501,9 @@ pub(super) mod tests {
             file: None,
             line: None,
             skipped: None,
+            hits_lower_bound: false,
+            unhooked: None,
+            first_hit_ns: None,
         }
     }
 
