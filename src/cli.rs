@@ -125,6 +125,17 @@ pub struct AttachArgs {
     /// Leave the instrumentation in place when xcover exits (see `xcover detach`).
     #[arg(long)]
     pub keep: bool,
+    /// Coverage at no steady cost: unhook each function after its first hit (in batches,
+    /// at most every 100 ms, each a stop of about a millisecond). Counts become lower
+    /// bounds (`hits_lower_bound` in the JSON report).
+    #[arg(long, conflicts_with_all = ["keep", "max_overhead"])]
+    pub first_hit: bool,
+    /// Keep the overhead xcover adds under PCT percent of the target's CPU time: every
+    /// second, estimate it from each function's hits and the cost of a hit, and unhook
+    /// the hottest (already covered) functions until it fits. Their counts become lower
+    /// bounds; the others stay exact.
+    #[arg(long, value_name = "PCT", conflicts_with = "keep")]
+    pub max_overhead: Option<f64>,
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,

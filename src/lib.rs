@@ -20,6 +20,7 @@
 //! | which functions to hook, at which addresses | [`discover`] (and [`inbound`]) |
 //! | the session file's contents: laid out before the agent runs, read back while it runs | [`session`] |
 //! | reading a live session for the TUI and the status line | [`live`] |
+//! | production modes: `--first-hit`, `--max-overhead` | [`govern`] |
 //! | changing the hook set of a live session (`xcover hook`/`unhook`) | [`hookset`] |
 //! | how a target ended while watched | [`ending`] |
 //! | reports, their formats (one file each, one registry) and where they are written | [`report`] |
@@ -31,6 +32,7 @@ pub mod control;
 pub mod discover;
 pub mod ending;
 pub mod error;
+pub mod govern;
 pub mod hookset;
 pub mod inbound;
 pub mod live;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, bail, chain};
@@ -11,7 +12,25 @@ use xcover_injector::SessionFile;
 use xcover_session::{FirstHit, FuncStatus};
 use xcover_ui::{Event, Function, Snapshot, Source};
 
+use crate::govern::{Governor, Mode};
 use crate::session;
+
+/// First-hit times (nanoseconds after the hooks went in) that the watchers of this process
+/// read from the probe's events, by (pid, cookie): the reports written by this xcover give
+/// them as `first_hit_ns`. Only what was seen while watched: a kept session nobody watched
+/// has none.
+static FIRST_HITS: Mutex<Option<HashMap<(i32, u64), u64>>> = Mutex::new(None);
+
+/// The first-hit times seen for `pid`, by cookie.
+pub fn first_hit_times(pid: i32) -> HashMap<u64, u64> {
+    let g = FIRST_HITS.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().map_or_else(HashMap::new, |m| {
+        m.iter()
+            .filter(|((p, _), _)| *p == pid)
+            .map(|((_, c), t)| (*c, *t))
+            .collect()
+    })
+}
 
 /// Reads a live session for the TUI or the status line.
 pub struct Live<'a> {
@@ -33,6 +52,10 @@ pub struct Live<'a> {
     cache: Option<session::View>,
     /// `funcs_hooked + funcs_skipped` when `cache` was last read whole.
     cache_key: u64,
+    /// The production mode's governor.
+    governor: Governor,
+    /// First hits read by [`Live::tick`] and not yet given to the TUI.
+    fresh_hits: Vec<FirstHit>,
 }
 
 impl<'a> Live<'a> {
@@ -52,7 +75,42 @@ impl<'a> Live<'a> {
             ended: None,
             cache: None,
             cache_key: u64::MAX,
+            governor: Governor::new(Mode::Count),
+            fresh_hits: Vec::new(),
         }
+    }
+
+    /// Governs the session in `mode` (`--first-hit`, `--max-overhead`).
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.governor = Governor::new(mode);
+        self
+    }
+
+    /// The governor: what the production mode did so far.
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
+    /// One step of the watch, as often as the caller likes (the TUI's refresh, the status
+    /// line's loop): reads the first-hit events, then lets the production mode unhook what
+    /// is due.
+    pub fn tick(&mut self) {
+        let hits = self.first_hits();
+        if !hits.is_empty() {
+            let base = self
+                .session
+                .header()
+                .hooked_at_ns
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let mut g = FIRST_HITS.lock().unwrap_or_else(|e| e.into_inner());
+            let m = g.get_or_insert_with(HashMap::new);
+            for h in &hits {
+                m.entry((self.pid, h.cookie))
+                    .or_insert(h.ts_ns.saturating_sub(base));
+            }
+        }
+        self.fresh_hits.extend(hits);
+        self.governor.step(self.pid, self.session);
     }
 
     /// Brings `cache` up to date: the whole session when functions were hooked or skipped
@@ -108,7 +166,7 @@ impl<'a> Live<'a> {
         let rate = total.saturating_sub(self.last_total) as f64 / dt;
         self.last_total = total;
         self.last_at = now;
-        Ok(format!(
+        let mut line = format!(
             "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped",
             self.pid,
             self.since.elapsed().as_secs_f64(),
@@ -118,7 +176,13 @@ impl<'a> Live<'a> {
             v.coverage(),
             rate,
             v.dropped
-        ))
+        );
+        let mode = self.governor.line();
+        if !mode.is_empty() {
+            line.push_str(", ");
+            line.push_str(&mode);
+        }
+        Ok(line)
     }
 
     /// The first hits the probe sent since the last call (the session's events ring buffer,
@@ -148,6 +212,7 @@ impl Source for Live<'_> {
             self.ended = Some(why.clone());
             return Err(why);
         }
+        self.tick();
         let whole = self.refresh().map_err(|e| chain(&e))?;
         let Some(v) = &self.cache else {
             return Err("the session could not be read".into());
@@ -159,6 +224,7 @@ impl Source for Live<'_> {
             functions_skipped: v.skipped,
             dropped_events: v.dropped,
             attached_for: self.since.elapsed(),
+            mode_line: self.governor.line(),
             ..Default::default()
         };
         let several = v.modules.len() > 1;
@@ -201,7 +267,7 @@ impl Source for Live<'_> {
             .header()
             .hooked_at_ns
             .load(std::sync::atomic::Ordering::Relaxed);
-        for hit in self.first_hits() {
+        for hit in std::mem::take(&mut self.fresh_hits) {
             if let Some(&row) = self.rows.get(&hit.cookie) {
                 snap.events.push(Event::FirstHit {
                     function: row,

@@ -527,16 +527,18 @@ pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
         .map(|(i, p)| ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i)))
         .collect();
     let unknown = ModuleLines::open(std::path::Path::new(""), None);
+    let first = crate::live::first_hit_times(h.target_pid as i32);
     let functions = v
         .funcs
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
             r.skipped = f.skip_reason();
             r.hits_lower_bound = f.entry.hits_lower_bound();
             r.unhooked = f.entry.unhook_reason().map(|u| u.name().to_string());
-            r.first_hit_ns = f.first_hit_ns;
+            r.first_hit_ns = f.first_hit_ns.or_else(|| first.get(&(i as u64)).copied());
             r
         })
         .collect();

@@ -172,7 +172,7 @@ impl App {
         } else {
             Style::new()
         };
-        let counts = Line::from(vec![
+        let mut counts = vec![
             Span::raw(" hooked "),
             Span::styled(self.hooked.to_string(), theme.heading()),
             Span::raw("  skipped "),
@@ -182,7 +182,12 @@ impl App {
                 self.dropped.to_string(),
                 dropped_style.patch(theme.heading()),
             ),
-        ]);
+        ];
+        if !self.mode_line.is_empty() {
+            counts.push(Span::raw("  "));
+            counts.push(Span::styled(self.mode_line.clone(), theme.warn()));
+        }
+        let counts = Line::from(counts);
 
         let pct = self.coverage();
         let tail = format!(" {pct:.1}% {}/{}", self.hit_functions, self.funcs.len());

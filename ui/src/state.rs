@@ -102,6 +102,7 @@ pub struct App {
     pub(crate) hooked: u64,
     pub(crate) skipped: u64,
     pub(crate) dropped: u64,
+    pub(crate) mode_line: String,
     pub(crate) attached_for: Duration,
     pub(crate) total_rate: f64,
     pub(crate) peak_rate: f64,
@@ -160,6 +161,7 @@ impl App {
             hooked: 0,
             skipped: 0,
             dropped: 0,
+            mode_line: String::new(),
             attached_for: Duration::ZERO,
             total_rate: 0.0,
             peak_rate: 0.0,
@@ -208,6 +210,7 @@ impl App {
         self.hooked = snap.functions_hooked;
         self.skipped = snap.functions_skipped;
         self.dropped = snap.dropped_events;
+        self.mode_line = snap.mode_line;
         let now = snap.attached_for;
         self.attached_for = now;
 

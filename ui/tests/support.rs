@@ -132,6 +132,7 @@ impl FakeSession {
             new_functions,
             hits,
             events,
+            mode_line: String::new(),
         }
     }
 }
