@@ -147,11 +147,7 @@ pub unsafe extern "C" fn xcover_agent_unhook(ips: *const u64, moves: *mut u64, n
 /// # Safety
 /// As [`xcover_agent_hook`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xcover_agent_unhook_some(
-    ips: *const u64,
-    moves: *mut u64,
-    n: u64,
-) -> i64 {
+pub unsafe extern "C" fn xcover_agent_unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     // SAFETY: caller contract.
     unsafe { hook::unhook_some(ips, moves, n) }
 }
