@@ -10,10 +10,11 @@
 // between reading its CPU number and the add while another thread hits the same function on
 // the old CPU at that instant. Readers sum the slots.
 //
-// The first hit of a function flips seen[cookie] from 0 to 1 with a compare-and-swap, so
-// exactly one event {cookie, timestamp, tid} goes to the `events` ring buffer per function,
-// and the TUI learns about newly covered functions without scanning. After that, a hit only
-// reads seen[cookie], a line every CPU keeps in its cache. The event's timestamp is
+// The first hit of a function flips seen[cookie] from 0 to its timestamp (never 0) with a
+// compare-and-swap, so exactly one event {cookie, timestamp, tid} goes to the `events` ring
+// buffer per function, and the TUI learns about newly covered functions without scanning.
+// seen[] keeps the first-hit time for the reports, whoever consumed (or dropped) the event.
+// After that, a hit only reads seen[cookie], a line every CPU keeps in its cache. The event's timestamp is
 // CLOCK_MONOTONIC_COARSE (the kernel tick's resolution, 1-4 ms, plenty for the TUI's "first
 // hit at"): reading it costs ~8 ns against ~40 ns for bpf_ktime_get_ns's rdtsc-based clock,
 // a third of a first hit's cost.
@@ -55,7 +56,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_FUNCS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } seen SEC(".maps");
 
 struct {
@@ -80,17 +81,18 @@ int xcover_cover(void *ctx)
 		return 0;
 	*count += 1;
 
-	__u32 *first = bpf_map_lookup_elem(&seen, &key);
+	__u64 *first = bpf_map_lookup_elem(&seen, &key);
 	if (!first || *first)
 		return 0;
-	if (__sync_val_compare_and_swap(first, 0, 1) != 0)
+	__u64 ts = bpf_ktime_get_coarse_ns() | 1;
+	if (__sync_val_compare_and_swap(first, 0, ts) != 0)
 		return 0;
 
 	struct first_hit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
 	e->cookie = key;
-	e->ts_ns = bpf_ktime_get_coarse_ns();
+	e->ts_ns = ts;
 	e->tid = (__u32)bpf_get_current_pid_tgid();
 	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);

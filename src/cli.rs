@@ -55,6 +55,13 @@ pub enum Command {
     /// Take hooks out of a live session without detaching; their counts are kept (a lower
     /// bound from then on).
     Unhook(HookArgs),
+    /// Give a report taken without symbols its real names, files and lines, from a debug
+    /// file of the same build (matched by build-id and address).
+    Symbolize(SymbolizeArgs),
+    /// Compare two JSON reports: functions newly hit, no longer hit, counts changed most.
+    Diff(DiffArgs),
+    /// Did these functions ever run? Evidence from a report, as a table, JSON or OpenVEX.
+    Reach(ReachArgs),
     /// Developer commands, not for users: xcover's eBPF VM for the bpf_conformance suite.
     #[command(hide = true)]
     Dev {
@@ -139,6 +146,11 @@ pub struct AttachArgs {
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Hook functions no jump can patch with a one-byte `int3` trap, served by the agent's
+    /// SIGTRAP handler (a signal delivery per hit); see README.md for what the target must
+    /// not do meanwhile (block SIGTRAP, replace its handler). Never in Go programs.
+    #[arg(long)]
+    pub traps: bool,
     /// Run this eBPF object (`clang -target bpf`) as the probe instead of the built-in
     /// coverage probe; it is loaded and verified before the target is touched.
     #[arg(long, value_name = "FILE.bpf.o")]
@@ -146,6 +158,34 @@ pub struct AttachArgs {
     /// Which functions to hook.
     #[command(flatten)]
     pub select: SelectArgs,
+    /// Metrics for Prometheus and OpenTelemetry while the session is watched.
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Metrics while a session is watched: a Prometheus endpoint, an OTLP push.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ExportArgs {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics while watching (hit counts per
+    /// function, coverage per module, drops, the processes, xcover's own CPU); port 0 picks
+    /// a free one (the address is printed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+    /// Which functions get a `xcover_function_hits_total` series (and an OTLP data point):
+    /// those hit, every hooked one, or none.
+    #[arg(long, value_name = "hit|all|none", default_value = "hit")]
+    pub metrics_functions: xcover::export::FunctionSeries,
+    /// Push the same metrics as OpenTelemetry over OTLP/HTTP (JSON) to this collector URL
+    /// (`http://host:4318`; posted to <URL>/v1/metrics) every --otlp-interval and once at
+    /// the end.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// Seconds between OTLP pushes.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub otlp_interval: f64,
+    /// The OTLP resource's service.name (default: the target's executable name).
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
 }
 
 /// Which functions to hook (shared by `attach` and `functions`).
@@ -164,17 +204,23 @@ pub struct SelectArgs {
     /// Also hook every file-backed executable mapping.
     #[arg(long)]
     pub all_modules: bool,
+    /// Look for separate debug files here (as `<dir>/.build-id/xx/yyyy.debug` and by
+    /// `.gnu_debuglink`) before `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl SelectArgs {
     /// The library's options; a bad regex is bad input.
     pub fn options(&self) -> xcover::Result<xcover::discover::Options> {
-        xcover::discover::Options::new(
+        let mut o = xcover::discover::Options::new(
             self.include.as_deref(),
             self.exclude.as_deref(),
             self.modules.clone(),
             self.all_modules,
-        )
+        )?;
+        o.debug_dirs = self.debug_dirs.clone();
+        Ok(o)
     }
 }
 
@@ -224,11 +270,83 @@ pub struct MergeArgs {
     pub out: OutputArgs,
 }
 
+/// `xcover symbolize`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("debug").required(true).args(["debug_file", "debug_dirs"])))]
+pub struct SymbolizeArgs {
+    /// The JSON report to symbolize.
+    #[arg(value_name = "REPORT.json")]
+    pub report: PathBuf,
+    /// The separate debug file of the report's build (refused if its build-id differs).
+    #[arg(long, value_name = "FILE")]
+    pub debug_file: Option<PathBuf>,
+    /// Find the debug file by the report's build-id here (`<dir>/.build-id/xx/yyyy.debug`),
+    /// then in `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Write the symbolized JSON here instead of stdout.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// `xcover diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The report before.
+    #[arg(value_name = "A.json")]
+    pub a: PathBuf,
+    /// The report after.
+    #[arg(value_name = "B.json")]
+    pub b: PathBuf,
+    /// Also write the whole comparison as JSON here (`-` for stdout, then without the
+    /// table).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// How many functions each list of the table shows, and how many of the largest count
+    /// changes are kept.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Compare reports of different builds (by module and function name; offsets differ).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `xcover reach`.
+#[derive(Args, Debug)]
+pub struct ReachArgs {
+    /// A JSON report (a session's, or a merge of many).
+    #[arg(value_name = "REPORT.json")]
+    pub report: PathBuf,
+    /// The functions to look for: one `symbol` or `module:symbol` per line (`#` comments),
+    /// or a JSON list of such strings or of objects
+    /// `{"vulnerability": "CVE-…", "function": "module:symbol"}` (or `"functions": […]`).
+    #[arg(long, value_name = "FILE")]
+    pub functions: PathBuf,
+    /// The vulnerability of the functions whose entry names none (a plain list).
+    #[arg(long, value_name = "ID")]
+    pub vulnerability: Option<String>,
+    /// Write an OpenVEX document here: `affected` for a vulnerability whose function ran,
+    /// `not_affected` (vulnerable_code_not_in_execute_path) when every one was hooked for
+    /// the whole observation and never ran, `under_investigation` otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub openvex: Option<PathBuf>,
+    /// The OpenVEX document's author.
+    #[arg(long, value_name = "NAME", default_value = "xcover")]
+    pub author: String,
+    /// Write the findings as JSON here (`-` for stdout, instead of the table).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
 /// `xcover detach`.
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     /// Process id of the target with a kept session.
     pub pid: i32,
+    /// Look for separate debug files (the reports' source lines) here before
+    /// `/usr/lib/debug`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// The reports to write from the final counts.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -253,6 +371,9 @@ pub struct DemoArgs {
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Metrics while it runs.
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 #[cfg(test)]

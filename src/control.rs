@@ -50,6 +50,9 @@ pub struct Plan {
     pub probe: Option<PathBuf>,
     /// Leave the hooks in place and leave (`--keep`).
     pub keep: bool,
+    /// Hook with one-byte traps what no jump can (`--traps`), unless the target has Go code
+    /// ([`Note::TrapsIgnored`]).
+    pub traps: bool,
 }
 
 /// A session checked and prepared: no target has been touched yet.
@@ -176,7 +179,7 @@ impl Session {
         let path = outputs
             .path_of(crate::report::JSON.name())
             .map_or_else(|| default_report_path(m.pid), Path::to_path_buf);
-        Live::new(m.session(), m.pid, path)
+        Live::new(m.session(), m.pid, path).with_debug_dirs(outputs.debug_dirs())
     }
 
     /// Ends the watch as `ended` says, for every member: takes the hooks out and writes the
@@ -328,6 +331,13 @@ fn existing(pid: i32, s: SessionFile) -> Result<Pending> {
 /// prepares the session's contents.
 fn fresh(pid: i32, plan: &Plan, notes: &mut dyn FnMut(Note)) -> Result<Pending> {
     injector::procfs::check_target(pid)?;
+    if let Some(owner) = carried_session(pid) {
+        return Err(BadInput(format!(
+            "pid {pid}: carries the hooks of pid {owner}'s session (it was forked from a \
+             process while hooked); `xcover detach {owner}` takes them out of both"
+        ))
+        .into());
+    }
     let t0 = Instant::now();
     let d = discover::discover(pid, &plan.select).map_err(|e| {
         // A target that exits while its symbols are read: say so, not which file vanished.
@@ -359,12 +369,29 @@ fn fresh(pid: i32, plan: &Plan, notes: &mut dyn FnMut(Note)) -> Result<Pending> 
     };
     let prog = session::load_probe(&probe, source, d.functions.len())?;
     session::verify_probe(&prog)?;
-    let contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    let mut contents = session::prepare(&d, &prog, session::possible_cpus())?;
+    if plan.traps && !contents.allow_traps(true) {
+        notes(Note::TrapsIgnored { pid });
+    }
     Ok(Pending::Fresh {
         pid,
         contents: Box::new(contents),
         discovered,
         prepared: t1.elapsed(),
+    })
+}
+
+/// The pid whose session `pid` maps though it is not its own (a process forked from a
+/// hooked one): attaching to it would stack a second set of hooks.
+fn carried_session(pid: i32) -> Option<i32> {
+    let maps = injector::procfs::mappings(pid).ok()?;
+    sessions(None).into_iter().filter(|&p| p != pid).find(|&p| {
+        let path = injector::session::session_path(p);
+        maps.iter().any(|m| {
+            m.path
+                .strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest == " (deleted)")
+        })
     })
 }
 
@@ -437,7 +464,7 @@ fn write_reports(
         return Ok(());
     }
     let v = session::view(s)?;
-    let r = session::report(s, &v);
+    let r = session::report(s, &v, outputs.debug_dirs());
     outputs.write(&r, &mut |path| {
         notes(Note::Wrote {
             path: path.to_path_buf(),
@@ -482,6 +509,13 @@ fn target_ended(
 ) -> Result<Outcome> {
     let end = ending::explain(pid, s, watch, gone);
     let target_killed = end.killed();
+    // Processes it forked while hooked may still run with its hooks: none may keep them.
+    let forks = injector::forks::clean_forks(pid, AGENT, s)
+        .map_err(Error::from)
+        .with_context(|| format!("clean the processes forked from pid {pid}"))?;
+    if forks > 0 {
+        notes(Note::ForksCleaned { pid, count: forks });
+    }
     if let Err(e) = write_reports(s, false, outputs, notes) {
         s.hold()?;
         notes(Note::TargetEnded {
@@ -524,6 +558,12 @@ fn detach_and_report(
         written = write_reports(s, false, outputs, notes);
         written.is_ok()
     })?;
+    if st.forks > 0 {
+        notes(Note::ForksCleaned {
+            pid,
+            count: st.forks,
+        });
+    }
     let target_killed = end.as_ref().is_some_and(ending::Ending::killed);
     let removed = !st.held && (st.gone.is_some() || end.is_some());
     let how = match (st.gone, end) {

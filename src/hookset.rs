@@ -61,7 +61,7 @@ impl Selector {
         if self.modules.is_empty() {
             return true;
         }
-        let m = f.entry.module as usize;
+        let m = f.entry.module_index() as usize;
         let path = v.modules.get(m).map(String::as_str).unwrap_or_default();
         let file = crate::discover::file_name(std::path::Path::new(path));
         let alias = v.module_name(m);
@@ -110,11 +110,13 @@ pub fn unhook(
     let table = s.funcs()?;
     let mut marked = 0;
     for &i in cookies {
-        if table
+        if let Some(f) = table
             .get(i)
-            .is_some_and(|f| f.status() == Some(FuncStatus::Hooked))
+            .filter(|f| f.status() == Some(FuncStatus::Hooked))
         {
-            set_status(s, i, FuncStatus::Unhooking, reason as u32)?;
+            // The hook kind stays beside the reason (see `FuncEntry::skip_reason`).
+            let code = FuncEntry::pack_hook(f.hook_kind(), Some(reason));
+            set_status(s, i, FuncStatus::Unhooking, code)?;
             marked += 1;
         }
     }

@@ -305,6 +305,74 @@ fn set_bits(bits: &mut [u64], from: usize, to: usize) {
     }
 }
 
+/// For each of `funcs` (link-time start and size, sorted by start), whether it is a part
+/// of another function (`parts[i]`: a `.cold` region, entered by a jump) that a function
+/// keeping data below its stack pointer jumps to, or that does so itself. Such code may
+/// have live data in the x86-64 red zone (the 128 bytes below `rsp` a leaf function may
+/// use without moving `rsp`) when the part is entered: a jump from its first byte to a
+/// trampoline, which pushes below `rsp`, would overwrite it. A function entry never has
+/// live data there (the caller's `call` just pushed the return address).
+///
+/// A function keeps data there when one of its instructions addresses memory at `rsp`
+/// with a negative displacement. Only direct `jmp`/`jcc` from it to the part's first byte
+/// are followed.
+pub fn red_zone_parts(code: &[Code<'_>], funcs: &[(u64, u64)], parts: &[bool]) -> Vec<bool> {
+    let mut out = vec![false; funcs.len()];
+    let part_at: std::collections::HashMap<u64, usize> = funcs
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| parts[i])
+        .map(|(i, f)| (f.0, i))
+        .collect();
+    if part_at.is_empty() {
+        return out;
+    }
+    let mut targets = Vec::new();
+    for (i, &(start, size)) in funcs.iter().enumerate() {
+        let Some(c) = code
+            .iter()
+            .find(|c| start >= c.vaddr && start < c.vaddr + c.bytes.len() as u64)
+        else {
+            continue;
+        };
+        let from = (start - c.vaddr) as usize;
+        let to = (from as u64 + size).min(c.bytes.len() as u64) as usize;
+        let mut d = Decoder::with_ip(64, &c.bytes[from..to], start, DecoderOptions::NONE);
+        let mut ins = Instruction::default();
+        let mut below_rsp = false;
+        targets.clear();
+        while d.can_decode() {
+            d.decode_out(&mut ins);
+            if ins.is_invalid() {
+                continue;
+            }
+            if !below_rsp
+                && ins.memory_base() == iced_x86::Register::RSP
+                && (0..ins.op_count()).any(|k| ins.op_kind(k) == OpKind::Memory)
+                && (ins.memory_displacement64() as i64) < 0
+            {
+                below_rsp = true;
+            }
+            // A direct near branch that is not a call (a jump to a part never returns).
+            if matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32)
+                && ins.mnemonic() != iced_x86::Mnemonic::Call
+                && let Some(&p) = part_at.get(&ins.near_branch_target())
+            {
+                targets.push(p);
+            }
+        }
+        if below_rsp {
+            if parts[i] {
+                out[i] = true;
+            }
+            for &p in &targets {
+                out[p] = true;
+            }
+        }
+    }
+    out
+}
+
 /// Decodes each span and returns `(function index, offset, source)` for every branch that
 /// enters a function's first bytes from outside it. One decoder runs over a whole span: an
 /// instruction that would cross a cut point is dropped and decoding starts again at the

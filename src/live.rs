@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, bail, chain};
@@ -14,23 +13,6 @@ use xcover_ui::{Event, Function, Snapshot, Source};
 
 use crate::govern::{Governor, Mode};
 use crate::session;
-
-/// First-hit times (nanoseconds after the hooks went in) that the watchers of this process
-/// read from the probe's events, by (pid, cookie): the reports written by this xcover give
-/// them as `first_hit_ns`. Only what was seen while watched: a kept session nobody watched
-/// has none.
-static FIRST_HITS: Mutex<Option<HashMap<(i32, u64), u64>>> = Mutex::new(None);
-
-/// The first-hit times seen for `pid`, by cookie.
-pub fn first_hit_times(pid: i32) -> HashMap<u64, u64> {
-    let g = FIRST_HITS.lock().unwrap_or_else(|e| e.into_inner());
-    g.as_ref().map_or_else(HashMap::new, |m| {
-        m.iter()
-            .filter(|((p, _), _)| *p == pid)
-            .map(|((_, c), t)| (*c, *t))
-            .collect()
-    })
-}
 
 /// Reads a live session for the TUI or the status line.
 pub struct Live<'a> {
@@ -43,6 +25,7 @@ pub struct Live<'a> {
     sent: Vec<u64>,
     skipped_told: bool,
     report_path: PathBuf,
+    debug_dirs: Vec<PathBuf>,
     last_total: u64,
     last_at: Instant,
     /// Set once the target is gone: every later snapshot fails with this.
@@ -59,6 +42,13 @@ pub struct Live<'a> {
 }
 
 impl<'a> Live<'a> {
+    /// Looks for separate debug files in `dirs` (then `/usr/lib/debug`) for the source
+    /// lines of the reports it writes.
+    pub fn with_debug_dirs(mut self, dirs: &[PathBuf]) -> Self {
+        self.debug_dirs = dirs.to_vec();
+        self
+    }
+
     /// Watches `session` of `pid`; `report_path` is where the TUI's "write report" key goes.
     pub fn new(session: &'a SessionFile, pid: i32, report_path: PathBuf) -> Self {
         let now = Instant::now();
@@ -70,6 +60,7 @@ impl<'a> Live<'a> {
             sent: Vec::new(),
             skipped_told: false,
             report_path,
+            debug_dirs: Vec::new(),
             last_total: 0,
             last_at: now,
             ended: None,
@@ -96,19 +87,6 @@ impl<'a> Live<'a> {
     /// is due.
     pub fn tick(&mut self) {
         let hits = self.first_hits();
-        if !hits.is_empty() {
-            let base = self
-                .session
-                .header()
-                .hooked_at_ns
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let mut g = FIRST_HITS.lock().unwrap_or_else(|e| e.into_inner());
-            let m = g.get_or_insert_with(HashMap::new);
-            for h in &hits {
-                m.entry((self.pid, h.cookie))
-                    .or_insert(h.ts_ns.saturating_sub(base));
-            }
-        }
         self.fresh_hits.extend(hits);
         self.governor.step(self.pid, self.session);
     }
@@ -166,8 +144,10 @@ impl<'a> Live<'a> {
         let rate = total.saturating_sub(self.last_total) as f64 / dt;
         self.last_total = total;
         self.last_at = now;
+        let kinds = v.hook_counts();
         let mut line = format!(
-            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, {} dropped",
+            "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, \
+             hooks jmp {} jmp8 {} trap {}, {} dropped",
             self.pid,
             self.since.elapsed().as_secs_f64(),
             v.hooked,
@@ -175,6 +155,9 @@ impl<'a> Live<'a> {
             v.hit_funcs(),
             v.coverage(),
             rate,
+            kinds[0],
+            kinds[1],
+            kinds[2],
             v.dropped
         );
         let mode = self.governor.line();
@@ -222,6 +205,7 @@ impl Source for Live<'_> {
             exe: v.modules.first().cloned().unwrap_or_default(),
             functions_hooked: v.hooked,
             functions_skipped: v.skipped,
+            functions_trapped: v.hook_counts()[2],
             dropped_events: v.dropped,
             attached_for: self.since.elapsed(),
             mode_line: self.governor.line(),
@@ -236,12 +220,13 @@ impl Source for Live<'_> {
                 self.rows.insert(cookie, self.sent.len());
                 self.sent.push(cookie);
                 let module = if several {
-                    v.module_name(f.entry.module as usize)
+                    v.module_name(f.entry.module_index() as usize)
                 } else {
                     String::new()
                 };
                 let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
-                snap.new_functions.push(Function::new(name, module));
+                snap.new_functions
+                    .push(Function::new(name, module).with_hook(f.hook().unwrap_or_default()));
             }
         }
         if !self.skipped_told {
@@ -280,7 +265,7 @@ impl Source for Live<'_> {
 
     fn write_report(&mut self) -> Result<String, String> {
         let v = session::view(self.session).map_err(|e| chain(&e))?;
-        let r = session::report(self.session, &v);
+        let r = session::report(self.session, &v, &self.debug_dirs);
         crate::report::JSON
             .write_to(&r, &self.report_path)
             .map_err(|e| chain(&e))?;

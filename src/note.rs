@@ -19,6 +19,12 @@ pub enum Note {
         /// Why, and where its debug symbols would be looked for.
         reason: String,
     },
+    /// `--traps` is ignored for a target with Go code (its runtime owns its signals): only
+    /// jumps hook it.
+    TrapsIgnored {
+        /// The target.
+        pid: i32,
+    },
     /// A report was written.
     Wrote {
         /// Where.
@@ -79,6 +85,14 @@ pub enum Note {
     },
     /// A signal ended the watch of a session this xcover attached: it detaches.
     Signalled,
+    /// Processes forked from a target while its hooks were in carried its session: their
+    /// hooks, agent and session mapping were taken out too.
+    ForksCleaned {
+        /// The target.
+        pid: i32,
+        /// How many processes.
+        count: usize,
+    },
     /// A detach is done.
     Detached {
         /// The target.
@@ -130,6 +144,11 @@ impl fmt::Display for Note {
                     "warning: pid {pid}: none of its functions hooked: {reason}"
                 )
             }
+            Note::TrapsIgnored { pid } => write!(
+                f,
+                "pid {pid}: --traps ignored: the target has Go code, whose runtime owns its \
+                 signals"
+            ),
             Note::Wrote { path, snapshot } => write!(
                 f,
                 "wrote {}{}",
@@ -184,6 +203,11 @@ impl fmt::Display for Note {
                 Origin::Unowned => write!(f, "pid {pid}: watching its session"),
             },
             Note::Signalled => f.write_str("signal received: detaching"),
+            Note::ForksCleaned { pid, count } => write!(
+                f,
+                "pid {pid}: {count} process{} forked from it carried its hooks: taken out too",
+                if *count == 1 { "" } else { "es" }
+            ),
             Note::LeftKept { pid, why } => write!(
                 f,
                 "{why}the hooks stay in pid {pid} (a kept session); `xcover detach {pid}` \

@@ -15,10 +15,13 @@ use xcover_bpf::program::Program;
 use xcover_bpf::verifier::{self, VerifierOptions};
 use xcover_injector::SessionFile;
 use xcover_session::probe::{EVENTS_MAP, HIT_COUNT_MAPS, PER_FUNCTION_MAPS};
-use xcover_session::{FuncEntry, FuncStatus, ModuleEntry, Region, SessionHeader, SkipReason};
+use xcover_session::{
+    FuncEntry, FuncStatus, HookKind, ModuleEntry, Region, SessionHeader, SkipReason,
+};
 
 use crate::BadInput;
 use crate::discover::Discovery;
+use crate::report::{monotonic_to_unix_ns, rfc3339_ns, unix_now_ns};
 
 /// The coverage probe, compiled from `bpf/cover.bpf.c` by `scripts/build-bpf.sh`.
 pub const COVER_PROBE: &[u8] = include_bytes!("../bpf/cover.bpf.o");
@@ -137,6 +140,20 @@ pub struct Contents {
     events_map: u64,
     ncpus: u32,
     insns: u64,
+    /// `PROBE_TRAPS`: trap hooks allowed ([`Contents::allow_traps`]).
+    traps: bool,
+    /// A module is Go code: no traps.
+    go: bool,
+}
+
+impl Contents {
+    /// Lets the agent hook with one-byte traps what no jump can (`attach --traps`), unless
+    /// a module is Go code (its runtime manages signals with raw system calls). Returns
+    /// whether traps are allowed.
+    pub fn allow_traps(&mut self, on: bool) -> bool {
+        self.traps = on && !self.go;
+        self.traps
+    }
 }
 
 /// Prepares the session contents for `d`'s functions and the probe `prog`.
@@ -175,9 +192,18 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
             offset: f.offset,
             name_off,
             name_len: f.name.len() as u32,
-            module: f.module as u32,
-            status: FuncStatus::Pending as u32,
-            skip_reason: 0,
+            module: FuncEntry::pack_module(f.module as u32, f.source.code()),
+            // A part the agent must not jump from is skipped before it runs.
+            status: if f.red_zone {
+                FuncStatus::Skipped as u32
+            } else {
+                FuncStatus::Pending as u32
+            },
+            skip_reason: if f.red_zone {
+                xcover_session::SkipReason::RedZone.code()
+            } else {
+                0
+            },
             entered,
             pad_end: f.next_start,
             vaddr: f.vaddr,
@@ -241,6 +267,8 @@ pub fn prepare(d: &Discovery, prog: &Program, ncpus: u32) -> Result<Contents> {
         events_map,
         ncpus,
         insns: prog.insns.len() as u64,
+        traps: false,
+        go: d.modules.iter().any(|m| m.go),
     })
 }
 
@@ -283,8 +311,19 @@ pub fn write(s: &SessionFile, c: &Contents) -> Result<()> {
     )?;
     put(offset_of!(SessionHeader, hits_map), c.hits_map)?;
     put(offset_of!(SessionHeader, events_map), c.events_map)?;
+    let skipped = c
+        .funcs
+        .iter()
+        .filter(|f| f.status == FuncStatus::Skipped as u32)
+        .count();
+    put(offset_of!(SessionHeader, funcs_skipped), skipped as u64)?;
     put32(offset_of!(SessionHeader, ncpus), c.ncpus)?;
-    put32(offset_of!(SessionHeader, probe_flags), 0)?;
+    let flags = if c.traps {
+        xcover_session::PROBE_TRAPS
+    } else {
+        0
+    };
+    put32(offset_of!(SessionHeader, probe_flags), flags)?;
     put(offset_of!(SessionHeader, regions_off), l.regions_off)?;
     put(offset_of!(SessionHeader, regions_cap), REGIONS_CAP)?;
     put(offset_of!(SessionHeader, arena_off), l.arena_off)?;
@@ -306,9 +345,9 @@ pub struct FuncView {
     /// Where another function's branch enters this one inside its first bytes (`name` or
     /// `name+0x12`), when xcover found one.
     pub entered_from: Option<String>,
-    /// When it was first hit, in nanoseconds after the hooks went in, if known (filled by
-    /// the watcher from the first-hit events it read, see [`crate::live`]).
-    pub first_hit_ns: Option<u64>,
+    /// When it first ran (`CLOCK_MONOTONIC` nanoseconds, the probe's `seen` map), 0 when it
+    /// has not or the probe does not record it.
+    pub first_hit_ns: u64,
 }
 
 impl FuncView {
@@ -325,6 +364,11 @@ impl FuncView {
             }
             _ => SkipReason::text_of(code).to_string(),
         })
+    }
+
+    /// How the function is (or, after detach, was) hooked: `jmp`, `jmp8`, `trap`.
+    pub fn hook(&self) -> Option<&'static str> {
+        self.entry.hook_kind().map(HookKind::name)
     }
 }
 
@@ -349,6 +393,20 @@ pub struct View {
 }
 
 impl View {
+    /// Functions hooked now by each form, in [`HookKind::ALL`] order: `[jmp, jmp8, trap]`.
+    pub fn hook_counts(&self) -> [u64; HookKind::ALL.len()] {
+        let mut n = [0u64; HookKind::ALL.len()];
+        for f in self.funcs.iter().filter(|f| f.entry.is_hooked()) {
+            if let Some(k) = f.entry.hook_kind()
+                && let Some(i) = HookKind::ALL.iter().position(|&a| a == k)
+                && let Some(c) = n.get_mut(i)
+            {
+                *c += 1;
+            }
+        }
+        n
+    }
+
     /// The alias of module `i`, if it has one.
     pub fn module_name_alias(&self, i: usize) -> Option<&str> {
         self.module_aliases.get(i).and_then(|a| a.as_deref())
@@ -435,6 +493,34 @@ pub fn regions(s: &SessionFile) -> Result<Vec<Region>> {
         .collect())
 }
 
+/// Per-function first-hit times (index = cookie, `CLOCK_MONOTONIC` nanoseconds, 0 for
+/// none), from the built-in probe's `seen` map (an ARRAY of `u64` keyed by cookie holding
+/// the first hit's timestamp). Zeros when the probe has no such map (a `--probe`, or a
+/// session of an xcover whose probe kept only a flag there).
+pub fn first_hits(s: &SessionFile) -> Result<Vec<u64>> {
+    let h = s.header();
+    let n = h.funcs_count as usize;
+    let mut times = Vec::new();
+    for i in 0..h.maps_count {
+        let off = s.read_u64(h.maps_off.saturating_add(i.saturating_mul(8)))?;
+        let found = s.with_arena(|a| {
+            a.map(off).ok().and_then(|m| {
+                let hd = m.header();
+                (m.name() == "seen"
+                    && hd.value_size == 8
+                    && m.map_type() == xcover_bpf::program::MapType::Array)
+                    .then(|| m.array_u64_all())
+            })
+        })?;
+        if let Some(Some(t)) = found {
+            times = t;
+            break;
+        }
+    }
+    times.resize(n, 0);
+    Ok(times)
+}
+
 /// Events dropped by the probe's maps.
 pub fn dropped(s: &SessionFile) -> Result<u64> {
     let h = s.header();
@@ -483,8 +569,9 @@ pub fn view(s: &SessionFile) -> Result<View> {
     }
     let entries = s.funcs()?;
     let counts = hits(s)?;
+    let firsts = first_hits(s)?;
     let mut funcs = Vec::with_capacity(entries.len());
-    for (e, hits) in entries.into_iter().zip(counts) {
+    for ((e, hits), first_hit_ns) in entries.into_iter().zip(counts).zip(firsts) {
         let from_len = e.entered_from_len();
         let entered_from = if from_len == 0 {
             None
@@ -499,7 +586,7 @@ pub fn view(s: &SessionFile) -> Result<View> {
             entry: e,
             hits,
             entered_from,
-            first_hit_ns: None,
+            first_hit_ns,
         });
     }
     Ok(View {
@@ -517,33 +604,59 @@ pub fn view(s: &SessionFile) -> Result<View> {
 }
 
 /// The report of a session.
-pub fn report(s: &SessionFile, v: &View) -> crate::report::Report {
+pub fn report(
+    s: &SessionFile,
+    v: &View,
+    debug_dirs: &[std::path::PathBuf],
+) -> crate::report::Report {
     use crate::report::ModuleLines;
     let h = s.header();
     let modules: Vec<ModuleLines> = v
         .modules
         .iter()
         .enumerate()
-        .map(|(i, p)| ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i)))
+        .map(|(i, p)| {
+            ModuleLines::open(std::path::Path::new(p), v.module_name_alias(i), debug_dirs)
+        })
         .collect();
-    let unknown = ModuleLines::open(std::path::Path::new(""), None);
-    let first = crate::live::first_hit_times(h.target_pid as i32);
+    let unknown = ModuleLines::open(std::path::Path::new(""), None, &[]);
+    let hooked_at = h.hooked_at_ns.load(std::sync::atomic::Ordering::Acquire);
     let functions = v
         .funcs
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let m = modules.get(f.entry.module as usize).unwrap_or(&unknown);
+        .map(|f| {
+            let m = modules
+                .get(f.entry.module_index() as usize)
+                .unwrap_or(&unknown);
             let mut r = m.func(&f.name, f.entry.offset, f.entry.vaddr, f.hits);
+            r.source = crate::discover::Source::from_code(f.entry.source_code())
+                .map(|s| s.name().to_string());
             r.skipped = f.skip_reason();
             r.hits_lower_bound = f.entry.hits_lower_bound();
             r.unhooked = f.entry.unhook_reason().map(|u| u.name().to_string());
-            r.first_hit_ns = f.first_hit_ns.or_else(|| first.get(&(i as u64)).copied());
+            if f.hits > 0 {
+                r.first_hit_at = monotonic_to_unix_ns(f.first_hit_ns).map(rfc3339_ns);
+                // From the probe's `seen` map (never lost, unlike the events ring buffer),
+                // relative to when the hooks went in.
+                r.first_hit_ns =
+                    (f.first_hit_ns != 0).then(|| f.first_hit_ns.saturating_sub(hooked_at));
+            }
+            r.hook = f.hook().map(str::to_string);
             r
         })
         .collect();
     let exe =
         String::from_utf8_lossy(&h.exe_path[..(h.exe_path_len as usize).min(512)]).into_owned();
     let id = crate::report::hex(&h.build_id[..(h.build_id_len as usize).min(32)]);
-    crate::report::Report::new(exe, i64::from(h.target_pid), id, functions)
+    let mut r = crate::report::Report::new(exe, i64::from(h.target_pid), id, functions);
+    // An observation happened only where hits are counted, from the time the hooks were in.
+    if h.hits_map != u64::MAX
+        && let Some(from) = monotonic_to_unix_ns(hooked_at)
+    {
+        r.observed_from = Some(rfc3339_ns(from));
+        r.observed_until = Some(rfc3339_ns(unix_now_ns()));
+    } else {
+        r.sessions = 0;
+    }
+    r
 }

@@ -504,16 +504,50 @@ fn custom_probe_maps_keep_their_max_entries() {
     assert_eq!(code, 0);
 }
 
-/// A stripped executable with no debug file: `functions` and `attach` both refuse it the
-/// same way (exit 2, one line naming the file, why, and where its debug symbols would be
-/// looked for), and the target is left alone. Before, `functions` printed "0 functions" and
-/// exited 0 while `attach` said "no function to hook".
+/// File offset of each named function of the ELF file `exe`, from `nm` (link-time address)
+/// and its `PT_LOAD` headers.
+fn file_offsets(exe: &Path, names: &[&str]) -> Vec<u64> {
+    let bytes = std::fs::read(exe).unwrap();
+    let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+    xcover_testsupport::inspect::nm_addrs(exe, names)
+        .into_iter()
+        .map(|v| {
+            let ph = elf
+                .program_headers
+                .iter()
+                .find(|p| {
+                    p.p_type == goblin::elf::program_header::PT_LOAD
+                        && v >= p.p_vaddr
+                        && v < p.p_vaddr + p.p_filesz
+                })
+                .unwrap();
+            v - ph.p_vaddr + ph.p_offset
+        })
+        .collect()
+}
+
+/// A stripped executable with no debug file: its functions come from `.eh_frame`, named
+/// `func_<file offset>` with source `eh_frame`, at the offsets the unstripped build gives
+/// its symbols; attach hooks them and counts exactly; `xcover symbolize` with the debug
+/// file kept aside gives them their names, files and lines back by build-id and offset.
 #[test]
-fn stripped_target_without_debug_file_is_refused_alike() {
+fn stripped_target_without_debug_file_gets_eh_frame_functions() {
     let dir = tmp("stripped-bare");
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("counts-bare");
     std::fs::copy(counts_exe(), &exe).unwrap();
+    let offs = file_offsets(&exe, &["f1", "f2", "f3"]);
+    let dbg_dir = dir.join("debug");
+    let id = build_id(&exe);
+    let dbg = dbg_dir.join(format!(".build-id/{}/{}.debug", &id[..2], &id[2..]));
+    std::fs::create_dir_all(dbg.parent().unwrap()).unwrap();
+    let st = Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&dbg)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let st = Command::new("strip")
         .arg("--strip-all")
         .arg(&exe)
@@ -533,17 +567,113 @@ fn stripped_target_without_debug_file_is_refused_alike() {
     assert_eq!(l, "ready\n");
     let pid = child.0.id() as i32;
     let ps = pid.to_string();
-    let id = {
-        let r = Command::new("readelf")
-            .args(["-n"])
-            .arg(&exe)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
-            .expect("cc gave the target a build-id")
-    };
+    let listing = ok(&["functions", &ps]);
+    let names: Vec<String> = offs.iter().map(|o| format!("func_{o:x}")).collect();
+    for n in &names {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.ends_with(&format!(" {n}")) && l.contains(" eh_frame ")),
+            "{n} missing: {listing}"
+        );
+    }
+    let json = tmp("stripped-bare.json");
+    ok(&["attach", &ps, "--no-tui", "--keep"]);
+    signal(pid, libc::SIGUSR2);
+    l.clear();
+    out.read_line(&mut l).unwrap();
+    assert!(l.starts_with("round 1 "), "{l:?}");
+    ok(&["detach", &ps, "--report", json.to_str().unwrap()]);
+    let r = read_report(&json);
+    assert_eq!(hits(&r, &names[0]), (1000, true));
+    assert_eq!(hits(&r, &names[1]), (0, false));
+    assert_eq!(hits(&r, &names[2]), (7, true));
+    assert_eq!(
+        xcover_testsupport::report::function(&r, &names[0])["source"],
+        "eh_frame"
+    );
+
+    // Symbolized with the debug file kept aside: real names, lines, source `debug`.
+    let named = tmp("stripped-bare-named.json");
+    ok(&[
+        "symbolize",
+        json.to_str().unwrap(),
+        "--debug-dir",
+        dbg_dir.to_str().unwrap(),
+        "-o",
+        named.to_str().unwrap(),
+    ]);
+    let n = read_report(&named);
+    assert_eq!(hits(&n, "f1"), (1000, true));
+    assert_eq!(hits(&n, "f3"), (7, true));
+    let f1 = xcover_testsupport::report::function(&n, "f1");
+    assert_eq!(f1["source"], "debug");
+    assert!(f1["file"].as_str().unwrap().ends_with("counts.c"), "{f1}");
+    assert!(f1["line"].as_u64().unwrap() > 0);
+    // The same, given the file itself.
+    let again = run_xcover(&[
+        "symbolize",
+        json.to_str().unwrap(),
+        "--debug-file",
+        dbg.to_str().unwrap(),
+    ]);
+    assert!(again.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(hits(&v, "f1"), (1000, true));
+    // A debug file of another build (xcover's own binary) is refused.
+    let other = run_xcover(&[
+        "symbolize",
+        json.to_str().unwrap(),
+        "--debug-file",
+        env!("CARGO_BIN_EXE_xcover"),
+    ]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(2), "{err}");
+    assert!(err.contains("build-id"), "{err}");
+}
+
+fn build_id(exe: &Path) -> String {
+    let r = Command::new("readelf")
+        .args(["-n"])
+        .arg(exe)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+        .expect("cc gave the target a build-id")
+}
+
+/// A stripped executable with no `.eh_frame` and no debug file: `functions` and `attach`
+/// both refuse it the same way (exit 2, one line naming the file, why, and where its debug
+/// symbols would be looked for), and the target is left alone.
+#[test]
+fn stripped_target_without_eh_frame_is_refused_alike() {
+    let dir = tmp("stripped-noeh");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("counts-noeh");
+    let st = Command::new("objcopy")
+        .args(["--strip-all", "--remove-section", ".eh_frame"])
+        .args(["--remove-section", ".eh_frame_hdr"])
+        .arg(counts_exe())
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = Reaper(
+        Command::new(&exe)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    assert_eq!(l, "ready\n");
+    let pid = child.0.id() as i32;
+    let ps = pid.to_string();
+    let id = build_id(&exe);
     let debug_path = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
     let mut errs = Vec::new();
     for args in [
@@ -559,6 +689,7 @@ fn stripped_target_without_debug_file_is_refused_alike() {
             &format!("pid {pid}"),
             exe.to_str().unwrap(),
             "no symbol table (stripped)",
+            "no .eh_frame",
             "debug symbols",
             &debug_path,
         ] {
@@ -569,8 +700,7 @@ fn stripped_target_without_debug_file_is_refused_alike() {
         errs.push(err);
     }
     assert_eq!(errs[0], errs[1], "functions and attach disagree");
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    signal(pid, libc::SIGUSR2);
     l.clear();
     out.read_line(&mut l).unwrap();
     assert!(

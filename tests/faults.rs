@@ -221,7 +221,7 @@ fn no_panic(err: &str) {
     );
 }
 
-const LIMIT: Duration = Duration::from_secs(30);
+pub const LIMIT: Duration = Duration::from_secs(30);
 
 /// The target exits by itself at every point of the session: before the attach, during
 /// it, while live, during the detach. xcover reports it, removes the session, never hangs.
@@ -443,21 +443,26 @@ fn fork_child_runs_correctly_and_is_counted() {
     let pid = t.pid();
     let ps = pid.to_string();
     let report = tmp_path("fork.json");
+    let started = Instant::now();
     let x = Xcover::spawn(&[
         "attach",
         &ps,
         "--no-tui",
         "--duration",
-        "0.6",
+        "1.5",
         "--report",
         report.to_str().unwrap(),
     ]);
     assert!(wait_live(pid, LIMIT), "{}", x.stderr());
     std::thread::sleep(Duration::from_millis(100));
-    // The child runs ~200 ms: across the parent's detach at 0.6 s for the second one.
+    // The child runs ~200 ms: the first one well before the detach at 1.5 s (its hits all
+    // count: the detach takes the hooks out of a child still running), the second one
+    // across it.
     t.send("fork");
     assert_eq!(t.line(), "child status=0\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let first_done = started.elapsed();
+    assert!(first_done < Duration::from_millis(1300), "{first_done:?}");
+    std::thread::sleep(Duration::from_millis(1400) - first_done);
     t.send("fork");
     let (code, err) = x.wait(LIMIT);
     assert_eq!(code, 0, "{err}");

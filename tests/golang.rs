@@ -16,13 +16,29 @@ use crate::support::{run_xcover, session_path, tracer_pids};
 /// installed.
 fn go_target() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
+    EXE.get_or_init(|| go_build(&[])).clone()
+}
+
+/// The same, linked with `-ldflags=-s`: no `.symtab`, only `.gopclntab` names functions.
+fn go_target_stripped() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| go_build(&["-ldflags=-s"])).clone()
+}
+
+fn go_build(flags: &[&str]) -> PathBuf {
+    {
         let go = xcover_testsupport::tools::require("go", "golang-go");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/go/gotarget.go");
         let dir = xcover_testsupport::tmp::run_dir("xcover-go-");
-        let exe = dir.join("gotarget");
+        let exe = dir.join(if flags.is_empty() {
+            "gotarget"
+        } else {
+            "gotarget-stripped"
+        });
         let out = Command::new(go)
-            .args(["build", "-o"])
+            .arg("build")
+            .args(flags)
+            .arg("-o")
             .arg(&exe)
             .arg(&src)
             .env("GOCACHE", dir.join("cache"))
@@ -36,8 +52,7 @@ fn go_target() -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
         exe
-    })
-    .clone()
+    }
 }
 
 struct GoTarget {
@@ -73,7 +88,51 @@ fn code_bytes(pid: i32, exe: &Path, names: &[&str]) -> Vec<Vec<u8>> {
 
 #[test]
 fn go_program_with_every_function_hooked() {
-    let exe = go_target();
+    every_function_hooked(&go_target(), false);
+}
+
+/// The same program stripped (`go build -ldflags=-s`): every function is found in
+/// `.gopclntab` under its Go name, the same ones at the same addresses as with symbols.
+#[test]
+fn stripped_go_program_with_every_function_hooked() {
+    let exe = go_target_stripped();
+    let listing = |exe: &Path| {
+        let mut t = GoTarget::start(exe);
+        let o = run_xcover(&["functions", &t.child.pid().to_string()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        writeln!(t.stdin, "quit").unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_string(), f[2].to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let with = listing(&go_target());
+    let without = listing(&exe);
+    assert!(with.iter().all(|(_, s)| s == "symtab"));
+    let other: Vec<_> = without
+        .iter()
+        .filter(|(_, s)| s != "pclntab")
+        .take(5)
+        .collect();
+    assert!(other.is_empty(), "not from .gopclntab: {other:?}");
+    let addrs = |l: &[(String, String)]| l.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        addrs(&with),
+        addrs(&without),
+        "other functions without .symtab"
+    );
+    every_function_hooked(&exe, true);
+}
+
+/// Runs the Go target under xcover with every function hooked and checks its output, the
+/// counts and the restored code. `stripped`: `exe` has no `.symtab` (names from
+/// `.gopclntab`, code addresses from the unstripped build, whose layout is the same).
+fn every_function_hooked(exe: &Path, stripped: bool) {
+    let exe = exe.to_path_buf();
+    let nm_exe = go_target();
     let mut reference = GoTarget::start(&exe);
     let want: Vec<String> = ["run", "par", "par", "run"]
         .iter()
@@ -84,7 +143,7 @@ fn go_program_with_every_function_hooked() {
     let pid = t.child.pid();
     let ps = pid.to_string();
     let probe = ["main.f1", "main.f3", "runtime.mallocgc", "runtime.newstack"];
-    let before = code_bytes(pid, &exe, &probe);
+    let before = code_bytes(pid, &nm_exe, &probe);
     let o = run_xcover(&["attach", &ps, "--no-tui", "--keep"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -95,7 +154,7 @@ fn go_program_with_every_function_hooked() {
     got.push(t.cmd("run"));
     assert_eq!(got, want, "the Go program's output changed under xcover");
     assert_eq!(
-        code_bytes(pid, &exe, &probe),
+        code_bytes(pid, &nm_exe, &probe),
         before,
         "code bytes not restored"
     );
@@ -134,8 +193,17 @@ fn go_program_with_every_function_hooked() {
         "no stack grew"
     );
     // Goroutines return into goexit+1: hooking it would break every goroutine's exit.
+    if stripped {
+        assert_eq!(f("main.f1")["source"], "pclntab");
+    }
+    // .gopclntab names it without the ABI suffix .symtab gives it.
+    let goexit = if stripped {
+        "runtime.goexit"
+    } else {
+        "runtime.goexit.abi0"
+    };
     assert_eq!(
-        f("runtime.goexit.abi0")["skipped"],
+        f(goexit)["skipped"],
         "entered at its second byte (a top frame's call)"
     );
     let hooked = r["functions"]

@@ -45,6 +45,22 @@ fn status(pid: i32) -> String {
     out
 }
 
+/// Waits until `xcover status` counts at least one function of `pid` hit.
+fn wait_some_hit(pid: i32) {
+    let end = std::time::Instant::now() + LIMIT;
+    loop {
+        let line = status(pid);
+        if !line.contains(" 0 hit (") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no hit while attached: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A file's line that matches, for the messages.
 fn line_with<'a>(text: &'a str, what: &str) -> &'a str {
     text.lines()
@@ -191,7 +207,8 @@ fn without_process_events_the_zombie_tells_or_xcover_says_it_does_not_know() {
         ],
     );
     assert!(wait_live(pid, LIMIT), "{}", x.stderr());
-    std::thread::sleep(Duration::from_millis(100));
+    // A few hooked rounds before the crash, however busy the machine is.
+    wait_some_hit(pid);
     t.send("segv");
     let (code, err) = x.wait(LIMIT);
     let said = line_with(&err, "session removed");

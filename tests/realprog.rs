@@ -1000,7 +1000,9 @@ fn copy_entries(pid: i32, module: Option<&str>) -> BTreeMap<String, (u64, [u8; 1
     let mut entries = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let mut f = line.split_whitespace();
-        let (Some(addr), Some(_size), Some(name)) = (f.next(), f.next(), f.next()) else {
+        let (Some(addr), Some(_size), Some(_source), Some(name)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
             continue;
         };
         let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
@@ -1048,7 +1050,10 @@ fn mempcpy_jumps(entries: &BTreeMap<String, (u64, [u8; 16])>) -> Vec<(String, St
 /// `__memcpy_X` that its `__mempcpy_X` enters at `+k` keeps bytes `k..k+2` while attached
 /// (skipped, with the reason naming the `__mempcpy_X`, or hooked by a patch that stops
 /// before them), and the `__mempcpy_*` this CPU uses was hit while hooked.
-fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>) {
+///
+/// With `traps` (`attach --traps`), no `__memcpy_X` is skipped for that entry any more: each
+/// is hooked (by a trap, or a 2-byte hop that stops before `+k`) and at least one by a trap.
+fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>, traps: bool) {
     let name = exe.file_name().unwrap().to_string_lossy().into_owned();
     let want = reference(&exe);
 
@@ -1064,8 +1069,12 @@ fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>) {
          {:?}",
         copies_before.keys().collect::<Vec<_>>()
     );
-    let report = report_path(&name);
-    let extra: Vec<&str> = module.map(|m| vec!["--module", m]).unwrap_or_default();
+    // Its own report per variant: the tests run in parallel.
+    let report = report_path(&format!("{name}{}", if traps { "-traps" } else { "" }));
+    let mut extra: Vec<&str> = module.map(|m| vec!["--module", m]).unwrap_or_default();
+    if traps {
+        extra.push("--traps");
+    }
     let att = Attached::start_with(pid, how, &report, &extra);
     let unpatched = report_patched(&name, &before, pid, &exe);
     let copies_during = copy_entries(pid, module);
@@ -1133,10 +1142,35 @@ fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>) {
                 .is_some_and(|s| s.starts_with("entered at +3 from __mempcpy_"))
         })
         .collect();
-    assert!(
-        !entered.is_empty(),
-        "{name}: no __memcpy_* skipped for a branch from its __mempcpy_*"
-    );
+    if traps {
+        assert!(
+            entered.is_empty(),
+            "{name}: skipped for a branch from __mempcpy_* despite --traps: {entered:?}"
+        );
+        let trapped: Vec<_> = pairs
+            .iter()
+            .filter(|(_, memcpy, _)| find(memcpy).is_some_and(|f| f["hook"] == "trap"))
+            .map(|(_, memcpy, _)| memcpy.clone())
+            .collect();
+        assert!(
+            !trapped.is_empty(),
+            "{name}: no __memcpy_* hooked by a trap"
+        );
+        for (_, memcpy, _) in &pairs {
+            let f = find(memcpy).unwrap();
+            assert!(f["skipped"].is_null(), "{name}: {memcpy} skipped: {f}");
+        }
+        let trap_hits: u64 = trapped
+            .iter()
+            .filter_map(|m| find(m).and_then(|f| f["hits"].as_u64()))
+            .sum();
+        eprintln!("{name}: hooked by trap: {trapped:?}, {trap_hits} hits between them");
+    } else {
+        assert!(
+            !entered.is_empty(),
+            "{name}: no __memcpy_* skipped for a branch from its __mempcpy_*"
+        );
+    }
     eprintln!(
         "{name}: {} functions reported, {} skipped for an entry from __mempcpy_*; this CPU's \
          mempcpy: {used:?}",
@@ -1149,12 +1183,37 @@ fn memwork_all_of_libc(exe: PathBuf, how: Detach, module: Option<&str>) {
 #[test]
 fn memwork_static_libc_in_the_executable() {
     warm_up();
-    memwork_all_of_libc(memwork_static(), Detach::Keep, None);
+    memwork_all_of_libc(memwork_static(), Detach::Keep, None, false);
+}
+
+/// The same with `--traps`: the `__memcpy_*` entered from their `__mempcpy_*` are hooked by
+/// a trap; output, bytes and exit unchanged.
+#[test]
+fn memwork_static_with_traps() {
+    warm_up();
+    memwork_all_of_libc(memwork_static(), Detach::Keep, None, true);
 }
 
 /// Against libc.so.6, attached with `--module libc.so.6`: every function of both.
 #[test]
 fn memwork_dynamic_with_module_libc() {
     warm_up();
-    memwork_all_of_libc(memwork_dynamic(), Detach::Interrupt, Some("libc.so.6"));
+    memwork_all_of_libc(
+        memwork_dynamic(),
+        Detach::Interrupt,
+        Some("libc.so.6"),
+        false,
+    );
+}
+
+/// Against libc.so.6 with `--module libc.so.6 --traps`.
+#[test]
+fn memwork_dynamic_with_module_libc_and_traps() {
+    warm_up();
+    memwork_all_of_libc(
+        memwork_dynamic(),
+        Detach::Interrupt,
+        Some("libc.so.6"),
+        true,
+    );
 }

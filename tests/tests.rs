@@ -2,6 +2,7 @@
 //! processes built from the sources in `tests/targets/` at test time.
 
 mod conformance;
+mod corpus;
 mod e2e;
 mod faults;
 mod flood;
@@ -11,8 +12,11 @@ mod hostile;
 mod inject;
 mod lifecycle;
 mod maps;
+mod outputs;
 mod prod;
 mod realprog;
 mod security;
 mod support;
+mod trap;
+mod trees;
 mod tui;

@@ -20,15 +20,17 @@ use xcover_bpf::insn::Insn;
 use xcover_bpf::jit::{self, JitOptions};
 use xcover_bpf::maps::ArenaMaps;
 use xcover_bpf::verifier::{self, VerifierOptions};
-use xcover_interceptor::{HookBatch, HookOptions, Interceptor, IpFixup, Site};
+use xcover_interceptor::{HookBatch, HookKind, HookOptions, Interceptor, IpFixup, Site};
+use xcover_session::entry::IP_TRAP_STOPPED;
 use xcover_session::{
     FuncStatus, GLIBC_TCB_TID_OFF, PROBE_CTX_COOKIE_OFF, PROBE_CTX_FUNC_IP_OFF,
-    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, REGION_HEAP, REGION_JIT, SkipReason,
+    PROBE_SAVE_VECTOR_REGS, PROBE_TCB_TID, PROBE_TRAPS, REGION_HEAP, REGION_JIT, SkipReason,
 };
 
 use crate::heap;
 use crate::memory::{self, AgentMemory};
 use crate::session::{self, set_error};
+use crate::trap;
 use xcover_rt::mm as sys;
 
 /// An entry point failed: the session's `agent_error` says why.
@@ -209,6 +211,7 @@ fn build(near: u64) -> Result<State, i64> {
             save_vector_regs: h.probe_flags & PROBE_SAVE_VECTOR_REGS != 0,
             flags_with_popfq: false,
             light_ctx,
+            traps: h.probe_flags & PROBE_TRAPS != 0,
         },
     );
     Ok(State {
@@ -311,7 +314,15 @@ pub unsafe fn commit() -> i64 {
     let Some((batch, pending)) = s.planned.take() else {
         return 0;
     };
-    let outcomes: Vec<Result<(), SkipReason>> = batch.outcomes().iter().map(|(_, r)| *r).collect();
+    let outcomes: Vec<Result<HookKind, SkipReason>> =
+        batch.outcomes().iter().map(|(_, r)| *r).collect();
+    // The SIGTRAP handler is in place before any `int3` is written (every thread is
+    // stopped, so none can trap before the table below names the new sites).
+    let traps = outcomes.contains(&Ok(HookKind::Trap));
+    if traps && !trap::install(s.jit_addr) {
+        set_error(format_args!("installing the SIGTRAP handler failed"));
+        return E_PATCH;
+    }
     let mut mem = AgentMemory;
     // SAFETY: the specs name the session's functions, unchanged since xcover read them;
     // every thread is stopped and those inside patched bytes were moved by xcover.
@@ -319,14 +330,17 @@ pub unsafe fn commit() -> i64 {
         set_error(format_args!("writing the entry patches failed"));
         return E_PATCH;
     }
+    // The table as committed: every trap site active.
+    if traps {
+        trap::publish(s.interceptor.trap_sites());
+    }
     let mut hooked = 0u64;
     let mut skipped = 0u64;
     for (&i, r) in pending.iter().zip(&outcomes) {
         match r {
-            Ok(()) => {
+            Ok(kind) => {
                 // A function hooked again keeps the reason of its last live unhook.
-                let was = v.func(i).map_or(0, |f| f.skip_reason);
-                v.set_func_status_code(i, FuncStatus::Hooked, was);
+                v.set_func_hooked(i, *kind);
                 hooked += 1;
             }
             Err(reason) => {
@@ -371,8 +385,18 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     s.planned = None;
     let addrs = s.interceptor.hooked();
     let batch = s.interceptor.prepare_unhooks(&addrs);
+    let traps = s.interceptor.trap_sites();
     for (mv, &ip) in moves.iter_mut().zip(ips) {
-        *mv = match batch.fixup(ip) {
+        // Held with the SIGTRAP of an `int3`: when it is one of ours, the thread goes back
+        // to the entry, whose original byte is restored (xcover drops the signal).
+        if ip & IP_TRAP_STOPPED != 0 {
+            let at = (ip & !IP_TRAP_STOPPED).wrapping_sub(1);
+            if traps.iter().any(|t| t.active && t.addr == at) {
+                *mv = at;
+                continue;
+            }
+        }
+        *mv = match batch.fixup(ip & !IP_TRAP_STOPPED) {
             IpFixup::MoveTo(to) => to,
             IpFixup::Untouched | IpFixup::Blocked(_) => 0,
         };
@@ -388,11 +412,16 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
             return E_PATCH;
         }
     };
+    // Traps still being delivered find their sites retired and re-run the restored entry.
+    let sites = s.interceptor.trap_sites();
+    if !sites.is_empty() {
+        trap::publish(sites);
+    }
+    // Pending again, keeping how each was hooked (for the reports written after detach).
     for i in 0..v.funcs_count() {
-        if let Some(f) = v.func(i).filter(|f| f.is_hooked()) {
-            // The reason of an earlier live unhook stays: its count is a lower bound.
-            v.set_func_status_code(i, FuncStatus::Pending, f.skip_reason);
-        }
+        // `Hooked` and `Unhooking` ones; the reason of an earlier live unhook stays: the
+        // count is a lower bound.
+        v.set_func_unhooked(i);
     }
     h.funcs_hooked.store(0, Ordering::Release);
     n as i64
@@ -456,6 +485,13 @@ pub unsafe fn unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
             return E_PATCH;
         }
     };
+    // Traps still being delivered (the handler stays installed while the session goes on)
+    // find their sites retired and re-run the restored entry.
+    let sites = s.interceptor.trap_sites();
+    if !sites.is_empty() {
+        trap::publish(sites);
+    }
+    // The code xcover wrote with `Unhooking` holds the hook kind and the reason: both stay.
     for &(i, _, code) in &marked {
         v.set_func_status_code(i, FuncStatus::Unhooked, code);
     }
@@ -483,6 +519,8 @@ pub unsafe fn fini() -> i64 {
     );
     h.agent_calls.fetch_add(1, Ordering::AcqRel);
     helpers::set_log_sink(None);
+    // The target's SIGTRAP disposition back, before the handler's code goes.
+    trap::uninstall();
     // SAFETY: we are in an entry point; this is the only reference taken in this call.
     let st = unsafe { state() };
     if let Some(s) = st.take() {

@@ -34,7 +34,8 @@
 //! - `heap`: the global allocator (talc over recorded mmap regions);
 //! - `session`: access to the shared session mapping;
 //! - `memory`: the interceptor's `Memory` (mappings near functions, code writes);
-//! - `hook`: the work of the entry points and the agent's state.
+//! - `hook`: the work of the entry points and the agent's state;
+//! - `trap`: the SIGTRAP handler serving one-byte trap hooks, chained to the target's own.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -54,6 +55,7 @@ mod heap;
 mod hook;
 mod memory;
 mod session;
+mod trap;
 
 use core::sync::atomic::Ordering;
 

@@ -110,10 +110,11 @@ fn cover_object_has_the_probe_and_its_maps() {
     );
     assert!(HIT_COUNT_MAPS.contains(&COUNTS_MAP));
     assert_eq!(PER_FUNCTION_MAPS, [COUNTS_MAP, SEEN_MAP]);
+    // seen[] holds each function's first-hit time (a u64), for the reports.
     let seen = &p.maps[p.map_index(SEEN_MAP).unwrap()];
     assert_eq!(
         (seen.map_type, seen.key_size, seen.value_size),
-        (MapType::Array, 4, 4)
+        (MapType::Array, 4, 8)
     );
     let events = &p.maps[p.map_index(EVENTS_MAP).unwrap()];
     assert_eq!(

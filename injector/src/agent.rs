@@ -11,7 +11,7 @@ use crate::scratch::Scratch;
 use crate::session::SessionFile;
 use crate::stop::StoppedProcess;
 use crate::tracer::Tracer;
-use crate::{AGENT_COMMIT, AGENT_HOOK, Error, Result};
+use crate::{AGENT_COMMIT, AGENT_HOOK, AGENT_UNHOOK, Error, Result};
 
 /// Hooks the session's `Pending` functions: runs the agent's `HOOK` (plans, writes the
 /// trampolines, names the threads to move), moves those threads, then runs `COMMIT`, which
@@ -60,8 +60,19 @@ pub(crate) fn call_with_threads<T: Tracer>(
     let pid = sp.pid();
     let tids = sp.tids();
     let mut ips = Vec::with_capacity(tids.len());
-    for &t in &tids {
-        ips.push(sp.regs(t)?.rip);
+    // For UNHOOK, threads held with the SIGTRAP of an `int3` (maybe one of the agent's trap
+    // hooks) are marked: the agent sends those back to the restored entry, and their signal
+    // is dropped below.
+    let trapped: Vec<bool> = tids
+        .iter()
+        .map(|t| entry == AGENT_UNHOOK && sp.held_int3_trap(*t))
+        .collect();
+    for (&t, &trap) in tids.iter().zip(&trapped) {
+        let rip = sp.regs(t)?.rip;
+        ips.push(match trap {
+            true => rip | xcover_session::entry::IP_TRAP_STOPPED,
+            false => rip,
+        });
     }
     let n = ips.len() as u64;
     if 16 * n > scratch.data_size {
@@ -89,10 +100,20 @@ pub(crate) fn call_with_threads<T: Tracer>(
     }
     let mut moves = vec![0u8; 8 * n as usize];
     sp.read(moves_addr, &mut moves)?;
-    for (&t, mv) in tids.iter().zip(moves.chunks_exact(8)) {
+    let moved = tids
+        .iter()
+        .zip(moves.chunks_exact(8))
+        .zip(&trapped)
+        .zip(&ips);
+    for (((&t, mv), &trap), &ip) in moved {
         let to = u64::from_le_bytes(mv.try_into().expect("8 bytes"));
         if to != 0 {
             sp.set_ip(t, to)?;
+            let rip = ip & !xcover_session::entry::IP_TRAP_STOPPED;
+            if trap && to == rip.wrapping_sub(1) {
+                // The trap was the agent's: the thread re-runs the restored entry instead.
+                sp.drop_held_signal(t);
+            }
         }
     }
     Ok((rc, took))

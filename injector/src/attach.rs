@@ -50,6 +50,7 @@ pub fn attach(pid: i32, agent: &[u8], opts: &AttachOptions) -> Result<Attached> 
             funcs: funcs as u64,
             retries: 0,
             gone: None,
+            forks: 0,
             held: false,
         })
     })();
@@ -174,6 +175,7 @@ fn with_loaded_agent(
         funcs: funcs as u64,
         retries: 0,
         gone: None,
+        forks: 0,
         held: false,
     })
 }

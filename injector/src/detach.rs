@@ -1,14 +1,16 @@
 //! Detach: take everything out of the target and remove the session.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use xcover_session::SessionState;
 
 use crate::agent::{agent_failed, call_with_threads, check_identity};
-use crate::doomed::{Doomed, doomed_ranges, thread_inside};
+use crate::doomed::{Doomed, doomed_ranges, thread_inside, trap_pending};
 use crate::elf::AgentImage;
 use crate::faults::fault_point;
+use crate::forks;
 use crate::liveness::target_gone;
 use crate::remote::nr;
 use crate::scratch::{LEAVE_PAUSE, Scratch, clear_orphan_scratch};
@@ -60,9 +62,11 @@ pub fn detach_with(
     match procfs::stat(pid) {
         Ok(st) if st.start_time == h.target_start_time => {}
         _ => {
-            // The target is gone: nothing to unload, only the stale file to remove.
+            // The target is gone: nothing to unload in it, only in the processes it forked
+            // (if any), and the stale file to remove.
             let stats = Stats {
                 gone: Some("was already gone"),
+                forks: sweep(pid, &image, &session)?,
                 ..Stats::default()
             };
             return finish(&session, stats, last_read);
@@ -127,7 +131,30 @@ impl Attached {
 /// A target that is gone before or during the unload (it exited, was killed, or execed:
 /// [`target_gone`]) is not an error: there is nothing left to take out. The session is
 /// marked Detached and [`Stats::gone`] says what happened.
+///
+/// Every other process that carries the session (forked from the target while its hooks
+/// were in, see [`forks`]) is cleaned too: those there before the target is stopped, then,
+/// once the target holds nothing of the session any more, those forked meanwhile, until a
+/// scan of `/proc` finds none. The first error of a carrier is returned after the target's
+/// own unload (the session stays, for a later `xcover detach`).
 fn unload(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
+    let carried = forks::Carried::read(session)?;
+    let mut done = BTreeSet::new();
+    let before = forks::clean_all(pid, image, session, &carried, &mut done);
+    let mut stats = unload_target(pid, image, session)?;
+    let after = forks::clean_all(pid, image, session, &carried, &mut done);
+    stats.forks = before? + after?;
+    Ok(stats)
+}
+
+/// Cleans every process that carries the session of `pid` (see [`forks`]).
+fn sweep(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<usize> {
+    let carried = forks::Carried::read(session)?;
+    forks::clean_all(pid, image, session, &carried, &mut BTreeSet::new())
+}
+
+/// [`unload`] of the target alone.
+fn unload_target(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<Stats> {
     let gone = |what| {
         session
             .header()
@@ -231,6 +258,7 @@ fn unload_live(pid: i32, image: &AgentImage, session: &SessionFile) -> Result<St
         funcs: unhooked.0 as u64,
         retries: waited.retries,
         gone: None,
+        forks: 0,
         held: false,
     })
 }
@@ -318,8 +346,14 @@ fn wait_out<T: Tracer>(
     fail: &dyn Fn(Error) -> Error,
     waited: &mut Waited,
 ) -> Result<Round<T>> {
+    // With trap hooks, a thread may hold the SIGTRAP of one of them not yet delivered (it
+    // was stopped between the `int3` and the delivery): only the agent's handler, still in
+    // place, can resume it right, so the target runs until none is left.
+    let traps = session.header().probe_flags & xcover_session::PROBE_TRAPS != 0;
     loop {
-        let inside = ranges().and_then(|r| thread_inside(&round.sp, &r));
+        let inside = ranges()
+            .and_then(|r| thread_inside(&round.sp, &r))
+            .map(|i| i.or_else(|| traps.then(|| trap_pending(&round.sp)).flatten()));
         let (t, rip, what) = match inside {
             Ok(None) => return Ok(round),
             Ok(Some(x)) => x,

@@ -2,10 +2,10 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::Result;
 use crate::session::SessionFile;
 use crate::stop::StoppedProcess;
 use crate::tracer::Tracer;
+use crate::{Result, procfs};
 
 /// A range of the target detach unmaps: start, end, and what it is.
 pub(crate) type Doomed = (u64, u64, &'static str);
@@ -135,4 +135,24 @@ pub(crate) fn thread_inside<T: Tracer>(
         }
     }
     Ok(None)
+}
+
+/// The first stopped thread with a SIGTRAP pending that it does not block (it is delivered
+/// as soon as the thread runs), with its `rip`: a trap hook's `int3` whose signal the agent's
+/// handler has yet to take. Read from `/proc/<pid>/task/<tid>/status` (`SigPnd`, `ShdPnd`,
+/// `SigBlk`, through [`procfs::task_signals`]); a thread whose status cannot be read is
+/// passed over.
+pub(crate) fn trap_pending<T: Tracer>(sp: &StoppedProcess<T>) -> Option<(i32, u64, &'static str)> {
+    const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
+    let pid = sp.pid();
+    for tid in sp.tids() {
+        let Ok(s) = procfs::task_signals(pid, tid) else {
+            continue;
+        };
+        if (s.pending | s.shared_pending) & TRAP != 0 && s.blocked & TRAP == 0 {
+            let rip = sp.regs(tid).map(|r| r.rip).unwrap_or(0);
+            return Some((tid, rip, "a trap hook's pending SIGTRAP"));
+        }
+    }
+    None
 }

@@ -59,6 +59,8 @@
 //! - `agent.rs`: running the agent's entry points with the thread table;
 //! - `doomed.rs`: what detach unmaps, and whether a thread is (or returns) inside it;
 //! - `scratch.rs`: scratch memory for one stop, and the recovery of an orphan one;
+//! - [`forks`]: processes that carry a session they were not attached to (forked while
+//!   the hooks were in): found by the session's inode, cleaned at every detach;
 //! - `liveness.rs`: [`target_gone`] (exited, killed, execed, zombie);
 //! - `faults.rs`: the fault-injection points of the recovery tests;
 //! - [`stop`]: the stop-the-world guard and its signal bookkeeping;
@@ -82,6 +84,7 @@ mod doomed;
 pub mod elf;
 mod error;
 mod faults;
+pub mod forks;
 mod liveness;
 mod park;
 mod parks;
@@ -170,6 +173,9 @@ pub struct Stats {
     /// Set when detach found the target gone (see [`target_gone`]): nothing was left to
     /// unload, only the session to remove.
     pub gone: Option<&'static str>,
+    /// Processes other than the target that carried the session (children forked while the
+    /// hooks were in) and were cleaned at detach (see [`forks`]).
+    pub forks: usize,
     /// Set when the session file was kept for its counts instead of removed (the reports
     /// could not be written: see [`SessionFile::hold`]).
     pub held: bool,

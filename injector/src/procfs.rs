@@ -121,6 +121,41 @@ pub fn task_tracer_pid(pid: i32, tid: i32) -> io::Result<i32> {
     Ok(task.status().map_err(io_error)?.tracerpid)
 }
 
+/// A thread's signal sets, from `/proc/<pid>/task/<tid>/status` (bit `n - 1` is signal `n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSignals {
+    /// Pending for the thread (`SigPnd`).
+    pub pending: u64,
+    /// Pending for the whole process (`ShdPnd`).
+    pub shared_pending: u64,
+    /// Blocked by the thread (`SigBlk`).
+    pub blocked: u64,
+}
+
+/// The signal sets of thread `tid` of `pid`.
+pub fn task_signals(pid: i32, tid: i32) -> io::Result<TaskSignals> {
+    let task = process(pid)?.task_from_tid(tid).map_err(io_error)?;
+    let st = task.status().map_err(io_error)?;
+    Ok(TaskSignals {
+        pending: st.sigpnd,
+        shared_pending: st.shdpnd,
+        blocked: st.sigblk,
+    })
+}
+
+/// Every pid in `/proc` now, ascending.
+pub fn pids() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// One line of `/proc/<pid>/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {

@@ -39,6 +39,23 @@ impl Scratch {
         tid: i32,
         session: &SessionFile,
     ) -> Result<Scratch> {
+        Self::map_in(sp, tid, Some(session))
+    }
+
+    /// [`Scratch::map`] in a process that is not the session's target (a process forked from
+    /// it): nothing is recorded in the session, whose scratch record names the target's.
+    pub(crate) fn map_unrecorded<T: Tracer>(
+        sp: &mut StoppedProcess<T>,
+        tid: i32,
+    ) -> Result<Scratch> {
+        Self::map_in(sp, tid, None)
+    }
+
+    fn map_in<T: Tracer>(
+        sp: &mut StoppedProcess<T>,
+        tid: i32,
+        session: Option<&SessionFile>,
+    ) -> Result<Scratch> {
         sp.enable_vdso_park(tid)?;
         let data_size = (16 * sp.tids().len() as u64 + 2 * PAGE).div_ceil(PAGE) * PAGE;
         let size = 2 * PAGE + data_size + STACK_SIZE;
@@ -54,9 +71,11 @@ impl Scratch {
                 0,
             ],
         )?;
-        let h = session.header();
-        h.scratch_size.store(size, Ordering::Release);
-        h.scratch_addr.store(addr, Ordering::Release);
+        if let Some(session) = session {
+            let h = session.header();
+            h.scratch_size.store(size, Ordering::Release);
+            h.scratch_addr.store(addr, Ordering::Release);
+        }
         let s = Scratch {
             addr,
             size,
@@ -79,7 +98,7 @@ impl Scratch {
             sp.enable_park(tid, addr, addr + PAGE, s.stack_top())
         })();
         if let Err(e) = r {
-            let _ = s.unmap(sp, tid, session);
+            let _ = s.unmap_in(sp, tid, session);
             return Err(e);
         }
         Ok(s)
@@ -100,11 +119,31 @@ impl Scratch {
         tid: i32,
         session: &SessionFile,
     ) -> Result<()> {
+        self.unmap_in(sp, tid, Some(session))
+    }
+
+    /// Unmaps scratch memory [`Scratch::map_unrecorded`] mapped.
+    pub(crate) fn unmap_unrecorded<T: Tracer>(
+        &self,
+        sp: &mut StoppedProcess<T>,
+        tid: i32,
+    ) -> Result<()> {
+        self.unmap_in(sp, tid, None)
+    }
+
+    fn unmap_in<T: Tracer>(
+        &self,
+        sp: &mut StoppedProcess<T>,
+        tid: i32,
+        session: Option<&SessionFile>,
+    ) -> Result<()> {
         sp.disable_park()?;
         sp.syscall(tid, nr::MUNMAP, [self.addr, self.size, 0, 0, 0, 0])?;
-        let h = session.header();
-        h.scratch_addr.store(0, Ordering::Release);
-        h.scratch_size.store(0, Ordering::Release);
+        if let Some(session) = session {
+            let h = session.header();
+            h.scratch_addr.store(0, Ordering::Release);
+            h.scratch_size.store(0, Ordering::Release);
+        }
         Ok(())
     }
 }

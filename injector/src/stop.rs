@@ -426,6 +426,24 @@ impl<T: Tracer> StoppedProcess<T> {
         }
     }
 
+    /// Whether thread `tid` is held in the signal-delivery-stop of a SIGTRAP raised by a
+    /// trap instruction (`si_code == SI_KERNEL`: an `int3`).
+    pub(crate) fn held_int3_trap(&self, tid: i32) -> bool {
+        matches!(
+            self.threads.get(&tid).map(|t| t.kind),
+            Some(StopKind::Signal(si)) if si.si_signo == libc::SIGTRAP && si.si_code == libc::SI_KERNEL
+        )
+    }
+
+    /// Forgets the signal thread `tid` is held with: it is not delivered on release.
+    pub(crate) fn drop_held_signal(&mut self, tid: i32) {
+        if let Some(t) = self.threads.get_mut(&tid)
+            && matches!(t.kind, StopKind::Signal(_))
+        {
+            t.kind = StopKind::Event;
+        }
+    }
+
     /// Lets every thread go: registers restored, held signals delivered, ptrace detached.
     /// Returns the first error met (every thread is still released).
     pub fn resume(mut self) -> Result<()> {

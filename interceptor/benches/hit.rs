@@ -56,6 +56,7 @@ fn main() {
                 save_vector_regs: vec,
                 flags_with_popfq: popf,
                 light_ctx: light,
+                traps: false,
             },
         );
         let b = ic.prepare_hooks(&mut mem, &[three]);

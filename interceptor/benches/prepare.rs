@@ -54,6 +54,7 @@ fn main() {
             save_vector_regs: true,
             flags_with_popfq: false,
             light_ctx: false,
+            traps: false,
         },
     );
     let t = Instant::now();

@@ -51,7 +51,7 @@ mod arch {
 }
 
 pub use crate::core::{
-    HookBatch, HookOptions, Interceptor, IpFixup, MemError, Memory, PAGE_SIZE, Protection, Site,
-    SiteKind, SkipReason, UnhookBatch, write_code_protecting,
+    HookBatch, HookKind, HookOptions, Interceptor, IpFixup, MemError, Memory, PAGE_SIZE,
+    Protection, Site, SiteKind, SkipReason, TrapSite, UnhookBatch, write_code_protecting,
 };
 pub use arena::ARENA_SIZE;

@@ -239,6 +239,10 @@ pub const PROBE_SAVE_VECTOR_REGS: u32 = 1;
 /// `bpf_get_current_pid_tgid` may read it there instead of going through the agent's tid
 /// cache. Set by xcover while the target is stopped, before the agent compiles the probe.
 pub const PROBE_TCB_TID: u32 = 2;
+/// [`SessionHeader::probe_flags`]: functions no jump can hook may be hooked with a one-byte
+/// `int3` trap, which the agent's SIGTRAP handler serves. Set by xcover unless the target
+/// manages its own signals in ways the agent cannot follow (Go's runtime).
+pub const PROBE_TRAPS: u32 = 4;
 
 /// One mapping the agent made in the target.
 #[repr(C)]
@@ -294,6 +298,13 @@ pub mod entry {
     /// freed: a thread still inside one (in the probe, or about to return into it) runs on
     /// safely, and hooking the function again reuses it. Returns the number unhooked.
     pub const UNHOOK_SOME: &str = "xcover_agent_unhook_some";
+    /// Set in an `ips` entry given to `UNHOOK`: that thread is held in a
+    /// signal-delivery-stop of a SIGTRAP raised by a trap instruction (`si_code ==
+    /// SI_KERNEL`) just before the address the rest of the entry gives. When that trap was
+    /// one of the agent's trap hooks, `moves` sends the thread back to the function's entry
+    /// (its original byte restored) and xcover drops the signal: after detach no handler
+    /// would serve it.
+    pub const IP_TRAP_STOPPED: u64 = 1 << 63;
     /// `xcover_agent_fini() -> i64`: unmaps every region the agent made (after `UNHOOK`, and
     /// only once no thread is inside one), marks the session Detached.
     pub const FINI: &str = "xcover_agent_fini";
@@ -322,19 +333,21 @@ pub enum FuncStatus {
     Skipped = 2,
     /// Hooked, and xcover asks for its hook to be taken out while the session goes on
     /// (`xcover unhook`, `--first-hit`, `--max-overhead`): `skip_reason` holds an
-    /// [`UnhookReason`] code. It counts as hooked until the agent's `UNHOOK_SOME` runs.
+    /// [`UnhookReason`] code in bits 8..16 beside its [`HookKind`] (see
+    /// [`FuncEntry::skip_reason`]). It counts as hooked until the agent's `UNHOOK_SOME` runs.
     /// xcover writes this status (and `Pending` over `Unhooked`, to hook again) only between
     /// two entry-point calls it makes itself, so the agent never sees a half-written entry.
     Unhooking = 3,
     /// Was hooked, and its hook was taken out while the session went on: its count stopped
     /// there, so it is a lower bound of the calls since attach. `skip_reason` holds the
-    /// [`UnhookReason`] code (kept when it is hooked again: see
+    /// [`UnhookReason`] code in bits 8..16 and how it was hooked in bits 0..8 (both kept
+    /// when it is hooked again: see
     /// [`FuncEntry::unhook_reason`]). A full `UNHOOK` (detach) leaves it so.
     Unhooked = 4,
 }
 
 /// Why a function's hook was taken out while the session went on ([`FuncStatus::Unhooked`]),
-/// stored in [`FuncEntry::skip_reason`].
+/// stored in bits 8..16 of [`FuncEntry::skip_reason`] (see there).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnhookReason {
@@ -401,11 +414,23 @@ pub struct FuncEntry {
     pub name_off: u32,
     /// Length of the name.
     pub name_len: u32,
-    /// Index of the module (0 is the main executable).
+    /// Index of the module (0 is the main executable) in bits 0..24; bits 24..32 say where
+    /// the function was found (xcover's discovery source code, 0 when unknown, as in
+    /// sessions written before it was recorded). See [`FuncEntry::module_index`] and
+    /// [`FuncEntry::source_code`].
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]).
+    /// One field, two encodings, chosen by `status`:
+    ///
+    /// - `Skipped`: a [`SkipReason`] code alone ([`FuncEntry::skip_reason`]).
+    /// - any other status (`Pending`, `Hooked`, `Unhooking`, `Unhooked`): bits 0..8 hold
+    ///   how the function is (or was last) hooked, a [`HookKind`] code (0 when never hooked,
+    ///   and in sessions written before hook kinds were recorded), and bits 8..16 why its
+    ///   hook was last taken out while the session went on, an [`UnhookReason`] code (0:
+    ///   never). Bits 16..32 are zero. Both are kept across unhook, re-hook and detach; see
+    ///   [`FuncEntry::hook_kind`], [`FuncEntry::unhook_reason`] and
+    ///   [`FuncEntry::pack_hook`].
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
     /// decoding the module: 0 when not (and in sessions written before this field was
@@ -425,6 +450,61 @@ pub struct FuncEntry {
 const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
+/// How a hooked function is patched: stored as [`HookKind::code`] in bits 0..8 of
+/// [`FuncEntry::skip_reason`] while it is hooked (and kept when it is unhooked, its status
+/// `Pending` or `Unhooked` again). Decided by the interceptor in the target, which uses this enum itself;
+/// shown by every reader. Codes are stable, like [`SkipReason`]'s.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// A jump to the trampoline over the entry (x86-64: a 5-byte `jmp rel32`).
+    Jmp = 1,
+    /// A short jump to a jump in the function's padding (x86-64: a 2-byte `jmp rel8`).
+    Jmp8 = 2,
+    /// A one-byte trap (`int3`) served by the agent's SIGTRAP handler, which runs the probe
+    /// and resumes at the relocated copy of the first instruction. Costs a signal delivery
+    /// per hit; used only where no jump can go, when the session allows it
+    /// ([`PROBE_TRAPS`]).
+    Trap = 3,
+}
+
+impl HookKind {
+    /// Every kind, in code order.
+    pub const ALL: [HookKind; 3] = [Self::Jmp, Self::Jmp8, Self::Trap];
+
+    /// The stable code stored in bits 0..8 of `FuncEntry::skip_reason` of a hooked function
+    /// (never 0).
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Decodes a stored code; `None` for 0 (a session that did not record it) and for codes
+    /// this version does not know.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => Self::Jmp,
+            2 => Self::Jmp8,
+            3 => Self::Trap,
+            _ => return None,
+        })
+    }
+
+    /// Its name as reports, the TUI and the status line show it: `jmp`, `jmp8`, `trap`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Jmp => "jmp",
+            Self::Jmp8 => "jmp8",
+            Self::Trap => "trap",
+        }
+    }
+}
+
+impl core::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl FuncEntry {
     /// The entry's [`FuncStatus`] (`None` for a value this version does not know).
     pub fn status(&self) -> Option<FuncStatus> {
@@ -438,8 +518,23 @@ impl FuncEntry {
     pub fn unhook_reason(&self) -> Option<UnhookReason> {
         match self.status() {
             Some(FuncStatus::Skipped) | None => None,
-            _ => UnhookReason::from_code(self.skip_reason),
+            _ => UnhookReason::from_code(self.skip_reason >> 8 & 0xff),
         }
+    }
+
+    /// Packs [`FuncEntry::skip_reason`] of a function that is not `Skipped`: its
+    /// [`HookKind`] code (bits 0..8) and its [`UnhookReason`] code (bits 8..16), 0 for
+    /// `None`.
+    pub const fn pack_hook(kind: Option<HookKind>, reason: Option<UnhookReason>) -> u32 {
+        let k = match kind {
+            Some(k) => k.code(),
+            None => 0,
+        };
+        let r = match reason {
+            Some(r) => r as u32,
+            None => 0,
+        };
+        k & 0xff | (r & 0xff) << 8
     }
 
     /// Whether its hook is in (or was until the session ended): hooked, or asked to be
@@ -463,6 +558,31 @@ impl FuncEntry {
         match self.status() {
             Some(FuncStatus::Skipped) => SkipReason::from_code(self.skip_reason),
             _ => None,
+        }
+    }
+
+    /// Packs [`FuncEntry::module`]: the module's index (below 2^24) and the source code.
+    pub fn pack_module(index: u32, source: u8) -> u32 {
+        index & 0xff_ffff | u32::from(source) << 24
+    }
+
+    /// Index of the function's module (0 is the main executable).
+    pub fn module_index(&self) -> u32 {
+        self.module & 0xff_ffff
+    }
+
+    /// Where xcover found the function (its discovery source code; 0 when unknown).
+    pub fn source_code(&self) -> u8 {
+        (self.module >> 24) as u8
+    }
+
+    /// How a hooked function is patched; for a function unhooked since (its status
+    /// `Pending`, `Unhooking` or `Unhooked`), how it was. `None` when it was never hooked,
+    /// or the session did not record it (or with a code this version does not know).
+    pub fn hook_kind(&self) -> Option<HookKind> {
+        match self.status() {
+            Some(FuncStatus::Skipped) | None => None,
+            _ => HookKind::from_code(self.skip_reason & 0xff),
         }
     }
 
@@ -505,5 +625,46 @@ mod tests {
             assert_eq!(SessionState::from_u32(s as u32), Some(s));
         }
         assert_eq!(SessionState::from_u32(0), None);
+    }
+
+    #[test]
+    fn hook_kinds_round_trip_and_share_the_field_with_skip_reasons() {
+        for (i, k) in HookKind::ALL.iter().enumerate() {
+            assert_eq!(k.code(), i as u32 + 1, "{k:?}");
+            assert_eq!(HookKind::from_code(k.code()), Some(*k));
+        }
+        assert_eq!(HookKind::from_code(0), None);
+        assert_eq!(HookKind::Trap.name(), "trap");
+        let mut f = FuncEntry {
+            status: FuncStatus::Hooked as u32,
+            skip_reason: HookKind::Trap.code(),
+            ..FuncEntry::default()
+        };
+        assert_eq!(
+            (f.hook_kind(), f.skip_reason()),
+            (Some(HookKind::Trap), None)
+        );
+        f.status = FuncStatus::Pending as u32;
+        assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        assert_eq!(f.unhook_reason(), None);
+        f.skip_reason = FuncEntry::pack_hook(Some(HookKind::Jmp8), Some(UnhookReason::FirstHit));
+        for s in [
+            FuncStatus::Pending,
+            FuncStatus::Hooked,
+            FuncStatus::Unhooking,
+            FuncStatus::Unhooked,
+        ] {
+            f.status = s as u32;
+            assert_eq!(f.hook_kind(), Some(HookKind::Jmp8), "{s:?}");
+            assert_eq!(f.unhook_reason(), Some(UnhookReason::FirstHit), "{s:?}");
+            assert_eq!(f.skip_reason(), None);
+        }
+        f.skip_reason = HookKind::Trap.code();
+        f.status = FuncStatus::Skipped as u32;
+        assert_eq!(f.hook_kind(), None);
+        assert_eq!(
+            f.skip_reason(),
+            SkipReason::from_code(HookKind::Trap.code())
+        );
     }
 }

@@ -43,11 +43,15 @@ pub enum SkipReason {
     /// Code outside the function branches into the bytes every patch form would displace
     /// (the function table's [`FuncEntry::entered_at`](crate::FuncEntry::entered_at)).
     EnteredInside = 11,
+    /// Set by xcover before the agent runs: a split part (`.cold`) of a function, entered
+    /// from code that keeps data below its stack pointer (the red zone), which a jump to a
+    /// trampoline would overwrite.
+    RedZone = 12,
 }
 
 impl SkipReason {
     /// Every reason, in code order.
-    pub const ALL: [SkipReason; 11] = [
+    pub const ALL: [SkipReason; 12] = [
         Self::TooSmall,
         Self::NoRoom,
         Self::BranchIntoPatch,
@@ -59,6 +63,7 @@ impl SkipReason {
         Self::ThreadInPatch,
         Self::ReturnTarget,
         Self::EnteredInside,
+        Self::RedZone,
     ];
 
     /// The stable code stored in `FuncEntry::skip_reason` (never 0).
@@ -80,6 +85,7 @@ impl SkipReason {
             9 => Self::ThreadInPatch,
             10 => Self::ReturnTarget,
             11 => Self::EnteredInside,
+            12 => Self::RedZone,
             _ => return None,
         })
     }
@@ -98,6 +104,10 @@ impl SkipReason {
             Self::ThreadInPatch => "a thread is stopped inside the patched bytes",
             Self::ReturnTarget => "entered at its second byte (a top frame's call)",
             Self::EnteredInside => "entered inside the patched bytes by another function's branch",
+            Self::RedZone => {
+                "a split part (.cold) of a function that keeps data below its stack pointer \
+                 (red zone), which a jump to a trampoline would overwrite"
+            }
         }
     }
 
@@ -124,7 +134,7 @@ mod tests {
             assert_eq!(SkipReason::from_code(r.code()), Some(*r));
         }
         assert_eq!(SkipReason::from_code(0), None);
-        assert_eq!(SkipReason::from_code(12), None);
+        assert_eq!(SkipReason::from_code(13), None);
         assert_eq!(SkipReason::EnteredInside.code(), 11);
         assert_eq!(SkipReason::text_of(99), "unknown reason");
         assert_eq!(SkipReason::text_of(1), "function too small");

@@ -16,7 +16,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arena::Arena;
 use crate::layout::{
-    AGENT_ERROR_SIZE, FuncEntry, FuncStatus, Region, SESSION_MAGIC, SESSION_VERSION, SessionHeader,
+    AGENT_ERROR_SIZE, FuncEntry, FuncStatus, HookKind, Region, SESSION_MAGIC, SESSION_VERSION,
+    SessionHeader,
 };
 use crate::skip::SkipReason;
 
@@ -195,13 +196,40 @@ impl<'a> SessionView<'a> {
             FuncStatus::Skipped => reason.map_or(0, SkipReason::code),
             _ => 0,
         };
-        self.set_func_status_code(i, status, code);
+        self.write_func_status(i, status, code);
     }
 
-    /// Sets function `i`'s status and the raw code beside it (a [`SkipReason`] for
-    /// `Skipped`, an [`crate::UnhookReason`] for `Unhooking`/`Unhooked`). Nothing happens
-    /// past the table.
+    /// Sets function `i`'s status and the raw code beside it: a [`SkipReason`] code for
+    /// `Skipped`, else a [`FuncEntry::pack_hook`] of its [`HookKind`] and
+    /// [`crate::UnhookReason`] (see [`FuncEntry::skip_reason`]). Nothing happens past the
+    /// table.
     pub fn set_func_status_code(&self, i: usize, status: FuncStatus, code: u32) {
+        self.write_func_status(i, status, code);
+    }
+
+    /// Marks function `i` [`FuncStatus::Hooked`], patched as `kind` says (its code goes in
+    /// bits 0..8 of the field a skipped function's reason uses, see
+    /// [`FuncEntry::skip_reason`]). The reason of an earlier live unhook stays: its count
+    /// is a lower bound.
+    pub fn set_func_hooked(&self, i: usize, kind: HookKind) {
+        let reason = self.func(i).and_then(|f| f.unhook_reason());
+        self.write_func_status(
+            i,
+            FuncStatus::Hooked,
+            FuncEntry::pack_hook(Some(kind), reason),
+        );
+    }
+
+    /// Marks a hooked function `i` (`Hooked` or `Unhooking`) [`FuncStatus::Pending`] again,
+    /// keeping how it was hooked and why it was last unhooked live (for the reports written
+    /// after detach). Nothing happens unless it is hooked.
+    pub fn set_func_unhooked(&self, i: usize) {
+        if let Some(f) = self.func(i).filter(FuncEntry::is_hooked) {
+            self.write_func_status(i, FuncStatus::Pending, f.skip_reason);
+        }
+    }
+
+    fn write_func_status(&self, i: usize, status: FuncStatus, code: u32) {
         let Some(p) = self.func_ptr(i) else {
             return;
         };
@@ -423,6 +451,22 @@ mod tests {
         assert_eq!(f.skip_reason(), Some(SkipReason::EnteredInside));
         v.set_func_status(1, FuncStatus::Hooked, Some(SkipReason::NoRoom));
         assert_eq!(v.func(1).unwrap().skip_reason, 0);
+        v.set_func_hooked(1, HookKind::Trap);
+        assert_eq!(v.func(1).unwrap().hook_kind(), Some(HookKind::Trap));
+        v.set_func_unhooked(1);
+        let f = v.func(1).unwrap();
+        assert_eq!(f.status(), Some(FuncStatus::Pending));
+        assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        // A live unhook's reason survives hooking again and detach.
+        let code = FuncEntry::pack_hook(Some(HookKind::Trap), Some(crate::UnhookReason::User));
+        v.set_func_status_code(1, FuncStatus::Unhooked, code);
+        v.set_func_hooked(1, HookKind::Jmp);
+        v.set_func_unhooked(1);
+        let f = v.func(1).unwrap();
+        assert_eq!(f.status(), Some(FuncStatus::Pending));
+        assert_eq!(f.hook_kind(), Some(HookKind::Jmp));
+        assert_eq!(f.unhook_reason(), Some(crate::UnhookReason::User));
+        v.set_func_hooked(2, HookKind::Jmp);
         assert!(v.func(2).is_none());
         let r = |start| Region {
             start,

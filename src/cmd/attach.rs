@@ -55,12 +55,15 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         }
         (false, None) => Mode::Count,
     };
-    let outputs = a.output.outputs();
+    let mut outputs = a.output.outputs();
+    outputs.set_debug_dirs(a.select.debug_dirs.clone());
     outputs.check()?;
+    let export = super::export::Prepared::check(&a.export, a.pid, a.keep)?;
     let plan = Plan {
         select: a.select.options()?,
         probe: a.probe.clone(),
         keep: a.keep,
+        traps: a.traps,
     };
     let tui = !a.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     // Everything is checked before the target is touched; a kept session is taken over,
@@ -71,6 +74,14 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         // --keep: the hooks stay, nothing to watch.
         return Ok(ExitCode::SUCCESS);
     };
+    let pids: Vec<i32> = session.members().iter().map(|m| m.pid()).collect();
+    let exporting = match export.start(&pids) {
+        Ok(e) => e,
+        Err(e) => {
+            session.abandon();
+            return Err(e);
+        }
+    };
     let ended = match watch(&session, tui, limit, &stop, &outputs, mode) {
         Ok(ended) => ended,
         Err(e) => {
@@ -78,8 +89,10 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let outcome = session.end(ended, &outputs, &mut super::note)?;
-    Ok(super::exit_code(outcome))
+    let outcome = session.end(ended, &outputs, &mut super::note);
+    // The last push sends the final counts (read after the hooks are out).
+    exporting.finish();
+    Ok(super::exit_code(outcome?))
 }
 
 /// Watches a live session until it should end: the TUI, or a status line every second.

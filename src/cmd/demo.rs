@@ -77,7 +77,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         max_overhead: None,
         output: a.output,
         probe: None,
+        traps: false,
         select: SelectArgs::default(),
+        export: a.export,
     });
     // The demo target ends with xcover (SIGTERM: it prints its checksum and exits 0).
     let _ = nix::sys::signal::kill(

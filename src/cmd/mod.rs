@@ -11,10 +11,14 @@ pub mod attach;
 pub mod demo;
 pub mod detach;
 pub mod dev;
+pub mod diff;
+pub mod export;
 pub mod functions;
 pub mod hook;
 pub mod merge;
+pub mod reach;
 pub mod status;
+pub mod symbolize;
 
 /// Runs `command`.
 pub fn run(command: Command) -> Result<ExitCode> {
@@ -27,6 +31,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Merge(m) => merge::run(m),
         Command::Hook(h) => hook::run(h, true),
         Command::Unhook(h) => hook::run(h, false),
+        Command::Symbolize(s) => symbolize::run(s),
+        Command::Diff(d) => diff::run(d),
+        Command::Reach(r) => reach::run(r),
         Command::Dev { cmd } => dev::run(cmd),
         Command::Vm { cmd } => dev::vm(cmd),
     }

@@ -20,7 +20,6 @@
 //! `mod` line below), one line in [`FORMATS`], and one field in the command line's
 //! `OutputArgs` (`src/cli.rs`), which gives every command that writes reports the flag.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -29,13 +28,17 @@ use crate::BadInput;
 use crate::discover::Discovery;
 use crate::error::Result;
 
+pub mod diff;
 mod json;
 mod lcov;
+mod merge;
 mod output;
+pub mod reach;
 
 pub use json::Json;
 pub use lcov::Lcov;
-pub use output::{Output, Outputs, check_writable};
+pub use merge::merge_files;
+pub use output::{Output, Outputs, check_writable, write_file};
 
 /// Every report format, by [`ReportFormat::name`]: one line each.
 pub const FORMATS: &[&dyn ReportFormat] = &[&Json, &Lcov];
@@ -108,10 +111,35 @@ pub struct FuncReport {
     /// Why its hook was taken out early (`user`, `first-hit`, `overhead`, `unloaded`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub unhooked: Option<String>,
-    /// When it was first hit, in nanoseconds after the hooks went in, when xcover saw its
-    /// first-hit event while it watched.
+    /// When it was first hit, in nanoseconds after the hooks went in (the same probe `seen`
+    /// map time as `first_hit_at`, so never lost with the events), when the probe records
+    /// it. In a merged report, the earliest over the reports.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub first_hit_ns: Option<u64>,
+    /// Where the function was found: `symtab`, `dynsym`, `debug`, `pclntab` or `eh_frame`
+    /// (whose name is synthetic, `func_<offset>`, until `xcover symbolize` names it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+    /// Link-time address of the entry (the symbol's value), by which `xcover symbolize`
+    /// finds the function in a separate debug file (whose program headers no longer say
+    /// where `offset` was).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vaddr: Option<u64>,
+    /// When it first ran (RFC 3339 UTC, to the microsecond; the probe's clock has the
+    /// kernel tick's resolution, 1-4 ms), when it ran and the probe records it. In a merged
+    /// report, the earliest over the reports.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_hit_at: Option<String>,
+    /// In a merged report, in how many of its [`Report::sessions`] the function was hooked,
+    /// when not in all of them (absent: in all). A function hooked in only some sessions
+    /// was not observed for the whole window.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooked_in: Option<u64>,
+    /// How it was hooked: `jmp` (5-byte jump), `jmp8` (2-byte hop to a jump in its
+    /// padding) or `trap` (one-byte `int3`, a signal delivery per hit); absent when it was
+    /// not hooked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hook: Option<String>,
 }
 
 /// A coverage report.
@@ -144,8 +172,25 @@ pub struct Report {
     /// RFC 3339 UTC time the report was written (to the microsecond; the original
     /// xcover's are to the second).
     pub generated_at: String,
+    /// When the observation began: the hooks were all in (RFC 3339 UTC). Absent when the
+    /// report observed nothing (`xcover functions --report`, a probe without a hit map, the
+    /// original xcover's). In a merged report, the earliest.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub observed_from: Option<String>,
+    /// When the observation ended: the counts were read (after the hooks were out for a
+    /// final report; the snapshot's time for one of a session that stays kept). In a merged
+    /// report, the latest.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub observed_until: Option<String>,
+    /// How many sessions' reports were summed into this one (1 for a session's own).
+    #[serde(default = "one")]
+    pub sessions: u64,
     /// Every function traced.
     pub functions: Vec<FuncReport>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Report {
@@ -174,6 +219,9 @@ impl Report {
             kernel: kernel_release(),
             xcover_version: env!("CARGO_PKG_VERSION").to_string(),
             generated_at: now_rfc3339(),
+            observed_from: None,
+            observed_until: None,
+            sessions: 1,
             functions,
         };
         r.finish();
@@ -181,7 +229,7 @@ impl Report {
     }
 
     /// Sorts and recomputes `funcs_traced`, `funcs_ack` and `cov_by_func` from `functions`.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.functions
             .sort_by(|a, b| (&a.module, a.offset, &a.name).cmp(&(&b.module, b.offset, &b.name)));
         self.funcs_traced = self.functions.iter().map(|f| f.name.clone()).collect();
@@ -200,22 +248,13 @@ impl Report {
 
     /// Reads a JSON report (ours or the original xcover's).
     pub fn read_json(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| BadInput(format!("{}: cannot read report: {e}", path.display())))?;
-        let v: serde_json::Value = serde_json::from_str(&s)
-            .map_err(|e| BadInput(format!("{}: not a JSON report: {e}", path.display())))?;
-        match v.get("schema_version").and_then(|v| v.as_u64()) {
-            Some(1) => {}
-            other => {
-                return Err(BadInput(format!(
-                    "{}: unsupported report schema_version {other:?} (expected 1)",
-                    path.display()
-                ))
-                .into());
-            }
+        match serde_json::from_slice::<Report>(&bytes) {
+            Ok(r) if r.schema_version == SCHEMA_VERSION => Ok(r),
+            Ok(_) => Err(json_error(path, &bytes, serde::de::Error::custom("schema"))),
+            Err(e) => Err(json_error(path, &bytes, e)),
         }
-        serde_json::from_value(v)
-            .map_err(|e| BadInput(format!("{}: malformed report: {e}", path.display())).into())
     }
 
     /// The processes the counts come from: `pids`, or `[pid]` for a report that has only
@@ -240,79 +279,33 @@ impl Report {
             && (!p.is_empty() || self.functions == other.functions)
     }
 
-    /// The key under which merging adds a function's counts up: its module's file, its
-    /// offset and its name (so a module named by an alias in one report and by its file name
-    /// in another is still one module).
-    fn merge_key(f: &FuncReport) -> (String, u64, String) {
-        let module = f.module_file.as_ref().unwrap_or(&f.module);
-        (module.clone(), f.offset, f.name.clone())
-    }
-
-    /// Sums reports of the same build: hits add up per (module file, offset, name). The
-    /// result lists every input's processes in `pids`; its `pid` is theirs when they all
-    /// come from one process, else 0.
+    /// Sums reports of the same build (see [`merge_files`]).
     pub fn merge(reports: Vec<Report>) -> Result<Report> {
-        let mut it = reports.into_iter();
-        let Some(mut acc) = it.next() else {
-            return Err(BadInput("merge needs at least one report".into()).into());
-        };
-        let mut pids = acc.processes();
-        let mut index: BTreeMap<(String, u64, String), usize> = acc
-            .functions
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (Self::merge_key(f), i))
-            .collect();
-        for r in it {
-            if r.build_id != acc.build_id {
-                return Err(BadInput(format!(
-                    "cannot merge reports of different builds ({} and {})",
-                    display_id(&acc.build_id),
-                    display_id(&r.build_id)
-                ))
-                .into());
-            }
-            pids.extend(r.processes());
-            for f in r.functions {
-                let key = Self::merge_key(&f);
-                match index.get(&key) {
-                    Some(&i) => {
-                        let g = &mut acc.functions[i];
-                        // A report of the original xcover has `hit` but no `hits`.
-                        g.hits += f.hits.max(u64::from(f.hit));
-                        g.hit |= f.hit;
-                        g.hits_lower_bound |= f.hits_lower_bound;
-                        g.first_hit_ns = match (g.first_hit_ns, f.first_hit_ns) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                    }
-                    None => {
-                        index.insert(key, acc.functions.len());
-                        acc.functions.push(f);
-                    }
-                }
-            }
-        }
-        for f in &mut acc.functions {
-            f.hits = f.hits.max(u64::from(f.hit));
-            f.hit = f.hits > 0;
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        acc.pid = match pids[..] {
-            [one] => one,
-            _ => 0,
-        };
-        acc.pids = pids;
-        acc.generated_at = now_rfc3339();
-        acc.xcover_version = env!("CARGO_PKG_VERSION").to_string();
-        acc.finish();
-        Ok(acc)
+        merge::merge(&reports)
     }
 }
 
-fn display_id(id: &str) -> &str {
+/// Why `bytes` (the file at `path`) is not a report we read, `e` being what the parser
+/// said: not JSON, another schema version, or a malformed report.
+pub(crate) fn json_error(path: &Path, bytes: &[u8], e: serde_json::Error) -> crate::Error {
+    #[derive(Deserialize)]
+    struct Version {
+        schema_version: Option<serde_json::Value>,
+    }
+    let what = match serde_json::from_slice::<Version>(bytes) {
+        Err(e) => format!("not a JSON report: {e}"),
+        Ok(Version {
+            schema_version: Some(v),
+        }) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => format!("malformed report: {e}"),
+        Ok(Version { schema_version }) => format!(
+            "unsupported report schema_version {:?} (expected 1)",
+            schema_version.and_then(|v| v.as_u64())
+        ),
+    };
+    BadInput(format!("{}: {what}", path.display())).into()
+}
+
+pub(crate) fn display_id(id: &str) -> &str {
     if id.is_empty() { "no build-id" } else { id }
 }
 
@@ -327,12 +320,35 @@ pub fn kernel_release() -> String {
 /// report from another (`merge` refuses the same one twice), even two written in the same
 /// second.
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
+    rfc3339_ns(unix_now_ns())
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = rfc3339(now.as_secs());
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `unix_ns` (nanoseconds since the Unix epoch) as RFC 3339 UTC, to the microsecond.
+pub fn rfc3339_ns(unix_ns: u64) -> String {
+    let secs = rfc3339(unix_ns / 1_000_000_000);
     let whole = secs.strip_suffix('Z').unwrap_or(&secs);
-    format!("{whole}.{:06}Z", now.subsec_micros())
+    format!("{whole}.{:06}Z", unix_ns % 1_000_000_000 / 1000)
+}
+
+/// A time of the machine's `CLOCK_MONOTONIC` (what the probe and the agent stamp, in
+/// nanoseconds) as nanoseconds since the Unix epoch, by the clocks' offset now; `None` for 0
+/// (never stamped).
+pub fn monotonic_to_unix_ns(mono_ns: u64) -> Option<u64> {
+    if mono_ns == 0 {
+        return None;
+    }
+    let now_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let now_mono = u64::try_from(now_mono.tv_sec()).ok()? * 1_000_000_000
+        + u64::try_from(now_mono.tv_nsec()).ok()?;
+    let back = now_mono.saturating_sub(mono_ns);
+    Some(unix_now_ns().saturating_sub(back))
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -365,9 +381,9 @@ pub struct ModuleLines {
 }
 
 impl ModuleLines {
-    /// Opens the module at `path` (and its DWARF, or its separate debug file's), shown as
-    /// `alias` when the user named it so.
-    pub fn open(path: &Path, alias: Option<&str>) -> Self {
+    /// Opens the module at `path` (and its DWARF, or its separate debug file's, looked for
+    /// in `debug_dirs` then `/usr/lib/debug`), shown as `alias` when the user named it so.
+    pub fn open(path: &Path, alias: Option<&str>, debug_dirs: &[std::path::PathBuf]) -> Self {
         let file = crate::discover::file_name(path);
         let (name, file) = match alias {
             Some(a) if a != file => (a.to_string(), Some(file)),
@@ -376,7 +392,7 @@ impl ModuleLines {
         ModuleLines {
             name,
             file,
-            lines: LineTable::open(path),
+            lines: LineTable::open(path, debug_dirs),
         }
     }
 
@@ -398,6 +414,11 @@ impl ModuleLines {
             hits_lower_bound: false,
             unhooked: None,
             first_hit_ns: None,
+            source: None,
+            vaddr: Some(vaddr),
+            first_hit_at: None,
+            hooked_in: None,
+            hook: None,
         }
     }
 }
@@ -413,16 +434,20 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
     let modules: Vec<ModuleLines> = d
         .modules
         .iter()
-        .map(|m| ModuleLines::open(&m.path, m.alias.as_deref()))
+        .map(|m| ModuleLines::open(&m.path, m.alias.as_deref(), &d.debug_dirs))
         .collect();
     let functions = d
         .functions
         .iter()
         .zip(hits.iter().copied().chain(std::iter::repeat(0)))
-        .map(|(f, hits)| modules[f.module].func(&f.name, f.offset, f.vaddr, hits))
+        .map(|(f, hits)| {
+            let mut r = modules[f.module].func(&f.name, f.offset, f.vaddr, hits);
+            r.source = Some(f.source.name().to_string());
+            r
+        })
         .collect();
     let main = d.modules.first();
-    Report::new(
+    let mut r = Report::new(
         main.map(|m| m.path.display().to_string())
             .unwrap_or_default(),
         pid,
@@ -430,37 +455,10 @@ pub fn from_discovery(d: &Discovery, hits: &[u64], pid: i64) -> Report {
             .map(hex)
             .unwrap_or_default(),
         functions,
-    )
-}
-
-/// `xcover merge`: reads the JSON reports at `paths` and sums them ([`Report::merge`]). The
-/// same session's report given twice (under one name or two) is refused: its counts would
-/// be added twice.
-pub fn merge_files(paths: &[std::path::PathBuf]) -> Result<Report> {
-    let reports = paths
-        .iter()
-        .map(|p| Report::read_json(p))
-        .collect::<Result<Vec<_>>>()?;
-    for (j, r) in reports.iter().enumerate() {
-        if let Some(i) = reports[..j].iter().position(|q| q.same_session(r)) {
-            let who = match r.processes()[..] {
-                [] => "no pid".to_string(),
-                [one] => format!("pid {one}"),
-                ref many => format!("pids {many:?}"),
-            };
-            return Err(BadInput(format!(
-                "{} (argument {}) and {} (argument {}) are the same report ({who}, \
-                 generated_at {}): merging would count its hits twice",
-                paths[i].display(),
-                i + 1,
-                paths[j].display(),
-                j + 1,
-                r.generated_at
-            ))
-            .into());
-        }
-    }
-    Report::merge(reports)
+    );
+    // An inventory: nothing was observed.
+    r.sessions = 0;
+    r
 }
 
 /// Source locations of function entries, from a module's DWARF (or its debug file).
@@ -470,11 +468,18 @@ pub struct LineTable {
 
 impl LineTable {
     /// Opens the DWARF of `path`, or of its separate debug file (build-id or
-    /// `.gnu_debuglink`) when it has none; without DWARF every lookup gives `None`.
-    pub fn open(path: &Path) -> Self {
-        let dwarf = crate::discover::debug_file(path).unwrap_or_else(|| path.to_path_buf());
+    /// `.gnu_debuglink`, in `debug_dirs` then `/usr/lib/debug`) when it has none; without
+    /// DWARF every lookup gives `None`.
+    pub fn open(path: &Path, debug_dirs: &[std::path::PathBuf]) -> Self {
+        let dwarf =
+            crate::discover::debug_file(path, debug_dirs).unwrap_or_else(|| path.to_path_buf());
+        Self::of_file(&dwarf)
+    }
+
+    /// Opens the DWARF of the file at `path` itself.
+    pub fn of_file(path: &Path) -> Self {
         LineTable {
-            loader: addr2line::Loader::new(&dwarf).ok(),
+            loader: addr2line::Loader::new(path).ok(),
         }
     }
 
@@ -504,6 +509,11 @@ pub(super) mod tests {
             hits_lower_bound: false,
             unhooked: None,
             first_hit_ns: None,
+            source: None,
+            vaddr: None,
+            first_hit_at: None,
+            hooked_in: None,
+            hook: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub struct Output<'a> {
 #[derive(Clone, Default)]
 pub struct Outputs {
     wanted: Vec<(&'static dyn ReportFormat, PathBuf)>,
+    debug_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -47,6 +48,17 @@ impl Outputs {
     /// Adds a report of `format` at `path`.
     pub fn add(&mut self, format: &'static dyn ReportFormat, path: PathBuf) {
         self.wanted.push((format, path));
+    }
+
+    /// Looks for separate debug files (source files and lines of the reports) in `dirs`
+    /// before `/usr/lib/debug` (`--debug-dir`).
+    pub fn set_debug_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.debug_dirs = dirs;
+    }
+
+    /// The directories searched for separate debug files before `/usr/lib/debug`.
+    pub fn debug_dirs(&self) -> &[PathBuf] {
+        &self.debug_dirs
     }
 
     /// Whether no report is asked for.
@@ -106,7 +118,9 @@ pub(crate) fn write_report<F: ReportFormat + ?Sized>(
     write_file(path, &bytes)
 }
 
-pub(crate) fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
+/// Writes `contents` to `path` as reports are written: whole, next to it, then renamed over
+/// it (a device or pipe is written in place).
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
     // A device or a pipe (`/dev/stdout`) is written in place: renaming over it would
     // replace it.
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {

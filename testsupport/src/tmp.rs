@@ -19,6 +19,7 @@ pub const RUN_PREFIXES: &[&str] = &[
     "xcover-agent-",
     "xcover-probe-",
     "xcover-ui-test-",
+    "xcover-corpus-",
 ];
 
 /// Removes the entries of [`RUN_PREFIXES`] whose process is gone. Once per process.

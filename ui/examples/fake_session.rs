@@ -79,6 +79,7 @@ impl Source for Fake {
                 .unwrap_or_default(),
             functions_hooked: n,
             functions_skipped: 1,
+            functions_trapped: 0,
             dropped_events: 0,
             attached_for: now,
             new_functions,

@@ -123,6 +123,7 @@ impl Theme {
 const HITS_W: u16 = 9;
 const RATE_W: u16 = 8;
 const FIRST_W: u16 = 10;
+const HOOK_W: u16 = 4;
 const MODULE_MAX_W: usize = 16;
 
 impl App {
@@ -175,6 +176,15 @@ impl App {
         let mut counts = vec![
             Span::raw(" hooked "),
             Span::styled(self.hooked.to_string(), theme.heading()),
+        ];
+        if self.trapped > 0 {
+            counts.extend([
+                Span::raw(" (trap "),
+                Span::styled(self.trapped.to_string(), theme.heading()),
+                Span::raw(")"),
+            ]);
+        }
+        counts.extend([
             Span::raw("  skipped "),
             Span::styled(self.skipped.to_string(), theme.heading()),
             Span::raw("  dropped "),
@@ -182,7 +192,7 @@ impl App {
                 self.dropped.to_string(),
                 dropped_style.patch(theme.heading()),
             ),
-        ];
+        ]);
         if !self.mode_line.is_empty() {
             counts.push(Span::raw("  "));
             counts.push(Span::styled(self.mode_line.clone(), theme.warn()));
@@ -277,6 +287,11 @@ impl App {
             Constraint::Length(RATE_W),
             Constraint::Length(FIRST_W),
         ]);
+        // Last, so the other columns keep their places.
+        if self.hooks_known {
+            widths.push(Constraint::Length(HOOK_W));
+            fixed += HOOK_W + 1;
+        }
         let name_w = inner.width.saturating_sub(fixed) as usize;
 
         let marker = if self.descending { "▼" } else { "▲" };
@@ -297,6 +312,9 @@ impl App {
             right(head("hits/s", SortKey::Rate)),
             right(head("first hit", SortKey::FirstHit)),
         ]);
+        if self.hooks_known {
+            header.push(Cell::from("hook"));
+        }
 
         let page = inner.height.saturating_sub(1) as usize;
         let end = (self.offset + page).min(shown);
@@ -315,6 +333,9 @@ impl App {
                     right(format::rate(f.rate)),
                     right(f.first_hit.map_or("-".to_string(), format::offset)),
                 ]);
+                if self.hooks_known {
+                    cells.push(Cell::from(f.hook.as_str()));
+                }
                 let fresh = f
                     .first_hit
                     .is_some_and(|t| t + std::time::Duration::from_secs(2) > self.attached_for);

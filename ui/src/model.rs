@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub functions_hooked: u64,
     /// Functions left alone (their reasons arrive as [`Event::Skipped`]).
     pub functions_skipped: u64,
+    /// Of the hooked functions, those hooked with a one-byte trap (see [`Function::hook`]).
+    pub functions_trapped: u64,
     /// Events the probe could not record (ring buffer full).
     pub dropped_events: u64,
     /// Time since the session was attached, on the session's own clock. Rates are computed
@@ -63,6 +65,9 @@ pub struct Function {
     /// Module (executable or shared library) the function lives in, e.g. `libc.so.6`.
     /// The module column appears only when the table holds more than one.
     pub module: String,
+    /// How it is hooked: `jmp`, `jmp8` or `trap` (a trap costs a signal delivery per hit);
+    /// empty when not known.
+    pub hook: String,
 }
 
 impl Function {
@@ -71,7 +76,14 @@ impl Function {
         Self {
             name: name.into(),
             module: module.into(),
+            hook: String::new(),
         }
+    }
+
+    /// The same function, hooked as `hook` says (`jmp`, `jmp8`, `trap`).
+    pub fn with_hook(mut self, hook: impl Into<String>) -> Self {
+        self.hook = hook.into();
+        self
     }
 }
 

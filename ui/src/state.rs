@@ -65,6 +65,8 @@ pub(crate) struct Func {
     lower: String,
     /// Index into [`App::modules`].
     pub(crate) module: u32,
+    /// How it is hooked (`jmp`, `jmp8`, `trap`, or empty).
+    pub(crate) hook: String,
     pub(crate) hits: u64,
     /// Hits in the last [`RATE_WINDOW`], per second.
     pub(crate) rate: f64,
@@ -101,6 +103,9 @@ pub struct App {
     pub(crate) exe: String,
     pub(crate) hooked: u64,
     pub(crate) skipped: u64,
+    pub(crate) trapped: u64,
+    /// Whether any function's hook kind is known (the table then has a `hook` column).
+    pub(crate) hooks_known: bool,
     pub(crate) dropped: u64,
     pub(crate) mode_line: String,
     pub(crate) attached_for: Duration,
@@ -160,6 +165,8 @@ impl App {
             exe: String::new(),
             hooked: 0,
             skipped: 0,
+            trapped: 0,
+            hooks_known: false,
             dropped: 0,
             mode_line: String::new(),
             attached_for: Duration::ZERO,
@@ -209,6 +216,7 @@ impl App {
         self.exe = snap.exe;
         self.hooked = snap.functions_hooked;
         self.skipped = snap.functions_skipped;
+        self.trapped = snap.functions_trapped;
         self.dropped = snap.dropped_events;
         self.mode_line = snap.mode_line;
         let now = snap.attached_for;
@@ -224,6 +232,7 @@ impl App {
                 }
             };
             let index = self.funcs.len() as u32;
+            self.hooks_known |= !f.hook.is_empty();
             let lower = f.name.to_lowercase();
             let matched = self.filter_matches(&lower, module, &self.matched_for);
             self.matches.push(matched);
@@ -231,6 +240,7 @@ impl App {
                 name: f.name,
                 lower,
                 module: module as u32,
+                hook: f.hook,
                 hits: 0,
                 rate: 0.0,
                 first_hit: None,

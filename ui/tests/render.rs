@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::Color;
-use xcover_ui::{App, Command, Mode};
+use xcover_ui::{App, Command, Function, Mode, Snapshot};
 
 use crate::support::{FakeSession, assert_snapshot, render, small_app, text};
 
@@ -191,4 +191,48 @@ fn hundred_thousand_functions() {
     press_code(&mut app2, KeyCode::End);
     snapshot("big_100k_end_120x40", &mut app2, 120, 40);
     assert_eq!(app2.visible_functions(), N);
+}
+
+/// Functions whose hook kind is known get a `hook` column, and trap hooks are counted in
+/// the stats line.
+#[test]
+fn hook_kinds_add_a_hook_column_and_a_trap_count() {
+    let mut app = App::new(false);
+    app.update(Snapshot {
+        pid: 7,
+        exe: "/bin/t".into(),
+        functions_hooked: 2,
+        functions_trapped: 1,
+        new_functions: vec![
+            Function::new("by_jump", "t").with_hook("jmp"),
+            Function::new("by_trap", "t").with_hook("trap"),
+        ],
+        hits: vec![3, 5],
+        ..Snapshot::default()
+    });
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("hooked 2 (trap 1)"), "{screen}");
+    let row = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {screen}"))
+            .to_string()
+    };
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("function") && l.contains("hook")),
+        "{screen}"
+    );
+    assert!(
+        row("by_trap").trim_end().ends_with(" trap"),
+        "{}",
+        row("by_trap")
+    );
+    assert!(
+        row("by_jump").trim_end().ends_with(" jmp"),
+        "{}",
+        row("by_jump")
+    );
 }

@@ -127,6 +127,7 @@ impl FakeSession {
             exe: "/usr/local/bin/demo-target".into(),
             functions_hooked: self.names.len() as u64,
             functions_skipped: 1,
+            functions_trapped: 0,
             dropped_events: 0,
             attached_for: at,
             new_functions,

@@ -2,6 +2,7 @@
 
 use alloc::vec::Vec;
 
+use super::HookKind;
 use super::SkipReason;
 use super::hooks::{MovedList, PatchBytes, SlotPatch};
 use super::interceptor::HookOptions;
@@ -49,6 +50,16 @@ pub(crate) trait Backend: Sized {
         size: usize,
         head: &mut Self::Head,
     ) -> Result<Self::Plan, SkipReason>;
+    /// Plans a one-byte trap at `site` (for a site every jump form refused): the trampoline
+    /// holds only the relocated first instruction and the jump back.
+    fn plan_trap(
+        site: &Site,
+        code: &[u8],
+        size: usize,
+        head: &mut Self::Head,
+    ) -> Result<Self::Plan, SkipReason>;
+    /// The form a plan patches with.
+    fn kind(plan: &Self::Plan) -> HookKind;
     /// Builds the trampoline of a planned site into `buf` (cleared first), to run at `pc`
     /// in one of `arenas`. Returns the address after its last byte, and the address of its
     /// relocated instructions with where each went (or why it cannot be built).

@@ -3,8 +3,8 @@
 
 use alloc::vec::Vec;
 
-use super::SkipReason;
 use super::hooks::{Hook, MovedList};
+use super::{HookKind, SkipReason};
 
 /// What a stopped thread must do before patches are written or removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,12 +21,12 @@ pub enum IpFixup {
 /// Hooks planned and trampolines written, entry patches not yet.
 pub struct HookBatch {
     pub(super) planned: Vec<Hook>,
-    pub(super) outcomes: Vec<(u64, Result<(), SkipReason>)>,
+    pub(super) outcomes: Vec<(u64, Result<HookKind, SkipReason>)>,
 }
 
 impl HookBatch {
-    /// Per function of the request, in order: hooked (once committed) or skipped.
-    pub fn outcomes(&self) -> &[(u64, Result<(), SkipReason>)] {
+    /// Per function of the request, in order: hooked (once committed), and how, or skipped.
+    pub fn outcomes(&self) -> &[(u64, Result<HookKind, SkipReason>)] {
         &self.outcomes
     }
 

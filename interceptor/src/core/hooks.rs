@@ -65,6 +65,8 @@ pub(crate) struct Hook {
     pub(crate) patch: PatchBytes,
     /// Second patch, in the site's padding: (address, original bytes, new bytes).
     pub(crate) slot: Option<SlotPatch>,
+    /// How the site is patched.
+    pub(crate) kind: super::HookKind,
     pub(crate) active: bool,
 }
 
@@ -181,6 +183,7 @@ mod tests {
             original: p,
             patch: p,
             slot: None,
+            kind: crate::core::HookKind::Jmp,
             active: true,
         }
     }

@@ -7,12 +7,12 @@
 
 use alloc::vec::Vec;
 
-use super::SkipReason;
 use super::backend::Backend;
 use super::batch::{HookBatch, UnhookBatch};
 use super::hooks::{Hook, Hooks};
 use super::memory::{MemError, Memory};
-use super::site::Site;
+use super::site::{Site, TrapSite};
+use super::{HookKind, SkipReason};
 use crate::arch::Arch;
 use crate::arena::Arenas;
 
@@ -34,6 +34,11 @@ pub struct HookOptions {
     /// fills only those two fields (about half the instructions). Ignored with
     /// `save_vector_regs` or `flags_with_popfq`.
     pub light_ctx: bool,
+    /// Hook a site that no jump form can patch (a branch from elsewhere into its first
+    /// bytes, no room, an unmovable second instruction, …) with a one-byte trap
+    /// ([`HookKind::Trap`]), when its first instruction can be moved. The caller must serve
+    /// the traps (see [`Interceptor::trap_sites`]); off by default.
+    pub traps: bool,
 }
 
 impl Default for HookOptions {
@@ -42,6 +47,7 @@ impl Default for HookOptions {
             save_vector_regs: true,
             flags_with_popfq: false,
             light_ctx: false,
+            traps: false,
         }
     }
 }
@@ -63,6 +69,7 @@ pub struct Interceptor {
     arenas: Arenas,
     hooks: Hooks,
     buf: Buffers,
+    traps: bool,
 }
 
 impl Interceptor {
@@ -74,6 +81,7 @@ impl Interceptor {
             arenas: Arenas::default(),
             hooks: Hooks::default(),
             buf: Buffers::default(),
+            traps: opts.traps,
         }
     }
 
@@ -90,6 +98,53 @@ impl Interceptor {
             .filter(|h| h.active)
             .map(|h| h.addr)
             .collect()
+    }
+
+    /// How the function at `addr` is hooked now, `None` when it is not.
+    pub fn hook_kind(&self, addr: u64) -> Option<HookKind> {
+        self.hooks.get(&addr).filter(|h| h.active).map(|h| h.kind)
+    }
+
+    /// Every site ever hooked with a trap (active or retired), sorted by address: what a
+    /// trap handler looks a trapping address up in.
+    pub fn trap_sites(&self) -> Vec<TrapSite> {
+        self.hooks
+            .0
+            .iter()
+            .filter(|h| h.kind == HookKind::Trap)
+            .map(|h| TrapSite {
+                addr: h.addr,
+                resume: h.reloc_start,
+                cookie: h.cookie,
+                active: h.active,
+            })
+            .collect()
+    }
+
+    /// Whether a one-byte trap may hook a site every jump form refused for `reason` (with
+    /// [`HookOptions::traps`]): the trap displaces only the first instruction, so branches
+    /// into later bytes, a lack of room, or an instruction after the first that cannot be
+    /// decoded or moved do not matter. The reason does not say which instruction could not
+    /// be decoded or moved: for those the trap is tried, and its planner refuses it when the
+    /// first instruction is the one (the jump forms' reason is kept then).
+    pub fn trap_may_replace(reason: SkipReason) -> bool {
+        match reason {
+            SkipReason::NoRoom
+            | SkipReason::BranchIntoPatch
+            | SkipReason::ReturnTarget
+            | SkipReason::EnteredInside
+            | SkipReason::Undecodable
+            | SkipReason::Unrelocatable => true,
+            SkipReason::TooSmall
+            | SkipReason::AlreadyHooked
+            | SkipReason::NoNearMemory
+            | SkipReason::Unreadable
+            | SkipReason::ThreadInPatch => false,
+            // Decided by xcover before the agent plans anything: such a site never reaches
+            // the planner (a trap would be safe there, the kernel's signal delivery skips the
+            // red zone, but xcover skips the site first).
+            SkipReason::RedZone => false,
+        }
     }
 
     /// Number of trampoline arenas mapped so far (they live until the session ends).
@@ -125,7 +180,11 @@ impl Interceptor {
                 Err(_) => true,
             };
             let r = if first {
-                self.prepare_one(mem, f, &mut buf).map(|h| planned.push(h))
+                self.prepare_one(mem, f, &mut buf).map(|h| {
+                    let kind = h.kind;
+                    planned.push(h);
+                    kind
+                })
             } else {
                 Err(SkipReason::AlreadyHooked)
             };
@@ -180,9 +239,17 @@ impl Interceptor {
             .map_or(0, |pad| Arch::free_padding(pad, f.addr + size as u64));
         code.truncate(size + free);
         let code = &buf.code[..];
-        Arch::check_site(f, code)?;
         let mut head = <Arch as Backend>::Head::default();
-        let p = Arch::plan(f, code, size, &mut head)?;
+        let p = match Arch::check_site(f, code).and_then(|()| Arch::plan(f, code, size, &mut head))
+        {
+            Ok(p) => p,
+            // Every jump form refused: a trap, when one can hook the site (and otherwise
+            // the jump forms' reason, which says more).
+            Err(e) if self.traps && Self::trap_may_replace(e) => {
+                Arch::plan_trap(f, code, size, &mut head).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        };
 
         // Build at the arena cursor; retry once in a fresh arena if it does not fit.
         let mut fresh = false;
@@ -213,6 +280,7 @@ impl Interceptor {
                 original: patch.original,
                 patch: patch.patch,
                 slot: patch.slot,
+                kind: Arch::kind(&p),
                 active: false,
             });
         }

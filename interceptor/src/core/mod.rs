@@ -18,8 +18,11 @@
 //! cycles do not grow memory.
 //!
 //! # Where things go
-//! - a new kind of patch site (a line start, a trap patch): [`SiteKind`], then the back
-//!   end's planner (`plan`) and patch bytes;
+//! - a new kind of patch site (a line start): [`SiteKind`], then the back end's planner
+//!   (`plan`) and patch bytes;
+//! - a new patch form (like the one-byte trap): [`HookKind`] (in the session crate), the
+//!   back end's planner (`plan_trap` for the trap) and patch bytes, and when to fall back
+//!   to it ([`Interceptor::trap_may_replace`]);
 //! - a new instruction set: a module beside `crate::x86_64` implementing
 //!   `backend::Backend`, chosen in `crate::arch`.
 
@@ -35,7 +38,10 @@ pub(crate) use hooks::PatchBytes;
 pub use hooks::{MAX_MOVED, Moved, MovedList};
 pub use interceptor::{HookOptions, Interceptor};
 pub use memory::{MemError, Memory, PAGE_SIZE, Protection, write_code_protecting};
-pub use site::{Site, SiteKind};
+pub use site::{Site, SiteKind, TrapSite};
+/// How a hooked site is patched: the session's kinds, whose stable codes the agent records
+/// per function.
+pub use xcover_session::HookKind;
 /// Why a site was not hooked: the session's reasons, whose stable codes the agent records
 /// per function.
 pub use xcover_session::SkipReason;

@@ -1,9 +1,11 @@
 //! Patch sites: the places the interceptor can patch, and how.
 //!
 //! A [`Site`] is an address plus a [`SiteKind`]. Today every site is a function entry; the
-//! kind is where other patch kinds go (a line or block start, a site patched with a
-//! one-byte trap instead of a jump): the planner of the back end dispatches on it, and the
-//! core (batches, commit, thread fix-ups, retiring) does not depend on it.
+//! kind is where other kinds of site go (a line or block start): the planner of the back
+//! end dispatches on it, and the core (batches, commit, thread fix-ups, retiring) does not
+//! depend on it. How a site ends up patched (a jump, a hop, a one-byte trap) is its
+//! [`HookKind`](crate::HookKind), chosen by the planner; a trap-hooked site is served by
+//! the caller through its [`TrapSite`].
 
 /// What kind of place a [`Site`] is, which decides how it may be patched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -12,6 +14,21 @@ pub enum SiteKind {
     /// A function's entry, patched with a jump (see the back end's patch forms).
     #[default]
     FunctionEntry,
+}
+
+/// A site hooked with [`HookKind::Trap`](crate::HookKind::Trap), as the trap handler needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapSite {
+    /// The address of the `int3` (the site's address); a trap there reports `addr + 1`.
+    pub addr: u64,
+    /// Where the thread resumes after the probe: the relocated copy of the first
+    /// instruction, followed by a jump back to the second.
+    pub resume: u64,
+    /// The site's cookie.
+    pub cookie: u64,
+    /// Whether the `int3` is in place now (false once unhooked: a trap still being delivered
+    /// then re-runs the restored original instruction).
+    pub active: bool,
 }
 
 /// One place to hook, as the caller knows it.

@@ -18,7 +18,13 @@
 //! 2. **`jmp rel8` hop** (2 bytes) at `addr` to a `jmp rel32` written into the function's
 //!    free padding, when only ≥ 2 bytes can be displaced (short functions, or a branch into
 //!    bytes 2..5).
-//! 3. Otherwise the function is skipped with a [`SkipReason`].
+//! 3. **`int3`** (1 byte) at `addr`, when both are refused for a reason that does not
+//!    concern the first instruction (a branch into bytes `1..`, no room, an unmovable second
+//!    instruction, a `nop; call` return target) and [`HookOptions::traps`] allows it. Its
+//!    trampoline is only the relocated first instruction and the jump back (no stub: the
+//!    caller's SIGTRAP handler calls the probe with the context it reads from the signal
+//!    frame and resumes the thread there). See [`crate::TrapSite`].
+//! 4. Otherwise the function is skipped with a [`SkipReason`].
 //!
 //! Any branch or IP-relative reference from inside the function to bytes `1..len` of the
 //! displaced range refuses that patch form. Displaced bytes not covered by the jump are filled
@@ -110,7 +116,7 @@ use xcover_x86::Writer;
 
 use crate::arena::Arenas;
 use crate::core::backend::{Backend, Patch};
-use crate::core::{HookOptions, MovedList, Site, SkipReason};
+use crate::core::{HookKind, HookOptions, MovedList, Site, SkipReason};
 
 use relocator::Head;
 pub use relocator::Unrelocatable;
@@ -158,6 +164,19 @@ impl Backend for X86_64 {
         patch::plan(site, code, size, head)
     }
 
+    fn plan_trap(
+        site: &Site,
+        code: &[u8],
+        size: usize,
+        head: &mut Head,
+    ) -> Result<patch::Plan, SkipReason> {
+        patch::plan_trap(site, code, size, head)
+    }
+
+    fn kind(plan: &patch::Plan) -> HookKind {
+        plan.kind()
+    }
+
     fn build_trampoline(
         &mut self,
         arenas: &Arenas,
@@ -171,7 +190,7 @@ impl Backend for X86_64 {
         let mut w = Writer::reusing(pc, core::mem::take(buf));
         let emitted = self
             .tramp
-            .emit_trampoline(arenas, &mut w, site, code, head, &plan.scan);
+            .emit_trampoline(arenas, &mut w, site, code, head, plan);
         let end = w.pc();
         *buf = w.into_code();
         (end, emitted)

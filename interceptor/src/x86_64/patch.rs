@@ -9,7 +9,7 @@ use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 
 use super::relocator::{Head, RefSweep, RelocError, Scan};
 use crate::core::backend::Patch;
-use crate::core::{PatchBytes, Site, SkipReason};
+use crate::core::{HookKind, PatchBytes, Site, SkipReason};
 
 impl RelocError {
     /// Why a site whose relocation failed this way is skipped (the session records the
@@ -35,6 +35,19 @@ pub(crate) struct Plan {
     pub(crate) scan: Scan,
     /// Hop slot address for the 2-byte form.
     slot: Option<u64>,
+    /// The one-byte `int3` form.
+    pub(crate) trap: bool,
+}
+
+impl Plan {
+    /// The form this plan patches with.
+    pub(crate) fn kind(&self) -> HookKind {
+        match (self.trap, self.slot) {
+            (true, _) => HookKind::Trap,
+            (false, Some(_)) => HookKind::Jmp8,
+            (false, None) => HookKind::Jmp,
+        }
+    }
 }
 
 fn is_padding(ins: &Instruction) -> bool {
@@ -81,7 +94,13 @@ pub(crate) fn plan(
     let first = match head.scan(5) {
         Ok(scan) => match refs.first_ref(scan.len) {
             None if entered(scan.len) => SkipReason::EnteredInside,
-            None => return Ok(Plan { scan, slot: None }),
+            None => {
+                return Ok(Plan {
+                    scan,
+                    slot: None,
+                    trap: false,
+                });
+            }
             Some(_) => SkipReason::BranchIntoPatch,
         },
         Err(e) => e.skip_reason(),
@@ -97,15 +116,47 @@ pub(crate) fn plan(
             return Ok(Plan {
                 scan,
                 slot: Some(f.addr + slot_off as u64),
+                trap: false,
             });
         }
     }
     Err(first)
 }
 
+/// Plans the one-byte `int3` form for the function `code[..size]`: only its first
+/// instruction is displaced (relocated into the trampoline, followed by the jump back), so no
+/// branch into later bytes matters, nor the room after it.
+pub(crate) fn plan_trap(
+    f: &Site,
+    code: &[u8],
+    size: usize,
+    head: &mut Head,
+) -> Result<Plan, SkipReason> {
+    let mut refs = RefSweep::new(code.get(..size).unwrap_or(code), f.addr);
+    head.decode(code, f.addr, &mut refs);
+    let scan = head.scan(1).map_err(RelocError::skip_reason)?;
+    Ok(Plan {
+        scan,
+        slot: None,
+        trap: true,
+    })
+}
+
 /// The bytes of the planned patch of `f` (code `code`) that jumps to its trampoline at `pc`:
 /// the original bytes, the patch (the jump, the rest `int3`), and the hop's slot.
 pub(crate) fn patch_bytes(f: &Site, code: &[u8], p: &Plan, pc: u64) -> Result<Patch, SkipReason> {
+    if p.trap {
+        let original = code
+            .get(..1)
+            .and_then(PatchBytes::copy)
+            .ok_or(SkipReason::NoRoom)?;
+        let patch = PatchBytes::filled(0xcc, 1).ok_or(SkipReason::NoRoom)?;
+        return Ok(Patch {
+            original,
+            patch,
+            slot: None,
+        });
+    }
     let len = p.scan.len;
     let original = code
         .get(..len)
@@ -153,6 +204,7 @@ pub(crate) fn entered_after_first_byte(code: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Interceptor;
 
     #[test]
     fn a_branch_from_elsewhere_refuses_the_forms_that_displace_its_target() {
@@ -183,5 +235,39 @@ mod tests {
             );
         }
         assert_eq!(SkipReason::EnteredInside.code(), 11);
+        assert!(Interceptor::trap_may_replace(SkipReason::EnteredInside));
+    }
+
+    #[test]
+    fn a_trap_displaces_the_first_instruction_alone() {
+        // mov rax, rdi ; mov rcx, rdx ; ret, entered at +1 by someone: no jump fits, an
+        // `int3` over the first byte does, its trampoline holding the 3-byte `mov`.
+        let code = [0x48, 0x89, 0xf8, 0x48, 0x89, 0xd1, 0xc3];
+        let addr = 0x40_1000;
+        let f = Site::function(addr, 7, addr + 7, 0).entered_at(1);
+        let mut head = Head::default();
+        let p = plan_trap(&f, &code, 7, &mut head).unwrap();
+        assert_eq!(
+            (p.scan.len, p.scan.live_len, p.kind()),
+            (3, 3, HookKind::Trap)
+        );
+        let bytes = patch_bytes(&f, &code, &p, addr + 0x1000).unwrap();
+        assert_eq!(
+            (&*bytes.original, &*bytes.patch),
+            (&[0x48][..], &[0xcc][..])
+        );
+        assert!(bytes.slot.is_none());
+        // A first instruction that cannot move refuses the trap too (the session's reason
+        // has no offset: the relocator's error says it is the first instruction).
+        let syscall = [0x0f, 0x05, 0xc3];
+        let f = Site::function(addr, 3, addr + 3, 0);
+        assert_eq!(
+            plan_trap(&f, &syscall, 3, &mut head).map(|p| p.kind()),
+            Err(SkipReason::Unrelocatable)
+        );
+        assert!(matches!(
+            head.scan(1),
+            Err(RelocError::Unrelocatable { offset: 0, .. })
+        ));
     }
 }

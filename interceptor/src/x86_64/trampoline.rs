@@ -9,6 +9,7 @@ use xcover_session::ProbeCtx;
 use xcover_x86::{Reg, Writer, fits_rel32};
 
 use super::cpu;
+use super::patch::Plan;
 use super::relocator::{Head, RelocError, Scan};
 use crate::arena::Arenas;
 use crate::core::{HookOptions, MovedList, Site, SkipReason};
@@ -469,8 +470,14 @@ impl Trampolines {
         f: &Site,
         code: &[u8],
         head: &Head,
-        scan: &Scan,
+        plan: &Plan,
     ) -> Result<(u64, MovedList), SkipReason> {
+        let scan = &plan.scan;
+        if plan.trap {
+            // The trap handler calls the probe: only the relocated first instruction and
+            // the jump back.
+            return Self::emit_relocated(w, f, code, head, scan);
+        }
         let cookie = i32::try_from(f.cookie as i64).ok();
         // The displacement is from R, at most a body's length further than here.
         let disp_ok = |r: u64| i32::try_from(f.addr.wrapping_sub(r) as i64).is_ok();
@@ -501,6 +508,17 @@ impl Trampolines {
             }
             _ => self.emit_head(w, f.addr, f.cookie),
         }
+        Self::emit_relocated(w, f, code, head, scan)
+    }
+
+    /// The relocated instructions and the jump back to the first one not displaced.
+    fn emit_relocated(
+        w: &mut Writer,
+        f: &Site,
+        code: &[u8],
+        head: &Head,
+        scan: &Scan,
+    ) -> Result<(u64, MovedList), SkipReason> {
         let reloc_start = w.pc();
         let moved = head
             .relocate(code, scan, w)

@@ -2,9 +2,27 @@
 //!
 //! Functions come from the ELF symbol tables of the files the target has mapped: `.symtab`,
 //! or `.dynsym` when the file is stripped, or the symbols of a separate debug file found
-//! through the build-id or `.gnu_debuglink`. A symbol's runtime address is found through the
-//! file offset it lives at and the executable mapping of that offset in `/proc/<pid>/maps`,
-//! which is right for PIE and non-PIE executables and shared libraries alike.
+//! through the build-id or `.gnu_debuglink` (in each `--debug-dir`, then `/usr/lib/debug`).
+//! Code no symbol names is found too: Go functions from `.gopclntab` (with their real
+//! names, see [`crate::pclntab`]), and every other function from its `.eh_frame` entry (see
+//! [`crate::ehframe`]), named `func_<file offset in hex>`, a name stable across runs of one
+//! build that `xcover symbolize` later replaces by build-id and offset. Each function says
+//! where it was found ([`Source`]).
+//!
+//! Merging the sources: a function is one address. A symbol, a `.gopclntab` entry and an
+//! FDE at the same address are one function, found by the best source (`.symtab` or the
+//! debug file, then `.dynsym`, then `.gopclntab`, then `.eh_frame`). An FDE or `.gopclntab`
+//! entry that starts strictly inside a better-sourced function's range (`value..value+size`)
+//! is part of that function (hand-written code with several unwind regions, say) and not
+//! hooked apart: its entry is no function entry. An FDE in `.plt`, `.plt.got` or `.plt.sec`
+//! is no function either (lazy-binding stubs). A split part of a function that the compiler
+//! placed elsewhere (GCC's `foo.cold`: its frame is already set up at its first byte) is a
+//! code region of its own, hooked like a function and named `func_<offset>.cold` when no
+//! symbol names it.
+//!
+//! A symbol's runtime address is found through the file offset it lives at and the
+//! executable mapping of that offset in `/proc/<pid>/maps`, which is right for PIE and
+//! non-PIE executables and shared libraries alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +33,13 @@ use regex::Regex;
 
 use crate::BadInput;
 use crate::note::Note;
+
+mod debug;
+mod symbols;
+
+use debug::find_debug_file;
+pub use debug::{build_id_path, debug_file, debug_file_by_id, read_build_id};
+use symbols::module_functions;
 
 /// A file-backed module of the target whose functions are hooked.
 #[derive(Clone, Debug)]
@@ -27,10 +52,14 @@ pub struct Module {
     /// (`libsqlite3.so.0` for the file `libsqlite3.so.0.8.6`) or a symlink's name. Reports,
     /// the listing and the TUI show the module by this name.
     pub alias: Option<String>,
-    /// Whether the file has no symbol table (`.symtab`), its `.dynsym` defines no function
-    /// and no separate debug file was found: it was stripped, and nothing in it can be
-    /// named.
+    /// Whether the file has no symbol table (`.symtab`), its `.dynsym` defines no function,
+    /// no separate debug file was found, and it has neither `.eh_frame` entries nor a
+    /// `.gopclntab` to find functions by: nothing in it can be hooked.
     pub stripped: bool,
+    /// Whether it is Go code (it has a `.go.buildinfo` or `.gopclntab` section): Go's
+    /// runtime manages signals with raw system calls, so no trap hook goes into a process
+    /// that has Go code (see README.md, hook kinds).
+    pub go: bool,
 }
 
 impl Module {
@@ -54,8 +83,8 @@ impl Module {
             _ => "/usr/lib/debug/<its path>".to_string(),
         };
         format!(
-            "{path} has no symbol table (stripped), and no debug file was found for it; \
-             install its debug symbols (the distribution's -dbgsym/-debuginfo package, or a \
+            "{path} has no symbol table (stripped), no .eh_frame or .gopclntab to find its \
+             functions by, and no debug file was found for it; install its debug symbols (the distribution's -dbgsym/-debuginfo package, or a \
              debug file at {by_id}, or one named by its .gnu_debuglink beside it), or run \
              an unstripped build"
         )
@@ -68,6 +97,90 @@ pub fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Where a function was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The file's own `.symtab`.
+    Symtab,
+    /// Its `.dynsym` (exported functions only).
+    Dynsym,
+    /// A separate debug file's `.symtab` (by build-id or `.gnu_debuglink`).
+    Debug,
+    /// Go's `.gopclntab` (real names, no symbol table needed).
+    Pclntab,
+    /// An `.eh_frame` entry no symbol names: the name is synthetic, `func_<offset>`.
+    EhFrame,
+}
+
+impl Source {
+    /// Every source, by [`Source::code`].
+    pub const ALL: [Source; 5] = [
+        Source::Symtab,
+        Source::Dynsym,
+        Source::Debug,
+        Source::Pclntab,
+        Source::EhFrame,
+    ];
+
+    /// Its name in reports and listings: `symtab`, `dynsym`, `debug`, `pclntab`, `eh_frame`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Symtab => "symtab",
+            Source::Dynsym => "dynsym",
+            Source::Debug => "debug",
+            Source::Pclntab => "pclntab",
+            Source::EhFrame => "eh_frame",
+        }
+    }
+
+    /// The source named `name` ([`Source::name`]).
+    pub fn from_name(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Its code in the session file's function table (1..=5; 0 is unknown).
+    pub fn code(self) -> u8 {
+        match self {
+            Source::Symtab => 1,
+            Source::Dynsym => 2,
+            Source::Debug => 3,
+            Source::Pclntab => 4,
+            Source::EhFrame => 5,
+        }
+    }
+
+    /// The source of code `c` ([`Source::code`]).
+    pub fn from_code(c: u8) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.code() == c)
+    }
+
+    /// Which source names a function when several find it: lower is better.
+    fn rank(self) -> u8 {
+        match self {
+            Source::Symtab | Source::Debug => 0,
+            Source::Dynsym => 1,
+            Source::Pclntab => 2,
+            Source::EhFrame => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The synthetic name of a function no symbol names: `func_` and its file offset in hex,
+/// stable across runs of one build; `.cold` added for a split part of another function.
+pub fn synthetic_name(offset: u64, part: bool) -> String {
+    if part {
+        format!("func_{offset:x}.cold")
+    } else {
+        format!("func_{offset:x}")
+    }
 }
 
 /// One function to hook.
@@ -95,6 +208,23 @@ pub struct Function {
     /// Another function's direct branch that lands in this one's first bytes, if any: an
     /// entry patch must not cover that byte.
     pub entered: Option<Entered>,
+    /// Where it was found.
+    pub source: Source,
+    /// A split part of another function (`foo.cold`, its frame set up at its first byte),
+    /// entered by a jump from its parent rather than called.
+    pub part: bool,
+    /// A part entered from code that keeps data below its stack pointer (in the x86-64
+    /// red zone): a jump to a trampoline there would overwrite that data, so it is not
+    /// hooked ([`xcover_session::SkipReason::RedZone`]).
+    pub red_zone: bool,
+}
+
+impl Function {
+    /// Why discovery already knows the function cannot be hooked, if it does.
+    pub fn skip_reason(&self) -> Option<&'static str> {
+        self.red_zone
+            .then(|| xcover_session::SkipReason::RedZone.text())
+    }
 }
 
 /// Where code outside a function branches into its first bytes (see [`crate::inbound`]).
@@ -116,6 +246,9 @@ pub struct Discovery {
     pub functions: Vec<Function>,
     /// Functions found before `--include`/`--exclude` chose among them.
     pub found: usize,
+    /// The directories searched for separate debug files before `/usr/lib/debug`
+    /// ([`Options::debug_dirs`]), for the reports' source lines.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// What to look for.
@@ -129,6 +262,9 @@ pub struct Options {
     pub include: Option<Regex>,
     /// Drop functions whose raw or demangled name matches (wins over `include`).
     pub exclude: Option<Regex>,
+    /// Directories to look for separate debug files in (`--debug-dir`), before
+    /// `/usr/lib/debug`: as `<dir>/.build-id/xx/yyyy.debug` and by `.gnu_debuglink`.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// One executable mapping of a file in the target.
@@ -199,7 +335,10 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
         }
     }
 
-    let mut out = Discovery::default();
+    let mut out = Discovery {
+        debug_dirs: opts.debug_dirs.clone(),
+        ..Discovery::default()
+    };
     for (path, alias) in wanted {
         let is_main = out.modules.is_empty();
         // Read through /proc/<pid>/exe or /proc/<pid>/root so a replaced file or another
@@ -217,8 +356,9 @@ pub fn discover(pid: i32, opts: &Options) -> Result<Discovery> {
             .filter(|m| clean_path(&m.path) == path)
             .collect();
         let index = out.modules.len();
-        let (mut module, funcs) = module_functions(&path, &bytes, &module_maps, index)
-            .with_context(|| format!("pid {pid}: {}", path.display()))?;
+        let (mut module, funcs) =
+            module_functions(&path, &bytes, &module_maps, index, &opts.debug_dirs)
+                .with_context(|| format!("pid {pid}: {}", path.display()))?;
         module.alias = alias;
         out.modules.push(module);
         out.functions.extend(funcs);
@@ -311,6 +451,7 @@ impl Options {
             all_modules,
             include: re("--include", include)?,
             exclude: re("--exclude", exclude)?,
+            debug_dirs: Vec::new(),
         })
     }
 }
@@ -355,304 +496,6 @@ pub fn demangle(name: &str) -> Option<String> {
     None
 }
 
-/// A function symbol before it is placed in the target.
-struct RawSym {
-    name: String,
-    value: u64,
-    size: u64,
-    bind: u8,
-    shndx: usize,
-}
-
-fn read_build_id(elf: &Elf, bytes: &[u8]) -> Option<Vec<u8>> {
-    let notes = elf.iter_note_sections(bytes, Some(".note.gnu.build-id"))?;
-    for note in notes.flatten() {
-        if note.n_type == goblin::elf::note::NT_GNU_BUILD_ID {
-            return Some(note.desc.to_vec());
-        }
-    }
-    None
-}
-
-/// The separate debug file of the ELF file at `path`, when it has no DWARF of its own.
-pub fn debug_file(path: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(path).ok()?;
-    let elf = Elf::parse(&bytes).ok()?;
-    let has_dwarf = elf
-        .section_headers
-        .iter()
-        .any(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".debug_info"));
-    if has_dwarf {
-        return None;
-    }
-    find_debug_file(path, &elf, &bytes)
-}
-
-/// Looks for a separate debug file: by build-id, then by `.gnu_debuglink`.
-fn find_debug_file(path: &Path, elf: &Elf, bytes: &[u8]) -> Option<PathBuf> {
-    if let Some(id) = read_build_id(elf, bytes)
-        && id.len() >= 2
-    {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let p = PathBuf::from(format!(
-            "/usr/lib/debug/.build-id/{}/{}.debug",
-            &hex[..2],
-            &hex[2..]
-        ));
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    let sh = elf
-        .section_headers
-        .iter()
-        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".gnu_debuglink"))?;
-    let start = sh.sh_offset as usize;
-    let data = bytes.get(start..start.checked_add(sh.sh_size as usize)?)?;
-    let nul = data.iter().position(|&b| b == 0)?;
-    let name = std::str::from_utf8(&data[..nul]).ok()?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let candidates = [
-        dir.join(name),
-        dir.join(".debug").join(name),
-        Path::new("/usr/lib/debug")
-            .join(dir.strip_prefix("/").unwrap_or(dir))
-            .join(name),
-    ];
-    candidates
-        .into_iter()
-        .find(|c| c.is_file() && c.as_path() != path)
-}
-
-fn function_syms(elf: &Elf) -> (Vec<RawSym>, Vec<(u64, usize)>) {
-    let mut funcs = Vec::new();
-    let mut starts = Vec::new();
-    let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
-    // .symtab when present, otherwise .dynsym.
-    let use_tables = if elf.syms.is_empty() {
-        &tables[1..]
-    } else {
-        &tables[..1]
-    };
-    for (syms, strtab) in use_tables {
-        for s in syms.iter() {
-            if s.st_shndx == 0 || s.st_shndx >= 0xff00 {
-                continue;
-            }
-            if s.st_value != 0 {
-                starts.push((s.st_value, s.st_shndx));
-            }
-            let ty = sym::st_type(s.st_info);
-            if ty != sym::STT_FUNC && ty != sym::STT_GNU_IFUNC {
-                continue;
-            }
-            if s.st_size == 0 || s.st_value == 0 {
-                continue;
-            }
-            let Some(name) = strtab.get_at(s.st_name) else {
-                continue;
-            };
-            if name.is_empty() {
-                continue;
-            }
-            funcs.push(RawSym {
-                name: name.to_string(),
-                value: s.st_value,
-                size: s.st_size,
-                bind: sym::st_bind(s.st_info),
-                shndx: s.st_shndx,
-            });
-        }
-    }
-    (funcs, starts)
-}
-
-fn module_functions(
-    path: &Path,
-    bytes: &[u8],
-    maps: &[&ExecMap],
-    index: usize,
-) -> Result<(Module, Vec<Function>)> {
-    let elf = match Elf::parse(bytes) {
-        Ok(e) => e,
-        Err(e) => return Err(BadInput(format!("not an ELF file: {e}")).into()),
-    };
-    if elf.header.e_machine != goblin::elf::header::EM_X86_64 || !elf.is_64 {
-        return Err(BadInput(format!(
-            "not an x86-64 ELF file (e_machine {})",
-            elf.header.e_machine
-        ))
-        .into());
-    }
-    let build_id = read_build_id(&elf, bytes);
-
-    let (mut raw, mut starts) = function_syms(&elf);
-    let mut stripped = elf.syms.is_empty() && raw.is_empty();
-    if elf.syms.is_empty()
-        && let Some(dbg) = find_debug_file(path, &elf, bytes)
-        && let Ok(dbytes) = std::fs::read(&dbg)
-        && let Ok(delf) = Elf::parse(&dbytes)
-    {
-        let (draw, dstarts) = function_syms(&delf);
-        if !draw.is_empty() {
-            raw = draw;
-            starts = dstarts;
-            stripped = false;
-        }
-    }
-
-    // Section ends bound the padding of a section's last function.
-    let section_end = |shndx: usize| -> u64 {
-        elf.section_headers
-            .get(shndx)
-            .map(|s| s.sh_addr + s.sh_size)
-            .unwrap_or(0)
-    };
-    starts.sort_unstable();
-    starts.dedup();
-
-    // Group aliases: one hook per address; the preferred name is global before weak before
-    // local, then the shortest, then the first in alphabetical order.
-    let mut by_addr: BTreeMap<u64, Vec<RawSym>> = BTreeMap::new();
-    for s in raw {
-        by_addr.entry(s.value).or_default().push(s);
-    }
-    let loads: Vec<_> = elf
-        .program_headers
-        .iter()
-        .filter(|p| p.p_type == PT_LOAD)
-        .collect();
-
-    let mut funcs = Vec::new();
-    // Link-time end of each function's padding, for the branch scan.
-    let mut next_vaddrs = Vec::new();
-    for (vaddr, mut group) in by_addr {
-        group.sort_by(|a, b| {
-            let rank = |s: &RawSym| match s.bind {
-                sym::STB_GLOBAL => 0,
-                sym::STB_WEAK => 1,
-                _ => 2,
-            };
-            (rank(a), a.name.len(), &a.name).cmp(&(rank(b), b.name.len(), &b.name))
-        });
-        let Some(ph) = loads
-            .iter()
-            .find(|p| vaddr >= p.p_vaddr && vaddr < p.p_vaddr + p.p_filesz)
-        else {
-            continue;
-        };
-        let file_off = vaddr - ph.p_vaddr + ph.p_offset;
-        let Some(map) = maps
-            .iter()
-            .find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start))
-        else {
-            continue; // not mapped executable in the target
-        };
-        let runtime = map.start + (file_off - map.offset);
-        let primary = &group[0];
-        let size = group.iter().map(|s| s.size).max().unwrap_or(primary.size);
-        // Sections do not overlap, so the next symbol of this section is the first start
-        // above `vaddr` unless the section ends first.
-        let i = starts.partition_point(|&(a, _)| a <= vaddr);
-        let end = section_end(primary.shndx);
-        let next_vaddr = starts
-            .get(i)
-            .map_or(end, |&(a, _)| a.min(end))
-            .max(vaddr + size);
-        // Never let padding run past the end of the mapping.
-        let next_start = (runtime + (next_vaddr - vaddr)).min(map.end);
-        let mut aliases: Vec<String> = group[1..].iter().map(|s| s.name.clone()).collect();
-        aliases.dedup();
-        funcs.push(Function {
-            demangled: demangle(&primary.name),
-            name: primary.name.clone(),
-            aliases,
-            addr: runtime,
-            size,
-            offset: file_off,
-            vaddr,
-            next_start,
-            module: index,
-            entered: None,
-        });
-        next_vaddrs.push(vaddr + (next_start - runtime));
-    }
-    find_inbound(path, &elf, bytes, &starts, &mut funcs, &next_vaddrs);
-    if funcs.is_empty() && index == 0 && maps.is_empty() {
-        bail!("no executable mapping of the main executable");
-    }
-    Ok((
-        Module {
-            path: path.to_path_buf(),
-            build_id,
-            alias: None,
-            stripped,
-        },
-        funcs,
-    ))
-}
-
-/// Scans the module's code for branches from outside a function into its first bytes and
-/// records the first one in [`Function::entered`]. `funcs` are sorted by address, with
-/// `next_vaddrs[i]` the link-time end of `funcs[i]`'s padding.
-fn find_inbound(
-    path: &Path,
-    elf: &Elf,
-    bytes: &[u8],
-    starts: &[(u64, usize)],
-    funcs: &mut [Function],
-    next_vaddrs: &[u64],
-) {
-    let code = crate::inbound::code_ranges(elf, bytes);
-    let resync: Vec<u64> = starts.iter().map(|s| s.0).collect();
-    let scan_funcs: Vec<crate::inbound::Func> = funcs
-        .iter()
-        .zip(next_vaddrs)
-        .map(|(f, &next)| crate::inbound::Func {
-            start: f.vaddr,
-            // The planner sweeps a function's own branches over its first MiB only: past
-            // that, they count as coming from elsewhere.
-            size: f.size.min(1 << 20),
-            next,
-        })
-        .collect();
-    let found = crate::inbound::scan(&code, &resync, &scan_funcs);
-    let loads: Vec<_> = elf
-        .program_headers
-        .iter()
-        .filter(|p| p.p_type == PT_LOAD)
-        .collect();
-    for i in 0..funcs.len() {
-        let Some(hit) = found[i] else { continue };
-        let from = source_name(funcs, hit.from).unwrap_or_else(|| {
-            // Not in any function: name it by its file offset in the module.
-            let off = loads
-                .iter()
-                .find(|p| hit.from >= p.p_vaddr && hit.from < p.p_vaddr + p.p_filesz)
-                .map_or(hit.from, |p| hit.from - p.p_vaddr + p.p_offset);
-            format!("{}+{off:#x}", file_name(path))
-        });
-        funcs[i].entered = Some(Entered { at: hit.at, from });
-    }
-}
-
-/// `name` or `name+0x12` of the innermost function of `funcs` (sorted by address) that
-/// holds the link-time address `addr`.
-fn source_name(funcs: &[Function], addr: u64) -> Option<String> {
-    let i = funcs.partition_point(|f| f.vaddr <= addr);
-    // Nested symbols: the closest start that still holds `addr` is the innermost one.
-    let f = funcs[..i]
-        .iter()
-        .rev()
-        .take(64)
-        .find(|f| addr < f.vaddr + f.size)?;
-    let name = f.demangled.as_deref().unwrap_or(&f.name);
-    Some(match addr - f.vaddr {
-        0 => name.to_string(),
-        d => format!("{name}+{d:#x}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +523,9 @@ mod tests {
             next_start: 0x1010,
             module: 0,
             entered: None,
+            source: Source::Symtab,
+            part: false,
+            red_zone: false,
         };
         let o = |inc: Option<&str>, exc: Option<&str>| Options {
             include: inc.map(|s| Regex::new(s).unwrap()),
