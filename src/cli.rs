@@ -49,6 +49,12 @@ pub enum Command {
         mut_arg("lcov", |a| a.help("Also write the merged coverage as LCOV"))
     )]
     Merge(MergeArgs),
+    /// Put hooks back into a live session without detaching (those `unhook`,
+    /// `--first-hit` or `--max-overhead` took out).
+    Hook(HookArgs),
+    /// Take hooks out of a live session without detaching; their counts are kept (a lower
+    /// bound from then on).
+    Unhook(HookArgs),
     /// Give a report taken without symbols its real names, files and lines, from a debug
     /// file of the same build (matched by build-id and address).
     Symbolize(SymbolizeArgs),
@@ -126,6 +132,17 @@ pub struct AttachArgs {
     /// Leave the instrumentation in place when xcover exits (see `xcover detach`).
     #[arg(long)]
     pub keep: bool,
+    /// Coverage at no steady cost: unhook each function after its first hit (in batches,
+    /// at most every 100 ms, each a stop of about a millisecond). Counts become lower
+    /// bounds (`hits_lower_bound` in the JSON report).
+    #[arg(long, conflicts_with_all = ["keep", "max_overhead"])]
+    pub first_hit: bool,
+    /// Keep the overhead xcover adds under PCT percent of the target's CPU time: every
+    /// second, estimate it from each function's hits and the cost of a hit, and unhook
+    /// the hottest (already covered) functions until it fits. Their counts become lower
+    /// bounds; the others stay exact.
+    #[arg(long, value_name = "PCT", conflicts_with = "keep")]
+    pub max_overhead: Option<f64>,
     /// The reports to write when the session ends.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -205,6 +222,24 @@ impl SelectArgs {
         o.debug_dirs = self.debug_dirs.clone();
         Ok(o)
     }
+}
+
+/// `xcover hook` and `xcover unhook`.
+#[derive(Args, Debug)]
+pub struct HookArgs {
+    /// Process id of a target with a live session (watched by an `xcover attach`, or kept).
+    pub pid: i32,
+    /// Only functions whose raw or demangled name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Leave out functions whose raw or demangled name matches this regex (wins over
+    /// --include).
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Only functions of this module, by the name it goes by in the session, its file name or
+    /// its path. Repeatable. Without any of these options: every function of the session.
+    #[arg(long = "module", value_name = "NAME-OR-PATH")]
+    pub modules: Vec<String>,
 }
 
 /// `xcover functions`.

@@ -36,6 +36,11 @@ use crate::session;
 /// The agent shared object, embedded at build time.
 static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xcover_agent.so"));
 
+/// The agent's bytes, for the other paths that run its entry points ([`crate::hookset`]).
+pub(crate) fn agent() -> &'static [u8] {
+    AGENT
+}
+
 /// What to hook, with which probe, and whether the hooks outlive this xcover.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {

@@ -447,7 +447,11 @@ pub fn place(s: &SessionFile, ip: u64) -> Option<String> {
         .find(|f| f.entry.addr <= ip && ip < f.entry.addr.saturating_add(f.entry.size.max(1)))?;
     let name = crate::discover::demangle(&f.name).unwrap_or_else(|| f.name.clone());
     let status = match (f.entry.status(), f.skip_reason()) {
-        (Some(FuncStatus::Hooked), _) => "hooked".to_string(),
+        (Some(FuncStatus::Hooked | FuncStatus::Unhooking), _) => "hooked".to_string(),
+        (Some(FuncStatus::Unhooked), _) => match f.entry.unhook_reason() {
+            Some(u) => format!("unhooked live: {}", u.name()),
+            None => "unhooked live".to_string(),
+        },
         (_, Some(why)) => format!("not hooked: {why}"),
         _ => "not hooked".to_string(),
     };

@@ -232,7 +232,8 @@ impl Reader {
                     continue;
                 };
                 // A function hit while hooked counts as hooked even once its hooks are out.
-                let hooked = f.entry.status == FuncStatus::Hooked as u32 || f.hits > 0;
+                // So does one whose hook a live unhook took out (its count a lower bound).
+                let hooked = f.entry.is_hooked() || f.entry.hits_lower_bound() || f.hits > 0;
                 if f.entry.status == FuncStatus::Skipped as u32 && f.hits == 0 {
                     m.skipped += 1;
                     continue;

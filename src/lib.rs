@@ -21,6 +21,8 @@
 //! | names, files and lines for a report taken without symbols | [`symbolize`] |
 //! | the session file's contents: laid out before the agent runs, read back while it runs | [`session`] |
 //! | reading a live session for the TUI and the status line | [`live`] |
+//! | production modes: `--first-hit`, `--max-overhead` | [`govern`] |
+//! | changing the hook set of a live session (`xcover hook`/`unhook`) | [`hookset`] |
 //! | how a target ended while watched | [`ending`] |
 //! | reports, their formats (one file each, one registry) and where they are written; merge, diff, reachability and OpenVEX | [`report`] |
 //! | Prometheus metrics and the OTLP push of a live session | [`export`] |
@@ -34,6 +36,8 @@ pub mod ehframe;
 pub mod ending;
 pub mod error;
 pub mod export;
+pub mod govern;
+pub mod hookset;
 pub mod inbound;
 pub mod live;
 pub mod note;

@@ -11,6 +11,7 @@ use xcover_injector::SessionFile;
 use xcover_session::{FirstHit, FuncStatus};
 use xcover_ui::{Event, Function, Snapshot, Source};
 
+use crate::govern::{Governor, Mode};
 use crate::session;
 
 /// Reads a live session for the TUI or the status line.
@@ -34,6 +35,10 @@ pub struct Live<'a> {
     cache: Option<session::View>,
     /// `funcs_hooked + funcs_skipped` when `cache` was last read whole.
     cache_key: u64,
+    /// The production mode's governor.
+    governor: Governor,
+    /// First hits read by [`Live::tick`] and not yet given to the TUI.
+    fresh_hits: Vec<FirstHit>,
 }
 
 impl<'a> Live<'a> {
@@ -61,7 +66,29 @@ impl<'a> Live<'a> {
             ended: None,
             cache: None,
             cache_key: u64::MAX,
+            governor: Governor::new(Mode::Count),
+            fresh_hits: Vec::new(),
         }
+    }
+
+    /// Governs the session in `mode` (`--first-hit`, `--max-overhead`).
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.governor = Governor::new(mode);
+        self
+    }
+
+    /// The governor: what the production mode did so far.
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
+    /// One step of the watch, as often as the caller likes (the TUI's refresh, the status
+    /// line's loop): reads the first-hit events, then lets the production mode unhook what
+    /// is due.
+    pub fn tick(&mut self) {
+        let hits = self.first_hits();
+        self.fresh_hits.extend(hits);
+        self.governor.step(self.pid, self.session);
     }
 
     /// Brings `cache` up to date: the whole session when functions were hooked or skipped
@@ -118,7 +145,7 @@ impl<'a> Live<'a> {
         self.last_total = total;
         self.last_at = now;
         let kinds = v.hook_counts();
-        Ok(format!(
+        let mut line = format!(
             "xcover: pid {} {:.0}s: {} hooked, {} skipped, {} hit ({:.1}%), {:.0} hits/s, \
              hooks jmp {} jmp8 {} trap {}, {} dropped",
             self.pid,
@@ -132,7 +159,13 @@ impl<'a> Live<'a> {
             kinds[1],
             kinds[2],
             v.dropped
-        ))
+        );
+        let mode = self.governor.line();
+        if !mode.is_empty() {
+            line.push_str(", ");
+            line.push_str(&mode);
+        }
+        Ok(line)
     }
 
     /// The first hits the probe sent since the last call (the session's events ring buffer,
@@ -162,6 +195,7 @@ impl Source for Live<'_> {
             self.ended = Some(why.clone());
             return Err(why);
         }
+        self.tick();
         let whole = self.refresh().map_err(|e| chain(&e))?;
         let Some(v) = &self.cache else {
             return Err("the session could not be read".into());
@@ -174,13 +208,15 @@ impl Source for Live<'_> {
             functions_trapped: v.hook_counts()[2],
             dropped_events: v.dropped,
             attached_for: self.since.elapsed(),
+            mode_line: self.governor.line(),
             ..Default::default()
         };
         let several = v.modules.len() > 1;
         // New rows only appear when the table itself was read again.
         for (cookie, f) in v.funcs.iter().enumerate().filter(|_| whole) {
             let cookie = cookie as u64;
-            if f.entry.status == FuncStatus::Hooked as u32 && !self.rows.contains_key(&cookie) {
+            let measured = f.entry.is_hooked() || f.entry.hits_lower_bound();
+            if measured && !self.rows.contains_key(&cookie) {
                 self.rows.insert(cookie, self.sent.len());
                 self.sent.push(cookie);
                 let module = if several {
@@ -216,7 +252,7 @@ impl Source for Live<'_> {
             .header()
             .hooked_at_ns
             .load(std::sync::atomic::Ordering::Relaxed);
-        for hit in self.first_hits() {
+        for hit in std::mem::take(&mut self.fresh_hits) {
             if let Some(&row) = self.rows.get(&hit.cookie) {
                 snap.events.push(Event::FirstHit {
                     function: row,

@@ -385,6 +385,9 @@ pub struct View {
     pub hooked: u64,
     /// Functions skipped.
     pub skipped: u64,
+    /// Functions whose hook is out while the target runs on (`Unhooked`: their counts are
+    /// lower bounds).
+    pub unhooked: u64,
     /// First-hit events dropped (ring buffer full) plus map writes given up.
     pub dropped: u64,
 }
@@ -393,11 +396,7 @@ impl View {
     /// Functions hooked now by each form, in [`HookKind::ALL`] order: `[jmp, jmp8, trap]`.
     pub fn hook_counts(&self) -> [u64; HookKind::ALL.len()] {
         let mut n = [0u64; HookKind::ALL.len()];
-        for f in self
-            .funcs
-            .iter()
-            .filter(|f| f.entry.status() == Some(FuncStatus::Hooked))
-        {
+        for f in self.funcs.iter().filter(|f| f.entry.is_hooked()) {
             if let Some(k) = f.entry.hook_kind()
                 && let Some(i) = HookKind::ALL.iter().position(|&a| a == k)
                 && let Some(c) = n.get_mut(i)
@@ -437,7 +436,8 @@ impl View {
     /// killed xcover left half-undone), so this never exceeds 100.
     pub fn coverage(&self) -> f64 {
         let hit = self.hit_funcs();
-        hit as f64 * 100.0 / (self.hooked as usize).max(hit).max(1) as f64
+        let measured = (self.hooked + self.unhooked) as usize;
+        hit as f64 * 100.0 / measured.max(hit).max(1) as f64
     }
 }
 
@@ -592,9 +592,13 @@ pub fn view(s: &SessionFile) -> Result<View> {
     Ok(View {
         modules,
         module_aliases,
-        funcs,
         hooked: h.funcs_hooked.load(Ordering::Relaxed),
         skipped: h.funcs_skipped.load(Ordering::Relaxed),
+        unhooked: funcs
+            .iter()
+            .filter(|f| f.entry.status() == Some(FuncStatus::Unhooked))
+            .count() as u64,
+        funcs,
         dropped: dropped(s)?,
     })
 }
@@ -616,6 +620,7 @@ pub fn report(
         })
         .collect();
     let unknown = ModuleLines::open(std::path::Path::new(""), None, &[]);
+    let hooked_at = h.hooked_at_ns.load(std::sync::atomic::Ordering::Acquire);
     let functions = v
         .funcs
         .iter()
@@ -627,8 +632,14 @@ pub fn report(
             r.source = crate::discover::Source::from_code(f.entry.source_code())
                 .map(|s| s.name().to_string());
             r.skipped = f.skip_reason();
+            r.hits_lower_bound = f.entry.hits_lower_bound();
+            r.unhooked = f.entry.unhook_reason().map(|u| u.name().to_string());
             if f.hits > 0 {
                 r.first_hit_at = monotonic_to_unix_ns(f.first_hit_ns).map(rfc3339_ns);
+                // From the probe's `seen` map (never lost, unlike the events ring buffer),
+                // relative to when the hooks went in.
+                r.first_hit_ns =
+                    (f.first_hit_ns != 0).then(|| f.first_hit_ns.saturating_sub(hooked_at));
             }
             r.hook = f.hook().map(str::to_string);
             r
@@ -639,7 +650,6 @@ pub fn report(
     let id = crate::report::hex(&h.build_id[..(h.build_id_len as usize).min(32)]);
     let mut r = crate::report::Report::new(exe, i64::from(h.target_pid), id, functions);
     // An observation happened only where hits are counted, from the time the hooks were in.
-    let hooked_at = h.hooked_at_ns.load(std::sync::atomic::Ordering::Acquire);
     if h.hits_map != u64::MAX
         && let Some(from) = monotonic_to_unix_ns(hooked_at)
     {

@@ -13,6 +13,7 @@ mod inject;
 mod lifecycle;
 mod maps;
 mod outputs;
+mod prod;
 mod realprog;
 mod security;
 mod support;

@@ -339,6 +339,7 @@ pub unsafe fn commit() -> i64 {
     for (&i, r) in pending.iter().zip(&outcomes) {
         match r {
             Ok(kind) => {
+                // A function hooked again keeps the reason of its last live unhook.
                 v.set_func_hooked(i, *kind);
                 hooked += 1;
             }
@@ -418,10 +419,88 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     }
     // Pending again, keeping how each was hooked (for the reports written after detach).
     for i in 0..v.funcs_count() {
+        // `Hooked` and `Unhooking` ones; the reason of an earlier live unhook stays: the
+        // count is a lower bound.
         v.set_func_unhooked(i);
     }
     h.funcs_hooked.store(0, Ordering::Release);
     n as i64
+}
+
+/// `xcover_agent_unhook_some`: restores the functions xcover marked `Unhooking` and marks
+/// them `Unhooked` (their reason kept); every other function is left as it is. Their
+/// trampolines are retired by the interceptor, not freed, so a thread still running in one
+/// (in the probe, or returning into it) is safe.
+///
+/// # Safety
+/// As [`hook`].
+pub unsafe fn unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
+    let Some(v) = session::view() else {
+        return E_NO_SESSION;
+    };
+    let h = v.header();
+    begin_call(h);
+    // SAFETY: caller contract.
+    let (ips, moves) = match unsafe { threads(ips, moves, n) } {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    // SAFETY: we are in an entry point; this is the only reference taken in this call.
+    let st = unsafe { state() };
+    let marked: Vec<(usize, u64, u32)> = (0..v.funcs_count())
+        .filter_map(|i| {
+            let f = v.func(i)?;
+            (f.status() == Some(FuncStatus::Unhooking)).then_some((i, f.addr, f.skip_reason))
+        })
+        .collect();
+    let Some(s) = st.as_mut() else {
+        // Nothing was ever hooked: nothing to restore.
+        for &(i, _, code) in &marked {
+            v.set_func_status_code(i, FuncStatus::Unhooked, code);
+        }
+        return 0;
+    };
+    // An uncommitted plan patched nothing; its trampolines stay in their arenas.
+    s.planned = None;
+    let addrs: Vec<u64> = marked
+        .iter()
+        .map(|&(_, a, _)| a)
+        .filter(|&a| s.interceptor.is_hooked(a))
+        .collect();
+    let batch = s.interceptor.prepare_unhooks(&addrs);
+    for (mv, &ip) in moves.iter_mut().zip(ips) {
+        *mv = match batch.fixup(ip) {
+            IpFixup::MoveTo(to) => to,
+            IpFixup::Untouched | IpFixup::Blocked(_) => 0,
+        };
+    }
+    let mut mem = AgentMemory;
+    // SAFETY: every thread is stopped, those on bytes that go away are moved by xcover, and
+    // nobody else changed the hooked code.
+    let done = match unsafe { s.interceptor.commit_unhooks(&mut mem, batch) } {
+        Ok(n) => n,
+        Err(e) => {
+            moves.fill(0);
+            set_error(format_args!("restoring the original code failed: {e}"));
+            return E_PATCH;
+        }
+    };
+    // Traps still being delivered (the handler stays installed while the session goes on)
+    // find their sites retired and re-run the restored entry.
+    let sites = s.interceptor.trap_sites();
+    if !sites.is_empty() {
+        trap::publish(sites);
+    }
+    // The code xcover wrote with `Unhooking` holds the hook kind and the reason: both stay.
+    for &(i, _, code) in &marked {
+        v.set_func_status_code(i, FuncStatus::Unhooked, code);
+    }
+    let _ = h
+        .funcs_hooked
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
+            Some(x.saturating_sub(done as u64))
+        });
+    done as i64
 }
 
 /// `xcover_agent_fini`: drops the state, unmaps every region the agent made (JIT code and

@@ -22,6 +22,8 @@
 //!   each stopped thread must move.
 //! - [`xcover_agent_commit`]`()`: once xcover has moved them, writes the entry patches.
 //! - [`xcover_agent_unhook`]`(ips, moves, n)`: restores every hooked function.
+//! - [`xcover_agent_unhook_some`]`(ips, moves, n)`: restores the functions xcover marked
+//!   `Unhooking` (a live unhook: `xcover unhook`, `--first-hit`, `--max-overhead`).
 //! - [`xcover_agent_fini`]`()`: unmaps every region the agent mapped (heap, JIT code,
 //!   trampolines), marks the session Detached. xcover unmaps the agent itself afterwards.
 //!
@@ -139,6 +141,17 @@ pub unsafe extern "C" fn xcover_agent_commit() -> i64 {
 pub unsafe extern "C" fn xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     // SAFETY: caller contract.
     unsafe { hook::unhook(ips, moves, n) }
+}
+
+/// Unhooks the functions xcover marked `Unhooking` (see
+/// `xcover_session::entry::UNHOOK_SOME`). Returns the number unhooked, or a negative error.
+///
+/// # Safety
+/// As [`xcover_agent_hook`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xcover_agent_unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
+    // SAFETY: caller contract.
+    unsafe { hook::unhook_some(ips, moves, n) }
 }
 
 /// Stops the agent: unmaps what it mapped, marks the session Detached; xcover unmaps the

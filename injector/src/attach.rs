@@ -15,8 +15,8 @@ use crate::scratch::{Scratch, clear_orphan_scratch};
 use crate::session::SessionFile;
 use crate::stop::StoppedProcess;
 use crate::{
-    AGENT_COMMIT, AGENT_FINI, AGENT_HOOK, AGENT_INIT, AGENT_UNHOOK, AttachOptions, Attached, Error,
-    Result, Stats, procfs,
+    AGENT_COMMIT, AGENT_FINI, AGENT_HOOK, AGENT_INIT, AGENT_UNHOOK, AGENT_UNHOOK_SOME,
+    AttachOptions, Attached, Error, Result, Stats, procfs,
 };
 
 /// Checks `pid`, creates its session, lets `opts.prepare` fill it, stops the target, loads
@@ -110,8 +110,38 @@ impl Attached {
 /// session after new functions were added to its table): stops the target, runs `HOOK`,
 /// moves threads, runs `COMMIT`, resumes. Functions already hooked are left alone by the agent.
 pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Stats> {
-    let t0 = Instant::now();
     let image = AgentImage::parse(agent)?;
+    let entries = [image.export(AGENT_HOOK)?, image.export(AGENT_COMMIT)?];
+    with_loaded_agent(pid, &image, session, true, |sp, tid, scratch, base| {
+        hook_with_threads(sp, tid, scratch, base, entries, session)
+    })
+}
+
+/// Takes out the hooks of the functions marked `Unhooking` in a live session (see
+/// `xcover_session::FuncStatus::Unhooking`), the rest running on: stops the target, runs
+/// the agent's `UNHOOK_SOME` (threads on restored bytes are moved back to the original
+/// code), resumes. The same stop as [`hook_pending`]; the trampolines are retired, not
+/// freed, so a thread still inside one is safe. `Stats::stopped` is how long the target
+/// was stopped.
+pub fn unhook_marked(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Stats> {
+    let image = AgentImage::parse(agent)?;
+    let entry = image.export(AGENT_UNHOOK_SOME)?;
+    with_loaded_agent(pid, &image, session, false, |sp, tid, scratch, base| {
+        call_with_threads(sp, tid, scratch, base + entry, AGENT_UNHOOK_SOME, session)
+    })
+}
+
+/// Stops `pid`, checks that its agent is this xcover's, maps scratch memory, runs `work`
+/// (with the worker thread, the scratch and the agent's base), takes the scratch out and
+/// lets the target go.
+fn with_loaded_agent(
+    pid: i32,
+    image: &AgentImage,
+    session: &SessionFile,
+    layout: bool,
+    work: impl FnOnce(&mut StoppedProcess, i32, &Scratch, u64) -> Result<(i64, Duration)>,
+) -> Result<Stats> {
+    let t0 = Instant::now();
     let h = session.header();
     let base = h.agent_base.load(Ordering::Acquire);
     if base == 0 {
@@ -120,15 +150,16 @@ pub fn hook_pending(pid: i32, agent: &[u8], session: &SessionFile) -> Result<Sta
             reason: format!("no agent is loaded in pid {pid}"),
         });
     }
-    let entries = [image.export(AGENT_HOOK)?, image.export(AGENT_COMMIT)?];
     clear_orphan_scratch(pid, session)?;
     let mut sp = StoppedProcess::stop(pid)?;
     let threads = sp.tids().len();
     let tid = sp.worker_tid().ok_or(Error::NoSuchProcess { pid })?;
-    note_thread_layout(&sp, session)?;
+    if layout {
+        note_thread_layout(&sp, session)?;
+    }
     let scratch = Scratch::map(&mut sp, tid, session)?;
-    let r = check_identity(&sp, &image, session, base)
-        .and_then(|()| hook_with_threads(&mut sp, tid, &scratch, base, entries, session));
+    let r =
+        check_identity(&sp, image, session, base).and_then(|()| work(&mut sp, tid, &scratch, base));
     let u = scratch.unmap(&mut sp, tid, session);
     let started = sp.started;
     let resumed = sp.resume();

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use xcover_session::{FuncEntry, FuncStatus};
+use xcover_session::FuncEntry;
 
 use crate::agent::{call_with_threads, check_identity};
 use crate::doomed::{Doomed, doomed_ranges, thread_inside};
@@ -242,9 +242,10 @@ fn unhook(
     h.funcs_hooked.store(hooked, Ordering::Release);
     let status = std::mem::offset_of!(FuncEntry, status) as u64;
     let size = std::mem::size_of::<FuncEntry>() as u64;
-    let code = (FuncStatus::Hooked as u32).to_le_bytes();
+    // `Hooked` and `Unhooking` ones (UNHOOK made both `Pending`, keeping `skip_reason`).
     for (i, f) in funcs.iter().enumerate() {
-        if f.status() == Some(FuncStatus::Hooked) {
+        if f.is_hooked() {
+            let code = f.status.to_le_bytes();
             session.write_at(h.funcs_off + i as u64 * size + status, &code)?;
         }
     }

@@ -52,7 +52,8 @@
 //!
 //! # Modules
 //! - [`attach`](crate::attach()) and `attach.rs`: check, create the session, stop, load the agent,
-//!   init, hook, let go; [`hook_pending`];
+//!   init, hook, let go; [`hook_pending`] and [`unhook_marked`] (changing the hook set of a
+//!   live session);
 //! - `detach.rs`: [`detach`](crate::detach()) and the unload (stop, take the hooks out,
 //!   wait threads out of the doomed ranges, fini, unmap, let go);
 //! - `agent.rs`: running the agent's entry points with the thread table;
@@ -98,7 +99,7 @@ pub mod tracer;
 
 use std::time::Duration;
 
-pub use attach::{attach, hook_pending};
+pub use attach::{attach, hook_pending, unhook_marked};
 pub use detach::{HELD, detach, detach_with};
 pub use error::{Error, Result};
 pub use liveness::{GONE_EXEC, GONE_EXITED, target_gone, target_gone_at};
@@ -114,6 +115,8 @@ pub const AGENT_HOOK: &str = xcover_session::entry::HOOK;
 pub const AGENT_COMMIT: &str = xcover_session::entry::COMMIT;
 /// Name of the agent's unhook entry point.
 pub const AGENT_UNHOOK: &str = xcover_session::entry::UNHOOK;
+/// Name of the agent's entry point that unhooks the functions marked `Unhooking`.
+pub const AGENT_UNHOOK_SOME: &str = xcover_session::entry::UNHOOK_SOME;
 /// Name of the agent's shutdown entry point.
 pub const AGENT_FINI: &str = xcover_session::entry::FINI;
 

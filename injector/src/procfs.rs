@@ -27,6 +27,8 @@ pub struct Stat {
     pub flags: u64,
     /// Start time in clock ticks after boot (field 22).
     pub start_time: u64,
+    /// CPU time the process used so far, user and system, in clock ticks (fields 14 + 15).
+    pub cpu_ticks: u64,
 }
 
 impl From<::procfs::process::Stat> for Stat {
@@ -35,8 +37,14 @@ impl From<::procfs::process::Stat> for Stat {
             state: st.state,
             flags: u64::from(st.flags),
             start_time: st.starttime,
+            cpu_ticks: st.utime + st.stime,
         }
     }
+}
+
+/// Clock ticks per second, the unit of [`Stat::cpu_ticks`].
+pub fn clock_ticks() -> u64 {
+    ::procfs::ticks_per_second().max(1)
 }
 
 /// `PF_KTHREAD`.

@@ -289,9 +289,15 @@ pub mod entry {
     /// thread runs on through its trampoline's copy of the same instructions.
     pub const COMMIT: &str = "xcover_agent_commit";
     /// `xcover_agent_unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64`: restores the
-    /// original bytes of every hooked function (marking them `Pending` again) and fills
-    /// `moves` like `HOOK`. Returns the number of functions unhooked.
+    /// original bytes of every hooked function (marking them `Pending` again; `Unhooked`
+    /// ones stay so) and fills `moves` like `HOOK`. Returns the number of functions unhooked.
     pub const UNHOOK: &str = "xcover_agent_unhook";
+    /// `xcover_agent_unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64`: as
+    /// `UNHOOK`, for the functions xcover marked `Unhooking` only; they become `Unhooked`
+    /// (their reason kept), the others are left alone. Their trampolines are retired, not
+    /// freed: a thread still inside one (in the probe, or about to return into it) runs on
+    /// safely, and hooking the function again reuses it. Returns the number unhooked.
+    pub const UNHOOK_SOME: &str = "xcover_agent_unhook_some";
     /// Set in an `ips` entry given to `UNHOOK`: that thread is held in a
     /// signal-delivery-stop of a SIGTRAP raised by a trap instruction (`si_code ==
     /// SI_KERNEL`) just before the address the rest of the entry gives. When that trap was
@@ -325,6 +331,58 @@ pub enum FuncStatus {
     Hooked = 1,
     /// Left alone; `skip_reason` says why.
     Skipped = 2,
+    /// Hooked, and xcover asks for its hook to be taken out while the session goes on
+    /// (`xcover unhook`, `--first-hit`, `--max-overhead`): `skip_reason` holds an
+    /// [`UnhookReason`] code in bits 8..16 beside its [`HookKind`] (see
+    /// [`FuncEntry::skip_reason`]). It counts as hooked until the agent's `UNHOOK_SOME` runs.
+    /// xcover writes this status (and `Pending` over `Unhooked`, to hook again) only between
+    /// two entry-point calls it makes itself, so the agent never sees a half-written entry.
+    Unhooking = 3,
+    /// Was hooked, and its hook was taken out while the session went on: its count stopped
+    /// there, so it is a lower bound of the calls since attach. `skip_reason` holds the
+    /// [`UnhookReason`] code in bits 8..16 and how it was hooked in bits 0..8 (both kept
+    /// when it is hooked again: see
+    /// [`FuncEntry::unhook_reason`]). A full `UNHOOK` (detach) leaves it so.
+    Unhooked = 4,
+}
+
+/// Why a function's hook was taken out while the session went on ([`FuncStatus::Unhooked`]),
+/// stored in bits 8..16 of [`FuncEntry::skip_reason`] (see there).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnhookReason {
+    /// `xcover unhook`, or a key in the TUI.
+    User = 1,
+    /// `--first-hit`: it was hit once, which is all coverage needs.
+    FirstHit = 2,
+    /// `--max-overhead`: it was among the hottest when the estimated overhead went over the
+    /// budget.
+    Overhead = 3,
+    /// Its library was unloaded (`dlclose`).
+    Unloaded = 4,
+}
+
+impl UnhookReason {
+    /// Decodes a code.
+    pub fn from_code(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::User,
+            2 => Self::FirstHit,
+            3 => Self::Overhead,
+            4 => Self::Unloaded,
+            _ => return None,
+        })
+    }
+
+    /// A short name, as the reports give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::FirstHit => "first-hit",
+            Self::Overhead => "overhead",
+            Self::Unloaded => "unloaded",
+        }
+    }
 }
 
 impl FuncStatus {
@@ -334,6 +392,8 @@ impl FuncStatus {
             0 => Self::Pending,
             1 => Self::Hooked,
             2 => Self::Skipped,
+            3 => Self::Unhooking,
+            4 => Self::Unhooked,
             _ => return None,
         })
     }
@@ -361,10 +421,16 @@ pub struct FuncEntry {
     pub module: u32,
     /// A [`FuncStatus`] value.
     pub status: u32,
-    /// When skipped: a [`SkipReason`] code ([`FuncEntry::skip_reason`]). When hooked (or
-    /// pending again after an unhook): how it is (was) hooked, a [`HookKind`] code (0 when
-    /// never hooked, and in sessions written before hook kinds were recorded); see
-    /// [`FuncEntry::hook_kind`].
+    /// One field, two encodings, chosen by `status`:
+    ///
+    /// - `Skipped`: a [`SkipReason`] code alone ([`FuncEntry::skip_reason`]).
+    /// - any other status (`Pending`, `Hooked`, `Unhooking`, `Unhooked`): bits 0..8 hold
+    ///   how the function is (or was last) hooked, a [`HookKind`] code (0 when never hooked,
+    ///   and in sessions written before hook kinds were recorded), and bits 8..16 why its
+    ///   hook was last taken out while the session went on, an [`UnhookReason`] code (0:
+    ///   never). Bits 16..32 are zero. Both are kept across unhook, re-hook and detach; see
+    ///   [`FuncEntry::hook_kind`], [`FuncEntry::unhook_reason`] and
+    ///   [`FuncEntry::pack_hook`].
     pub skip_reason: u32,
     /// Whether code outside the function branches into its first bytes, as xcover found by
     /// decoding the module: 0 when not (and in sessions written before this field was
@@ -384,9 +450,9 @@ pub struct FuncEntry {
 const _: () = assert!(core::mem::size_of::<FuncEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(FuncEntry, entered) == 44);
 
-/// How a hooked function is patched: stored as [`HookKind::code`] in
+/// How a hooked function is patched: stored as [`HookKind::code`] in bits 0..8 of
 /// [`FuncEntry::skip_reason`] while it is hooked (and kept when it is unhooked, its status
-/// `Pending` again). Decided by the interceptor in the target, which uses this enum itself;
+/// `Pending` or `Unhooked` again). Decided by the interceptor in the target, which uses this enum itself;
 /// shown by every reader. Codes are stable, like [`SkipReason`]'s.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -406,7 +472,8 @@ impl HookKind {
     /// Every kind, in code order.
     pub const ALL: [HookKind; 3] = [Self::Jmp, Self::Jmp8, Self::Trap];
 
-    /// The stable code stored in `FuncEntry::skip_reason` of a hooked function (never 0).
+    /// The stable code stored in bits 0..8 of `FuncEntry::skip_reason` of a hooked function
+    /// (never 0).
     pub const fn code(self) -> u32 {
         self as u32
     }
@@ -444,6 +511,47 @@ impl FuncEntry {
         FuncStatus::from_u32(self.status)
     }
 
+    /// Why its hook was last taken out while the session went on: `None` when it never
+    /// was. For a function that is not `Skipped`, `skip_reason` holds that
+    /// [`UnhookReason`] code (0: never), and keeps it when the function is hooked again and
+    /// when detach unhooks it, so a report says its count is a lower bound.
+    pub fn unhook_reason(&self) -> Option<UnhookReason> {
+        match self.status() {
+            Some(FuncStatus::Skipped) | None => None,
+            _ => UnhookReason::from_code(self.skip_reason >> 8 & 0xff),
+        }
+    }
+
+    /// Packs [`FuncEntry::skip_reason`] of a function that is not `Skipped`: its
+    /// [`HookKind`] code (bits 0..8) and its [`UnhookReason`] code (bits 8..16), 0 for
+    /// `None`.
+    pub const fn pack_hook(kind: Option<HookKind>, reason: Option<UnhookReason>) -> u32 {
+        let k = match kind {
+            Some(k) => k.code(),
+            None => 0,
+        };
+        let r = match reason {
+            Some(r) => r as u32,
+            None => 0,
+        };
+        k & 0xff | (r & 0xff) << 8
+    }
+
+    /// Whether its hook is in (or was until the session ended): hooked, or asked to be
+    /// unhooked and not yet.
+    pub fn is_hooked(&self) -> bool {
+        matches!(
+            self.status(),
+            Some(FuncStatus::Hooked | FuncStatus::Unhooking)
+        )
+    }
+
+    /// Whether its count is a lower bound: its hook was taken out while the target ran on
+    /// (even if it was put back later).
+    pub fn hits_lower_bound(&self) -> bool {
+        self.unhook_reason().is_some()
+    }
+
     /// Why the function was skipped: `None` unless its status is
     /// [`FuncStatus::Skipped`] with a code this version knows.
     pub fn skip_reason(&self) -> Option<SkipReason> {
@@ -469,12 +577,12 @@ impl FuncEntry {
     }
 
     /// How a hooked function is patched; for a function unhooked since (its status
-    /// `Pending` again), how it was. `None` when it was never hooked, or the session did not
-    /// record it (or with a code this version does not know).
+    /// `Pending`, `Unhooking` or `Unhooked`), how it was. `None` when it was never hooked,
+    /// or the session did not record it (or with a code this version does not know).
     pub fn hook_kind(&self) -> Option<HookKind> {
         match self.status() {
-            Some(FuncStatus::Hooked | FuncStatus::Pending) => HookKind::from_code(self.skip_reason),
-            _ => None,
+            Some(FuncStatus::Skipped) | None => None,
+            _ => HookKind::from_code(self.skip_reason & 0xff),
         }
     }
 
@@ -538,6 +646,20 @@ mod tests {
         );
         f.status = FuncStatus::Pending as u32;
         assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        assert_eq!(f.unhook_reason(), None);
+        f.skip_reason = FuncEntry::pack_hook(Some(HookKind::Jmp8), Some(UnhookReason::FirstHit));
+        for s in [
+            FuncStatus::Pending,
+            FuncStatus::Hooked,
+            FuncStatus::Unhooking,
+            FuncStatus::Unhooked,
+        ] {
+            f.status = s as u32;
+            assert_eq!(f.hook_kind(), Some(HookKind::Jmp8), "{s:?}");
+            assert_eq!(f.unhook_reason(), Some(UnhookReason::FirstHit), "{s:?}");
+            assert_eq!(f.skip_reason(), None);
+        }
+        f.skip_reason = HookKind::Trap.code();
         f.status = FuncStatus::Skipped as u32;
         assert_eq!(f.hook_kind(), None);
         assert_eq!(

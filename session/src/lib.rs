@@ -16,8 +16,9 @@
 //!   whose C twin is `session/include/xcover_probe.h`, included by `bpf/cover.bpf.c`).
 //! - **Why a function was skipped** ([`SkipReason`]), **and how a hooked one is patched**
 //!   ([`HookKind`]): decided by the interceptor in the target, stored as a stable code in
-//!   the function table (the same field, told apart by the function's status), shown by
-//!   every reader.
+//!   the function table (the same field, told apart by the function's status; beside the
+//!   hook kind, a function's [`UnhookReason`] when a live unhook took its hook out: see
+//!   [`FuncEntry::skip_reason`]), shown by every reader.
 //!
 //! [`view`] is the `no_std` access the agent uses on its mapping; [`file`](mod@file) (feature `std`)
 //! is xcover's side: creating, opening, listing, holding and removing session files.

@@ -199,20 +199,33 @@ impl<'a> SessionView<'a> {
         self.write_func_status(i, status, code);
     }
 
-    /// Marks function `i` [`FuncStatus::Hooked`], patched as `kind` says (its code goes where
-    /// a skipped function's reason would, see [`FuncEntry::hook_kind`]).
-    pub fn set_func_hooked(&self, i: usize, kind: HookKind) {
-        self.write_func_status(i, FuncStatus::Hooked, kind.code());
+    /// Sets function `i`'s status and the raw code beside it: a [`SkipReason`] code for
+    /// `Skipped`, else a [`FuncEntry::pack_hook`] of its [`HookKind`] and
+    /// [`crate::UnhookReason`] (see [`FuncEntry::skip_reason`]). Nothing happens past the
+    /// table.
+    pub fn set_func_status_code(&self, i: usize, status: FuncStatus, code: u32) {
+        self.write_func_status(i, status, code);
     }
 
-    /// Marks a hooked function `i` [`FuncStatus::Pending`] again, keeping how it was hooked
-    /// (for the reports written after detach). Nothing happens unless it is hooked.
+    /// Marks function `i` [`FuncStatus::Hooked`], patched as `kind` says (its code goes in
+    /// bits 0..8 of the field a skipped function's reason uses, see
+    /// [`FuncEntry::skip_reason`]). The reason of an earlier live unhook stays: its count
+    /// is a lower bound.
+    pub fn set_func_hooked(&self, i: usize, kind: HookKind) {
+        let reason = self.func(i).and_then(|f| f.unhook_reason());
+        self.write_func_status(
+            i,
+            FuncStatus::Hooked,
+            FuncEntry::pack_hook(Some(kind), reason),
+        );
+    }
+
+    /// Marks a hooked function `i` (`Hooked` or `Unhooking`) [`FuncStatus::Pending`] again,
+    /// keeping how it was hooked and why it was last unhooked live (for the reports written
+    /// after detach). Nothing happens unless it is hooked.
     pub fn set_func_unhooked(&self, i: usize) {
-        if let Some(f) = self.func(i)
-            && f.status() == Some(FuncStatus::Hooked)
-        {
-            let kind = f.hook_kind().map_or(0, HookKind::code);
-            self.write_func_status(i, FuncStatus::Pending, kind);
+        if let Some(f) = self.func(i).filter(FuncEntry::is_hooked) {
+            self.write_func_status(i, FuncStatus::Pending, f.skip_reason);
         }
     }
 
@@ -220,8 +233,9 @@ impl<'a> SessionView<'a> {
         let Some(p) = self.func_ptr(i) else {
             return;
         };
-        // SAFETY: p points at entry i inside the mapping; the agent is the only writer of
-        // these two fields once the session is live.
+        // SAFETY: p points at entry i inside the mapping; while an entry point runs the
+        // agent is the only writer of these two fields (xcover writes a request only
+        // between two calls it makes, see `FuncStatus::Unhooking`).
         unsafe {
             (&raw mut (*p).status).write_volatile(status as u32);
             (&raw mut (*p).skip_reason).write_volatile(code);
@@ -443,6 +457,15 @@ mod tests {
         let f = v.func(1).unwrap();
         assert_eq!(f.status(), Some(FuncStatus::Pending));
         assert_eq!(f.hook_kind(), Some(HookKind::Trap));
+        // A live unhook's reason survives hooking again and detach.
+        let code = FuncEntry::pack_hook(Some(HookKind::Trap), Some(crate::UnhookReason::User));
+        v.set_func_status_code(1, FuncStatus::Unhooked, code);
+        v.set_func_hooked(1, HookKind::Jmp);
+        v.set_func_unhooked(1);
+        let f = v.func(1).unwrap();
+        assert_eq!(f.status(), Some(FuncStatus::Pending));
+        assert_eq!(f.hook_kind(), Some(HookKind::Jmp));
+        assert_eq!(f.unhook_reason(), Some(crate::UnhookReason::User));
         v.set_func_hooked(2, HookKind::Jmp);
         assert!(v.func(2).is_none());
         let r = |start| Region {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use xcover::govern::Mode;
 use xcover::report::Outputs;
 use xcover::{Ended, Plan, ProcessSet, Session, Step};
 
@@ -43,6 +44,17 @@ fn validate_duration(d: Option<f64>) -> Result<Option<Duration>> {
 /// `xcover attach`.
 pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let limit = validate_duration(a.duration)?;
+    let mode = match (a.first_hit, a.max_overhead) {
+        (true, _) => Mode::FirstHit,
+        (false, Some(p)) if p.is_finite() && p > 0.0 => Mode::MaxOverhead(p),
+        (false, Some(p)) => {
+            return Err(xcover::Error::bad_input(format!(
+                "--max-overhead {p}: must be a percentage > 0"
+            ))
+            .into());
+        }
+        (false, None) => Mode::Count,
+    };
     let mut outputs = a.output.outputs();
     outputs.set_debug_dirs(a.select.debug_dirs.clone());
     outputs.check()?;
@@ -70,7 +82,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let ended = match watch(&session, tui, limit, &stop, &outputs) {
+    let ended = match watch(&session, tui, limit, &stop, &outputs, mode) {
         Ok(ended) => ended,
         Err(e) => {
             session.abandon();
@@ -90,8 +102,9 @@ fn watch(
     limit: Option<Duration>,
     stop: &Arc<AtomicBool>,
     outputs: &Outputs,
+    mode: Mode,
 ) -> Result<Ended> {
-    let mut live = session.live(outputs);
+    let mut live = session.live(outputs).with_mode(mode);
     if tui {
         // The time limit reaches the TUI through the same flag as the signals.
         let done = Arc::new(AtomicBool::new(false));
@@ -147,6 +160,7 @@ fn watch(
         if let Step::Gone(what) = session.watch_step() {
             return Ok(Ended::TargetGone(what));
         }
+        live.tick();
         if elapsed >= next_status {
             match live.status_line() {
                 Ok(line) => eprintln!("{line}"),

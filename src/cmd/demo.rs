@@ -73,6 +73,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         no_tui: a.no_tui,
         duration: a.duration,
         keep: false,
+        first_hit: false,
+        max_overhead: None,
         output: a.output,
         probe: None,
         traps: false,

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod diff;
 pub mod export;
 pub mod functions;
+pub mod hook;
 pub mod merge;
 pub mod reach;
 pub mod status;
@@ -28,6 +29,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(d) => demo::run(d),
         Command::Functions(f) => functions::run(f),
         Command::Merge(m) => merge::run(m),
+        Command::Hook(h) => hook::run(h, true),
+        Command::Unhook(h) => hook::run(h, false),
         Command::Symbolize(s) => symbolize::run(s),
         Command::Diff(d) => diff::run(d),
         Command::Reach(r) => reach::run(r),

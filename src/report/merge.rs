@@ -74,6 +74,12 @@ struct FuncIn<'a> {
     vaddr: Option<u64>,
     #[serde(borrow, default)]
     hook: Option<Cow<'a, str>>,
+    #[serde(default)]
+    hits_lower_bound: bool,
+    #[serde(borrow, default)]
+    unhooked: Option<Cow<'a, str>>,
+    #[serde(default)]
+    first_hit_ns: Option<u64>,
 }
 
 impl FuncIn<'_> {
@@ -97,6 +103,9 @@ impl FuncIn<'_> {
             source: b(&f.source),
             vaddr: f.vaddr,
             hook: b(&f.hook),
+            hits_lower_bound: f.hits_lower_bound,
+            unhooked: b(&f.unhooked),
+            first_hit_ns: f.first_hit_ns,
         }
     }
 
@@ -118,6 +127,9 @@ impl FuncIn<'_> {
             source: o(&self.source),
             vaddr: self.vaddr,
             hook: o(&self.hook),
+            hits_lower_bound: self.hits_lower_bound,
+            unhooked: o(&self.unhooked),
+            first_hit_ns: self.first_hit_ns,
         }
     }
 }
@@ -209,6 +221,20 @@ struct Fold {
     observed_from: Option<String>,
     observed_until: Option<String>,
     fingerprints: Vec<(usize, Fingerprint)>,
+}
+
+/// Folds a production mode's fields of another report's function into `a`: its count is a
+/// lower bound when any report's was, the first live unhook's reason is kept, and the
+/// earliest first hit (after its session's hooks went in) wins.
+fn live_unhook(a: &mut FuncReport, lower: bool, unhooked: Option<&str>, first_hit_ns: Option<u64>) {
+    a.hits_lower_bound |= lower;
+    if a.unhooked.is_none() {
+        a.unhooked = unhooked.map(str::to_string);
+    }
+    a.first_hit_ns = match (a.first_hit_ns, first_hit_ns) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
 }
 
 fn min_opt(a: &mut Option<String>, b: Option<&str>) {
@@ -322,6 +348,8 @@ impl Fold {
                     a.hooked += hooked;
                     a.skipped |= f.skipped.is_some();
                     min_opt(&mut a.f.first_hit_at, f.first_hit_at.as_deref());
+                    let (lower, unhooked) = (f.hits_lower_bound, f.unhooked.as_deref());
+                    live_unhook(&mut a.f, lower, unhooked, f.first_hit_ns);
                 }
                 None => {
                     self.place(m, f.offset, &f.name);
@@ -372,6 +400,8 @@ impl Fold {
                     b.hooked += a.hooked;
                     b.skipped |= a.skipped;
                     min_opt(&mut b.f.first_hit_at, a.f.first_hit_at.as_deref());
+                    let (lower, unhooked) = (a.f.hits_lower_bound, a.f.unhooked.as_deref());
+                    live_unhook(&mut b.f, lower, unhooked, a.f.first_hit_ns);
                 }
                 None => {
                     self.place(m, f.offset, &f.name);

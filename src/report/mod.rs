@@ -104,6 +104,18 @@ pub struct FuncReport {
     /// Why the function was not hooked, when it was not: its count means nothing then.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub skipped: Option<String>,
+    /// Its hook was taken out while the target ran on (`xcover unhook`, `--first-hit`,
+    /// `--max-overhead`, its library unloaded): `hits` is a lower bound of its calls.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub hits_lower_bound: bool,
+    /// Why its hook was taken out early (`user`, `first-hit`, `overhead`, `unloaded`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unhooked: Option<String>,
+    /// When it was first hit, in nanoseconds after the hooks went in (the same probe `seen`
+    /// map time as `first_hit_at`, so never lost with the events), when the probe records
+    /// it. In a merged report, the earliest over the reports.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_hit_ns: Option<u64>,
     /// Where the function was found: `symtab`, `dynsym`, `debug`, `pclntab` or `eh_frame`
     /// (whose name is synthetic, `func_<offset>`, until `xcover symbolize` names it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -399,6 +411,9 @@ impl ModuleLines {
             file: loc.as_ref().map(|l| l.0.clone()),
             line: loc.map(|l| l.1),
             skipped: None,
+            hits_lower_bound: false,
+            unhooked: None,
+            first_hit_ns: None,
             source: None,
             vaddr: Some(vaddr),
             first_hit_at: None,
@@ -491,6 +506,9 @@ pub(super) mod tests {
             file: None,
             line: None,
             skipped: None,
+            hits_lower_bound: false,
+            unhooked: None,
+            first_hit_ns: None,
             source: None,
             vaddr: None,
             first_hit_at: None,

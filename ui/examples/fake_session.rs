@@ -85,6 +85,7 @@ impl Source for Fake {
             new_functions,
             hits: self.hits.clone(),
             events,
+            mode_line: String::new(),
         })
     }
 

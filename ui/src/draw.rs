@@ -193,6 +193,10 @@ impl App {
                 dropped_style.patch(theme.heading()),
             ),
         ]);
+        if !self.mode_line.is_empty() {
+            counts.push(Span::raw("  "));
+            counts.push(Span::styled(self.mode_line.clone(), theme.warn()));
+        }
         let counts = Line::from(counts);
 
         let pct = self.coverage();

@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub hits: Vec<u64>,
     /// What happened since the previous snapshot, oldest first.
     pub events: Vec<Event>,
+    /// What a production mode is doing (`--first-hit`, `--max-overhead`: the overhead
+    /// estimate, functions unhooked, stop times), shown after the counts; empty otherwise.
+    pub mode_line: String,
 }
 
 /// One function of the table.

@@ -107,6 +107,7 @@ pub struct App {
     /// Whether any function's hook kind is known (the table then has a `hook` column).
     pub(crate) hooks_known: bool,
     pub(crate) dropped: u64,
+    pub(crate) mode_line: String,
     pub(crate) attached_for: Duration,
     pub(crate) total_rate: f64,
     pub(crate) peak_rate: f64,
@@ -167,6 +168,7 @@ impl App {
             trapped: 0,
             hooks_known: false,
             dropped: 0,
+            mode_line: String::new(),
             attached_for: Duration::ZERO,
             total_rate: 0.0,
             peak_rate: 0.0,
@@ -216,6 +218,7 @@ impl App {
         self.skipped = snap.functions_skipped;
         self.trapped = snap.functions_trapped;
         self.dropped = snap.dropped_events;
+        self.mode_line = snap.mode_line;
         let now = snap.attached_for;
         self.attached_for = now;
 

@@ -133,6 +133,7 @@ impl FakeSession {
             new_functions,
             hits,
             events,
+            mode_line: String::new(),
         }
     }
 }
