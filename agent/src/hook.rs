@@ -401,22 +401,11 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
             IpFixup::Untouched | IpFixup::Blocked(_) => 0,
         };
     }
-    let mut mem = AgentMemory;
-    // SAFETY: every thread is stopped, those on bytes that go away are moved by xcover, and
-    // nobody else changed the hooked code.
-    let n = match unsafe { s.interceptor.commit_unhooks(&mut mem, batch) } {
+    // SAFETY: as `commit_unhooks` requires, see `unhook`'s contract.
+    let n = match unsafe { commit_unhooks(s, batch, moves) } {
         Ok(n) => n,
-        Err(e) => {
-            moves.fill(0);
-            set_error(format_args!("restoring the original code failed: {e}"));
-            return E_PATCH;
-        }
+        Err(code) => return code,
     };
-    // Traps still being delivered find their sites retired and re-run the restored entry.
-    let sites = s.interceptor.trap_sites();
-    if !sites.is_empty() {
-        trap::publish(sites);
-    }
     // Pending again, keeping how each was hooked (for the reports written after detach).
     for i in 0..v.funcs_count() {
         // `Hooked` and `Unhooking` ones; the reason of an earlier live unhook stays: the
@@ -425,6 +414,36 @@ pub unsafe fn unhook(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
     }
     h.funcs_hooked.store(0, Ordering::Release);
     n as i64
+}
+
+/// Writes the original bytes of `batch` back (the last step of `unhook` and `unhook_some`),
+/// then republishes the trap sites: a trap still being delivered finds its site retired and
+/// re-runs the restored entry. On failure `moves` is cleared (no thread is moved) and the
+/// error is recorded in the session.
+///
+/// # Safety
+/// Every thread is stopped, those on bytes that go away are moved by xcover as `moves` says,
+/// and nobody else changed the hooked code.
+unsafe fn commit_unhooks(
+    s: &mut State,
+    batch: xcover_interceptor::UnhookBatch,
+    moves: &mut [u64],
+) -> Result<usize, i64> {
+    let mut mem = AgentMemory;
+    // SAFETY: the caller's contract, which is `commit_unhooks`'s.
+    let n = match unsafe { s.interceptor.commit_unhooks(&mut mem, batch) } {
+        Ok(n) => n,
+        Err(e) => {
+            moves.fill(0);
+            set_error(format_args!("restoring the original code failed: {e}"));
+            return Err(E_PATCH);
+        }
+    };
+    let sites = s.interceptor.trap_sites();
+    if !sites.is_empty() {
+        trap::publish(sites);
+    }
+    Ok(n)
 }
 
 /// `xcover_agent_unhook_some`: restores the functions xcover marked `Unhooking` and marks
@@ -474,23 +493,11 @@ pub unsafe fn unhook_some(ips: *const u64, moves: *mut u64, n: u64) -> i64 {
             IpFixup::Untouched | IpFixup::Blocked(_) => 0,
         };
     }
-    let mut mem = AgentMemory;
-    // SAFETY: every thread is stopped, those on bytes that go away are moved by xcover, and
-    // nobody else changed the hooked code.
-    let done = match unsafe { s.interceptor.commit_unhooks(&mut mem, batch) } {
+    // SAFETY: as `commit_unhooks` requires, see `unhook_some`'s contract.
+    let done = match unsafe { commit_unhooks(s, batch, moves) } {
         Ok(n) => n,
-        Err(e) => {
-            moves.fill(0);
-            set_error(format_args!("restoring the original code failed: {e}"));
-            return E_PATCH;
-        }
+        Err(code) => return code,
     };
-    // Traps still being delivered (the handler stays installed while the session goes on)
-    // find their sites retired and re-run the restored entry.
-    let sites = s.interceptor.trap_sites();
-    if !sites.is_empty() {
-        trap::publish(sites);
-    }
     // The code xcover wrote with `Unhooking` holds the hook kind and the reason: both stay.
     for &(i, _, code) in &marked {
         v.set_func_status_code(i, FuncStatus::Unhooked, code);
