@@ -156,9 +156,12 @@ impl<T: Tracer> StoppedProcess<T> {
                         if !first && self.tracer.task_tracer_pid(pid, tid).unwrap_or(0) == me {
                             pending.push(tid);
                             new = true;
-                        } else if !first && self.tracer.thread_dead(pid, tid) {
-                            // Exiting since we listed it: the kernel refuses to attach to a
-                            // thread whose exit has begun with EPERM, not ESRCH.
+                        } else if (!first || tid != pid) && self.tracer.thread_dead(pid, tid) {
+                            // Exiting (since we listed it, or already in the first listing:
+                            // a thread storm always has some): the kernel refuses to attach
+                            // to a thread whose exit has begun with EPERM, not ESRCH. The
+                            // main thread is not excused in the first listing: a zombie
+                            // leader there is the target's own state to report.
                         } else if self.tracer.tracer_pid(pid).unwrap_or(0) != 0 && first {
                             return Err(Error::Unsupported {
                                 pid,
